@@ -1,0 +1,59 @@
+"""The Faust application: topics of raw bytes (the events codec owns the wire format) and web routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents.config import Settings
+
+__all__ = ["Topics", "create_app"]
+
+
+class Topics:
+    """The four runstream topics; values and keys are raw bytes, never faust Records."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        def raw(name: str) -> Any:
+            return app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.partitions,
+                replicas=settings.replication,
+            )
+
+        self.events = raw(settings.topic_events)
+        self.setup_errors = raw(settings.topic_setup_errors)
+        self.phases = raw(settings.topic_phases)
+        self.dlq = raw(settings.topic_dlq)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A Faust app for ``settings``; agents and API routes are registered on it by the caller."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka}",
+        store="memory://",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_replication_factor=settings.replication,
+        topic_partitions=settings.partitions,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        # Internal changelog topics are not used: state lives in the datamanager, not in tables.
+        topic_disable_leader=True,
+    )
+    app.runstream_settings = settings  # type: ignore[attr-defined]
+    app.runstream_topics = Topics(app, settings)  # type: ignore[attr-defined]
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app

@@ -1,0 +1,34 @@
+"""``runstream worker``: the Faust worker process."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from agents.app import create_app
+from agents.config import Settings
+from agents.logs import setup_logging
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("runstream.worker")
+
+
+class _Worker(faust.Worker):
+    runstream_settings: Settings
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # Faust installs its own root handlers; keep runstream's structured logs instead.
+        setup_logging(self.runstream_settings.log_level, self.runstream_settings.log_format)
+
+
+def run_worker(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM. Returns the process exit code."""
+    setup_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    log.info("starting worker", extra={"settings": settings.public()})
+    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.runstream_settings = settings
+    worker.execute_from_commandline()
+    return 0
