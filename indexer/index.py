@@ -1,0 +1,216 @@
+"""The in-memory run index: columnar arrays over dense run ids, plus per-group posting lists.
+
+Layout. Run ids are dense (an etcd sequence), so a run lives in slot ``run_id - base`` of three
+numpy columns: ``gid`` (uint32, 0 = no run), ``pr`` (uint8, phase and result codes) and ``seq``
+(uint32, the per-run sequence number of the last applied update). Each group keeps the sorted
+slots of its runs (``Postings``), so one group's page is a bisection and a slice. That is
+13 bytes a run plus spare capacity, against hundreds for a dict of Python objects.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Collection
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from events import Phase, Result
+from indexer.errors import ConflictingGroup, RunIdOutOfRange
+from indexer.groups import GroupDict
+from indexer.model import IndexStats, Order, Page, RunEntry, pr_code, pr_decode
+from indexer.postings import Postings
+
+__all__ = ["MAX_SPAN", "RunIndex"]
+
+MAX_SPAN = 2**32 - 2  # slots are uint32 in the posting lists
+_MAX_SEQ = 2**32 - 1
+_T = TypeVar("_T", bound=np.generic)
+_START_SLACK = 4096  # first id seen is rarely the lowest: partitions are read in any order
+
+
+class RunIndex:
+    """run id → group path, phase, result; with group-prefix listings. Not thread-safe.
+
+    All mutation goes through :meth:`apply` (idempotent, order-tolerant). Queries are in
+    ``indexer.query`` and exposed as :meth:`list_runs`.
+    """
+
+    def __init__(self) -> None:
+        self.groups = GroupDict()
+        self.base = 0  # run id of slot 0 (meaningless while span == 0)
+        self.span = 0  # slots in use
+        self.gid: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.pr: npt.NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
+        self.seq: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.postings: list[Postings] = [Postings()]  # index 0 unused (gid 0 = no run)
+        self.count = 0
+        self.changes = 0
+        self._offsets: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- writes
+
+    def apply(self, run_id: int, group: str, phase: Phase, result: Result, seq: int) -> bool:
+        """Record that run ``run_id`` of ``group`` is now in ``phase``/``result`` as of ``seq``.
+
+        Applied only if ``seq`` is greater than the stored one (or the run is new); returns
+        whether anything changed. Idempotent and tolerant of any arrival order.
+        Raises ``BadGroup`` (invalid path), ``ConflictingGroup`` (the run is indexed under another
+        group; nothing changes), ``RunIdOutOfRange``, ``ValueError`` (seq or run id out of range),
+        ``KeyError`` (a phase or result this version cannot store).
+        """
+        if not 0 <= seq <= _MAX_SEQ:
+            raise ValueError(f"seq {seq} out of range 0..{_MAX_SEQ}")
+        if run_id < 1:
+            raise ValueError(f"run id {run_id} must be positive")
+        code = pr_code(phase, result)
+        slot = self._slot_for_write(run_id)
+        cur = int(self.gid[slot])
+        if cur == 0:
+            gid = self.groups.add(group)
+            if gid == len(self.postings):
+                self.postings.append(Postings())
+            self.postings[gid].insert(slot)
+            self.gid[slot] = gid
+            self.count += 1
+        else:
+            if seq <= int(self.seq[slot]):
+                return False
+            if self.groups.name(cur) != group:
+                raise ConflictingGroup(
+                    f"run {run_id} is indexed under {self.groups.name(cur)!r}, not {group!r}"
+                )
+        self.pr[slot] = code
+        self.seq[slot] = seq
+        self.changes += 1
+        return True
+
+    def mark_offset(self, source: str, next_offset: int) -> None:
+        """Record that every record of ``source`` (e.g. ``"runs.phases/3"``) before
+        ``next_offset`` has been applied. Never moves backwards."""
+        if next_offset > self._offsets.get(source, -1):
+            self._offsets[source] = next_offset
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        """A copy of source → next offset to read, as covered by the current state."""
+        return dict(self._offsets)
+
+    def _slot_for_write(self, run_id: int) -> int:
+        if self.span == 0 and self.count == 0:
+            self.base = max(1, run_id - _START_SLACK)
+        if run_id < self.base:
+            self._rebase(max(1, run_id - max(_START_SLACK, self.span >> 4)))
+        slot = run_id - self.base
+        if slot >= self.span:
+            if slot >= MAX_SPAN:
+                raise RunIdOutOfRange(
+                    f"run id {run_id} is more than {MAX_SPAN} above the lowest id {self.base}"
+                )
+            self._grow(slot + 1)
+        return slot
+
+    def _grow(self, span: int) -> None:
+        cap = len(self.gid)
+        if span > cap:
+            new_cap = min(MAX_SPAN, max(span, cap + (cap >> 3) + 4096))
+            self.gid = _resized(self.gid, new_cap)
+            self.pr = _resized(self.pr, new_cap)
+            self.seq = _resized(self.seq, new_cap)
+        self.span = span
+
+    def _rebase(self, new_base: int) -> None:
+        delta = self.base - new_base
+        span = self.span + delta
+        if span > MAX_SPAN:
+            raise RunIdOutOfRange(f"run id {new_base} is too far below the lowest id {self.base}")
+        gid, pr, seq = self.gid, self.pr, self.seq
+        self.gid = np.zeros(span, dtype=np.uint32)
+        self.pr = np.zeros(span, dtype=np.uint8)
+        self.seq = np.zeros(span, dtype=np.uint32)
+        self.gid[delta:] = gid[: self.span]
+        self.pr[delta:] = pr[: self.span]
+        self.seq[delta:] = seq[: self.span]
+        for p in self.postings:
+            p.shift(delta)
+        self.base, self.span = new_base, span
+
+    # ----------------------------------------------------------------- reads
+
+    def get(self, run_id: int) -> RunEntry | None:
+        """The entry of run ``run_id``, or None if the index has never seen it."""
+        slot = run_id - self.base
+        if not 0 <= slot < self.span:
+            return None
+        gid = int(self.gid[slot])
+        if gid == 0:
+            return None
+        phase, result = pr_decode(int(self.pr[slot]))
+        return RunEntry(run_id=run_id, group=self.groups.name(gid), phase=phase, result=result)
+
+    def get_seq(self, run_id: int) -> int | None:
+        """The seq of the last update applied to ``run_id``, or None if unknown."""
+        slot = run_id - self.base
+        if not 0 <= slot < self.span or self.gid[slot] == 0:
+            return None
+        return int(self.seq[slot])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def list_runs(
+        self,
+        *,
+        groups: Collection[str] = (),
+        phases: Collection[Phase] | None = None,
+        results: Collection[Result] | None = None,
+        last_run: bool = False,
+        order: Order = Order.DESC,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """See :func:`indexer.query.list_runs`."""
+        from indexer.query import list_runs
+
+        return list_runs(
+            self,
+            groups=groups,
+            phases=phases,
+            results=results,
+            last_run=last_run,
+            order=order,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    # ----------------------------------------------------------------- figures
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the index: column buffers (with spare capacity), posting lists
+        (shared load buffers counted once) and the group dictionary."""
+        size = self.gid.nbytes + self.pr.nbytes + self.seq.nbytes + sys.getsizeof(self.postings)
+        shared: dict[int, int] = {}
+        for p in self.postings:
+            size += p.own_bytes()
+            base = p.buf.base
+            if isinstance(base, np.ndarray):
+                shared[id(base)] = base.nbytes
+        return size + sum(shared.values()) + self.groups.memory_bytes()
+
+    def stats(self) -> IndexStats:
+        """Runs, groups, span, bytes held, changes applied and offsets covered."""
+        return IndexStats(
+            runs=self.count,
+            groups=len(self.groups),
+            span=self.span,
+            memory_bytes=self.memory_bytes(),
+            changes=self.changes,
+            offsets=self.offsets,
+        )
+
+
+def _resized(arr: npt.NDArray[_T], cap: int) -> npt.NDArray[_T]:
+    out = np.zeros(cap, dtype=arr.dtype)
+    out[: len(arr)] = arr
+    return out
