@@ -10,6 +10,9 @@ Contract shared by every adapter (checked by ``tests/contract``):
 * ``list(prefix, start_after, recursive)`` yields objects only (never "directories") whose key
   starts with the plain string ``prefix``, strictly after ``start_after``, in flat byte order.
   ``recursive=False`` keeps only keys whose remainder after ``prefix`` has no ``/``.
+  Exception: a server that stores keys as a directory tree (SeaweedFS) may place ``a/b``
+  before a sibling ``a-b`` (a character below ``/`` after a shared stem). Keys built by
+  runstream never rely on order across such siblings.
 * ``delete`` of a missing key: the posix adapter raises ``NotExist``, S3 deletes are
   idempotent and succeed. Callers that want idempotence catch ``NotExist``.
 * The posix namespace is hierarchical: ``a/b`` and ``a/b/c`` cannot both exist there.

@@ -247,7 +247,7 @@ async def _run(key: str, fn: Callable[[], T], *, writing: bool = False) -> T:
     """Run ``fn`` in a thread and translate OS errors into ost errors."""
     try:
         return await asyncio.to_thread(fn)
-    except (NotADirectoryError, IsADirectoryError) as exc:
+    except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
         if writing:
             # The hierarchical namespace: "a/b" cannot be an object and a prefix of one.
             raise OstError(f"{key!r} collides with an existing object or prefix") from exc
