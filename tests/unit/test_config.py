@@ -1,0 +1,46 @@
+"""Settings: flags over environment over defaults; the README's table is the generated one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.cli import build_parser
+from agents.config import Settings, markdown_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_environment_overrides_defaults_and_flags_override_environment() -> None:
+    env = {"RUNSTREAM_PARTITIONS": "12", "RUNSTREAM_KAFKA_BOOTSTRAP": "k:1"}
+    assert Settings.from_env(env).partitions == 12
+    args = build_parser().parse_args(["worker", "--kafka", "flag:2"])
+    s = Settings.from_args(args, env)
+    assert (s.kafka, s.partitions, s.etcd) == ("flag:2", 12, Settings().etcd)
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="RUNSTREAM_PARTITIONS"):
+        Settings.from_env({"RUNSTREAM_PARTITIONS": "many"})
+
+
+def test_secrets_are_masked() -> None:
+    public = Settings(api_token="s3cret").public()
+    assert public["api_token"] == "***"
+    assert "s3cret" not in str(public)
+
+
+def test_readme_configuration_table_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate with `runstream config --markdown`"
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in sub.choices:  # type: ignore[union-attr]
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: runstream" in capsys.readouterr().out
