@@ -49,6 +49,37 @@ class RunIndex:
         self.changes = 0
         self._offsets: dict[str, int] = {}
 
+    @classmethod
+    def from_columns(
+        cls,
+        *,
+        sorted_names: list[str],
+        base: int,
+        gid: npt.NDArray[np.uint32],
+        pr: npt.NDArray[np.uint8],
+        seq: npt.NDArray[np.uint32],
+        offsets: dict[str, int],
+    ) -> RunIndex:
+        """An index over ready columns (a decoded dump): gid i+1 is ``sorted_names[i]``.
+
+        The posting lists come from one stable sort of the gid column, so building them is
+        bulk work, not a loop over runs. The arrays are adopted, not copied.
+        """
+        index = cls()
+        index.groups = GroupDict(sorted_names)
+        ng = len(sorted_names)
+        index.base, index.span = (base, len(gid)) if len(gid) else (0, 0)
+        index.gid, index.pr, index.seq = gid, pr, seq
+        # Sorting narrow keys lets numpy use its radix sort.
+        keys = gid.astype(np.uint16) if ng < 1 << 16 else gid
+        order = np.argsort(keys, kind="stable").astype(np.uint32)
+        ends = np.cumsum(np.bincount(gid, minlength=ng + 1)).tolist()
+        index.postings = [Postings()]
+        index.postings += [Postings(order[ends[g - 1] : ends[g]]) for g in range(1, ng + 1)]
+        index.count = len(order) - ends[0]
+        index._offsets = dict(offsets)
+        return index
+
     # ----------------------------------------------------------------- writes
 
     def apply(self, run_id: int, group: str, phase: Phase, result: Result, seq: int) -> bool:

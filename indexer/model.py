@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from events import Phase, Result, format_run_id
 
 __all__ = [
@@ -15,6 +18,7 @@ __all__ = [
     "Page",
     "RunEntry",
     "pr_code",
+    "pr_code_valid",
     "pr_decode",
 ]
 
@@ -40,6 +44,13 @@ _PR_CODE = {
     (p, r): pc | (rc << 3) for p, pc in PHASE_CODES.items() for r, rc in RESULT_CODES.items()
 }
 _PR_DECODE: dict[int, tuple[Phase, Result]] = {v: k for k, v in _PR_CODE.items()}
+
+
+def pr_code_valid() -> npt.NDArray[np.bool_]:
+    """A 256-entry mask: which bytes are the code of some (phase, result)."""
+    mask = np.zeros(256, dtype=np.bool_)
+    mask[list(_PR_DECODE)] = True
+    return mask
 
 
 def pr_code(phase: Phase, result: Result) -> int:
