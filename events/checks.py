@@ -1,0 +1,130 @@
+"""Run-config checks (Agola's ``CheckRunConfigTasks`` and ``GenTasksLevels``).
+
+Two kinds of problems, handled differently on purpose:
+
+* a request that cannot even form a run (no group, a relative or malformed group, neither tasks
+  nor setup errors) raises :class:`~events.errors.BadRequest`: the API answers 400;
+* inconsistent tasks (a missing or self dependency, a cycle, duplicate ids or names) are *setup
+  errors*: the run is created in phase ``setuperror`` so the user sees why in the run itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from events.errors import BadRequest
+from events.group import validate_group
+from events.model import RunConfigTask, SetupError
+
+__all__ = ["check_create", "check_tasks", "task_levels"]
+
+
+def check_create(
+    *, group: str, tasks: Sequence[RunConfigTask], setup_errors: Sequence[SetupError]
+) -> None:
+    """Raise ``BadRequest`` (message says what is wrong) unless these can form a run."""
+    validate_group(group)
+    if not tasks and not setup_errors:
+        raise BadRequest("run has neither tasks nor setup errors")
+
+
+def check_tasks(tasks: Sequence[RunConfigTask]) -> tuple[SetupError, ...]:
+    """The setup errors of ``tasks`` in a stable order; empty when they form a valid graph."""
+    errors: list[SetupError] = []
+    by_id: dict[str, RunConfigTask] = {}
+    names: dict[str, str] = {}
+    for t in tasks:
+        if t.id in by_id:
+            errors.append(SetupError(message=f"duplicate task id {t.id!r}", task_ids=(t.id,)))
+        by_id.setdefault(t.id, t)
+        if t.name in names:
+            msg = f"tasks {names[t.name]!r} and {t.id!r} have the same name {t.name!r}"
+            errors.append(SetupError(message=msg, task_ids=(names[t.name], t.id)))
+        names.setdefault(t.name, t.id)
+    for t in tasks:
+        seen: set[str] = set()
+        for d in t.depends:
+            if d.task_id == t.id:
+                errors.append(SetupError(message=f"task {t.name!r} depends on itself", task_ids=(t.id,)))  # fmt: skip
+            elif d.task_id not in by_id:
+                msg = f"task {t.name!r} depends on a missing task {d.task_id!r}"
+                errors.append(SetupError(message=msg, task_ids=(t.id,)))
+            elif d.task_id in seen:
+                msg = f"task {t.name!r} depends twice on task {d.task_id!r}"
+                errors.append(SetupError(message=msg, task_ids=(t.id,)))
+            seen.add(d.task_id)
+    if not errors:
+        for cycle in _cycles(by_id):
+            listed = ", ".join(repr(by_id[i].name) for i in cycle)
+            errors.append(SetupError(message=f"dependency cycle between tasks {listed}", task_ids=cycle))  # fmt: skip
+    return tuple(errors)
+
+
+def _cycles(tasks: Mapping[str, RunConfigTask]) -> list[tuple[str, ...]]:
+    """The strongly connected components with more than one task (Tarjan, iterative), each in
+    submission order. Assumes every dependency exists and none is a self dependency."""
+    order = {tid: i for i, tid in enumerate(tasks)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[tuple[str, ...]] = []
+    for root in tasks:
+        if root in index:
+            continue
+        work = [(root, iter([d.task_id for d in tasks[root].depends]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter([d.task_id for d in tasks[child].depends])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    comp.append(top)
+                    if top == node:
+                        break
+                if len(comp) > 1:
+                    found.append(tuple(sorted(comp, key=order.__getitem__)))
+    return sorted(found, key=lambda c: order[c[0]])
+
+
+def task_levels(tasks: Mapping[str, RunConfigTask]) -> dict[str, int]:
+    """Each task's level: 0 without dependencies, else one more than its deepest parent.
+
+    Only for tasks that passed :func:`check_tasks`; raises ``ValueError`` on a cycle or a
+    missing parent.
+    """
+    levels: dict[str, int] = {}
+    pending = list(tasks.values())
+    while pending:
+        rest = []
+        for t in pending:
+            level = 0
+            for d in t.depends:
+                parent = levels.get(d.task_id)
+                if parent is None:
+                    rest.append(t)
+                    break
+                level = max(level, parent + 1)
+            else:
+                levels[t.id] = level
+        if len(rest) == len(pending):
+            raise ValueError(f"no level for tasks {[t.id for t in rest]}: cycle or missing parent")
+        pending = rest
+    return levels
