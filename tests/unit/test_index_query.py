@@ -1,0 +1,253 @@
+"""Queries of the run index against a naive reference (filter and sort over plain dicts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events import Phase, Result
+from indexer import (
+    BadCursor,
+    BadGroup,
+    BadLimit,
+    ConflictingGroup,
+    Order,
+    RunEntry,
+    RunIndex,
+    decode,
+    encode,
+    encode_cursor,
+    snapshot,
+)
+from indexer import query as query_mod
+
+SEGMENTS = ["a", "b", "ab", "a-b", "a.b", "x"]
+segment = st.sampled_from(SEGMENTS)
+group_path = st.lists(segment, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s))
+query_path = st.one_of(
+    group_path, group_path.map(lambda g: g + "/"), st.just("/"), st.sampled_from(["/a", "/x/a"])
+)
+phase = st.sampled_from(list(Phase))
+result = st.sampled_from(list(Result))
+
+
+@dataclass
+class Reference:
+    """The obvious implementation: one dict entry per run."""
+
+    runs: dict[int, tuple[str, Phase, Result, int]] = field(default_factory=dict)
+
+    def apply(self, run_id: int, group: str, ph: Phase, rs: Result, seq: int) -> bool:
+        cur = self.runs.get(run_id)
+        if cur is not None and seq <= cur[3]:
+            return False
+        if cur is not None and cur[0] != group:
+            raise ConflictingGroup(group)
+        self.runs[run_id] = (group, ph, rs, seq)
+        return True
+
+    def list(
+        self,
+        groups: list[str],
+        phases: list[Phase],
+        results: list[Result],
+        last_run: bool,
+        order: Order,
+    ) -> list[RunEntry]:
+        prefixes = [q.rstrip("/") for q in groups]
+
+        def under(g: str) -> bool:
+            return not prefixes or any(q == "" or g == q or g.startswith(q + "/") for q in prefixes)
+
+        rows = [
+            (rid, g, p, r)
+            for rid, (g, p, r, _) in self.runs.items()
+            if under(g) and (not phases or p in phases) and (not results or r in results)
+        ]
+        if last_run:
+            best: dict[str, tuple[int, str, Phase, Result]] = {}
+            for row in rows:
+                if row[1] not in best or row[0] > best[row[1]][0]:
+                    best[row[1]] = row
+            rows = list(best.values())
+        rows.sort(reverse=order is Order.DESC)
+        return [RunEntry(run_id=i, group=g, phase=p, result=r) for i, g, p, r in rows]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[int, str, Phase, Result, int]]:
+    """Updates of random runs in random order; a run keeps its group, seqs may repeat."""
+    ids = draw(st.lists(st.integers(1, 400), max_size=60, unique=True))
+    far = draw(st.lists(st.integers(5000, 9000), max_size=3, unique=True))
+    updates = []
+    for rid in ids + far:
+        g = draw(group_path)
+        for _ in range(draw(st.integers(1, 3))):
+            updates.append((rid, g, draw(phase), draw(result), draw(st.integers(0, 4))))
+    return draw(st.permutations(updates))
+
+
+def build(history: list[tuple[int, str, Phase, Result, int]]) -> tuple[RunIndex, Reference]:
+    ix, ref = RunIndex(), Reference()
+    for rid, g, p, r, s in history:
+        assert ix.apply(rid, g, p, r, s) == ref.apply(rid, g, p, r, s)
+    return ix, ref
+
+
+def page_all(ix: RunIndex, limit: int, **query: object) -> list[RunEntry]:
+    """Every page of a listing, following cursors; checks page sizes on the way."""
+    got: list[RunEntry] = []
+    cursor = None
+    for _ in range(1000):
+        page = ix.list_runs(limit=limit, cursor=cursor, **query)  # type: ignore[arg-type]
+        got.extend(page.runs)
+        if page.next_cursor is None:
+            return got
+        assert len(page.runs) == limit
+        cursor = page.next_cursor
+    raise AssertionError("pagination does not end")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    history=histories(),
+    groups=st.lists(query_path, max_size=3),
+    phases=st.lists(phase, max_size=3, unique=True),
+    results=st.lists(result, max_size=2, unique=True),
+    last_run=st.booleans(),
+    order=st.sampled_from(list(Order)),
+    limit=st.integers(1, 7),
+    plan=st.sampled_from(["auto", "postings", "scan"]),
+    reload=st.booleans(),
+)
+def test_listing_matches_reference(
+    history: list[tuple[int, str, Phase, Result, int]],
+    groups: list[str],
+    phases: list[Phase],
+    results: list[Result],
+    last_run: bool,
+    order: Order,
+    limit: int,
+    plan: str,
+    reload: bool,
+) -> None:
+    ix, ref = build(history)
+    if reload:
+        ix, _ = decode(encode(snapshot(ix)))
+    want = ref.list(groups, phases, results, last_run, order)
+    query = {"groups": groups, "phases": phases, "results": results}
+    with mock.patch.object(query_mod, "_use_postings", _forced(plan)):
+        got = page_all(ix, limit, **query, last_run=last_run, order=order)
+    assert got == want
+
+
+def _forced(plan: str) -> object:
+    real = query_mod._use_postings
+    if plan == "auto":
+        return real
+    return lambda *_a: plan == "postings"
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories(), order=st.sampled_from(list(Order)))
+def test_lookup_and_counts_match_reference(
+    history: list[tuple[int, str, Phase, Result, int]], order: Order
+) -> None:
+    ix, ref = build(history)
+    assert len(ix) == len(ref.runs) == ix.stats().runs
+    for rid in range(0, 9100, 7):
+        entry = ix.get(rid)
+        if rid in ref.runs:
+            g, p, r, s = ref.runs[rid]
+            assert entry == RunEntry(run_id=rid, group=g, phase=p, result=r)
+            assert ix.get_seq(rid) == s
+        else:
+            assert entry is None
+    assert [e.run_id for e in page_all(ix, 100, order=order)] == sorted(
+        ref.runs, reverse=order is Order.DESC
+    )
+
+
+def test_prefix_is_by_whole_segments() -> None:
+    ix = RunIndex()
+    groups = [
+        "/project/x/branch/a",
+        "/project/x/branch/ab",
+        "/project/x/tag/v1",
+        "/project/x/pr/3",
+        "/project/xy/branch/a",
+        "/project/x-y/branch/a",
+    ]
+    for i, g in enumerate(groups, start=1):
+        ix.apply(i, g, Phase.QUEUED, Result.UNKNOWN, 1)
+
+    def ids(*qs: str) -> list[int]:
+        return [e.run_id for e in ix.list_runs(groups=qs, order=Order.ASC).runs]
+
+    assert ids("/project/x") == [1, 2, 3, 4]
+    assert ids("/project/x/") == [1, 2, 3, 4]
+    assert ids("/project/x/branch/a") == [1]
+    assert ids("/project/x/branch/a", "/project/xy") == [1, 5]
+    assert ids("/project/x-y", "/project/x/tag") == [3, 6]
+    assert ids("/") == ids() == [1, 2, 3, 4, 5, 6]
+    assert ids("/project/z") == []
+
+
+def test_update_rules() -> None:
+    ix = RunIndex()
+    assert ix.apply(7, "/p/a", Phase.RUNNING, Result.UNKNOWN, 2)
+    assert not ix.apply(7, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)  # older: ignored
+    assert not ix.apply(7, "/p/a", Phase.FINISHED, Result.SUCCESS, 2)  # same seq: ignored
+    assert ix.apply(7, "/p/a", Phase.FINISHED, Result.FAILED, 3)
+    assert ix.get(7) == RunEntry(run_id=7, group="/p/a", phase=Phase.FINISHED, result=Result.FAILED)
+    with pytest.raises(ConflictingGroup):
+        ix.apply(7, "/p/b", Phase.FINISHED, Result.SUCCESS, 4)
+    assert ix.get_seq(7) == 3
+    assert len(ix.groups) == 1
+    for bad in ["p/a", "/p//a", "/p/a/", "", "/p/\x00"]:
+        with pytest.raises(BadGroup):
+            ix.apply(8, bad, Phase.QUEUED, Result.UNKNOWN, 1)
+    assert ix.get(8) is None
+    assert ix.changes == 2
+
+
+def test_ids_below_the_first_seen_move_the_base() -> None:
+    ix = RunIndex()
+    ix.apply(1_000_000, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(10, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(500, "/p/b", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert [e.run_id for e in ix.list_runs(order=Order.ASC).runs] == [10, 500, 1_000_000]
+    assert [e.run_id for e in ix.list_runs(groups=["/p/a"]).runs] == [1_000_000, 10]
+
+
+def test_page_size_defaults_and_caps() -> None:
+    ix = RunIndex()
+    for i in range(1, 301):
+        ix.apply(i, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert len(ix.list_runs().runs) == 25
+    assert len(ix.list_runs(limit=0).runs) == 25
+    assert len(ix.list_runs(limit=1000).runs) == 100
+    with pytest.raises(BadLimit):
+        ix.list_runs(limit=-1)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "not a cursor", "AQAAAAAAAAAABQ==x", "AgAAAAAAAAAABQ", "AQAAAAAAAAAAAA", "AQ", "é"],
+)
+def test_malformed_cursor_is_a_bad_cursor(cursor: str) -> None:
+    ix = RunIndex()
+    ix.apply(1, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    with pytest.raises(BadCursor):
+        ix.list_runs(order=Order.ASC, cursor=cursor)
+
+
+def test_cursor_of_the_other_order_is_refused() -> None:
+    ix = RunIndex()
+    ix.apply(1, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    with pytest.raises(BadCursor, match="other sort order"):
+        ix.list_runs(order=Order.DESC, cursor=encode_cursor(1, Order.ASC))
