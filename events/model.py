@@ -3,11 +3,12 @@
 Times are integer milliseconds since the Unix epoch, UTC (``None`` when not reached yet): they
 round-trip exactly through JSON and compare as numbers.
 
-Every type is a frozen, keyword-only dataclass. The definition types (``RunConfig`` and its parts)
-also use slots. ``RunTask`` and ``Run`` deliberately do not: the reducer builds a new one for
-almost every event, and an instance with a ``__dict__`` is copied in one C call
-(:func:`events._fast.evolve`) where a slots instance costs one ``object.__setattr__`` per field
-(measured: ~0.8 µs for 8 fields against ~0.15 µs). They are still immutable through the normal API.
+Every type is a frozen, keyword-only dataclass, deliberately *without* slots (STYLE.md asks for
+slots; this package is the exception, for speed): the codec and the reducer build several of these
+per event, and an instance with a ``__dict__`` is built or copied in one C call
+(``events._fast.build`` / ``evolve``), where a slots instance costs one ``object.__setattr__`` per
+field (measured here: ~0.8 µs for 8 fields against ~0.15 µs). They are still immutable through
+the normal API.
 
 Mappings held by these types are plain ``dict`` objects typed ``Mapping``: nothing in ``events``
 mutates them after construction, and callers must not either.
@@ -110,7 +111,7 @@ _CONDITION_STATUS = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SetupError:
     """Why a run could not be set up; ``task_ids`` names the tasks involved, if any."""
 
@@ -118,7 +119,7 @@ class SetupError:
     task_ids: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskDepend:
     """A dependency of a task on ``task_id``."""
 
@@ -126,7 +127,7 @@ class TaskDepend:
     conditions: tuple[DependCondition, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfigTask:
     """The definition of one task. ``level`` is computed by the service (0 = no parents)."""
 
@@ -141,7 +142,7 @@ class RunConfigTask:
     level: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """The non-state definition of a run; its ``id`` is the run id.
 
@@ -163,7 +164,7 @@ class RunConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunTask:
-    """The state of one task of a run (no slots: see the module docstring)."""
+    """The state of one task of a run."""
 
     id: str
     status: TaskStatus = TaskStatus.NOTSTARTED
@@ -177,7 +178,7 @@ class RunTask:
 
 @dataclass(frozen=True, kw_only=True)
 class Run:
-    """The state of a run (no slots: see the module docstring).
+    """The state of a run.
 
     ``counter`` is the run's number inside its root group; it is supplied by the producer (0
     when unknown) because the materializer owns only some partitions and cannot count across
