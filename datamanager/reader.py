@@ -1,0 +1,128 @@
+"""Reading a partition snapshot: point reads, iteration and bulk loading from one manifest.
+
+A ``Snapshot`` is immutable: it reads the files one manifest names, and those files never
+change (every checkpoint writes new ones). A point read costs one ranged read of the file's
+index (cached, ``IndexCache``) and one ranged read of a block; a bulk load reads whole files
+concurrently and decodes them in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import ost
+from datamanager import datafile
+from datamanager.errors import CorruptData, NotExist, StorageError
+from datamanager.manifest import FileRef, Manifest
+
+__all__ = ["IndexCache", "Snapshot", "storage_call"]
+
+T = TypeVar("T")
+
+
+async def storage_call(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Await an ``ost`` call, translating its errors (a missing file is corruption here:
+    a manifest only names files that exist)."""
+    try:
+        return await call()
+    except ost.NotExist as exc:
+        raise CorruptData(f"{what}: object missing: {exc.key}") from exc
+    except ost.OstError as exc:
+        raise StorageError(f"{what}: {exc}", retriable=exc.retriable) from exc
+
+
+class IndexCache:
+    """A bounded LRU of decoded data file indexes, keyed by object key (files are immutable)."""
+
+    def __init__(self, max_files: int = 4096) -> None:
+        self._max = max_files
+        self._items: OrderedDict[str, list[datafile.BlockRef]] = OrderedDict()
+
+    def get(self, key: str) -> list[datafile.BlockRef] | None:
+        blocks = self._items.get(key)
+        if blocks is not None:
+            self._items.move_to_end(key)
+        return blocks
+
+    def put(self, key: str, blocks: list[datafile.BlockRef]) -> None:
+        self._items[key] = blocks
+        self._items.move_to_end(key)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+
+class Snapshot:
+    """Read access to the data of one manifest."""
+
+    def __init__(
+        self,
+        store: ost.ObjectStorage,
+        manifest: Manifest,
+        *,
+        index_cache: IndexCache | None = None,
+        read_concurrency: int = 8,
+    ) -> None:
+        self.store = store
+        self.manifest = manifest
+        self._indexes = index_cache if index_cache is not None else IndexCache()
+        self._concurrency = read_concurrency
+
+    async def get(self, datatype: str, entry_id: str) -> bytes:
+        """The value of ``entry_id``. Raises ``NotExist``, ``CorruptData``, ``StorageError``."""
+        ref = self.manifest.file_for(datatype, entry_id)
+        if ref is None:
+            raise NotExist(f"{datatype} {entry_id!r}")
+        block = datafile.find_block(await self._index(ref), entry_id)
+        if block is None:
+            raise NotExist(f"{datatype} {entry_id!r}")
+        data = await storage_call(
+            ref.key, lambda: self.store.read(ref.key, block.offset, block.length)
+        )
+        ids, values = datafile.decode_block(data, block.crc)
+        value = datafile.lookup(ids, values, entry_id)
+        if value is None:
+            raise NotExist(f"{datatype} {entry_id!r}")
+        return value
+
+    async def _index(self, ref: FileRef) -> list[datafile.BlockRef]:
+        blocks = self._indexes.get(ref.key)
+        if blocks is None:
+            data = await storage_call(
+                ref.key, lambda: self.store.read(ref.key, ref.index_offset, ref.index_length)
+            )
+            blocks = datafile.decode_index(data)
+            self._indexes.put(ref.key, blocks)
+        return blocks
+
+    async def iterate(self, datatype: str) -> AsyncIterator[tuple[str, bytes]]:
+        """Every entry of ``datatype`` in id order, one data file in memory at a time."""
+        for ref in self.manifest.files.get(datatype, ()):
+            for entry in await self.read_file(ref):
+                yield entry
+
+    async def load(self, datatype: str) -> list[tuple[str, bytes]]:
+        """Every entry of ``datatype`` in id order, read concurrently (snapshot loading)."""
+        refs = self.manifest.files.get(datatype, ())
+        sem = asyncio.Semaphore(self._concurrency)
+
+        async def one(ref: FileRef) -> list[tuple[str, bytes]]:
+            async with sem:
+                return await self.read_file(ref)
+
+        parts = await asyncio.gather(*(one(ref) for ref in refs))
+        if len(parts) == 1:
+            return parts[0]
+        return [entry for part in parts for entry in part]
+
+    async def load_all(self) -> dict[str, list[tuple[str, bytes]]]:
+        """Every datatype of the partition (``load`` for each)."""
+        return {dt: await self.load(dt) for dt in self.manifest.datatypes()}
+
+    async def read_file(self, ref: FileRef) -> list[tuple[str, bytes]]:
+        data = await storage_call(ref.key, lambda: self.store.read(ref.key))
+        if len(data) != ref.size:
+            raise CorruptData(f"{ref.key}: {len(data)} bytes, manifest says {ref.size}")
+        return await asyncio.to_thread(datafile.decode_file, data)
