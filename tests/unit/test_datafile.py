@@ -1,0 +1,129 @@
+"""The SSTable data file format: round trips, splitting, point lookups, corruption."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datamanager import datafile
+from datamanager.errors import CorruptData
+from events import format_run_id
+
+
+def entries(n: int, size: int = 100, start: int = 1) -> list[tuple[str, bytes]]:
+    return [
+        (format_run_id(i), (b"%d:" % i) * (size // 8) + os.urandom(4))
+        for i in range(start, start + n)
+    ]
+
+
+def lookup(f: datafile.EncodedFile, entry_id: str) -> bytes | None:
+    blocks = datafile.decode_index(f.data[f.index_offset : f.index_offset + f.index_length])
+    block = datafile.find_block(blocks, entry_id)
+    if block is None:
+        return None
+    ids, values = datafile.decode_block(
+        f.data[block.offset : block.offset + block.length], block.crc
+    )
+    return datafile.lookup(ids, values, entry_id)
+
+
+entry_lists = st.dictionaries(
+    st.text(min_size=1, max_size=12), st.binary(max_size=300), max_size=200
+).map(lambda d: sorted(d.items()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(entry_lists, st.sampled_from([64, 1024, 1 << 16]), st.sampled_from([200, 4096, 1 << 20]))
+def test_round_trip_and_point_reads(
+    items: list[tuple[str, bytes]], block: int, max_size: int
+) -> None:
+    files = datafile.encode_files(items, max_file_size=max_size, block_size=block)
+    decoded = [e for f in files for e in datafile.decode_file(f.data)]
+    assert decoded == items
+    assert sum(f.count for f in files) == len(items)
+    for f in files:
+        for entry_id, value in datafile.decode_file(f.data):
+            assert lookup(f, entry_id) == value
+            assert f.first_id <= entry_id <= f.last_id
+    for a, b in itertools.pairwise(files):
+        assert a.last_id < b.first_id
+
+
+def test_no_entries_no_files() -> None:
+    assert datafile.encode_files([], max_file_size=1 << 20) == []
+
+
+def test_split_at_max_size() -> None:
+    items = [(format_run_id(i), os.urandom(200)) for i in range(1, 20_001)]  # incompressible
+    max_size = 256 << 10
+    files = datafile.encode_files(items, max_file_size=max_size, block_size=8 << 10)
+    assert len(files) > 3
+    for f in files:
+        assert len(f.data) <= max_size
+    # Every file except the last is reasonably full: splitting is not wasteful.
+    assert all(len(f.data) > max_size // 2 for f in files[:-1])
+    assert [e for f in files for e in datafile.decode_file(f.data)] == items
+
+
+def test_a_block_bigger_than_the_max_gets_a_file_of_its_own() -> None:
+    items = [("a", os.urandom(5000)), ("b", os.urandom(5000)), ("c", b"small")]
+    files = datafile.encode_files(items, max_file_size=1000, block_size=100)
+    assert [f.count for f in files] == [1, 1, 1]
+    assert [e for f in files for e in datafile.decode_file(f.data)] == items
+
+
+def test_missing_ids_are_not_found() -> None:
+    [f] = datafile.encode_files(
+        entries(1000, start=10, size=50)[::2], max_file_size=1 << 20, block_size=1024
+    )
+    assert lookup(f, format_run_id(10)) is not None
+    assert lookup(f, format_run_id(11)) is None  # between two present ids
+    assert lookup(f, format_run_id(1)) is None  # before the first
+    assert lookup(f, format_run_id(99_999)) is None  # after the last
+
+
+def test_ids_must_be_strictly_increasing() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        datafile.encode_files([("b", b""), ("a", b"")], max_file_size=1 << 20)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        datafile.encode_files([("a", b""), ("a", b"")], max_file_size=1 << 20)
+
+
+def test_non_ascii_ids() -> None:
+    items = sorted({"é": b"1", "z": b"2", "日本": b"3", "a": b""}.items())
+    [f] = datafile.encode_files(items, max_file_size=1 << 20)
+    assert datafile.decode_file(f.data) == items
+    assert lookup(f, "日本") == b"3"
+
+
+def test_footer_describes_the_file() -> None:
+    [f] = datafile.encode_files(entries(50), max_file_size=1 << 20)
+    footer = datafile.decode_footer(f.data)
+    assert (footer.index_offset, footer.index_length) == (f.index_offset, f.index_length)
+    assert footer.entry_count == 50
+    assert f.data.endswith(datafile.MAGIC)
+
+
+@pytest.mark.parametrize("where", ["block", "index", "footer", "magic"])
+def test_corruption_is_detected(where: str) -> None:
+    [f] = datafile.encode_files(entries(500), max_file_size=1 << 20, block_size=4096)
+    data = bytearray(f.data)
+    pos = {
+        "block": 10,
+        "index": f.index_offset + 5,
+        "footer": len(data) - 20,
+        "magic": len(data) - 1,
+    }[where]
+    data[pos] ^= 0xFF
+    with pytest.raises(CorruptData):
+        datafile.decode_file(bytes(data))
+
+
+def test_truncated_file_is_corrupt() -> None:
+    with pytest.raises(CorruptData):
+        datafile.decode_file(b"RSDF")
