@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
@@ -9,6 +10,8 @@ import faust
 from agents.app import create_app
 from agents.config import Settings
 from agents.logs import setup_logging
+from agents.pipeline import MaterializerService
+from agents.resources import Resources, ensure_topics
 
 __all__ = ["run_worker"]
 
@@ -26,7 +29,13 @@ class _Worker(faust.Worker):
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code."""
     setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(ensure_topics(settings))
+    except Exception as exc:
+        log.error("cannot prepare the topics", extra={"error": str(exc)})
+        return 1
     app = create_app(settings)
+    MaterializerService(app, settings, Resources(settings))
     log.info("starting worker", extra={"settings": settings.public()})
     worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.runstream_settings = settings

@@ -1,0 +1,61 @@
+"""A compact set of the ids of runs in a final phase, per partition (DESIGN.md, "Only active runs
+live in memory").
+
+Finished runs leave the materializer's memory; this set is what lets it refuse a late event or a
+second ``run.created`` for one of them without reading the data files. It is a sorted ``int64``
+array (8 bytes a run) plus a small Python set of the runs finished since the last merge, and it is
+stored in the partition's checkpoint as one entry: zstd over the delta-encoded array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+__all__ = ["FinalIds"]
+
+_MAGIC = b"RSF1"
+
+
+class FinalIds:
+    """Set of final run ids (integers). Not thread-safe; one owner per partition."""
+
+    def __init__(self, ids: np.ndarray | None = None) -> None:
+        self._sorted: np.ndarray = (
+            np.zeros(0, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        )
+        self._recent: set[int] = set()
+
+    def __len__(self) -> int:
+        return int(self._sorted.size) + len(self._recent)
+
+    def __contains__(self, run_id: int) -> bool:
+        if run_id in self._recent:
+            return True
+        arr = self._sorted
+        i = int(np.searchsorted(arr, run_id))
+        return i < arr.size and int(arr[i]) == run_id
+
+    def add(self, run_id: int) -> None:
+        self._recent.add(run_id)
+
+    def compact(self) -> None:
+        """Merge the recent ids into the sorted array (done before every checkpoint)."""
+        if self._recent:
+            extra = np.fromiter(self._recent, dtype=np.int64, count=len(self._recent))
+            self._sorted = np.union1d(self._sorted, extra)
+            self._recent.clear()
+
+    def to_bytes(self) -> bytes:
+        """Deterministic bytes: the same set gives the same bytes."""
+        self.compact()
+        deltas = np.diff(self._sorted, prepend=np.int64(0)).astype(np.int64)
+        return _MAGIC + zstandard.ZstdCompressor(level=3).compress(deltas.tobytes())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> FinalIds:
+        """Inverse of :meth:`to_bytes`. Raises ``ValueError`` on anything else."""
+        if raw[:4] != _MAGIC:
+            raise ValueError("not a final-ids entry")
+        deltas = np.frombuffer(zstandard.ZstdDecompressor().decompress(raw[4:]), dtype=np.int64)
+        return cls(np.cumsum(deltas, dtype=np.int64))

@@ -1,0 +1,285 @@
+"""The materializer of one partition of ``runs.events``: records in, run state and phase changes out.
+
+No Faust here (STYLE.md point 5): the agent in ``agents.pipeline`` feeds records to
+:meth:`PartitionMaterializer.apply_record` and calls :meth:`checkpoint`; tests call both directly.
+
+State of a partition (in the datamanager, one checkpoint per partition):
+
+* ``active``: run id → encoded ``RunState`` for runs not in a final phase (held in memory);
+* ``final``: run id → encoded ``RunState`` of runs in a final phase (only on storage);
+* ``meta/final-ids``: the compact set of final run ids (``agents.finals``);
+* the manifest's offsets: the next ``runs.events`` offset to apply and the ``runs.phases`` end
+  offset at checkpoint time (recovery scans ``runs.phases`` from there so that phase changes
+  already emitted are not emitted twice).
+
+Exactly-once: a record below ``next_offset`` is skipped (it is in the checkpoint); the reducer
+drops an event id it has already applied; derived phase changes are deterministic, and those found
+in the ``runs.phases`` tail at recovery are suppressed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.finals import FinalIds
+from events import parse_run_id
+from events.catalogue import Event, PhaseChanged
+from events.codec import decode_record, decode_state, encode_state
+from events.errors import DecodeError
+from events.reducer import Applied, apply
+from events.state import RunState
+
+__all__ = [
+    "DeadLetter",
+    "Outcome",
+    "PartitionMaterializer",
+    "Snapshot",
+    "offsets_key",
+    "partition_name",
+]
+
+log = logging.getLogger("runstream.materializer")
+
+ACTIVE, FINAL, META = "active", "final", "meta"
+FINAL_IDS = "final-ids"
+
+
+def phase_seq(event: Event) -> int:
+    """The per-run sequence number of a ``run.phase_changed`` event (-1 for any other event)."""
+    data = event.data
+    return data.seq if isinstance(data, PhaseChanged) else -1
+
+
+def partition_name(topic: str, partition: int) -> str:
+    """The datamanager partition holding the state of one ``runs.events`` partition."""
+    return f"{topic}-{partition}"
+
+
+def offsets_key(topic: str, partition: int) -> str:
+    """Key of a topic partition in a manifest's offsets map."""
+    return f"{topic}/{partition}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A record the materializer could not decode: its bytes go to the dead-letter topic."""
+
+    reason: str
+    message: str
+    offset: int
+    raw: bytes
+
+
+@dataclass(slots=True, kw_only=True)
+class Outcome:
+    """What applying one record did."""
+
+    derived: list[Event] = field(default_factory=list)
+    dead: DeadLetter | None = None
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    skipped: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class Snapshot:
+    """The changes of one checkpoint, taken out of the live state by ``prepare``."""
+
+    dirty: dict[str, RunState]
+    finished: dict[str, RunState]
+    covered: int
+    events: int
+    final_ids: bytes | None
+
+
+class PartitionMaterializer:
+    """Owns the state of one partition between its assignment and its revocation."""
+
+    def __init__(
+        self,
+        writer: Any,
+        *,
+        topic: str,
+        partition: int,
+        phases_topic: str,
+        max_event_bytes: int = 1 << 20,
+        active: dict[str, RunState] | None = None,
+        finals: FinalIds | None = None,
+        next_offset: int = 0,
+        phases_offset: int = 0,
+    ) -> None:
+        self.writer = writer
+        self.topic = topic
+        self.partition = partition
+        self.phases_topic = phases_topic
+        self.max_event_bytes = max_event_bytes
+        self.active: dict[str, RunState] = active or {}
+        self.finals = finals or FinalIds()
+        self.next_offset = next_offset
+        self.phases_offset = phases_offset
+        self.checkpointed_offset = next_offset
+        self._dirty: dict[str, RunState] = {}
+        self._finished: dict[str, RunState] = {}
+        self._suppress: set[tuple[str, int]] = set()
+        self.pending_events = 0
+        self._writing: Snapshot | None = None
+
+    # ------------------------------------------------------------------------- loading
+    @classmethod
+    async def open(
+        cls, dm: Any, *, topic: str, partition: int, phases_topic: str, max_event_bytes: int
+    ) -> PartitionMaterializer:
+        """Open the partition in the datamanager (which fences any previous owner) and load the
+        active runs and final ids of its latest checkpoint."""
+        writer = await dm.open_partition(partition_name(topic, partition))
+        manifest = writer.manifest
+        offsets: Mapping[str, int] = manifest.offsets
+        active: dict[str, RunState] = {}
+        finals = FinalIds()
+        if manifest.seq > 0:
+            for run_id, raw in await writer.load(ACTIVE):
+                active[run_id] = decode_state(raw)
+            for _, raw in await writer.load(META):
+                finals = FinalIds.from_bytes(raw)
+        return cls(
+            writer,
+            topic=topic,
+            partition=partition,
+            phases_topic=phases_topic,
+            max_event_bytes=max_event_bytes,
+            active=active,
+            finals=finals,
+            next_offset=offsets.get(offsets_key(topic, partition), 0),
+            phases_offset=offsets.get(offsets_key(phases_topic, partition), 0),
+        )
+
+    def suppress_emitted(self, emitted: Iterable[tuple[str, int]]) -> None:
+        """Phase changes (run id, seq) already on ``runs.phases``: do not emit them again."""
+        self._suppress.update(emitted)
+
+    # ------------------------------------------------------------------------- applying
+    def apply_record(self, offset: int, raw: bytes) -> Outcome:
+        """Apply one record of this partition. Never raises on bad input (it becomes a dead letter)."""
+        out = Outcome()
+        if offset < self.next_offset:
+            out.skipped = True  # already part of the checkpoint we started from
+            return out
+        self.next_offset = offset + 1
+        try:
+            events = decode_record(raw, max_size=self.max_event_bytes)
+        except DecodeError as exc:
+            out.dead = DeadLetter(
+                reason=str(exc.reason), message=exc.message, offset=offset, raw=raw
+            )
+            return out
+        for event in events:
+            self._apply_event(event, out)
+        self.pending_events += len(events)
+        return out
+
+    def _apply_event(self, event: Event, out: Outcome) -> None:
+        run_id = event.run_id
+        state = self.active.get(run_id)
+        if state is None and parse_run_id(run_id) in self.finals:
+            out.rejected += 1  # a final run never changes again
+            log.debug(
+                "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": "run is final"}
+            )
+            return
+        result = apply(state, event)
+        if not isinstance(result, Applied):
+            out.rejected += 1
+            log.debug(
+                "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": result.reason}
+            )
+            return
+        if result.duplicate:
+            out.duplicates += 1
+            return
+        out.applied += 1
+        new = result.state
+        if new.run.phase.is_final():
+            self.active.pop(run_id, None)
+            self._dirty.pop(run_id, None)
+            self._finished[run_id] = new
+            self.finals.add(parse_run_id(run_id))
+        else:
+            self.active[run_id] = new
+            self._dirty[run_id] = new
+        for d in result.derived:
+            key = (d.run_id, phase_seq(d))
+            if key in self._suppress:
+                self._suppress.discard(key)
+            else:
+                out.derived.append(d)
+
+    # ------------------------------------------------------------------------- checkpoints
+    @property
+    def has_changes(self) -> bool:
+        return self.next_offset != self.checkpointed_offset
+
+    def prepare(self) -> Snapshot:
+        """Take the changes since the last checkpoint out of the live state, synchronously, so that
+        records applied while the snapshot is written belong to the next one."""
+        snap = Snapshot(
+            dirty=self._dirty,
+            finished=self._finished,
+            covered=self.next_offset,
+            events=self.pending_events,
+            final_ids=self.finals.to_bytes() if self._finished else None,
+        )
+        self._dirty, self._finished = {}, {}
+        self.pending_events = 0
+        self._writing = snap
+        return snap
+
+    async def commit(self, snap: Snapshot, phases_offset: int) -> int:
+        """Write ``snap`` as the partition's new checkpoint; returns the offset it covers.
+
+        ``phases_offset``: the ``runs.phases`` offset below which every phase change derived from
+        the snapshot's records is acknowledged. Raises ``datamanager.errors.Fenced`` when another
+        owner took the partition (drop this materializer), or the storage error; call
+        :meth:`restore` on failure to keep the changes for the next try.
+        """
+        puts: dict[str, dict[str, bytes]] = {
+            ACTIVE: {rid: encode_state(s) for rid, s in snap.dirty.items()},
+            FINAL: {rid: encode_state(s) for rid, s in snap.finished.items()},
+        }
+        if snap.final_ids is not None:
+            puts[META] = {FINAL_IDS: snap.final_ids}
+        offsets = {
+            offsets_key(self.topic, self.partition): snap.covered,
+            offsets_key(self.phases_topic, self.partition): phases_offset,
+        }
+        await self.writer.checkpoint(puts, {ACTIVE: list(snap.finished)}, offsets)
+        self._writing = None
+        self.checkpointed_offset = snap.covered
+        self.phases_offset = phases_offset
+        return snap.covered
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put a snapshot that was not written back into the live state (newer states win)."""
+        self._writing = None
+        self._finished = {**snap.finished, **self._finished}
+        self._dirty = {**snap.dirty, **self._dirty}
+        for rid in self._finished:
+            self._dirty.pop(rid, None)
+        self.pending_events += snap.events
+
+    async def read_run(self, run_id: str) -> RunState | None:
+        """The run's latest state: in memory when active, else from the data files."""
+        state = self.active.get(run_id) or self._finished.get(run_id)
+        if state is None and self._writing is not None:
+            state = self._writing.finished.get(run_id)
+        if state is not None:
+            return state
+        from datamanager.errors import NotExist
+
+        try:
+            return decode_state(await self.writer.get(FINAL, run_id))
+        except NotExist:
+            return None

@@ -1,0 +1,35 @@
+"""Prometheus metrics of the worker (served at ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CHECKPOINTS",
+    "CHECKPOINT_SECONDS",
+    "DEAD_LETTERS",
+    "EVENTS",
+    "INDEX_RUNS",
+    "PARTITIONS_OWNED",
+    "PHASE_CHANGES",
+    "RECORDS",
+]
+
+RECORDS = Counter("runstream_records_total", "Kafka records consumed by the materializer")
+EVENTS = Counter(
+    "runstream_events_total",
+    "Events seen by the materializer, by outcome",
+    ["outcome"],  # applied, duplicate, rejected
+)
+DEAD_LETTERS = Counter(
+    "runstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"]
+)
+PHASE_CHANGES = Counter("runstream_phase_changes_total", "run.phase_changed events emitted")
+CHECKPOINTS = Counter(
+    "runstream_checkpoints_total", "Partition checkpoints, by outcome", ["outcome"]
+)
+CHECKPOINT_SECONDS = Histogram(
+    "runstream_checkpoint_seconds", "Time to write one partition checkpoint"
+)
+PARTITIONS_OWNED = Gauge("runstream_partitions_owned", "runs.events partitions this worker owns")
+INDEX_RUNS = Gauge("runstream_index_runs", "Runs in this worker's run index")

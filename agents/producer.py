@@ -1,0 +1,150 @@
+"""The producer API other services use to append run events (DESIGN.md, "Commits on the wire").
+
+``EventProducer.append(events)`` returns once every event is acknowledged by all in-sync
+replicas (``acks=all``, idempotent producer). Concurrent appends are grouped per partition into
+one Kafka record, a *commit*, flushed when it reaches ``max_commit_events`` /
+``max_commit_bytes`` or after ``linger`` seconds. The partition is the one Kafka's default
+partitioner picks for the run id as key (murmur2), so a foreign producer that sends one event per
+record with the run id as key lands on the same partition and keeps per-run order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from events.catalogue import Event
+from events.codec import encode
+
+__all__ = ["EventProducer", "partition_for"]
+
+
+def partition_for(run_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner chooses for ``run_id`` as the key."""
+    return int(murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(slots=True)
+class _Pending:
+    encoded: list[bytes] = field(default_factory=list)
+    first_run_id: str = ""
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    size: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class EventProducer:
+    """Appends events to one topic; start with ``await start()`` or ``async with``."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        linger: float = 0.005,
+        max_commit_events: int = 1000,
+        max_commit_bytes: int = 512 * 1024,
+        client_id: str = "runstream-producer",
+    ) -> None:
+        self._topic = topic
+        self._linger = linger
+        self._max_events = max_commit_events
+        self._max_bytes = max_commit_bytes
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=1 << 20,
+            max_request_size=8 << 20,
+        )
+        self._partitions = 0
+        self._pending: dict[int, _Pending] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._producer.start()
+        parts = await self._producer.partitions_for(self._topic)
+        if not parts:
+            raise RuntimeError(f"topic {self._topic!r} has no partitions")
+        self._partitions = len(parts)
+
+    async def stop(self) -> None:
+        """Flush what is pending, wait for it, then close."""
+        for p in list(self._pending):
+            self._flush(p)
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self._producer.stop()
+
+    async def __aenter__(self) -> EventProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Append ``events``; returns when all are acknowledged. Raises the Kafka error otherwise.
+
+        Order is kept per run. Events of one call that land in one partition go in one commit.
+        """
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        by_partition: dict[int, list[tuple[str, bytes]]] = {}
+        for ev in events:  # encoding first: an invalid event fails the call before anything is sent
+            p = partition_for(ev.run_id, self._partitions)
+            by_partition.setdefault(p, []).append((ev.run_id, encode(ev)))
+        for p, encoded in by_partition.items():
+            pend = self._pending.get(p)
+            if (
+                pend is not None
+                and pend.size + sum(len(b) + 1 for _, b in encoded) > self._max_bytes
+            ):
+                self._flush(p)  # keep every commit under the size the consumers accept
+                pend = None
+            if pend is None:
+                pend = self._pending[p] = _Pending(first_run_id=encoded[0][0])
+                pend.timer = loop.call_later(self._linger, self._flush, p)
+            fut: asyncio.Future[None] = loop.create_future()
+            pend.encoded.extend(b for _, b in encoded)
+            pend.size += sum(len(b) + 1 for _, b in encoded)
+            pend.waiters.append(fut)
+            futures.append(fut)
+            if len(pend.encoded) >= self._max_events or pend.size >= self._max_bytes:
+                self._flush(p)
+        await asyncio.gather(*futures)
+
+    def _flush(self, partition: int) -> None:
+        pend = self._pending.pop(partition, None)
+        if pend is None:
+            return
+        if pend.timer is not None:
+            pend.timer.cancel()
+        task = asyncio.ensure_future(self._send(partition, pend))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _send(self, partition: int, pend: _Pending) -> None:
+        try:
+            # A commit is a JSON array of envelopes (events.codec.decode_record).
+            value = b"[" + b",".join(pend.encoded) + b"]"
+            key = pend.first_run_id.encode()
+            await self._producer.send_and_wait(self._topic, value, key=key, partition=partition)
+        except Exception as exc:  # every waiter of this commit learns of the failure
+            for fut in pend.waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for fut in pend.waiters:
+                if not fut.done():
+                    fut.set_result(None)
