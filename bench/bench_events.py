@@ -1,0 +1,138 @@
+"""Decode + apply throughput of ``events`` on realistic event bytes, against plain orjson.loads.
+
+The stream: runs created with 3–10 tasks (a chain plus some fan-out, environment, steps), each
+then started, every task reported running then success (one run in eight has a failing task),
+so most records are ~200-byte task events. Both figures are measured in this process on the same
+bytes; the ratio is what to compare across machines.
+
+    .venv/bin/python bench/bench_events.py [--runs N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import orjson
+from tqdm import tqdm
+
+from events import (
+    RunConfigTask,
+    RunCreated,
+    RunState,
+    StartRequested,
+    TaskDepend,
+    TaskStatus,
+    TaskStatusChanged,
+    apply,
+    decode,
+    encode,
+    format_run_id,
+    make_event,
+    project_group,
+)
+from events.reducer import Applied
+
+
+def make_stream(runs: int, seed: int = 7) -> list[bytes]:
+    """Encoded events of ``runs`` runs, interleaved a little as a partition would see them."""
+    rnd = random.Random(seed)
+    per_run: list[list[bytes]] = []
+    at = 1_764_292_658_000
+    for n in range(1, runs + 1):
+        rid = format_run_id(n)
+        ntasks = rnd.randint(3, 10)
+        tids = [f"{rnd.getrandbits(128):032x}" for _ in range(ntasks)]
+        tasks = tuple(
+            RunConfigTask(
+                id=tid,
+                name=f"task-{i}",
+                depends=(TaskDepend(task_id=tids[i - 1]),) if i else (),
+                environment={"GOFLAGS": "-mod=vendor"},
+                steps=({"type": "run", "command": f"make step{i}"},),
+            )
+            for i, tid in enumerate(tids)
+        )
+        created = RunCreated(
+            name="build",
+            group=project_group(f"p{n % 97}", branch="main"),
+            tasks=tasks,
+            static_environment={"CI": "true", "COMMIT": f"{rnd.getrandbits(160):040x}"},
+            annotations={"run_type": "project", "ref": "refs/heads/main"},
+        )
+        evs = [created, StartRequested()]
+        fail_at = rnd.randrange(ntasks) if n % 8 == 0 else -1
+        for i, tid in enumerate(tids):
+            evs.append(TaskStatusChanged(task_id=tid, status=TaskStatus.RUNNING))
+            end = TaskStatus.FAILED if i == fail_at else TaskStatus.SUCCESS
+            evs.append(TaskStatusChanged(task_id=tid, status=end))
+            if end is TaskStatus.FAILED:
+                break
+        raws = []
+        for k, data in enumerate(evs):
+            at += 7
+            raws.append(encode(make_event(data, id=f"{rid}.e{k:04d}", run_id=rid, at=at)))
+        per_run.append(raws)
+    # interleave runs four at a time, as concurrent runs share a partition
+    out: list[bytes] = []
+    for i in range(0, len(per_run), 4):
+        group = per_run[i : i + 4]
+        while any(group):
+            for r in group:
+                if r:
+                    out.append(r.pop(0))
+    return out
+
+
+def decode_apply(stream: list[bytes]) -> int:
+    states: dict[str, RunState] = {}
+    get = states.get
+    applied = 0
+    for raw in stream:
+        ev = decode(raw)
+        out = apply(get(ev.run_id), ev)
+        if isinstance(out, Applied):
+            states[ev.run_id] = out.state
+            applied += 1
+    return applied
+
+
+def loads_only(stream: list[bytes]) -> int:
+    loads = orjson.loads
+    for raw in stream:
+        loads(raw)
+    return len(stream)
+
+
+def timed(fn, stream: list[bytes]) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    n = fn(stream)
+    return time.perf_counter() - t0, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    stream = make_stream(args.runs)
+    sizes = sorted(len(r) for r in stream)
+    print(f"{len(stream)} events from {args.runs} runs; median {sizes[len(sizes) // 2]} B, "
+          f"mean {sum(sizes) / len(sizes):.0f} B")  # fmt: skip
+    best_apply = best_loads = float("inf")
+    for _ in tqdm(range(args.repeat), desc="decode+apply / loads rounds"):
+        dt, n = timed(decode_apply, stream)
+        assert n == len(stream), f"only {n} of {len(stream)} applied"
+        best_apply = min(best_apply, dt)
+        best_loads = min(best_loads, timed(loads_only, stream)[0])
+    rate_apply = len(stream) / best_apply
+    rate_loads = len(stream) / best_loads
+    print(f"decode+apply : {rate_apply:12,.0f} events/s ({1e6 / rate_apply:.2f} µs/event)")
+    print(f"orjson.loads : {rate_loads:12,.0f} events/s ({1e6 / rate_loads:.2f} µs/event)")
+    print(f"ratio        : decode+apply takes {rate_loads / rate_apply:.2f}× the time of loads")
+    print(f"target 500,000 events/s: {'met' if rate_apply >= 500_000 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
