@@ -11,6 +11,7 @@ under a prefix, by whole segments, is one contiguous range found by two bisectio
 from __future__ import annotations
 
 import bisect
+import re
 import sys
 from collections.abc import Iterable
 
@@ -26,8 +27,7 @@ _SEP = "\x00"  # "/" in sort keys: below every character a valid path may contai
 _AFTER_SEP = "\x01"
 
 
-def _bad_char(path: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_group(path: str) -> str:
@@ -37,7 +37,7 @@ def validate_group(path: str) -> str:
         or len(path) > MAX_GROUP_LEN
         or path.endswith("/")
         or "//" in path
-        or _bad_char(path)
+        or _BAD_CHAR.search(path) is not None
     ):
         raise BadGroup(
             f"invalid group path {path!r}: want an absolute path like /project/x/branch/main, "
@@ -122,6 +122,10 @@ class GroupDict:
 
         Raises ``BadGroup`` for an invalid prefix.
         """
+        prefixes = list(prefixes)
+        if len(prefixes) == 1:  # the common case: one contiguous range, already unique
+            lo, hi = self.under(normalize_query_group(prefixes[0]))
+            return None if lo == 0 and hi == len(self) else self.sorted_gids()[lo:hi]
         ranges = [self.under(p) for p in {normalize_query_group(p) for p in prefixes}]
         if not ranges or any(lo == 0 and hi == len(self) for lo, hi in ranges):
             return None

@@ -10,7 +10,7 @@ slots of its runs (``Postings``), so one group's page is a bisection and a slice
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from events import Phase, Result
 from indexer.errors import ConflictingGroup, RunIdOutOfRange
 from indexer.groups import GroupDict
-from indexer.model import IndexStats, Order, Page, RunEntry, pr_code, pr_decode
+from indexer.model import IndexStats, Order, Page, RunEntry, make_entry, pr_code, pr_decode
 from indexer.postings import Postings
 
 __all__ = ["MAX_SPAN", "RunIndex"]
@@ -178,7 +178,7 @@ class RunIndex:
         if gid == 0:
             return None
         phase, result = pr_decode(int(self.pr[slot]))
-        return RunEntry(run_id=run_id, group=self.groups.name(gid), phase=phase, result=result)
+        return make_entry(run_id, self.groups.name(gid), phase, result)
 
     def get_seq(self, run_id: int) -> int | None:
         """The seq of the last update applied to ``run_id``, or None if unknown."""
@@ -214,6 +214,12 @@ class RunIndex:
             limit=limit,
             cursor=cursor,
         )
+
+    def entries(self, order: Order = Order.ASC) -> Iterator[RunEntry]:
+        """Every run in id order. Do not apply updates while iterating."""
+        from indexer.query import iter_runs
+
+        return iter_runs(self, order)
 
     # ----------------------------------------------------------------- figures
 

@@ -9,7 +9,7 @@ Both stop as soon as one run more than the page is found (to know whether a next
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,22 +26,24 @@ from indexer.model import (
     Order,
     Page,
     RunEntry,
+    make_entry,
     pr_code,
-    pr_decode,
 )
 
 if TYPE_CHECKING:
     from indexer.index import RunIndex
 
-__all__ = ["list_runs", "page_size"]
+__all__ = ["iter_runs", "list_runs", "page_size"]
 
 Slots = npt.NDArray[np.int64]
 _MERGE_MAX_GROUPS = 64
 _MAX_STEP = 1 << 18
-_DECODE: list[tuple[Phase, Result] | None] = [None] * 256
+# Code → phase / result for every valid code (codes in the index are validated on the way in).
+_PHASE_OF: list[Phase] = [Phase.QUEUED] * 256
+_RESULT_OF: list[Result] = [Result.UNKNOWN] * 256
 for _p in PHASE_CODES:
     for _r in RESULT_CODES:
-        _DECODE[pr_code(_p, _r)] = pr_decode(pr_code(_p, _r))
+        _PHASE_OF[pr_code(_p, _r)], _RESULT_OF[pr_code(_p, _r)] = _p, _r
 
 
 def page_size(limit: int | None) -> int:
@@ -89,6 +91,17 @@ def list_runs(
     runs = _entries(index, slots[: need - 1])
     more = len(slots) >= need
     return Page(runs=runs, next_cursor=encode_cursor(runs[-1].run_id, order) if more else None)
+
+
+def iter_runs(
+    index: RunIndex, order: Order = Order.ASC, chunk: int = 1 << 16
+) -> Iterator[RunEntry]:
+    """Every run, in id order (for exports and checks). Do not apply updates meanwhile."""
+    starts = range(0, index.span, chunk)
+    for s in reversed(starts) if order.is_desc() else starts:
+        slots = np.flatnonzero(index.gid[s : s + chunk]).astype(np.int64) + s
+        entries = _entries(index, slots[::-1] if order.is_desc() else slots)
+        yield from entries
 
 
 def _pr_mask(
@@ -233,11 +246,13 @@ def _last_runs(
 
 def _entries(index: RunIndex, slots: Slots) -> tuple[RunEntry, ...]:
     names = index.groups.names
-    base = index.base
-    gids = index.gid[slots].tolist()
     codes = index.pr[slots].tolist()
-    out = []
-    for s, g, c in zip(slots.tolist(), gids, codes, strict=True):
-        phase, result = _DECODE[c] or pr_decode(c)
-        out.append(RunEntry(run_id=base + s, group=names[g], phase=phase, result=result))
-    return tuple(out)
+    return tuple(
+        map(
+            make_entry,
+            (slots + index.base).tolist(),
+            [names[g] for g in index.gid[slots].tolist()],
+            [_PHASE_OF[c] for c in codes],
+            [_RESULT_OF[c] for c in codes],
+        )
+    )

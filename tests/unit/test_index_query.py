@@ -24,6 +24,7 @@ from indexer import (
     snapshot,
 )
 from indexer import query as query_mod
+from indexer.model import make_entry
 
 SEGMENTS = ["a", "b", "ab", "a-b", "a.b", "x"]
 segment = st.sampled_from(SEGMENTS)
@@ -195,6 +196,15 @@ def test_prefix_is_by_whole_segments() -> None:
     assert ids("/project/x-y", "/project/x/tag") == [3, 6]
     assert ids("/") == ids() == [1, 2, 3, 4, 5, 6]
     assert ids("/project/z") == []
+
+
+@given(rid=st.integers(1, 10**15), g=group_path, p=phase, r=result)
+def test_fast_entry_constructor_equals_the_dataclass(rid: int, g: str, p: Phase, r: Result) -> None:
+    fast = make_entry(rid, g, p, r)
+    assert fast == RunEntry(run_id=rid, group=g, phase=p, result=r)
+    assert hash(fast) == hash(RunEntry(run_id=rid, group=g, phase=p, result=r))
+    with pytest.raises(AttributeError):
+        fast.group = "/other"  # type: ignore[misc]
 
 
 def test_update_rules() -> None:
