@@ -1,0 +1,119 @@
+"""Reading what the pipeline produced: log end offsets, checkpoints, materialized runs, phase
+changes. Used by ``runstream verify``, the tests and the benchmarks; never writes anything."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
+from events.catalogue import Event
+from events.codec import decode_record, decode_state
+from events.errors import DecodeError
+from events.state import RunState
+
+__all__ = [
+    "checkpointed_offsets",
+    "end_offsets",
+    "materialized_states",
+    "read_topic",
+    "state_digest",
+]
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset (next offset to be written) of every partition of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # first contact: metadata may be stale
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def checkpointed_offsets(dm: Any, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The ``topic`` offset each partition's current checkpoint covers (0 when none)."""
+    out = {}
+    for p in partitions:
+        manifest, _, _ = await dm.current(partition_name(topic, p))
+        out[p] = manifest.offsets.get(offsets_key(topic, p), 0)
+    return out
+
+
+async def materialized_states(dm: Any, topic: str, partitions: Iterable[int]) -> dict[str, bytes]:
+    """run id → encoded state of every run in the current checkpoints (active and final)."""
+    out: dict[str, bytes] = {}
+    for p in partitions:
+        snap = await dm.read_partition(partition_name(topic, p))
+        for datatype in (ACTIVE, FINAL):
+            for run_id, raw in await snap.load(datatype):
+                out[run_id] = raw
+    return out
+
+
+def decode_states(encoded: dict[str, bytes]) -> dict[str, RunState]:
+    return {rid: decode_state(raw) for rid, raw in encoded.items()}
+
+
+def state_digest(encoded: dict[str, bytes]) -> str:
+    """A content hash of a set of run states (order independent)."""
+    h = hashlib.blake2b(digest_size=16)
+    for rid in sorted(encoded):
+        h.update(rid.encode())
+        h.update(hashlib.blake2b(encoded[rid], digest_size=16).digest())
+    return h.hexdigest()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, until: dict[int, int] | None = None
+) -> dict[int, list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]]:
+    """Every record of ``topic`` up to ``until`` (default: the current end offsets), per
+    partition: (offset, key, value, headers)."""
+    until = until if until is not None else await end_offsets(bootstrap, topic)
+    out: dict[int, list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]] = {
+        p: [] for p in until
+    }
+    tps = [TopicPartition(topic, p) for p, end in until.items() if end > 0]
+    if not tps:
+        return out
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=2000, max_records=50_000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.offset < until[tp.partition]:
+                        out[tp.partition].append((m.offset, m.key, m.value, list(m.headers or ())))
+            for tp in list(remaining):
+                if await consumer.position(tp) >= until[tp.partition]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def phase_changes(records: dict[int, list[tuple[int, bytes | None, bytes, Any]]]) -> list[Event]:
+    """The ``run.phase_changed`` events of ``runs.phases`` records, in log order per partition."""
+    out: list[Event] = []
+    for p in sorted(records):
+        for _, _, value, _ in records[p]:
+            try:
+                out.extend(e for e in decode_record(value) if phase_seq(e) >= 0)
+            except DecodeError:
+                continue
+    return out
