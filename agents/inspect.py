@@ -92,7 +92,7 @@ async def read_topic(
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps}
+        remaining = set(tps)
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=2000, max_records=50_000)
             for tp, msgs in batch.items():

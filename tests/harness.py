@@ -31,21 +31,21 @@ def make_settings(
     unique: str, kafka: str, etcd: str, storage: str, *, partitions: int = 4, **over: Any
 ) -> Settings:
     """Settings with every name unique to one test."""
-    base = dict(
-        kafka=kafka,
-        etcd=etcd,
-        etcd_prefix=f"/test/{unique}/",
-        storage=storage,
-        app_id=f"rs-{unique}",
-        topic_events=f"{unique}.events",
-        topic_setup_errors=f"{unique}.setup-errors",
-        topic_phases=f"{unique}.phases",
-        topic_dlq=f"{unique}.dlq",
-        partitions=partitions,
-        checkpoint_interval=0.5,
-        web_port=free_port(),
-        log_format="json",
-    )
+    base: dict[str, Any] = {
+        "kafka": kafka,
+        "etcd": etcd,
+        "etcd_prefix": f"/test/{unique}/",
+        "storage": storage,
+        "app_id": f"rs-{unique}",
+        "topic_events": f"{unique}.events",
+        "topic_setup_errors": f"{unique}.setup-errors",
+        "topic_phases": f"{unique}.phases",
+        "topic_dlq": f"{unique}.dlq",
+        "partitions": partitions,
+        "checkpoint_interval": 0.5,
+        "web_port": free_port(),
+        "log_format": "json",
+    }
     base.update(over)
     return Settings(**base)
 
@@ -100,16 +100,16 @@ async def prepare_topics(s: Settings) -> None:
 
 
 async def wait_until(
-    pred: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.3
+    pred: Callable[[], Any], *, within: float, what: str, interval: float = 0.3
 ) -> None:
     """Poll the async predicate ``pred`` until it is true; AssertionError naming ``what`` after
-    ``timeout`` seconds (a deadline for a hung system, not a performance assertion)."""
-    deadline = time.monotonic() + timeout
+    ``within`` seconds (a deadline for a hung system, not a performance assertion)."""
+    deadline = time.monotonic() + within
     while True:
         if await pred():
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
 
 

@@ -50,7 +50,7 @@ async def test_thousand_runs_match_the_oracle(
     resources = Resources(s)
     worker = Worker(s, tmp_path / "worker.log").start()
     try:
-        await wait_until(lambda: caught_up(s, resources), timeout=180, what="the checkpoints")
+        await wait_until(lambda: caught_up(s, resources), within=180, what="the checkpoints")
     finally:
         worker.stop()
     dm = await resources.datamanager()
