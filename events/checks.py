@@ -36,7 +36,8 @@ def check_tasks(tasks: Sequence[RunConfigTask]) -> tuple[SetupError, ...]:
     for t in tasks:
         if t.id in by_id:
             errors.append(SetupError(message=f"duplicate task id {t.id!r}", task_ids=(t.id,)))
-        by_id.setdefault(t.id, t)
+            continue
+        by_id[t.id] = t
         if t.name in names:
             msg = f"tasks {names[t.name]!r} and {t.id!r} have the same name {t.name!r}"
             errors.append(SetupError(message=msg, task_ids=(names[t.name], t.id)))

@@ -29,9 +29,9 @@ def ev(data: Payload, *, run_id: str = RUN, id: str | None = None, at: int | Non
 
 
 def task(tid: str, *parents: str, **kw: object) -> RunConfigTask:
-    return RunConfigTask(
-        id=tid, name=f"name-{tid}", depends=tuple(TaskDepend(task_id=p) for p in parents), **kw
-    )  # type: ignore[arg-type]
+    kw.setdefault("name", f"name-{tid}")
+    depends = tuple(TaskDepend(task_id=p) for p in parents)
+    return RunConfigTask(id=tid, depends=depends, **kw)  # type: ignore[arg-type]
 
 
 def created(*tasks: RunConfigTask, **kw: object) -> RunCreated:
