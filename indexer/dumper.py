@@ -119,12 +119,14 @@ class Dumper:
         )
         return result
 
-    async def run_forever(self, poll_seconds: float = 1.0) -> None:
-        """Call :meth:`once` every ``poll_seconds`` until cancelled; failures are logged and
-        retried at the next poll (the index stays correct in memory meanwhile)."""
+    async def run_forever(self, poll_seconds: float = 1.0, retry_seconds: float = 10.0) -> None:
+        """Call :meth:`once` every ``poll_seconds`` until cancelled. A failure is logged and
+        retried after ``retry_seconds`` (the index stays correct in memory meanwhile; only the
+        replay after a restart grows)."""
         while True:
             try:
                 await self.once()
             except Exception:
-                log.exception("index dump failed; retrying in %.1f s", poll_seconds)
+                log.exception("index dump failed; retrying in %.1f s", retry_seconds)
+                await asyncio.sleep(max(0.0, retry_seconds - poll_seconds))
             await asyncio.sleep(poll_seconds)
