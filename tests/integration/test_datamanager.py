@@ -10,7 +10,11 @@ import pytest
 import ost
 from datamanager import DataManager, EtcdKv, Manifest, NotExist
 from events import format_run_id
-from tests.contract.dm_support import any_storage, kv  # noqa: F401  (fixtures)
+from tests.contract import dm_support
+
+# Fixtures shared with the other datamanager suites (assigned, so pytest collects them here).
+any_storage = dm_support.any_storage
+kv = dm_support.kv
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
 
@@ -30,7 +34,7 @@ def run(i: int, version: int = 0) -> bytes:
 
 
 @pytest.fixture
-def dm(any_storage: ost.ObjectStorage, kv: EtcdKv) -> DataManager:  # noqa: F811
+def dm(any_storage: ost.ObjectStorage, kv: EtcdKv) -> DataManager:
     return DataManager(any_storage, kv, base="rundata", max_file_size=1 << 20, block_size=4096)
 
 
@@ -104,8 +108,8 @@ async def test_offsets_only_checkpoint_keeps_the_files(dm: DataManager) -> None:
 
 
 async def test_split_at_max_size_and_only_touched_files_rewritten(
-    any_storage: ost.ObjectStorage,  # noqa: F811
-    kv: EtcdKv,  # noqa: F811
+    any_storage: ost.ObjectStorage,
+    kv: EtcdKv,
 ) -> None:
     max_size = 64 << 10
     dm = DataManager(any_storage, kv, base="rundata", max_file_size=max_size, block_size=4096)
@@ -141,8 +145,8 @@ async def test_point_reads_at_block_and_file_edges(dm: DataManager) -> None:
 
 
 async def test_gc_keeps_last_manifests_and_respects_grace(
-    any_storage: ost.ObjectStorage,  # noqa: F811
-    kv: EtcdKv,  # noqa: F811
+    any_storage: ost.ObjectStorage,
+    kv: EtcdKv,
 ) -> None:
     dm = DataManager(
         any_storage, kv, base="rundata", max_file_size=1 << 20, keep_manifests=2, gc_grace=60.0
