@@ -115,13 +115,52 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
         (orjson.dumps(envelope(data=[])), DecodeReason.SCHEMA),
         (orjson.dumps(envelope(data={"task_id": "a", "status": "bogus"})), DecodeReason.SCHEMA),
         (orjson.dumps(envelope(data={"task_id": "a", "status": []})), DecodeReason.SCHEMA),
-        (orjson.dumps(envelope(data={"task_id": "a", "status": "running", "x": 1})), DecodeReason.SCHEMA),  # fmt: skip
+        (
+            orjson.dumps(envelope(data={"task_id": "a", "status": "running", "x": 1})),
+            DecodeReason.SCHEMA,
+        ),  # fmt: skip
         (orjson.dumps(envelope(type="run.start_requested", data={"x": 1})), DecodeReason.SCHEMA),
         (orjson.dumps(envelope(type="run.created", data={"name": "n"})), DecodeReason.SCHEMA),
-        (orjson.dumps(envelope(type="run.created", data={"name": "n", "group": "/project/p", "tasks": [{"id": "a", "name": "a", "skip": "yes"}]})), DecodeReason.SCHEMA),  # fmt: skip
-        (orjson.dumps(envelope(type="run.created", data={"name": "n", "group": "/project/p", "environment": {"A": 1}})), DecodeReason.SCHEMA),  # fmt: skip
-        (orjson.dumps(envelope(type="run.created", data={"name": "n", "group": "/project/p", "recreated_from": "x"})), DecodeReason.SCHEMA),  # fmt: skip
-        (orjson.dumps(envelope(type="run.phase_changed", data={"group": "/g", "phase": "queued", "result": "unknown", "seq": 0})), DecodeReason.SCHEMA),  # fmt: skip
+        (
+            orjson.dumps(
+                envelope(
+                    type="run.created",
+                    data={
+                        "name": "n",
+                        "group": "/project/p",
+                        "tasks": [{"id": "a", "name": "a", "skip": "yes"}],
+                    },
+                )
+            ),
+            DecodeReason.SCHEMA,
+        ),  # fmt: skip
+        (
+            orjson.dumps(
+                envelope(
+                    type="run.created",
+                    data={"name": "n", "group": "/project/p", "environment": {"A": 1}},
+                )
+            ),
+            DecodeReason.SCHEMA,
+        ),  # fmt: skip
+        (
+            orjson.dumps(
+                envelope(
+                    type="run.created",
+                    data={"name": "n", "group": "/project/p", "recreated_from": "x"},
+                )
+            ),
+            DecodeReason.SCHEMA,
+        ),  # fmt: skip
+        (
+            orjson.dumps(
+                envelope(
+                    type="run.phase_changed",
+                    data={"group": "/g", "phase": "queued", "result": "unknown", "seq": 0},
+                )
+            ),
+            DecodeReason.SCHEMA,
+        ),  # fmt: skip
     ],
 )
 def test_decode_errors_carry_their_reason(raw: bytes, reason: DecodeReason) -> None:

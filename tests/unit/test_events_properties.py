@@ -101,9 +101,7 @@ payloads: st.SearchStrategy[Payload] = st.one_of(
         seq=st.integers(1, 2**40),
     ),
 )
-events = st.builds(
-    make_event, payloads, id=text, run_id=run_ids, at=st.integers(0, 2**62)
-)
+events = st.builds(make_event, payloads, id=text, run_id=run_ids, at=st.integers(0, 2**62))
 
 
 @SETTINGS
@@ -136,21 +134,28 @@ def run_scripts(draw: st.DrawFn) -> list[Event]:
             RunConfigTask(
                 id=t,
                 name=t,
-                depends=tuple(TaskDepend(task_id=p) for p in draw(st.lists(st.sampled_from(TASK_IDS), max_size=1, unique=True))),  # fmt: skip
+                depends=tuple(
+                    TaskDepend(task_id=p)
+                    for p in draw(
+                        st.lists(st.sampled_from(TASK_IDS[:i]), max_size=1) if i else st.just([])
+                    )
+                ),  # fmt: skip
                 ignore_failure=draw(st.booleans()),
                 needs_approval=draw(st.booleans()),
                 skip=draw(st.booleans()),
             )
-            for t in TASK_IDS
+            for i, t in enumerate(TASK_IDS)
         )
         errors = (SetupError(message="broken"),) if draw(st.integers(0, 5)) == 0 else ()
         data = RunCreated(name="r", group="/project/p", tasks=tasks, setup_errors=errors)
         out.append(make_event(data, id=f"{rid}.c", run_id=rid, at=1))
+    task_report = st.builds(TaskStatusChanged, task_id=st.sampled_from(TASK_IDS), status=st.sampled_from(TaskStatus))  # fmt: skip
     bodies = st.one_of(
+        task_report,
+        task_report,
         st.just(StartRequested()),
         st.just(CancelRequested()),
         st.just(StopRequested()),
-        st.builds(TaskStatusChanged, task_id=st.sampled_from(TASK_IDS), status=st.sampled_from(TaskStatus)),  # fmt: skip
         st.builds(TaskApproved, task_id=st.sampled_from(TASK_IDS)),
     )
     steps = draw(st.lists(st.tuples(bodies, st.sampled_from(RUNS), st.integers(0, 6)), max_size=40))

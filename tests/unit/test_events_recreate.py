@@ -68,10 +68,18 @@ def test_from_failed_tasks_keeps_successful_ids_and_renews_descendants() -> None
 def test_successful_descendant_of_a_failed_task_is_renewed() -> None:
     on_failure = TaskDepend(task_id="a", conditions=(DependCondition.ON_FAILURE,))
     tasks = (task("a"), RunConfigTask(id="h", name="h", depends=(on_failure,)))
-    state = fold([ev(created(*tasks)), ev(StartRequested())] + [
-        ev(TaskStatusChanged(task_id=t, status=s))
-        for t, s in (("a", TaskStatus.RUNNING), ("a", TaskStatus.FAILED), ("h", TaskStatus.RUNNING), ("h", TaskStatus.SUCCESS))  # fmt: skip
-    ])
+    state = fold(
+        [ev(created(*tasks)), ev(StartRequested())]
+        + [
+            ev(TaskStatusChanged(task_id=t, status=s))
+            for t, s in (
+                ("a", TaskStatus.RUNNING),
+                ("a", TaskStatus.FAILED),
+                ("h", TaskStatus.RUNNING),
+                ("h", TaskStatus.SUCCESS),
+            )  # fmt: skip
+        ]
+    )
     assert state is not None and state.run.result is Result.FAILED
     data = recreate(state, new_run_id=NEW, environment={}, from_start=False)
     assert data.kept_tasks == ()

@@ -109,7 +109,9 @@ def test_setup_errors_reported_creates_a_setuperror_run() -> None:
 
 
 def test_setup_errors_reported_without_errors_is_rejected() -> None:
-    assert "no setup errors" in rejected(None, ev(SetupErrorsReported(group=GROUP, errors=()))).reason
+    assert (
+        "no setup errors" in rejected(None, ev(SetupErrorsReported(group=GROUP, errors=()))).reason
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,7 +131,9 @@ def test_creation_without_tasks_nor_errors_is_rejected() -> None:
 
 
 def test_kept_tasks_must_be_tasks_of_the_run() -> None:
-    assert "not tasks of the run" in rejected(None, ev(created(task("a"), kept_tasks=("z",)))).reason
+    assert (
+        "not tasks of the run" in rejected(None, ev(created(task("a"), kept_tasks=("z",)))).reason
+    )
 
 
 def test_kept_tasks_start_successful() -> None:
@@ -152,7 +156,9 @@ def test_events_for_an_unknown_run_are_rejected() -> None:
 
 def test_event_for_another_run_is_rejected() -> None:
     state = queued(task("a"))
-    assert "applied to run" in rejected(state, ev(StartRequested(), run_id="0000000000000008")).reason
+    assert (
+        "applied to run" in rejected(state, ev(StartRequested(), run_id="0000000000000008")).reason
+    )
 
 
 def test_phase_changed_is_never_accepted_as_input() -> None:
