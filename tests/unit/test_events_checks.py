@@ -43,7 +43,8 @@ def test_levels_refuse_a_cycle() -> None:
 
 def test_missing_dependency() -> None:
     [err] = check_tasks([task("a", "zz")])
-    assert err.message == "task 'name-a' depends on a missing task 'zz'" and err.task_ids == ("a",)
+    assert err.message == "task 'name-a' depends on a missing task 'zz'"
+    assert err.task_ids == ("a",)
 
 
 def test_self_dependency() -> None:
@@ -63,7 +64,14 @@ def test_dependency_twice_on_the_same_task() -> None:
 
 
 def test_cycles_name_their_tasks_only() -> None:
-    tasks = [task("a", "c"), task("b", "a"), task("c", "b"), task("x", "a"), task("y", "z"), task("z", "y")]  # fmt: skip
+    tasks = [
+        task("a", "c"),
+        task("b", "a"),
+        task("c", "b"),
+        task("x", "a"),
+        task("y", "z"),
+        task("z", "y"),
+    ]
     errs = check_tasks(tasks)
     assert [e.task_ids for e in errs] == [("a", "b", "c"), ("y", "z")]
     assert errs[0].message == "dependency cycle between tasks 'name-a', 'name-b', 'name-c'"

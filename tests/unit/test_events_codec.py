@@ -67,14 +67,19 @@ def test_golden_sample_decodes_and_reencodes_to_the_same_json(path: pathlib.Path
 def test_golden_run_created_fields() -> None:
     event = decode((GOLDEN / "run.created.v1.json").read_bytes())
     data = event.data
-    assert event.run_id == "0000000000000042" and event.at == 1764292658123
+    assert event.run_id == "0000000000000042"
+    assert event.at == 1764292658123
     assert [t.name for t in data.tasks] == ["compile", "deploy"]  # type: ignore[union-attr]
     assert data.tasks[1].depends[0].conditions == ("on_success",)  # type: ignore[union-attr]
     assert data.recreated_from == "0000000000000041"  # type: ignore[union-attr]
 
 
 def test_roundtrip_and_commit() -> None:
-    events = [ev(created(task("a"))), ev(StartRequested()), ev(TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING))]  # fmt: skip
+    events = [
+        ev(created(task("a"))),
+        ev(StartRequested()),
+        ev(TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING)),
+    ]
     for e in events:
         assert decode(encode(e)) == e
         assert decode_record(encode(e)) == [e]
@@ -118,7 +123,7 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
         (
             orjson.dumps(envelope(data={"task_id": "a", "status": "running", "x": 1})),
             DecodeReason.SCHEMA,
-        ),  # fmt: skip
+        ),
         (orjson.dumps(envelope(type="run.start_requested", data={"x": 1})), DecodeReason.SCHEMA),
         (orjson.dumps(envelope(type="run.created", data={"name": "n"})), DecodeReason.SCHEMA),
         (
@@ -133,7 +138,7 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
                 )
             ),
             DecodeReason.SCHEMA,
-        ),  # fmt: skip
+        ),
         (
             orjson.dumps(
                 envelope(
@@ -142,7 +147,7 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
                 )
             ),
             DecodeReason.SCHEMA,
-        ),  # fmt: skip
+        ),
         (
             orjson.dumps(
                 envelope(
@@ -151,7 +156,7 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
                 )
             ),
             DecodeReason.SCHEMA,
-        ),  # fmt: skip
+        ),
         (
             orjson.dumps(
                 envelope(
@@ -160,7 +165,7 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
                 )
             ),
             DecodeReason.SCHEMA,
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_decode_errors_carry_their_reason(raw: bytes, reason: DecodeReason) -> None:
@@ -189,14 +194,18 @@ def test_upcasters_run_in_a_loop_to_the_current_version() -> None:
 
 
 def test_state_bytes_roundtrip_and_are_deterministic() -> None:
-    state = applied(None, ev(created(task("a"), task("b", "a"), annotations={"x": "1", "a": "2"}))).state  # fmt: skip
+    state = applied(
+        None, ev(created(task("a"), task("b", "a"), annotations={"x": "1", "a": "2"}))
+    ).state
     state = applied(state, ev(StartRequested())).state
     raw = encode_state(state)
     back = decode_state(raw)
     assert back == state
     assert encode_state(back) == raw
     # same content built with maps in another insertion order gives the same bytes
-    again = applied(None, ev(created(task("a"), task("b", "a"), annotations={"a": "2", "x": "1"}), id="e-other")).state  # fmt: skip
+    again = applied(
+        None, ev(created(task("a"), task("b", "a"), annotations={"a": "2", "x": "1"}), id="e-other")
+    ).state
     assert b'"annotations":{"a":"2","x":"1"}' in encode_state(again)
 
 

@@ -139,7 +139,7 @@ def run_scripts(draw: st.DrawFn) -> list[Event]:
                     for p in draw(
                         st.lists(st.sampled_from(TASK_IDS[:i]), max_size=1) if i else st.just([])
                     )
-                ),  # fmt: skip
+                ),
                 ignore_failure=draw(st.booleans()),
                 needs_approval=draw(st.booleans()),
                 skip=draw(st.booleans()),
@@ -149,7 +149,9 @@ def run_scripts(draw: st.DrawFn) -> list[Event]:
         errors = (SetupError(message="broken"),) if draw(st.integers(0, 5)) == 0 else ()
         data = RunCreated(name="r", group="/project/p", tasks=tasks, setup_errors=errors)
         out.append(make_event(data, id=f"{rid}.c", run_id=rid, at=1))
-    task_report = st.builds(TaskStatusChanged, task_id=st.sampled_from(TASK_IDS), status=st.sampled_from(TaskStatus))  # fmt: skip
+    task_report = st.builds(
+        TaskStatusChanged, task_id=st.sampled_from(TASK_IDS), status=st.sampled_from(TaskStatus)
+    )
     bodies = st.one_of(
         task_report,
         task_report,
@@ -174,9 +176,11 @@ def replay(script: list[Event]) -> tuple[dict[str, RunState], list[Event]]:
         out = apply(before, e)
         if isinstance(out, Applied):
             if before is not None and before.run.phase.is_final():
-                assert out.duplicate and out.state is before
+                assert out.duplicate
+                assert out.state is before
             if out.duplicate:
-                assert out.state is before and out.derived == ()
+                assert out.state is before
+                assert out.derived == ()
             states[e.run_id] = out.state
             derived.extend(out.derived)
         else:
@@ -193,7 +197,8 @@ def test_final_phases_never_change_and_duplicates_change_nothing(script: list[Ev
         if run.phase.is_final():
             assert run.end_time is not None
         if run.phase is Phase.FINISHED:
-            assert run.result.is_set() and run.tasks_finished()
+            assert run.result.is_set()
+            assert run.tasks_finished()
         assert state.open_tasks == sum(not t.status.is_finished() for t in run.tasks.values())
 
 
@@ -202,7 +207,8 @@ def test_final_phases_never_change_and_duplicates_change_nothing(script: list[Ev
 def test_replaying_twice_gives_equal_states_and_bytes(script: list[Event]) -> None:
     one, d1 = replay(script)
     two, d2 = replay(script)
-    assert one == two and d1 == d2
+    assert one == two
+    assert d1 == d2
     for rid, state in one.items():
         assert encode_state(state) == encode_state(two[rid])
         assert decode_state(encode_state(state)) == state

@@ -29,17 +29,29 @@ NEW = "0000000000000100"
 def finished(*outcomes: tuple[str, TaskStatus]) -> RunState:
     """a -> b -> c, d independent; each task ends as given."""
     tasks = (task("a"), task("b", "a"), task("c", "b"), task("d"))
-    data = created(*tasks, environment={"SECRET": "old"}, static_environment={"CI": "true"}, annotations={"k": "v"}, counter=4)  # fmt: skip
+    data = created(
+        *tasks,
+        environment={"SECRET": "old"},
+        static_environment={"CI": "true"},
+        annotations={"k": "v"},
+        counter=4,
+    )
     events = [ev(data), ev(StartRequested())]
     for tid, st in outcomes:
         events.append(ev(TaskStatusChanged(task_id=tid, status=TaskStatus.RUNNING)))
         events.append(ev(TaskStatusChanged(task_id=tid, status=st)))
     state = fold(events)
-    assert state is not None and state.run.phase is Phase.FINISHED
+    assert state is not None
+    assert state.run.phase is Phase.FINISHED
     return state
 
 
-FAILED_B = (("a", TaskStatus.SUCCESS), ("b", TaskStatus.FAILED), ("c", TaskStatus.CANCELLED), ("d", TaskStatus.SUCCESS))  # fmt: skip
+FAILED_B = (
+    ("a", TaskStatus.SUCCESS),
+    ("b", TaskStatus.FAILED),
+    ("c", TaskStatus.CANCELLED),
+    ("d", TaskStatus.SUCCESS),
+)
 
 
 def test_from_failed_tasks_keeps_successful_ids_and_renews_descendants() -> None:
@@ -60,7 +72,8 @@ def test_from_failed_tasks_keeps_successful_ids_and_renews_descendants() -> None
     )
     assert data.recreated_from == old.run.id
     run = applied(None, ev(data, run_id=NEW)).state.run
-    assert run.phase is Phase.QUEUED and run.counter == 0
+    assert run.phase is Phase.QUEUED
+    assert run.counter == 0
     assert run.tasks["a"].status is TaskStatus.SUCCESS
     assert run.tasks[nb].status is TaskStatus.NOTSTARTED
 
@@ -77,10 +90,11 @@ def test_successful_descendant_of_a_failed_task_is_renewed() -> None:
                 ("a", TaskStatus.FAILED),
                 ("h", TaskStatus.RUNNING),
                 ("h", TaskStatus.SUCCESS),
-            )  # fmt: skip
+            )
         ]
     )
-    assert state is not None and state.run.result is Result.FAILED
+    assert state is not None
+    assert state.run.result is Result.FAILED
     data = recreate(state, new_run_id=NEW, environment={}, from_start=False)
     assert data.kept_tasks == ()
     assert data.tasks[1].depends[0].conditions == (DependCondition.ON_FAILURE,)
@@ -90,7 +104,8 @@ def test_from_start_renews_every_task_and_is_deterministic() -> None:
     old = finished(*((t, TaskStatus.SUCCESS) for t in "abcd"))
     one = recreate(old, new_run_id=NEW, environment={}, from_start=True)
     two = recreate(old, new_run_id=NEW, environment={}, from_start=True)
-    assert one == two and one.kept_tasks == ()
+    assert one == two
+    assert one.kept_tasks == ()
     assert {t.id for t in one.tasks}.isdisjoint(set("abcd"))
 
 

@@ -80,7 +80,9 @@ def test_created_with_setup_errors_is_setuperror_without_tasks() -> None:
     err = SetupError(message="bad yaml")
     out = applied(None, ev(created(task("a"), setup_errors=(err,)), at=9))
     run = out.state.run
-    assert run.phase is Phase.SETUPERROR and run.tasks == {} and run.end_time == 9
+    assert run.phase is Phase.SETUPERROR
+    assert run.tasks == {}
+    assert run.end_time == 9
     assert out.state.config.setup_errors == (err,)
     assert phases(out) == [(Phase.SETUPERROR, Result.UNKNOWN, 1)]
 
@@ -138,7 +140,8 @@ def test_kept_tasks_must_be_tasks_of_the_run() -> None:
 
 def test_kept_tasks_start_successful() -> None:
     state = queued(task("a"), task("b", "a"), kept_tasks=("a",))
-    assert state.run.tasks["a"].status is TaskStatus.SUCCESS and state.open_tasks == 1
+    assert state.run.tasks["a"].status is TaskStatus.SUCCESS
+    assert state.open_tasks == 1
 
 
 def test_second_creation_of_a_run_is_rejected_and_its_retry_is_a_duplicate() -> None:
@@ -146,7 +149,9 @@ def test_second_creation_of_a_run_is_rejected_and_its_retry_is_a_duplicate() -> 
     state = applied(None, first).state
     assert "already exists" in rejected(state, ev(created(task("a")))).reason
     again = applied(state, first)
-    assert again.duplicate and again.state is state and again.derived == ()
+    assert again.duplicate
+    assert again.state is state
+    assert again.derived == ()
 
 
 def test_events_for_an_unknown_run_are_rejected() -> None:
@@ -173,7 +178,8 @@ def test_phase_changed_is_never_accepted_as_input() -> None:
 def test_start_only_from_queued_sets_start_time() -> None:
     state = queued(task("a"))
     out = applied(state, ev(StartRequested(), at=7777))
-    assert out.state.run.phase is Phase.RUNNING and out.state.run.start_time == 7777
+    assert out.state.run.phase is Phase.RUNNING
+    assert out.state.run.start_time == 7777
     assert phases(out) == [(Phase.RUNNING, Result.UNKNOWN, 2)]
     assert "only a queued run starts" in rejected(out.state, ev(StartRequested())).reason
 
@@ -214,7 +220,8 @@ def test_stop_sets_flag_result_and_waits_for_running_tasks() -> None:
     assert state.run.tasks["c"].waiting_approval
     out = applied(state, ev(StopRequested(), at=70))
     run = out.state.run
-    assert run.stop and (run.phase, run.result) == (Phase.RUNNING, Result.STOPPED)
+    assert run.stop
+    assert (run.phase, run.result) == (Phase.RUNNING, Result.STOPPED)
     assert run.tasks["b"].status is TaskStatus.CANCELLED
     assert not run.tasks["c"].waiting_approval
     assert phases(out) == [(Phase.RUNNING, Result.STOPPED, 3)]
@@ -233,7 +240,8 @@ def test_all_tasks_succeeding_finishes_with_success_and_times() -> None:
     state = applied(state, ev(status("a", TaskStatus.RUNNING), at=100)).state
     assert state.run.tasks["a"].start_time == 100
     out = applied(state, ev(status("a", TaskStatus.SUCCESS), at=110))
-    assert out.state.run.tasks["a"].end_time == 110 and out.derived == ()
+    assert out.state.run.tasks["a"].end_time == 110
+    assert out.derived == ()
     state = applied(out.state, ev(status("b", TaskStatus.RUNNING))).state
     out = applied(state, ev(status("b", TaskStatus.SUCCESS), at=130))
     run = out.state.run
@@ -285,7 +293,8 @@ def test_task_needing_approval_waits_until_approved() -> None:
     assert "no task" in rejected(state, ev(TaskApproved(task_id="z"))).reason
     state = applied(state, ev(TaskApproved(task_id="a"))).state
     t = state.run.tasks["a"]
-    assert t.approved and not t.waiting_approval
+    assert t.approved
+    assert not t.waiting_approval
     assert "already approved" in rejected(state, ev(TaskApproved(task_id="a"))).reason
     assert applied(state, ev(status("a", TaskStatus.RUNNING))).state.run.tasks["a"].start_time
 
@@ -326,7 +335,9 @@ def test_duplicate_event_changes_nothing() -> None:
     e = ev(status("a", TaskStatus.RUNNING))
     after = applied(state, e).state
     dup = applied(after, e)
-    assert dup.duplicate and dup.state is after and dup.derived == ()
+    assert dup.duplicate
+    assert dup.state is after
+    assert dup.derived == ()
 
 
 def test_rejected_event_is_not_remembered() -> None:
@@ -351,4 +362,5 @@ def test_id_window_is_bounded_and_keeps_the_latest_ids() -> None:
 def test_derived_event_ids_and_times_are_deterministic() -> None:
     e = make_event(created(task("a")), id="x", run_id=RUN, at=42)
     one, two = applied(None, e), applied(None, e)
-    assert one.state == two.state and one.derived == two.derived
+    assert one.state == two.state
+    assert one.derived == two.derived
