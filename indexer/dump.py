@@ -136,13 +136,15 @@ def read_header(data: bytes) -> DumpHeader:
     """Check framing and digest of ``data`` and return its header. Raises ``BadDump``."""
     if len(data) < _HEAD.size + _DIGEST:
         raise BadDump(f"dump too short ({len(data)} bytes): truncated")
-    magic, version, _flags, meta_len, body_len, raw_len, _ = _HEAD.unpack_from(data)
+    magic, version, flags, meta_len, body_len, raw_len, reserved = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise BadDump(f"not an index dump (magic {magic!r})")
     if version != FORMAT_VERSION:
         raise BadDump(
             f"unsupported dump format version {version} (this code reads {FORMAT_VERSION})"
         )
+    if flags or reserved:
+        raise BadDump(f"dump uses flags {flags:#x} / reserved {reserved:#x} unknown to version 1")
     want = _HEAD.size + meta_len + body_len + _DIGEST
     if len(data) != want:
         raise BadDump(f"dump is {len(data)} bytes, its header says {want}: truncated or padded")
