@@ -45,6 +45,11 @@ class LeaseLock:
     def held(self) -> bool:
         return self._held
 
+    @property
+    def lease_id(self) -> int:
+        """The etcd lease of the current hold (0 when not held)."""
+        return self._lease
+
     async def try_acquire(self) -> bool:
         """Take the lock if it is free. True when this holder now owns it."""
         if self._held:
