@@ -22,9 +22,10 @@ from indexer.groups import GroupDict
 from indexer.model import IndexStats, Order, Page, RunEntry, make_entry, pr_code, pr_decode
 from indexer.postings import Postings
 
-__all__ = ["MAX_SPAN", "RunIndex"]
+__all__ = ["DEFAULT_MAX_GAP", "MAX_SPAN", "RunIndex"]
 
 MAX_SPAN = 2**32 - 2  # slots are uint32 in the posting lists
+DEFAULT_MAX_GAP = 1 << 24  # 16M ids ≈ 150 MB of columns
 _MAX_SEQ = 2**32 - 1
 _T = TypeVar("_T", bound=np.generic)
 _START_SLACK = 4096  # first id seen is rarely the lowest: partitions are read in any order
@@ -37,7 +38,10 @@ class RunIndex:
     ``indexer.query`` and exposed as :meth:`list_runs`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_gap: int = DEFAULT_MAX_GAP) -> None:
+        """``max_gap``: how far (in ids) beyond the ids held an update may land. Ids are dense,
+        so a far jump is a producer bug, and honouring it would allocate 9 bytes per skipped id."""
+        self.max_gap = max_gap
         self.groups = GroupDict()
         self.base = 0  # run id of slot 0 (meaningless while span == 0)
         self.span = 0  # slots in use
@@ -88,7 +92,8 @@ class RunIndex:
         Applied only if ``seq`` is greater than the stored one (or the run is new); returns
         whether anything changed. Idempotent and tolerant of any arrival order.
         Raises ``BadGroup`` (invalid path), ``ConflictingGroup`` (the run is indexed under another
-        group; nothing changes), ``RunIdOutOfRange``, ``ValueError`` (seq or run id out of range),
+        group; nothing changes), ``RunIdOutOfRange`` (beyond ``max_gap``; nothing changes),
+        ``ValueError`` (seq or run id out of range),
         ``KeyError`` (a phase or result this version cannot store).
         """
         if not 0 <= seq <= _MAX_SEQ:
@@ -129,8 +134,13 @@ class RunIndex:
         return dict(self._offsets)
 
     def _slot_for_write(self, run_id: int) -> int:
-        if self.span == 0 and self.count == 0:
-            self.base = max(1, run_id - _START_SLACK)
+        if self.count == 0:
+            self.base, self.span = max(1, run_id - _START_SLACK), 0
+        elif run_id - (self.base + self.span) >= self.max_gap or self.base - run_id >= self.max_gap:
+            raise RunIdOutOfRange(
+                f"run id {run_id} is {self.max_gap} or more ids away from the ids indexed "
+                f"({self.base}..{self.base + self.span - 1}); refusing to allocate the gap"
+            )
         if run_id < self.base:
             self._rebase(max(1, run_id - max(_START_SLACK, self.span >> 4)))
         slot = run_id - self.base

@@ -17,6 +17,7 @@ from indexer import (
     ConflictingGroup,
     Order,
     RunEntry,
+    RunIdOutOfRange,
     RunIndex,
     decode,
     encode,
@@ -232,6 +233,19 @@ def test_ids_below_the_first_seen_move_the_base() -> None:
     ix.apply(500, "/p/b", Phase.QUEUED, Result.UNKNOWN, 1)
     assert [e.run_id for e in ix.list_runs(order=Order.ASC).runs] == [10, 500, 1_000_000]
     assert [e.run_id for e in ix.list_runs(groups=["/p/a"]).runs] == [1_000_000, 10]
+
+
+def test_far_run_id_is_refused_without_allocating() -> None:
+    ix = RunIndex(max_gap=1000)
+    ix.apply(100_000, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    low = ix.base  # a little below the first id seen, since partitions arrive in any order
+    for far in (100_000 + 1001, 10**15, low - 1000):
+        with pytest.raises(RunIdOutOfRange):
+            ix.apply(far, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert ix.apply(100_999, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert ix.apply(low - 999, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert len(ix) == 3
+    assert ix.span < 20_000  # nothing allocated for the refused ids
 
 
 def test_page_size_defaults_and_caps() -> None:
