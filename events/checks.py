@@ -11,21 +11,66 @@ Two kinds of problems, handled differently on purpose:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from events.errors import BadRequest
 from events.group import validate_group
 from events.model import RunConfigTask, SetupError
 
-__all__ = ["check_create", "check_tasks", "task_levels"]
+__all__ = ["check_create", "check_tasks", "plan_tasks", "task_levels"]
 
 
 def check_create(
     *, group: str, tasks: Sequence[RunConfigTask], setup_errors: Sequence[SetupError]
 ) -> None:
     """Raise ``BadRequest`` (message says what is wrong) unless these can form a run."""
-    validate_group(group)
+    problem = _group_problem(group)
+    if problem is not None:
+        raise BadRequest(problem)
     if not tasks and not setup_errors:
         raise BadRequest("run has neither tasks nor setup errors")
+
+
+@lru_cache(maxsize=4096)
+def _group_problem(group: str) -> str | None:
+    # Cached: every run of a branch has the same group, and creation cost counts.
+    try:
+        validate_group(group)
+    except BadRequest as exc:
+        return str(exc)
+    return None
+
+
+def plan_tasks(tasks: Sequence[RunConfigTask]) -> tuple[dict[str, int], tuple[SetupError, ...]]:
+    """``(levels, ())`` for valid tasks, else ``({}, setup errors)``.
+
+    One pass when every task comes after its parents (the usual order); anything unusual
+    (a forward reference, a duplicate) falls back to :func:`check_tasks` and :func:`task_levels`.
+    """
+    levels: dict[str, int] = {}
+    names: set[str] = set()
+    for t in tasks:
+        if t.id in levels or t.name in names:
+            break
+        level = 0
+        for d in t.depends:
+            parent = levels.get(d.task_id)
+            if parent is None:
+                break
+            if parent >= level:
+                level = parent + 1
+        else:
+            if len(t.depends) < 2 or len({d.task_id for d in t.depends}) == len(t.depends):
+                levels[t.id] = level
+                names.add(t.name)
+                continue
+        break
+    else:
+        return levels, ()
+    errors = check_tasks(tasks)
+    if errors:
+        return {}, errors
+    return task_levels({t.id: t for t in tasks}), ()
 
 
 def check_tasks(tasks: Sequence[RunConfigTask]) -> tuple[SetupError, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from events._fast import build, evolve
 from events.catalogue import Event, RunCreated, SetupErrorsReported
-from events.checks import check_create, check_tasks, task_levels
+from events.checks import check_create, plan_tasks
 from events.errors import BadRequest
 from events.model import Phase, Result, Run, RunConfig, RunConfigTask, RunTask, TaskStatus
 
@@ -35,18 +35,20 @@ def create_run(event: Event) -> tuple[Run, RunConfig, int] | str:
         check_create(group=data.group, tasks=data.tasks, setup_errors=data.setup_errors)
     except BadRequest as exc:
         return str(exc)
-    errors = (*data.setup_errors, *check_tasks(data.tasks))
-    ids = {t.id for t in data.tasks}
-    missing = [k for k in data.kept_tasks if k not in ids]
-    if missing:
-        return f"kept tasks {missing} are not tasks of the run"
+    levels, task_errors = plan_tasks(data.tasks)
+    errors = (*data.setup_errors, *task_errors)
+    if data.kept_tasks:
+        ids = {t.id for t in data.tasks}
+        missing = [k for k in data.kept_tasks if k not in ids]
+        if missing:
+            return f"kept tasks {missing} are not tasks of the run"
     tasks: dict[str, RunConfigTask] = {}
     run_tasks: dict[str, RunTask] = {}
     if not errors:
-        levels = task_levels({t.id: t for t in data.tasks})
         kept = frozenset(data.kept_tasks)
         for t in data.tasks:
-            tasks[t.id] = t if t.level == levels[t.id] else evolve(t, {"level": levels[t.id]})
+            level = levels[t.id]
+            tasks[t.id] = t if t.level == level else evolve(t, {"level": level})
             run_tasks[t.id] = _run_task(t, kept)
     config = build(
         RunConfig,

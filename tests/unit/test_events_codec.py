@@ -215,3 +215,29 @@ def test_state_bytes_roundtrip_and_are_deterministic() -> None:
 def test_bad_state_bytes_raise_decode_error(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_state(raw)
+
+
+def test_optional_keys_take_their_defaults() -> None:
+    data = {"name": "n", "group": "/project/p", "tasks": [{"id": "a", "name": "a", "depends": [{"task_id": "b"}]}]}  # fmt: skip
+    event = decode(orjson.dumps(envelope(type="run.created", data=data)))
+    t = event.data.tasks[0]  # type: ignore[union-attr]
+    assert (t.environment, t.steps, t.skip, t.level) == ({}, (), False, 0)
+    assert t.depends[0].conditions == ()
+    assert event.data.counter == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "bad_task",
+    [
+        {"id": "a", "name": "a", "color": "red"},
+        {"id": "a"},
+        {"id": "a", "name": "a", "depends": [{"task_id": "b", "when": []}]},
+        {"id": "a", "name": "a", "depends": [{"conditions": []}]},
+        {"id": "a", "name": "a", "depends": [{"task_id": "b", "conditions": ["sometimes"]}]},
+        {"id": "a", "name": "a", "steps": ["make"]},
+        {"id": "a", "name": "a", "level": 3},
+    ],
+)
+def test_malformed_tasks_are_schema_errors(bad_task: dict[str, Any]) -> None:
+    data = {"name": "n", "group": "/project/p", "tasks": [bad_task]}
+    assert reason_of(orjson.dumps(envelope(type="run.created", data=data))) is DecodeReason.SCHEMA
