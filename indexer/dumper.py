@@ -80,6 +80,7 @@ class Dumper:
         self._clock = clock
         self._last_at = clock()
         self._last_changes = index.changes
+        self._busy = asyncio.Lock()
 
     def due(self) -> bool:
         """Whether enough changed, or enough time passed with some change, since the last dump."""
@@ -91,8 +92,14 @@ class Dumper:
     async def once(self, *, force: bool = False) -> DumpResult | None:
         """Dump now if due (or ``force``); None if not due. Raises what storage raises, and
         ``BadDump`` if the dump read back is not valid (then nothing is pruned)."""
-        if not (force or self.due()):
-            return None
+        # One dump at a time per process too: a lease lock is re-entrant for its holder, so two
+        # concurrent calls (the loop and a forced dump) would otherwise pick the same number.
+        async with self._busy:
+            if not (force or self.due()):
+                return None
+            return await self._dump()
+
+    async def _dump(self) -> DumpResult:
         started = self._clock()
         async with self.lock:
             snap = snapshot(self.index)

@@ -273,3 +273,22 @@ def test_dump_plus_tail_equals_full_rebuild(
     rebuilt = asyncio.run(scenario())
     diff = compare(rebuilt, full)
     assert diff.equal, diff.examples
+
+
+class Reentrant:
+    """Like a lease lock for its own holder: entering again while held does not wait."""
+
+    async def __aenter__(self) -> Reentrant:
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0)
+
+
+async def test_concurrent_dumps_in_one_process_take_distinct_numbers(tmp_path: Path) -> None:
+    store = DumpStore(PosixStorage(tmp_path))
+    dumper = Dumper(build(history(50, 5)), store, Reentrant(), DumpPolicy(keep=10))
+    results = await asyncio.gather(*(dumper.once(force=True) for _ in range(4)))
+    assert sorted(r.number for r in results if r is not None) == [1, 2, 3, 4]
+    assert await store.numbers() == [1, 2, 3, 4]
