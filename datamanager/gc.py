@@ -58,31 +58,29 @@ async def collect_garbage(
     now: float,
 ) -> GcReport:
     """Collect one partition (see the module docstring). A partition without a pointer is
-    left alone."""
+    left alone. Raises ``StorageError`` (retriable per the ost error) or ``EtcdUnavailable``."""
     got = await kv.get(keys.partition_pointer_key(partition))
     if got is None:
         return GcReport(kept_manifests=(), deleted_manifests=(), deleted_files=())
     pointer = Pointer.decode(got.value)
     try:
         chain = await _chain(store, pointer.manifest, keep)
-        kept = {key for key, _ in chain}
-        referenced = set().union(*(m.referenced_keys() for _, m in chain))
         cutoff = now - grace
-        # A short chain has no superseded predecessors: only never-referenced orphans remain.
-        superseded_old = len(chain) < keep or chain[-1][1].created_at < cutoff
 
         def collectable(info: ost.ObjectInfo) -> bool:
             seq = keys.parse_seq(info.key)
-            return (
-                seq is not None and seq <= pointer.seq and info.last_modified.timestamp() < cutoff
-            )
+            old = info.last_modified.timestamp() < cutoff
+            return seq is not None and seq <= pointer.seq and old
 
+        kept = {key for key, _ in chain}
         prefix = keys.manifests_prefix(base, partition)
         dead_manifests = [
             i.key async for i in store.list(prefix) if i.key not in kept and collectable(i)
         ]
         dead_files: list[str] = []
-        if superseded_old:
+        # A short chain has no superseded predecessors: only never-referenced orphans remain.
+        if len(chain) < keep or chain[-1][1].created_at < cutoff:
+            referenced = set().union(*(m.referenced_keys() for _, m in chain))
             prefix = keys.data_prefix(base, partition)
             dead_files = [
                 i.key

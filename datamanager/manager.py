@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import ost
 from datamanager import datafile, keys
-from datamanager.errors import EtcdUnavailable, Fenced, StorageError
+from datamanager.errors import CorruptData, Fenced, StorageError
 from datamanager.gc import GcReport, collect_garbage
 from datamanager.kv import Kv
 from datamanager.manifest import FileRef, Manifest, Pointer
@@ -84,7 +84,7 @@ class DataManager:
             except ost.OstError as exc:
                 raise storage_error(pointer.manifest, exc) from exc
             return Manifest.decode(data), pointer.manifest, got.mod_revision
-        raise EtcdUnavailable(f"pointer of {partition} keeps naming missing manifests")
+        raise CorruptData(f"the pointer of {partition} keeps naming a missing manifest")
 
     async def open_partition(self, name: str) -> PartitionWriter:
         """Load the current manifest and remember the pointer revision as the fencing token."""

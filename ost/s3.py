@@ -43,16 +43,23 @@ class S3Storage:
         secret_key: str | None = None,
         region: str | None = None,
         *,
-        max_attempts: int = 8,
+        max_retries: int = 7,
         multipart_threshold: int = 16 << 20,
         multipart_chunksize: int = 8 << 20,
         max_pool_connections: int = 32,
         page_size: int = 1000,
     ) -> None:
-        """Credentials default to boto3's chain (``AWS_ACCESS_KEY_ID``... env vars)."""
+        """Credentials default to boto3's chain (``AWS_ACCESS_KEY_ID``... env vars).
+
+        ``max_retries`` retries (after the first try) with botocore's "standard" mode:
+        exponential backoff with jitter on throttling, 5xx and connection errors.
+        """
         self.bucket = bucket
         config = botocore.config.Config(
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={
+                "max_attempts": max_retries,
+                "mode": "standard",
+            },  # retries after the first try
             max_pool_connections=max_pool_connections,
             s3={"addressing_style": "path"},
         )

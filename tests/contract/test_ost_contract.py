@@ -10,12 +10,14 @@ import io
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from botocore.awsrequest import AWSRequest, AWSResponse
 
-from ost import InvalidKey, NotExist, ObjectStorage, OstError, PosixStorage
+from ost import InvalidKey, NotExist, ObjectStorage, OstError, PosixStorage, StorageUnavailable
 from ost.s3 import S3Storage
 from tests.conftest import S3Endpoint
 
@@ -282,10 +284,61 @@ class TestS3(OstContract):
             await storage.read("k")
         assert not isinstance(err.value, NotExist)
 
+    @pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (500, "InternalError")])
+    async def test_throttling_and_5xx_are_retried(
+        self, storage: S3Storage, status: int, code: str
+    ) -> None:
+        await storage.write("retry/k", b"payload")
+        failures = _inject_failures(storage, "GetObject", status, code, times=2)
+        assert await storage.read("retry/k") == b"payload"
+        assert failures == [status, status]  # two refused attempts, then the real one
+
+    async def test_5xx_left_after_the_retries_is_retriable(
+        self, s3_endpoint: S3Endpoint, s3_bucket: str
+    ) -> None:
+        storage = S3Storage(
+            s3_bucket,
+            endpoint_url=s3_endpoint.url,
+            access_key=s3_endpoint.access_key,
+            secret_key=s3_endpoint.secret_key,
+            max_retries=2,
+        )
+        await storage.write("retry/k", b"payload")
+        failures = _inject_failures(storage, "GetObject", 503, "SlowDown", times=100)
+        with pytest.raises(StorageUnavailable) as err:
+            await storage.read("retry/k")
+        assert err.value.retriable
+        assert failures == [503, 503, 503]  # the first try and 2 retries
+
     async def test_unreachable_server_is_retriable(self) -> None:
         storage = S3Storage(
-            "b", endpoint_url="http://127.0.0.1:9", access_key="x", secret_key="y", max_attempts=1
+            "b", endpoint_url="http://127.0.0.1:9", access_key="x", secret_key="y", max_retries=0
         )
         with pytest.raises(OstError) as err:
             await storage.stat("k")
         assert err.value.retriable
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: object) -> Iterator[bytes]:
+        yield self._body
+
+
+def _inject_failures(
+    storage: S3Storage, operation: str, status: int, code: str, times: int
+) -> list[int]:
+    """Make the next ``times`` HTTP attempts of ``operation`` answer ``status`` without sending."""
+    sent: list[int] = []
+    body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+
+    def before_send(request: AWSRequest, **_: object) -> AWSResponse | None:
+        if len(sent) >= times:
+            return None
+        sent.append(status)
+        return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
+
+    storage._client.meta.events.register(f"before-send.s3.{operation}", before_send)
+    return sent
