@@ -221,6 +221,23 @@ class TestPosix(OstContract):
         assert (tmp_path / "ost" / "data" / "a" / "b").read_bytes() == b"x"
         assert list((tmp_path / "ost" / "tmp").iterdir()) == []
 
+    async def test_persist_fsyncs_file_and_directories(
+        self, storage: PosixStorage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        synced: list[int] = []
+        real_fsync = os.fsync
+
+        def counting_fsync(fd: int) -> None:
+            synced.append(fd)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", counting_fsync)
+        await storage.write("f/a/b", b"durable")
+        assert len(synced) == 4  # the temp file, then f/a, f and the data dir itself
+        synced.clear()
+        await storage.write("f/a/c", b"recreatable", persist=False)
+        assert synced == []
+
     async def test_missing_delete_raises_not_exist(self, storage: PosixStorage) -> None:
         with pytest.raises(NotExist):
             await storage.delete("never")
@@ -267,6 +284,16 @@ class TestS3(OstContract):
             secret_key=s3_endpoint.secret_key,
             region=s3_endpoint.region,
         )
+
+    async def test_large_writes_use_multipart(self, storage: S3Storage) -> None:
+        payload = os.urandom(20 << 20)  # above the 16 MiB multipart threshold
+        await storage.write("mp/big", payload)
+        head = storage._client.head_object(Bucket=storage.bucket, Key="mp/big")
+        assert "-" in head["ETag"]  # a multipart ETag is "<md5 of md5s>-<parts>"
+        assert await storage.read("mp/big", 17 << 20, 5) == payload[17 << 20 : (17 << 20) + 5]
+        await storage.write("mp/small", b"x" * 1000)
+        head = storage._client.head_object(Bucket=storage.bucket, Key="mp/small")
+        assert "-" not in head["ETag"]
 
     async def test_missing_delete_is_idempotent(self, storage: S3Storage) -> None:
         await storage.delete("never")
