@@ -2,7 +2,8 @@
 
 A file is ``block* index footer``. Entries are sorted by id and grouped into blocks of about
 ``block_size`` raw bytes, each compressed with zstd. The index lists, per block, its first and
-last id, offset, compressed length, entry count and crc32; the fixed 36-byte footer locates the
+last id, offset, compressed length, entry count and crc32, plus the writer's ``meta`` (the
+partition, checkpoint sequence and log offsets covered); the fixed 36-byte footer locates the
 index. A point read is one ranged read of the index (cacheable) and one of a block; a snapshot
 load reads the file whole. A raw block is laid out for cheap bulk splitting:
 ``u32 count | u32 id_len[count] | u32 value_len[count] | ids... | values...``.
@@ -17,9 +18,10 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
+from typing import Any
 
 import orjson
 import zstandard
@@ -41,6 +43,7 @@ __all__ = [
     "encode_files",
     "find_block",
     "lookup",
+    "read_meta",
 ]
 
 MAGIC = b"RSDF"
@@ -93,11 +96,14 @@ def encode_files(
     max_file_size: int,
     block_size: int = DEFAULT_BLOCK_SIZE,
     level: int = 3,
+    meta: Mapping[str, Any] | None = None,
 ) -> list[EncodedFile]:
     """Encode entries (strictly increasing ids) into files of at most ``max_file_size`` bytes.
 
     A file always holds at least one block, so one block larger than the maximum makes a file
     of its own. Raises ``ValueError`` if ids are not strictly increasing. No entries, no files.
+    ``meta`` (JSON-serializable) is stored in every file's index: the checkpoint records its
+    partition, sequence and the log offsets the file covers there (``read_meta``).
     """
     compressor = zstandard.ZstdCompressor(level=level)
     files: list[EncodedFile] = []
@@ -106,7 +112,7 @@ def encode_files(
     for raw_block, first, last, count in _raw_blocks(entries, block_size):
         data = compressor.compress(raw_block)
         if blocks and size + len(data) + _index_estimate(len(blocks)) > max_file_size:
-            files.append(_finish(blocks))
+            files.append(_finish(blocks, meta))
             blocks, size = [], 0
         ref = BlockRef(
             first_id=first, last_id=last, offset=size, length=len(data), count=count,
@@ -115,7 +121,7 @@ def encode_files(
         blocks.append((data, ref))
         size += len(data)
     if blocks:
-        files.append(_finish(blocks))
+        files.append(_finish(blocks, meta))
     return files
 
 
@@ -156,11 +162,12 @@ def _pack(ids: list[bytes], values: list[bytes]) -> bytes:
     return b"".join((_U32.pack(len(ids)), id_lens.tobytes(), value_lens.tobytes(), *ids, *values))
 
 
-def _finish(blocks: list[tuple[bytes, BlockRef]]) -> EncodedFile:
+def _finish(blocks: list[tuple[bytes, BlockRef]], meta: Mapping[str, Any] | None) -> EncodedFile:
     refs = [ref for _, ref in blocks]
     index = orjson.dumps(
         {
             "v": VERSION,
+            "meta": dict(meta or {}),
             "blocks": [[r.first_id, r.last_id, r.offset, r.length, r.count, r.crc] for r in refs],
         }
     )
@@ -209,6 +216,19 @@ def decode_index(data: bytes, crc: int | None = None) -> list[BlockRef]:
         ]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptData(f"data file index does not parse: {exc}") from exc
+
+
+def read_meta(data: bytes) -> dict[str, Any]:
+    """The ``meta`` a whole data file was written with. Raises ``CorruptData``."""
+    footer = decode_footer(data)
+    end = footer.index_offset + footer.index_length
+    index = data[footer.index_offset : end]
+    if zlib.crc32(index) != footer.index_crc:
+        raise CorruptData("data file index checksum mismatch")
+    meta = orjson.loads(index).get("meta", {})
+    if not isinstance(meta, dict):
+        raise CorruptData("data file meta is not an object")
+    return meta
 
 
 def decode_block(data: bytes | memoryview, crc: int) -> tuple[list[str], list[bytes]]:

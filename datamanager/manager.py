@@ -27,6 +27,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 import ost
 from datamanager import datafile, keys
@@ -173,13 +174,16 @@ class PartitionWriter:
             seq = self.manifest.seq + 1
             token = uuid.uuid4().hex[:12]
             files = dict(self.manifest.files)
+            all_offsets = {**self.manifest.offsets, **offsets}
+            # Every data file names the checkpoint and the log offsets it covers (DESIGN.md).
+            meta = {"partition": self.partition, "seq": seq, "offsets": all_offsets}
             for datatype, dt_changes in sorted(changes.items()):
                 keys.check_name("datatype", datatype)
-                files[datatype] = await self._write_datatype(datatype, dt_changes, seq, token)
+                files[datatype] = await self._write_datatype(datatype, dt_changes, seq, token, meta)
             new = Manifest(
                 partition=self.partition,
                 seq=seq,
-                offsets={**self.manifest.offsets, **offsets},
+                offsets=all_offsets,
                 files=files,
                 previous=self.manifest_key,
                 created_at=self.dm.clock(),
@@ -218,7 +222,12 @@ class PartitionWriter:
             raise Fenced(f"{self.partition}: the pointer moved; another owner took the partition")
 
     async def _write_datatype(
-        self, datatype: str, changes: dict[str, bytes | None], seq: int, token: str
+        self,
+        datatype: str,
+        changes: dict[str, bytes | None],
+        seq: int,
+        token: str,
+        meta: Mapping[str, Any],
     ) -> tuple[FileRef, ...]:
         """Step 1 for one datatype: rewrite the touched files; return the new file list."""
         old = self.manifest.files.get(datatype, ())
@@ -229,7 +238,7 @@ class PartitionWriter:
         async def rewrite(i: int | None, group: dict[str, bytes | None]) -> list[FileRef]:
             async with sem:
                 entries = [] if i is None else await self._snapshot.read_file(old[i])
-            encoded = await asyncio.to_thread(self._encode, entries, group)
+            encoded = await asyncio.to_thread(self._encode, entries, group, meta)
             return await asyncio.gather(
                 *(self._put(datatype, seq, token, next(counter), f, sem) for f in encoded)
             )
@@ -245,11 +254,14 @@ class PartitionWriter:
         return tuple(out)
 
     def _encode(
-        self, entries: list[tuple[str, bytes]], changes: dict[str, bytes | None]
+        self,
+        entries: list[tuple[str, bytes]],
+        changes: dict[str, bytes | None],
+        meta: Mapping[str, Any],
     ) -> list[datafile.EncodedFile]:
         merged = merge_entries(entries, changes)
         return datafile.encode_files(
-            merged, max_file_size=self.dm.max_file_size, block_size=self.dm.block_size
+            merged, max_file_size=self.dm.max_file_size, block_size=self.dm.block_size, meta=meta
         )
 
     async def _put(

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import ost
-from datamanager import DataManager, EtcdKv, Manifest, NotExist
+from datamanager import DataManager, EtcdKv, Manifest, NotExist, datafile
 from events import format_run_id
 from tests.contract import dm_support
 
@@ -74,6 +74,10 @@ async def test_checkpoint_then_read_back(dm: DataManager) -> None:
     await assert_state(dm, {"run": runs, "runconfig": configs})
     reopened = await dm.open_partition(P)
     assert reopened.manifest == m
+    # Every data file names the checkpoint and the offsets it covers.
+    ref = m.files["run"][0]
+    meta = datafile.read_meta(await dm.store.read(ref.key))
+    assert meta == {"partition": P, "seq": 1, "offsets": {"runs.events/3": 500}}
 
 
 async def test_updates_deletes_and_offsets_accumulate(dm: DataManager) -> None:

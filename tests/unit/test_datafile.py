@@ -127,3 +127,17 @@ def test_corruption_is_detected(where: str) -> None:
 def test_truncated_file_is_corrupt() -> None:
     with pytest.raises(CorruptData):
         datafile.decode_file(b"RSDF")
+
+
+def test_meta_is_stored_in_every_file() -> None:
+    meta = {"partition": "p", "seq": 3, "offsets": {"runs.events/0": 42}}
+    files = datafile.encode_files(
+        [(format_run_id(i), os.urandom(100)) for i in range(1, 2001)],
+        max_file_size=32 << 10,
+        block_size=2048,
+        meta=meta,
+    )
+    assert len(files) > 1
+    assert all(datafile.read_meta(f.data) == meta for f in files)
+    [plain] = datafile.encode_files([("a", b"")], max_file_size=1 << 20)
+    assert datafile.read_meta(plain.data) == {}
