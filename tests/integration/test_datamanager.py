@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import time
 
 import pytest
@@ -186,3 +188,36 @@ async def test_gc_keeps_last_manifests_and_respects_grace(
     again = await dm.collect_garbage(P, now=time.time() + 3600)
     assert again.deleted_files == ()
     assert again.deleted_manifests == ()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_checkpoints_match_a_dict_model(
+    any_storage: ost.ObjectStorage, kv: EtcdKv, seed: int
+) -> None:
+    """Many checkpoints of random puts and deletes (small files, many splits) against a model;
+    a fresh owner reopens the partition midway, as after a rebalance."""
+    rng = random.Random(seed)
+    dm = DataManager(any_storage, kv, base="rundata", max_file_size=8 << 10, block_size=1024)
+    writer = await dm.open_partition(P)
+    model: dict[str, dict[str, bytes]] = {"run": {}, "runconfig": {}}
+    for step in range(12):
+        puts: dict[str, dict[str, bytes]] = {}
+        deletes: dict[str, list[str]] = {}
+        for datatype, entries in model.items():
+            new = {
+                rid(rng.randrange(1, 600)): rng.randbytes(rng.randrange(0, 120))
+                for _ in range(rng.randrange(0, 80))
+            }
+            live = sorted(set(entries) - set(new))
+            gone = rng.sample(live, min(len(live), rng.randrange(0, 30)))
+            puts[datatype], deletes[datatype] = new, gone
+            entries.update(new)
+            for g in gone:
+                del entries[g]
+        m = await writer.checkpoint(puts, deletes, {"log": step})
+        assert m.seq == step + 1
+        for refs in m.files.values():
+            assert all(a.last_id < b.first_id for a, b in itertools.pairwise(refs))
+        if step == 6:
+            writer = await dm.open_partition(P)
+        await assert_state(dm, model)
