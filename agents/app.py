@@ -46,6 +46,12 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
+        # Records are acked only after the checkpoint that covers them (agents.pipeline), so a
+        # stopping worker must not wait for acks: the next owner resumes from the manifest.
+        stream_wait_empty=False,
+        # Dead letters carry the original record, which can be as large as the broker allows.
+        producer_max_request_size=16 << 20,
+        consumer_max_fetch_size=16 << 20,
         # Internal changelog topics are not used: state lives in the datamanager, not in tables.
         topic_disable_leader=True,
     )

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.finals import FinalIds
+from agents.producer import partition_for
 from events import parse_run_id
-from events.catalogue import Event, PhaseChanged
+from events.catalogue import Event, EventType, PhaseChanged
 from events.codec import decode_record, decode_state, encode_state
 from events.errors import DecodeError
 from events.reducer import Applied, apply
@@ -44,6 +45,7 @@ __all__ = [
 log = logging.getLogger("runstream.materializer")
 
 ACTIVE, FINAL, META = "active", "final", "meta"
+_CREATED = EventType.RUN_CREATED
 FINAL_IDS = "final-ids"
 
 
@@ -107,6 +109,7 @@ class PartitionMaterializer:
         partition: int,
         phases_topic: str,
         max_event_bytes: int = 1 << 20,
+        partitions: int = 0,
         active: dict[str, RunState] | None = None,
         finals: FinalIds | None = None,
         next_offset: int = 0,
@@ -117,6 +120,7 @@ class PartitionMaterializer:
         self.partition = partition
         self.phases_topic = phases_topic
         self.max_event_bytes = max_event_bytes
+        self.partitions = partitions  # 0: do not check where runs are created
         self.active: dict[str, RunState] = active or {}
         self.finals = finals or FinalIds()
         self.next_offset = next_offset
@@ -131,7 +135,14 @@ class PartitionMaterializer:
     # ------------------------------------------------------------------------- loading
     @classmethod
     async def open(
-        cls, dm: Any, *, topic: str, partition: int, phases_topic: str, max_event_bytes: int
+        cls,
+        dm: Any,
+        *,
+        topic: str,
+        partition: int,
+        phases_topic: str,
+        max_event_bytes: int,
+        partitions: int = 0,
     ) -> PartitionMaterializer:
         """Open the partition in the datamanager (which fences any previous owner) and load the
         active runs and final ids of its latest checkpoint."""
@@ -151,6 +162,7 @@ class PartitionMaterializer:
             partition=partition,
             phases_topic=phases_topic,
             max_event_bytes=max_event_bytes,
+            partitions=partitions,
             active=active,
             finals=finals,
             next_offset=offsets.get(offsets_key(topic, partition), 0),
@@ -176,10 +188,25 @@ class PartitionMaterializer:
                 reason=str(exc.reason), message=exc.message, offset=offset, raw=raw
             )
             return out
+        misrouted = self._misrouted(events)
+        if misrouted is not None:
+            out.dead = DeadLetter(reason="misrouted", message=misrouted, offset=offset, raw=raw)
+            return out
         for event in events:
             self._apply_event(event, out)
         self.pending_events += len(events)
         return out
+
+    def _misrouted(self, events: list[Event]) -> str | None:
+        """A run lives in the partition its id hashes to; a creation elsewhere is a producer bug
+        (events for runs not created here are refused by the reducer anyway)."""
+        if self.partitions <= 0:
+            return None
+        for ev in events:
+            if ev.type is _CREATED and partition_for(ev.run_id, self.partitions) != self.partition:
+                p = partition_for(ev.run_id, self.partitions)
+                return f"run {ev.run_id} belongs to partition {p}, not {self.partition}"
+        return None
 
     def _apply_event(self, event: Event, out: Outcome) -> None:
         run_id = event.run_id

@@ -29,6 +29,7 @@ from faust.types import TP
 
 from agents import metrics
 from agents.config import Settings
+from agents.inspect import end_offsets
 from agents.materializer import DeadLetter, Outcome, PartitionMaterializer, phase_seq
 from agents.resources import Resources
 from datamanager.errors import Fenced
@@ -80,10 +81,11 @@ class MaterializerService:
         self.topics = app.runstream_topics  # type: ignore[attr-defined]
         self.owned: dict[int, _Owned] = {}
         self.caught_up = asyncio.Event()
+        self._partitions = 0
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
-        app.timer(max(0.2, min(1.0, settings.checkpoint_interval / 2)))(self._tick)
+        app.timer(max(0.5, min(1.0, settings.checkpoint_interval / 2)))(self._tick)
 
     # ----------------------------------------------------------------------- assignment
     async def _on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
@@ -119,6 +121,7 @@ class MaterializerService:
                     partition=p,
                     phases_topic=self.settings.topic_phases,
                     max_event_bytes=self.settings.max_event_bytes,
+                    partitions=await self._partition_count(),
                 )
                 pm.suppress_emitted(await self._emitted_since(p, pm.phases_offset))
                 break
@@ -139,6 +142,13 @@ class MaterializerService:
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
+
+    async def _partition_count(self) -> int:
+        if not self._partitions:
+            self._partitions = len(
+                await end_offsets(self.settings.kafka, self.settings.topic_events)
+            )
+        return self._partitions
 
     async def _emitted_since(self, p: int, offset: int) -> set[tuple[str, int]]:
         """(run id, seq) of the phase changes on ``runs.phases`` partition ``p`` from ``offset``."""
@@ -166,10 +176,19 @@ class MaterializerService:
 
     # ----------------------------------------------------------------------- the agent
     async def _agent(self, stream: Any) -> None:
-        async for batch in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN):
-            for event in batch:
-                await self._handle(event)
-            await self._maybe_checkpoint_all()
+        try:
+            async for batch in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN):
+                for event in batch:
+                    await self._handle(event)
+                await self._maybe_checkpoint_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Never a silently dead agent: stop the worker so that it is restarted and resumes
+            # from its checkpoints (bad input never gets here: it becomes a dead letter).
+            log.exception("materializer failed; stopping the worker")
+            await self.app.crash(exc)
+            raise
 
     async def _handle(self, event: Any) -> None:
         msg = event.message
@@ -247,10 +266,23 @@ class MaterializerService:
 
     async def _send_dead(self, p: int, dl: DeadLetter, headers: Any) -> Awaitable[Any]:
         hdrs = list(_headers(headers)) + dead_letter_headers(dl, self.settings.topic_events, p)
-        fut = await self.app.producer.send(
-            self.settings.topic_dlq, None, dl.raw, partition=None, timestamp=None, headers=hdrs
-        )
-        return fut
+        try:
+            return await self.app.producer.send(
+                self.settings.topic_dlq, None, dl.raw, partition=None, timestamp=None, headers=hdrs
+            )
+        except Exception as exc:
+            # Too large even for the dead-letter topic: keep the head of it; the whole record
+            # stays in the source topic at the offset the headers name.
+            log.error("dead letter too large; sending its first 64 KiB", extra={"error": str(exc)})
+            hdrs += [("runstream-truncated-from", str(len(dl.raw)).encode())]
+            return await self.app.producer.send(
+                self.settings.topic_dlq,
+                None,
+                dl.raw[: 64 << 10],
+                partition=None,
+                timestamp=None,
+                headers=hdrs,
+            )
 
     # ----------------------------------------------------------------------- checkpoints
     async def _tick(self) -> None:

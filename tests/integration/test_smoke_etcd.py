@@ -20,7 +20,8 @@ async def test_put_get_cas_and_lease_expiry(etcd_endpoint: str, etcd_prefix: str
     async with _client(etcd_endpoint) as etcd:
         await etcd.put(key, b"v1")
         got = await etcd.get(key)
-        assert got is not None and got.value == b"v1"
+        assert got is not None
+        assert got.value == b"v1"
         rev = got.mod_revision
 
         # CAS on the mod revision: the first swap wins, a second one with the stale revision loses.
@@ -37,7 +38,8 @@ async def test_put_get_cas_and_lease_expiry(etcd_endpoint: str, etcd_prefix: str
         )
         assert not stale
         got = await etcd.get(key)
-        assert got is not None and got.value == b"v2"
+        assert got is not None
+        assert got.value == b"v2"
 
         # A key attached to a lease disappears once the lease expires without keep-alives.
         lease = await etcd.lease(ttl=1)
