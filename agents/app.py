@@ -49,6 +49,8 @@ def create_app(settings: Settings) -> faust.App:
         # Records are acked only after the checkpoint that covers them (agents.pipeline), so a
         # stopping worker must not wait for acks: the next owner resumes from the manifest.
         stream_wait_empty=False,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
         # Dead letters carry the original record, which can be as large as the broker allows.
         producer_max_request_size=16 << 20,
         consumer_max_fetch_size=16 << 20,

@@ -179,6 +179,14 @@ OPTIONS: tuple[Option, ...] = (
         help="index changes that force a dump",
     ),
     Option(
+        field="session_timeout",
+        flag="--session-timeout",
+        env="RUNSTREAM_SESSION_TIMEOUT",
+        default=10.0,
+        parse=float,
+        help="seconds before the consumer group gives a silent worker's partitions to others",
+    ),
+    Option(
         field="web_host",
         flag="--web-host",
         env="RUNSTREAM_WEB_HOST",
@@ -257,6 +265,7 @@ class Settings:
     max_file_size: int = 8 << 20
     index_dump_interval: float = 60.0
     index_dump_changes: int = 100_000
+    session_timeout: float = 10.0
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     api_token: str = ""

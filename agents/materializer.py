@@ -143,10 +143,11 @@ class PartitionMaterializer:
         phases_topic: str,
         max_event_bytes: int,
         partitions: int = 0,
+        claim: bool = True,
     ) -> PartitionMaterializer:
-        """Open the partition in the datamanager (which fences any previous owner) and load the
-        active runs and final ids of its latest checkpoint."""
-        writer = await dm.open_partition(partition_name(topic, partition))
+        """Open the partition in the datamanager and load the active runs and final ids of its
+        latest checkpoint. ``claim`` (default) fences any previous owner of the partition."""
+        writer = await dm.open_partition(partition_name(topic, partition), claim=claim)
         manifest = writer.manifest
         offsets: Mapping[str, int] = manifest.offsets
         active: dict[str, RunState] = {}

@@ -316,8 +316,12 @@ class MaterializerService:
                 await pm.commit(snap, phases_offset)
             except Fenced:
                 metrics.CHECKPOINTS.labels("fenced").inc()
-                log.warning("fenced: another worker owns the partition now", extra={"partition": p})
-                self.owned.pop(p, None)
+                log.warning("fenced: another owner claimed the partition", extra={"partition": p})
+                if self.owned.get(p) is owned:
+                    # Still ours in Kafka's eyes: start over from the newest checkpoint (the
+                    # first record after it makes the agent seek back).
+                    fresh = self.owned[p] = _Owned()
+                    fresh.load_task = asyncio.ensure_future(self._load(p, fresh))
                 return
             except Exception:
                 metrics.CHECKPOINTS.labels("failed").inc()

@@ -63,6 +63,8 @@ async def collect_garbage(
     if got is None:
         return GcReport(kept_manifests=(), deleted_manifests=(), deleted_files=())
     pointer = Pointer.decode(got.value)
+    if not pointer.manifest:  # claimed, never checkpointed
+        return GcReport(kept_manifests=(), deleted_manifests=(), deleted_files=())
     try:
         chain = await _chain(store, pointer.manifest, keep)
         cutoff = now - grace

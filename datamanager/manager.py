@@ -31,7 +31,7 @@ from typing import Any
 
 import ost
 from datamanager import datafile, keys
-from datamanager.errors import CorruptData, Fenced, StorageError
+from datamanager.errors import CorruptData, EtcdUnavailable, Fenced, StorageError
 from datamanager.gc import GcReport, collect_garbage
 from datamanager.kv import Kv
 from datamanager.manifest import FileRef, Manifest, Pointer
@@ -78,6 +78,8 @@ class DataManager:
             if got is None:
                 return Manifest.empty(partition), None, None
             pointer = Pointer.decode(got.value)
+            if not pointer.manifest:  # claimed by an owner before its first checkpoint
+                return Manifest.empty(partition), None, got.mod_revision
             try:
                 data = await self.store.read(pointer.manifest)
             except ost.NotExist:
@@ -87,10 +89,24 @@ class DataManager:
             return Manifest.decode(data), pointer.manifest, got.mod_revision
         raise CorruptData(f"the pointer of {partition} keeps naming a missing manifest")
 
-    async def open_partition(self, name: str) -> PartitionWriter:
-        """Load the current manifest and remember the pointer revision as the fencing token."""
-        manifest, key, revision = await self.current(name)
-        return PartitionWriter(self, manifest, key, revision)
+    async def open_partition(self, name: str, *, claim: bool = False) -> PartitionWriter:
+        """Load the current manifest and remember the pointer revision as the fencing token.
+
+        With ``claim=True`` the new owner also bumps the pointer's revision (re-putting the same
+        value by compare-and-swap, or creating an empty pointer), so that a previous owner that
+        is still alive — a zombie after a rebalance — is fenced at its next checkpoint instead of
+        fencing the new owner. Raises ``EtcdUnavailable`` when the claim keeps losing races.
+        """
+        for _ in range(20):
+            manifest, key, revision = await self.current(name)
+            if not claim:
+                return PartitionWriter(self, manifest, key, revision)
+            pointer_key = keys.partition_pointer_key(name)
+            value = Pointer(seq=manifest.seq, manifest=key or "").encode()
+            claimed = await self.kv.compare_and_swap(pointer_key, value, mod_revision=revision)
+            if claimed is not None:
+                return PartitionWriter(self, manifest, key, claimed)
+        raise EtcdUnavailable(f"could not claim partition {name}: the pointer keeps moving")
 
     async def read_partition(self, name: str) -> Snapshot:
         """A read-only snapshot of the current manifest (no fencing token)."""

@@ -64,7 +64,9 @@ async def test_thousand_runs_match_the_oracle(
     # The log rebuilds the same state: replay into a fresh prefix, then verify against live.
     report = await replay(s, target="r1", progress=False)
     assert report.events == len(events)
-    assert sum(report.offsets.values()) == sum((await end_offsets(s.kafka, s.topic_events)).values())
+    assert sum(report.offsets.values()) == sum(
+        (await end_offsets(s.kafka, s.topic_events)).values()
+    )
     check = await verify(s, target="r1")
     assert check.identical, check.differing[:10]
     assert check.rebuilt_runs == check.live_runs == 1000
