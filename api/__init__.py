@@ -1,1 +1,51 @@
-"""runstream api."""
+"""runstream's HTTP API: ``create_api`` (aiohttp), its ports, its errors and its OpenAPI document.
+
+The Python client is ``api.client`` (httpx) and the ``runstream runs`` commands are
+``api.commands``; both are imported on demand so the server does not load them.
+"""
+
+from api.app import PREFIX, create_api
+from api.cache import WriteCache, newer
+from api.errors import (
+    INTERNAL_MESSAGE,
+    ApiError,
+    BadRequest,
+    Conflict,
+    CursorExpired,
+    Gone,
+    InvalidCursor,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+    error_for_status,
+)
+from api.openapi import openapi_document
+from api.ports import ApiDeps, EventSink, IdSource, PhaseFeed, RunSource
+
+__all__ = [
+    "INTERNAL_MESSAGE",
+    "PREFIX",
+    "ApiDeps",
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "CursorExpired",
+    "EventSink",
+    "Gone",
+    "IdSource",
+    "InvalidCursor",
+    "NotFound",
+    "PayloadTooLarge",
+    "PhaseFeed",
+    "RunSource",
+    "ServerError",
+    "Unauthorized",
+    "Unavailable",
+    "WriteCache",
+    "create_api",
+    "error_for_status",
+    "newer",
+    "openapi_document",
+]

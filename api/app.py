@@ -1,0 +1,58 @@
+"""``create_api``: the aiohttp application of the HTTP API (DESIGN.md, "The HTTP API conventions")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.cache import DEFAULT_CAPACITY, WriteCache
+from api.handlers import Handlers
+from api.middleware import auth_middleware, error_middleware
+from api.openapi import openapi_document
+from api.ports import ApiDeps
+from api.service import RunService
+from api.sse import EventStream
+from api.views import json_response
+
+__all__ = ["PREFIX", "create_api"]
+
+PREFIX = "/api/v1"
+
+
+def create_api(
+    deps: ApiDeps,
+    *,
+    api_token: str = "",
+    max_body_bytes: int = 1 << 20,
+    heartbeat: float = 15.0,
+    cache_capacity: int = DEFAULT_CAPACITY,
+) -> web.Application:
+    """The application serving ``/api/v1/...``, ``/healthz``, ``/metrics`` and the OpenAPI
+    document at ``/api/v1/openapi.json``.
+
+    ``api_token``: when non-empty, writes need ``Authorization: Bearer <api_token>`` (401).
+    ``max_body_bytes``: larger request bodies get 413. ``heartbeat``: seconds between SSE
+    keepalives. ``cache_capacity``: runs remembered for read-your-writes (``api.cache``).
+    """
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=[error_middleware, auth_middleware(api_token, max_body_bytes)],
+    )
+    h = Handlers(RunService(deps, WriteCache(cache_capacity)), deps)
+    events = EventStream(deps.feed, heartbeat)
+    doc = openapi_document()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json_response(doc)
+
+    r = app.router
+    # /runs/events before /runs/{run_id}: routes match in the order they are added.
+    r.add_get(f"{PREFIX}/runs/events", events.handle, allow_head=False)
+    r.add_get(f"{PREFIX}/runs", h.list_runs, allow_head=False)
+    r.add_post(f"{PREFIX}/runs", h.create_run)
+    r.add_get(f"{PREFIX}/runs/{{run_id}}", h.get_run, allow_head=False)
+    r.add_put(f"{PREFIX}/runs/{{run_id}}/actions", h.run_action)
+    r.add_put(f"{PREFIX}/runs/{{run_id}}/tasks/{{task_id}}/actions", h.task_action)
+    r.add_get(f"{PREFIX}/openapi.json", openapi, allow_head=False)
+    r.add_get("/healthz", h.healthz, allow_head=False)
+    r.add_get("/metrics", h.metrics, allow_head=False)
+    return app

@@ -1,0 +1,98 @@
+"""The one place errors become responses, plus the token check, the body limit and metrics.
+
+Mapping (DESIGN.md, "The HTTP API conventions"): ``api.errors.ApiError`` → its status;
+``events.BadRequest`` (including ``CannotRecreate``) and ``indexer.QueryError`` → 400; aiohttp's
+own HTTP errors (unknown route 404, wrong method 405, body too large 413) keep their status;
+anything else → 500 ``internal server error``, with the traceback only in the log. Every error
+body is ``{"message": ...}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+import events
+import indexer
+from api.errors import INTERNAL_MESSAGE, ApiError, PayloadTooLarge, Unauthorized
+from api.views import json_response
+
+__all__ = ["REQUESTS", "REQUEST_SECONDS", "auth_middleware", "error_middleware"]
+
+log = logging.getLogger("runstream.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUESTS = Counter(
+    "runstream_api_requests", "HTTP API requests answered", ["method", "route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "runstream_api_request_seconds",
+    "HTTP API request handling time (streams: until the headers are sent)",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+)
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    return json_response({"message": message}, status=status, headers=headers)
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON ``{"message"}``; a 500 never tells its cause. Counts requests."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.message)
+    except (events.BadRequest, indexer.QueryError) as exc:
+        response = error_response(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        text = exc.text or ""
+        # aiohttp's default text is "<status>: <reason>"; a specific one (413's sizes) is kept.
+        message = exc.reason.lower() if not text or text.startswith(f"{exc.status}:") else text
+        response = error_response(exc.status, message, headers)
+    except Exception:
+        log.exception("internal error in %s %s", request.method, request.path)
+        response = error_response(500, INTERNAL_MESSAGE)
+    route = _route(request)
+    REQUESTS.labels(request.method, route, str(response.status)).inc()
+    REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+    return response
+
+
+def auth_middleware(api_token: str, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:  # fmt: skip
+    """Writes need ``Authorization: Bearer <api_token>`` when a token is set (401); a body
+    announced above ``max_body_bytes`` is refused at once (413; aiohttp refuses the rest while
+    reading)."""
+    expected = f"Bearer {api_token}".encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if api_token and request.method in _WRITES:
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("this API needs 'Authorization: Bearer <token>' for writes")
+        length = request.content_length
+        if length is not None and length > max_body_bytes:
+            raise PayloadTooLarge(f"request body of {length} bytes is above {max_body_bytes}")
+        return await handler(request)
+
+    return middleware
