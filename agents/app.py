@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -33,7 +34,7 @@ class Topics:
         self.dlq = raw(settings.topic_dlq)
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, ready: Callable[[], bool] = lambda: True) -> faust.App:
     """A Faust app for ``settings``; agents and API routes are registered on it by the caller."""
     app = faust.App(
         settings.app_id,
@@ -63,5 +64,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        ok = ready()
+        return web.json({"status": "ok" if ok else "catching up"}, status=200 if ok else 503)
 
     return app

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(vf)
     vf.set_defaults(func=_cmd_verify)
 
+    from agents.index_cli import add_index_commands
+
+    add_index_commands(sub)
+
     config = sub.add_parser(
         "config",
         help="print the effective configuration (secrets masked)",

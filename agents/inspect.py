@@ -3,6 +3,7 @@ changes. Used by ``runstream verify``, the tests and the benchmarks; never write
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,19 @@ __all__ = [
     "materialized_states",
     "read_topic",
     "state_digest",
+    "stop_consumer",
 ]
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop ``consumer``; aiokafka can raise a stray ``CancelledError`` from its internal task
+    when a consumer is stopped right after it started. Swallow only that one."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -37,7 +50,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         ends = await consumer.end_offsets(tps) if tps else {}
         return {tp.partition: off for tp, off in ends.items()}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def checkpointed_offsets(dm: Any, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -103,7 +116,7 @@ async def read_topic(
                 if await consumer.position(tp) >= until[tp.partition]:
                     remaining.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return out
 
 

@@ -29,7 +29,7 @@ from faust.types import TP
 
 from agents import metrics
 from agents.config import Settings
-from agents.inspect import end_offsets
+from agents.inspect import end_offsets, stop_consumer
 from agents.materializer import DeadLetter, Outcome, PartitionMaterializer, phase_seq
 from agents.resources import Resources
 from datamanager.errors import Fenced
@@ -171,7 +171,7 @@ class MaterializerService:
                         for ev in decode_record(msg.value):
                             emitted.add((ev.run_id, phase_seq(ev)))
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         return emitted
 
     # ----------------------------------------------------------------------- the agent

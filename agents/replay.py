@@ -19,9 +19,16 @@ from tqdm import tqdm
 
 import ost
 from agents.config import Settings
-from agents.inspect import checkpointed_offsets, end_offsets, materialized_states, state_digest
+from agents.inspect import (
+    checkpointed_offsets,
+    end_offsets,
+    materialized_states,
+    state_digest,
+    stop_consumer,
+)
+from agents.keys import RUNDATA_BASE
 from agents.materializer import PartitionMaterializer
-from agents.resources import RUNDATA_BASE, storage_url
+from agents.resources import storage_url
 from datamanager import DataManager, EtcdKv
 
 __all__ = ["ReplayReport", "VerifyReport", "live_offsets", "replay", "verify"]
@@ -127,7 +134,7 @@ async def replay(
             report.offsets[p] = pm.next_offset
     finally:
         bar.close()
-        await consumer.stop()
+        await stop_consumer(consumer)
         await kv.close()
     report.seconds = time.perf_counter() - started
     return report

@@ -11,14 +11,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import ost
 from agents.config import Settings
+from agents.keys import RUNDATA_BASE
 from datamanager import DataManager, EtcdKv
 
 __all__ = ["Resources", "ensure_topics", "storage_url"]
 
 log = logging.getLogger("runstream.resources")
-
-#: Object key prefix of the materialized run state (the datamanager's ``base``).
-RUNDATA_BASE = "rundata"
 
 
 def storage_url(url: str) -> str:

@@ -9,9 +9,11 @@ import faust
 
 from agents.app import create_app
 from agents.config import Settings
+from agents.indexing import IndexService
 from agents.logs import setup_logging
 from agents.pipeline import MaterializerService
 from agents.resources import Resources, ensure_topics
+from agents.setup_errors import SetupErrorService
 
 __all__ = ["run_worker"]
 
@@ -34,8 +36,14 @@ def run_worker(settings: Settings) -> int:
     except Exception as exc:
         log.error("cannot prepare the topics", extra={"error": str(exc)})
         return 1
-    app = create_app(settings)
-    MaterializerService(app, settings, Resources(settings))
+    resources = Resources(settings)
+    index = IndexService(settings, resources)
+    app = create_app(settings, ready=lambda: index.ready.is_set())
+    MaterializerService(app, settings, resources)
+    SetupErrorService(app, settings, resources)
+
+    app.task(index.run)
+
     log.info("starting worker", extra={"settings": settings.public()})
     worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.runstream_settings = settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,24 @@ def test_readme_configuration_table_is_current() -> None:
     assert markdown_table() in readme, "regenerate with `runstream config --markdown`"
 
 
+def _commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, ...]]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                out.append((*prefix, name))
+                out.extend(_commands(child, (*prefix, name)))
+    return out
+
+
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name in sub.choices:  # type: ignore[union-attr]
+    commands = _commands(parser)
+    assert {("worker",), ("replay",), ("verify",), ("index", "dump"), ("config",)} <= set(commands)
+    for path in commands:
         with pytest.raises(SystemExit) as exit_:
-            parser.parse_args([name, "--help"])
+            parser.parse_args([*path, "--help"])
         assert exit_.value.code == 0
         assert "usage: runstream" in capsys.readouterr().out

@@ -1,0 +1,32 @@
+"""Every etcd key and object key prefix the agents use, built in one place (STYLE.md point 7).
+
+etcd keys are relative to the ``Settings.etcd_prefix`` that ``EtcdKv`` prepends; object keys are
+relative to the storage root.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "INDEX_PREFIX",
+    "RUNDATA_BASE",
+    "RUN_ID_SEQUENCE",
+    "index_dump_lock",
+    "setup_report_key",
+]
+
+#: Object key prefix of the materialized run state (the datamanager's ``base``).
+RUNDATA_BASE = "rundata"
+#: Object key prefix of the index dumps (``indexer.DumpStore`` adds ``index/dumps/...``).
+INDEX_PREFIX = ""
+#: Name of the etcd sequence run ids are allocated from (``datamanager.keys.sequence_key``).
+RUN_ID_SEQUENCE = "runs"
+
+
+def index_dump_lock() -> str:
+    """Name of the lease lock held while the index is dumped (one dumper at a time)."""
+    return "index-dump"
+
+
+def setup_report_key(report_id: str) -> str:
+    """etcd key mapping a setup-error report to the run id allocated for it (exactly-once)."""
+    return f"agents/setup-reports/{report_id}"
