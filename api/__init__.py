@@ -19,6 +19,7 @@ from api.errors import (
     ServerError,
     Unauthorized,
     Unavailable,
+    Unreachable,
     error_for_status,
 )
 from api.openapi import openapi_document
@@ -43,6 +44,7 @@ __all__ = [
     "ServerError",
     "Unauthorized",
     "Unavailable",
+    "Unreachable",
     "WriteCache",
     "create_api",
     "error_for_status",

@@ -23,6 +23,7 @@ __all__ = [
     "ServerError",
     "Unauthorized",
     "Unavailable",
+    "Unreachable",
     "error_for_status",
 ]
 
@@ -106,6 +107,17 @@ class Unavailable(ServerError):
     """503: the service is not ready yet (agents catching up)."""
 
     default_status = 503
+
+
+class Unreachable(ApiError):
+    """No HTTP answer at all (connection refused, reset, timed out); raised by the client only.
+    ``status`` is 0."""
+
+    default_status = 0
+
+    @property
+    def retriable(self) -> bool:
+        return True
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
