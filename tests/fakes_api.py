@@ -63,6 +63,7 @@ class FakeFeed:
         self.first = 0  # index of the oldest retained item
         self._changed = asyncio.Event()
         self.open_streams = 0
+        self.end_after: int | None = None  # each stream ends after this many items (a drop)
 
     def publish(self, event: Event) -> str:
         self.items.append(event)
@@ -92,6 +93,8 @@ class FakeFeed:
             i = start
             while True:
                 while i < len(self.items):
+                    if self.end_after is not None and i - start >= self.end_after:
+                        return
                     yield str(i), self.items[i]
                     i += 1
                 await self._changed.wait()

@@ -1,0 +1,190 @@
+"""The ``runstream runs`` commands: create, get, list, watch, start, cancel, stop, recreate.
+
+``add_runs_commands(subparsers)`` adds them to the ``runstream`` parser (``agents.cli``). Each
+prints a table, or JSON with ``--json``; errors print the server's message and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from api.client import DEFAULT_URL, Client
+from api.errors import ApiError
+
+__all__ = ["add_runs_commands", "run_command"]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("RUNSTREAM_URL", DEFAULT_URL),
+        help=f"API base URL (env RUNSTREAM_URL, default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("RUNSTREAM_API_TOKEN", ""),
+        help="API token for writes (env RUNSTREAM_API_TOKEN)",
+    )
+
+
+def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or ():
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} wants KEY=VALUE, got {v!r}")
+        out[key] = value
+    return out
+
+
+def _print_run(body: dict[str, Any], out: TextIO) -> None:
+    run = body["run"]
+    print(f"run {run['id']}  {run['name']}  {run['group']}", file=out)
+    print(f"phase {run['phase']}  result {run['result']}  revision {body.get('seq')}", file=out)
+    for err in body["run_config"].get("setup_errors", []):
+        print(f"setup error: {err['message']}", file=out)
+    rows = [(t["id"], t["status"], "yes" if t["waiting_approval"] else "") for t in run["tasks"]]
+    if rows:
+        _table(["TASK", "STATUS", "WAITING APPROVAL"], rows, out)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+
+
+def _emit(args: argparse.Namespace, body: Any, table: Callable[[Any, TextIO], None]) -> None:
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True), file=args.out)
+    else:
+        table(body, args.out)
+
+
+def _create(c: Client, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {}
+    if args.file:
+        with open(args.file) if args.file != "-" else _stdin() as f:
+            body = json.load(f)
+    for key in ("name", "group"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    for key, flag in (("environment", "--env"), ("annotations", "--annotation")):
+        body.setdefault(key, {}).update(_pairs(getattr(args, key), flag))
+    if "group" not in body:
+        raise SystemExit("runs create needs --group (or a group in --file)")
+    _emit(args, c.create_run(**body), _print_run)
+
+
+def _stdin() -> TextIO:
+    return sys.stdin
+
+
+def _recreate(c: Client, args: argparse.Namespace) -> None:
+    env = _pairs(args.environment, "--env") if args.environment else None
+    _emit(args, c.recreate_run(args.run_id, from_start=args.from_start, environment=env), _print_run)  # fmt: skip
+
+
+def _list(c: Client, args: argparse.Namespace) -> None:
+    page = c.list_runs(
+        groups=args.group or (), phases=args.phase or (), results=args.result or (),
+        last_run=args.lastrun, order=args.order, limit=args.limit, cursor=args.cursor,
+    )  # fmt: skip
+
+    def table(body: Any, out: TextIO) -> None:
+        rows = [(r["id"], r["phase"], r["result"], r["group"]) for r in body["runs"]]
+        _table(["ID", "PHASE", "RESULT", "GROUP"], rows, out)
+        if body["next_cursor"]:
+            print(f"next page: --cursor {body['next_cursor']}", file=out)
+
+    _emit(args, page, table)
+
+
+def _watch(c: Client, args: argparse.Namespace) -> None:
+    for item in c.watch(args.after):
+        if args.json:
+            print(json.dumps({"cursor": item.cursor, "event": item.event}), file=args.out, flush=True)  # fmt: skip
+        else:
+            d = item.event["data"]
+            print(f"{item.cursor}  {item.event['run_id']}  {d['phase']}  {d['result']}  {d['group']}", file=args.out, flush=True)  # fmt: skip
+        if args.count is not None:
+            args.count -= 1
+            if args.count <= 0:
+                return
+
+
+def _action(name: str) -> Callable[[Client, argparse.Namespace], None]:
+    def run(c: Client, args: argparse.Namespace) -> None:
+        getattr(c, name)(args.run_id, expected_seq=args.if_match)
+        _emit(args, {"run_id": args.run_id, "action": name}, lambda b, out: print(f"{name}: {b['run_id']}", file=out))  # fmt: skip
+
+    return run
+
+
+def add_runs_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``runs`` with its subcommands to a ``runstream`` parser's subparsers."""
+    runs = subparsers.add_parser("runs", help="create, read, list, watch and act on runs (HTTP API)")  # fmt: skip
+    sub = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("create", help="create a run from its tasks")
+    p.add_argument("--file", help="JSON body (name, group, tasks, ...); '-' reads stdin")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--group", help="group path, e.g. /project/p1/branch/main")
+    p.add_argument("--env", dest="environment", action="append", metavar="KEY=VALUE")
+    p.add_argument("--annotation", dest="annotations", action="append", metavar="KEY=VALUE")
+    p.set_defaults(runs_fn=_create)
+
+    p = sub.add_parser("get", help="show a run and its tasks")
+    p.add_argument("run_id")
+    p.set_defaults(runs_fn=lambda c, a: _emit(a, c.get_run(a.run_id), _print_run))
+
+    p = sub.add_parser("list", help="list runs from the index")
+    p.add_argument("--group", action="append", help="group prefix (repeatable)")
+    p.add_argument("--phase", action="append", help="phase (repeatable)")
+    p.add_argument("--result", action="append", help="result (repeatable)")
+    p.add_argument("--lastrun", action="store_true", help="only the last run of each group")
+    p.add_argument("--order", choices=("asc", "desc"), default="desc")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.set_defaults(runs_fn=_list)
+
+    p = sub.add_parser("watch", help="follow phase changes (server-sent events), resuming on drops")  # fmt: skip
+    p.add_argument("--after", help="cursor of the last event seen")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.set_defaults(runs_fn=_watch)
+
+    for name, text in (("start", "start a queued run"), ("cancel", "cancel a queued run"), ("stop", "stop a running run")):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run_id")
+        p.add_argument("--if-match", type=int, metavar="SEQ", help="409 unless the run is at this revision")  # fmt: skip
+        p.set_defaults(runs_fn=_action(name))
+
+    p = sub.add_parser("recreate", help="recreate a finished run (keeps successful tasks)")
+    p.add_argument("run_id")
+    p.add_argument("--from-start", action="store_true", help="renew every task")
+    p.add_argument("--env", dest="environment", action="append", metavar="KEY=VALUE")
+    p.set_defaults(runs_fn=_recreate)
+
+    for action in sub.choices.values():
+        _common(action)
+    runs.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run the parsed ``runs`` subcommand; 0 on success, 1 on an API error (message printed)."""
+    args.out = out or sys.stdout
+    try:
+        with Client(args.url, token=args.token or None) as client:
+            args.runs_fn(client, args)
+    except ApiError as exc:
+        print(f"error ({exc.status}): {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
