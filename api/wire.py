@@ -1,0 +1,190 @@
+"""What both clients share, without I/O: request building, error parsing, the SSE line parser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from api.errors import ApiError, error_for_status
+
+__all__ = [
+    "DEFAULT_URL",
+    "Call",
+    "Calls",
+    "SseParser",
+    "WatchEvent",
+    "auth_headers",
+    "body_of",
+    "content_of",
+    "error_from_response",
+    "headers_of",
+]
+
+DEFAULT_URL = "http://127.0.0.1:6066"
+_BODY_PREVIEW = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchEvent:
+    """One server-sent event: its resume ``cursor`` and the ``run.phase_changed`` envelope."""
+
+    cursor: str
+    event: dict[str, Any]
+
+
+_Params = list[tuple[str, str | int | float | bool | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    method: str
+    path: str
+    params: _Params | None = None
+    body: Any = None
+    headers: dict[str, str] | None = None
+
+
+def error_from_response(status: int, content: bytes) -> ApiError:
+    """The error for a non-2xx answer: the server's ``message``, else the start of the body."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return error_for_status(status, body["message"])
+    preview = content[:_BODY_PREVIEW].decode("utf-8", "replace")
+    return error_for_status(status, f"unknown api error (status {status}): {preview!r}")
+
+
+def _if_match(expected_seq: int | None) -> dict[str, str] | None:
+    return None if expected_seq is None else {"If-Match": f'"{expected_seq}"'}
+
+
+def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class Calls:
+    """Request building shared by both clients (no I/O)."""
+
+    @staticmethod
+    def create(
+        *,
+        group: str,
+        name: str | None,
+        tasks: Sequence[Mapping[str, Any]],
+        environment: Mapping[str, str] | None,
+        static_environment: Mapping[str, str] | None,
+        annotations: Mapping[str, str] | None,
+        setup_errors: Sequence[str | Mapping[str, Any]],
+    ) -> Call:
+        body = _drop_none(
+            {
+                "name": name,
+                "group": group,
+                "tasks": list(tasks),
+                "environment": environment,
+                "static_environment": static_environment,
+                "annotations": annotations,
+                "setup_errors": list(setup_errors) or None,
+            }
+        )
+        return Call("POST", "/api/v1/runs", body=body)
+
+    @staticmethod
+    def recreate(run_id: str, from_start: bool, environment: Mapping[str, str] | None) -> Call:
+        body = _drop_none({"run_id": run_id, "from_start": from_start, "environment": environment})
+        return Call("POST", "/api/v1/runs", body=body)
+
+    @staticmethod
+    def list(
+        groups: Iterable[str],
+        phases: Iterable[str],
+        results: Iterable[str],
+        last_run: bool,
+        order: str,
+        limit: int | None,
+        cursor: str | None,
+    ) -> Call:
+        params: _Params = [("group", g) for g in groups]
+        params += [("phase", p) for p in phases]
+        params += [("result", r) for r in results]
+        if last_run:
+            params.append(("lastrun", "true"))
+        params.append(("order", order))
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        return Call("GET", "/api/v1/runs", params=params)
+
+    @staticmethod
+    def run_action(run_id: str, action: str, expected_seq: int | None) -> Call:
+        return Call(
+            "PUT",
+            f"/api/v1/runs/{run_id}/actions",
+            body={"action_type": action},
+            headers=_if_match(expected_seq),
+        )
+
+    @staticmethod
+    def task_action(
+        run_id: str, task_id: str, body: dict[str, Any], expected_seq: int | None
+    ) -> Call:
+        return Call(
+            "PUT",
+            f"/api/v1/runs/{run_id}/tasks/{task_id}/actions",
+            body=body,
+            headers=_if_match(expected_seq),
+        )
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def body_of(response: httpx.Response) -> Any:
+    if not response.is_success:
+        raise error_from_response(response.status_code, response.content)
+    if response.status_code == 204 or not response.content:
+        return None
+    return orjson.loads(response.content)
+
+
+def content_of(call: Call) -> bytes | None:
+    return None if call.body is None else orjson.dumps(call.body)
+
+
+def headers_of(call: Call) -> dict[str, str]:
+    headers = dict(call.headers or {})
+    if call.body is not None:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+class SseParser:
+    """Lines of a ``text/event-stream`` → events (the subset the server sends: id, data)."""
+
+    def __init__(self) -> None:
+        self.cursor: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> WatchEvent | None:
+        if not line:
+            if not self._data:
+                return None
+            data, self._data = "\n".join(self._data), []
+            return WatchEvent(cursor=self.cursor or "", event=orjson.loads(data))
+        if line.startswith(":"):
+            return None  # a comment: heartbeat
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            self.cursor = value
+        elif name == "data":
+            self._data.append(value)
+        return None
