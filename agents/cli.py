@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from agents.runtime import tune_gc
+
+    tune_gc()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -30,7 +30,13 @@ from faust.types import TP
 from agents import metrics
 from agents.config import Settings
 from agents.inspect import end_offsets, stop_consumer
-from agents.materializer import DeadLetter, Outcome, PartitionMaterializer, phase_seq
+from agents.materializer import (
+    DeadLetter,
+    Outcome,
+    PartitionMaterializer,
+    partition_name,
+    phase_seq,
+)
 from agents.resources import Resources
 from datamanager.errors import Fenced
 from events.catalogue import Event
@@ -43,6 +49,7 @@ log = logging.getLogger("runstream.pipeline")
 
 TAKE_MAX = 2000
 TAKE_WITHIN = 0.05
+GC_EVERY = 60.0
 
 
 def dead_letter_headers(dl: DeadLetter, topic: str, partition: int) -> list[tuple[str, bytes]]:
@@ -82,6 +89,7 @@ class MaterializerService:
         self.owned: dict[int, _Owned] = {}
         self.caught_up = asyncio.Event()
         self._partitions = 0
+        self._last_gc = time.monotonic()
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
@@ -287,6 +295,21 @@ class MaterializerService:
     # ----------------------------------------------------------------------- checkpoints
     async def _tick(self) -> None:
         await self._maybe_checkpoint_all()
+        await self._maybe_collect_garbage()
+
+    async def _maybe_collect_garbage(self) -> None:
+        """Every ``GC_EVERY`` seconds, collect superseded manifests and unreferenced data files of
+        the owned partitions (the datamanager keeps a grace period for readers mid-way)."""
+        now = time.monotonic()
+        if now - self._last_gc < GC_EVERY:
+            return
+        self._last_gc = now
+        dm = await self.resources.datamanager()
+        for p in list(self.owned):
+            try:
+                await dm.collect_garbage(partition_name(self.settings.topic_events, p))
+            except Exception:
+                log.exception("garbage collection failed; will retry", extra={"partition": p})
 
     async def _maybe_checkpoint_all(self) -> None:
         now = time.monotonic()

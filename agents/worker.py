@@ -13,6 +13,7 @@ from agents.indexing import IndexService
 from agents.logs import setup_logging
 from agents.pipeline import MaterializerService
 from agents.resources import Resources, ensure_topics
+from agents.runtime import tune_gc
 from agents.setup_errors import SetupErrorService
 
 __all__ = ["run_worker"]
@@ -31,6 +32,7 @@ class _Worker(faust.Worker):
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code."""
     setup_logging(settings.log_level, settings.log_format)
+    tune_gc()
     try:
         asyncio.run(ensure_topics(settings))
     except Exception as exc:

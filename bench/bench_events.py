@@ -12,12 +12,14 @@ process on the same bytes; the ratio is what to compare across machines.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
 
 import orjson
 from tqdm import tqdm
 
+from agents.runtime import tune_gc
 from events import (
     Phase,
     RunConfigTask,
@@ -129,7 +131,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--gc",
+        choices=["worker", "default"],
+        default="worker",
+        help="worker: the collector thresholds the worker runs with (agents.runtime); default: CPython's",
+    )
     args = ap.parse_args()
+    if args.gc == "worker":
+        tune_gc()
+    print(f"gc thresholds {gc.get_threshold()} ({args.gc})")
     stream = make_stream(args.runs)
     sizes = sorted(len(r) for r in stream)
     print(f"{len(stream)} events from {args.runs} runs; median {sizes[len(sizes) // 2]} B, "

@@ -1,0 +1,299 @@
+"""Pipeline figures (issue 5), each beside a baseline measured in the same run.
+
+1. End-to-end ingest of a pre-filled ``runs.events`` by one worker process (consume → apply →
+   emit → checkpoint), beside a bare aiokafka consumer reading the same topic.
+2. Object writes per 1,000 events at that load.
+3. Cold replay from the log (``runstream replay``), beside the same bare consumer.
+4. Warm restart of a worker whose partitions hold ``--warm-runs`` runs (default 1,000,000): time
+   from process start until the tail produced while it was down is applied.
+
+Needs the local stack (``deploy/local up``). Usage::
+
+    .venv/bin/python bench/bench_pipeline.py [--runs 20000] [--warm-runs 1000000] [--storage posix|s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from agents.config import Settings  # noqa: E402
+from agents.finals import FinalIds  # noqa: E402
+from agents.inspect import checkpointed_offsets, end_offsets, stop_consumer  # noqa: E402
+from agents.materializer import FINAL, FINAL_IDS, META, partition_name  # noqa: E402
+from agents.producer import EventProducer  # noqa: E402
+from agents.replay import replay  # noqa: E402
+from agents.resources import Resources, ensure_topics  # noqa: E402
+from agents.runtime import tune_gc  # noqa: E402
+from agents.workload import generate  # noqa: E402
+from events import format_run_id  # noqa: E402
+from events.catalogue import Event  # noqa: E402
+from events.codec import encode_state  # noqa: E402
+from tests.harness import Worker, free_port  # noqa: E402
+from tests.oracle import Oracle  # noqa: E402
+
+
+async def produce(s: Settings, events: list[Event], desc: str) -> None:
+    bar = tqdm(total=len(events), unit="ev", desc=desc)
+    async with EventProducer(s.kafka, s.topic_events, max_commit_events=500) as producer:
+        chunk = 2000
+        pending: set[asyncio.Task[None]] = set()
+        for i in range(0, len(events), chunk):
+            part = events[i : i + chunk]
+            t = asyncio.ensure_future(producer.append(part))
+            t.add_done_callback(functools.partial(_advance, bar, len(part)))
+            pending.add(t)
+            if len(pending) >= 8:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for d in done:
+                    d.result()
+        await asyncio.gather(*pending)
+    bar.close()
+
+
+def _advance(bar: tqdm, n: int, _task: object) -> None:  # type: ignore[type-arg]
+    bar.update(n)
+
+
+async def bare_consume(s: Settings) -> tuple[int, float]:
+    """Records/s of a bare aiokafka consumer reading the whole topic (no decoding)."""
+    ends = await end_offsets(s.kafka, s.topic_events)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.topic_events, p) for p in ends]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n, started = 0, time.perf_counter()
+        remaining = set(tps)
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=20_000)
+            for tp, msgs in batch.items():
+                n += len(msgs)
+                if msgs and msgs[-1].offset + 1 >= ends[tp.partition]:
+                    remaining.discard(tp)
+        return n, time.perf_counter() - started
+    finally:
+        await stop_consumer(consumer)
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M):
+        total += float(m.group(1))
+    return total
+
+
+async def wait_metric(
+    port: int, name: str, target: float, worker: Worker, desc: str
+) -> tuple[float, float]:
+    """(seconds from now, seconds from the first progress) until the worker's counter ``name``
+    reaches ``target``: the total includes the process start-up, the second is the steady state."""
+    started = time.perf_counter()
+    first: float | None = None
+    bar = tqdm(total=int(target), unit="rec", desc=desc)
+    last = 0.0
+    while True:
+        value = metric(port, name)
+        if value > 0 and first is None:
+            first = time.perf_counter()
+        bar.update(int(value - last))
+        last = value
+        if value >= target:
+            bar.close()
+            now = time.perf_counter()
+            return now - started, now - (first or started)
+        if not worker.alive():
+            raise RuntimeError(f"worker died; see {worker.log_path}")
+        await asyncio.sleep(0.05)
+
+
+async def count_objects(resources: Resources, s: Settings) -> int:
+    store = await resources.store()
+    return sum([1 async for _ in store.list("rundata/")])
+
+
+async def inject_final_runs(
+    s: Settings, resources: Resources, runs: int, template: bytes, template_id: str, first: int
+) -> None:
+    """Put ``runs`` finished runs into the partitions' checkpoints, as if they had run before."""
+    dm = await resources.datamanager()
+    per = runs // s.partitions
+    bar = tqdm(total=runs, unit="run", desc="inject final runs")
+    for p in range(s.partitions):
+        writer = await dm.open_partition(partition_name(s.topic_events, p), claim=True)
+        finals_raw = await writer.load(META)
+        finals = FinalIds.from_bytes(finals_raw[0][1]) if finals_raw else FinalIds()
+        base = first + p * per
+        puts: dict[str, bytes] = {}
+        old = template_id.encode()
+        for i in range(per):
+            rid = format_run_id(base + i)
+            puts[rid] = template.replace(old, rid.encode())
+            finals.add(base + i)
+            if len(puts) == 50_000:
+                bar.update(len(puts))
+                await writer.checkpoint({FINAL: puts}, {}, {})
+                puts = {}
+        await writer.checkpoint({FINAL: puts, META: {FINAL_IDS: finals.to_bytes()}}, {}, {})
+        bar.update(len(puts))
+    bar.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    tune_gc()  # as the worker and `runstream replay` do
+    unique = "bench" + uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="rs-bench-"))
+    storage = (
+        f"file://{tmp}/objects"
+        if args.storage == "posix"
+        else "s3://runstream?endpoint=http://127.0.0.1:8333"
+    )
+    s = Settings(
+        kafka=args.kafka,
+        etcd=args.etcd,
+        etcd_prefix=f"/bench/{unique}/",
+        storage=storage,
+        app_id=f"rs-{unique}",
+        topic_events=f"{unique}.events",
+        topic_setup_errors=f"{unique}.setup-errors",
+        topic_phases=f"{unique}.phases",
+        topic_dlq=f"{unique}.dlq",
+        partitions=args.partitions,
+        web_port=free_port(),
+        log_format="json",
+    )
+    await ensure_topics(s)
+    events = generate(seed=1, runs=args.runs, first_run_id=10_000_000)
+    await produce(s, events, "produce")
+    records = sum((await end_offsets(s.kafka, s.topic_events)).values())
+    n, secs = await bare_consume(s)
+    bare_rec_s = n / secs
+    print(
+        f"\nworkload: {len(events):,} events in {records:,} records (commits of ~{len(events) / records:.0f} events)"
+    )
+
+    resources = Resources(s)
+    worker = Worker(s, tmp / "worker1.log").start()
+    try:
+        e2e_total, e2e = await wait_metric(
+            s.web_port, "runstream_records_total", records, worker, "worker e2e"
+        )
+        t0 = time.perf_counter()
+        while True:
+            dm = await resources.datamanager()
+            done = await checkpointed_offsets(dm, s.topic_events, range(s.partitions))
+            ends = await end_offsets(s.kafka, s.topic_events)
+            if all(done[p] >= ends[p] for p in ends):
+                break
+            await asyncio.sleep(0.1)
+        checkpoint_lag = time.perf_counter() - t0
+        phases = metric(s.web_port, "runstream_phase_changes_total")
+    finally:
+        worker.stop()
+    objects = await count_objects(resources, s)
+
+    rep = await replay(s, target="bench", progress=True)
+
+    print("\n== pipeline figures ==")
+    print(
+        f"bare aiokafka consumer      : {bare_rec_s:>12,.0f} records/s  ({bare_rec_s * len(events) / records:,.0f} events/s carried)"
+    )
+    e2e_rate = len(events) / e2e
+    print(
+        f"worker end-to-end (applied) : {e2e_rate:>12,.0f} events/s  ({records / e2e:,.0f} records/s, {phases:,.0f} phase changes emitted)"
+    )
+    print(
+        f"  with process start-up     : {len(events) / e2e_total:>12,.0f} events/s  ({e2e_total:.2f} s from exec)"
+    )
+    print(
+        f"  ratio worker/bare records : {records / e2e / bare_rec_s:>12.3f}   (target: >= 20,000 events/s)"
+    )
+    print(
+        f"  checkpoint caught up      : {checkpoint_lag:>12.2f} s after the last record was applied"
+    )
+    print(
+        f"object writes               : {objects:>12,}  = {objects / (len(events) / 1000):.3f} per 1,000 events (target: <= 1)"
+    )
+    print(
+        f"cold replay                 : {rep.events_per_second:>12,.0f} events/s  (ratio to bare consumer's events/s: {rep.events_per_second / (bare_rec_s * len(events) / records):.3f}; target >= 100,000)"
+    )
+
+    if args.warm_runs:
+        oracle = Oracle().feed(events[:2000])
+        tid, tstate = next(
+            (rid, st) for rid, st in oracle.states.items() if st.run.phase.is_final()
+        )
+        await inject_final_runs(
+            s, resources, args.warm_runs, encode_state(tstate), tid, first=100_000_000
+        )
+        tail = generate(seed=2, runs=max(1, args.tail_runs), first_run_id=200_000_000)
+        await produce(s, tail, "tail")
+        tail_records = sum((await end_offsets(s.kafka, s.topic_events)).values()) - records
+        worker = Worker(s, tmp / "worker2.log").start()
+        try:
+            started = time.perf_counter()
+            await wait_metric(
+                s.web_port, "runstream_records_total", tail_records, worker, "warm restart"
+            )
+            warm = time.perf_counter() - started
+        finally:
+            worker.stop()
+        loaded = [
+            ln for ln in (tmp / "worker2.log").read_text().splitlines() if "partition loaded" in ln
+        ]
+        print(
+            f"warm restart ({args.warm_runs:,} final runs + {len(tail):,} tail events): caught up {warm:.2f} s after process start (target <= 5 s)"
+        )
+        for ln in loaded:
+            print("   ", ln[:200])
+    await resources.close()
+    print(f"\nstate and logs under {tmp}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--runs", type=int, default=20_000, help="runs in the pre-filled topic (~14 events each)"
+    )
+    ap.add_argument(
+        "--warm-runs",
+        type=int,
+        default=1_000_000,
+        help="final runs held by the partitions for the warm restart (0: skip)",
+    )
+    ap.add_argument(
+        "--tail-runs", type=int, default=1000, help="runs produced while the worker is down"
+    )
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--storage", choices=["posix", "s3"], default="posix")
+    ap.add_argument("--kafka", default="127.0.0.1:9092")
+    ap.add_argument("--etcd", default="127.0.0.1:2379")
+    asyncio.run(main(ap.parse_args()))
