@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.config import Settings
 
@@ -34,15 +32,14 @@ class Topics:
         self.dlq = raw(settings.topic_dlq)
 
 
-def create_app(settings: Settings, ready: Callable[[], bool] = lambda: True) -> faust.App:
-    """A Faust app for ``settings``; agents and API routes are registered on it by the caller."""
+def create_app(settings: Settings) -> faust.App:
+    """A Faust app for ``settings``; the caller registers the agents. Faust's own web server is
+    off: the HTTP API (``agents.web``) serves /api/v1, /healthz and /metrics on the same port."""
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka}",
         store="memory://",
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
+        web_enabled=False,
         topic_replication_factor=settings.replication,
         topic_partitions=settings.partitions,
         producer_acks=-1,
@@ -60,14 +57,5 @@ def create_app(settings: Settings, ready: Callable[[], bool] = lambda: True) -> 
     )
     app.runstream_settings = settings  # type: ignore[attr-defined]
     app.runstream_topics = Topics(app, settings)  # type: ignore[attr-defined]
-
-    @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        ok = ready()
-        return web.json({"status": "ok" if ok else "catching up"}, status=200 if ok else 503)
 
     return app

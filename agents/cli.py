@@ -111,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     vf.set_defaults(func=_cmd_verify)
 
     from agents.index_cli import add_index_commands
+    from api.commands import add_runs_commands
 
     add_index_commands(sub)
+    add_runs_commands(sub)
 
     config = sub.add_parser(
         "config",

@@ -20,6 +20,7 @@ __all__ = [
     "checkpointed_offsets",
     "end_offsets",
     "materialized_states",
+    "partitions_of",
     "read_topic",
     "state_digest",
     "stop_consumer",
@@ -37,15 +38,19 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
             raise
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """The partitions of ``topic`` (empty if it does not exist). A consumer knows no topic
+    metadata right after it starts, so fetch it."""
+    cluster = await consumer._client.fetch_all_metadata()  # no public call returns this
+    return sorted(cluster.partitions_for_topic(topic) or ())
+
+
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The end offset (next offset to be written) of every partition of ``topic``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # first contact: metadata may be stale
-            parts = consumer.partitions_for_topic(topic) or set()
+        parts = await partitions_of(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         ends = await consumer.end_offsets(tps) if tps else {}
         return {tp.partition: off for tp, off in ends.items()}

@@ -95,6 +95,10 @@ class MaterializerService:
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
         app.timer(max(0.5, min(1.0, settings.checkpoint_interval / 2)))(self._tick)
 
+    def all_loaded(self) -> bool:
+        """True when every owned partition has loaded its checkpoint (the worker is ready)."""
+        return all(o.pm is not None for o in self.owned.values())
+
     # ----------------------------------------------------------------------- assignment
     async def _on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == self.settings.topic_events}

@@ -15,6 +15,7 @@ from agents.pipeline import MaterializerService
 from agents.resources import Resources, ensure_topics
 from agents.runtime import tune_gc
 from agents.setup_errors import SetupErrorService
+from agents.web import ApiServer
 
 __all__ = ["run_worker"]
 
@@ -40,11 +41,12 @@ def run_worker(settings: Settings) -> int:
         return 1
     resources = Resources(settings)
     index = IndexService(settings, resources)
-    app = create_app(settings, ready=lambda: index.ready.is_set())
-    MaterializerService(app, settings, resources)
+    app = create_app(settings)
+    materializer = MaterializerService(app, settings, resources)
     SetupErrorService(app, settings, resources)
-
+    api = ApiServer(settings, resources, materializer, index)
     app.task(index.run)
+    app.task(api.run)
 
     log.info("starting worker", extra={"settings": settings.public()})
     worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
