@@ -21,7 +21,7 @@ test: $(VENV_STAMP)
 	deploy/local up
 	$(MAKE) --no-print-directory lint
 	set -a; eval "$$(deploy/local env | sed 's/^export //')"; set +a; \
-	  .venv/bin/pytest $(PYTEST_ARGS)
+	  .venv/bin/pytest -rA $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check .
