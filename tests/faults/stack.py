@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ import pytest
 
 from agents.config import Settings
 from agents.resources import Resources
+from events.catalogue import Event
+from tests.faults.checks import FaultRow, Tally, verify_pipeline
 from tests.harness import ROOT, Worker, caught_up, free_port, make_settings, prepare_topics
+from tests.oracle import Oracle
 
-__all__ = ["Stack", "fault_settings", "kill_local", "local_pid", "restart_local"]
+__all__ = ["Stack", "conclude", "fault_settings", "kill_local", "local_pid", "restart_local"]
 
 _PORTS = {"kafka": ("RUNSTREAM_KAFKA_PORT", 9092), "etcd": ("RUNSTREAM_ETCD_PORT", 2379)}
 
@@ -142,3 +146,25 @@ async def _caught_up_quietly(s: Settings, resources: Resources) -> bool:
 
 def settings_fields(s: Settings) -> dict[str, object]:
     return {f.name: getattr(s, f.name) for f in fields(s)}
+
+
+async def conclude(
+    stack: Stack,
+    acked: list[Event],
+    report: Callable[[FaultRow], None],
+    fault: str,
+    *,
+    since: float,
+    note: str = "",
+    index: bool = True,
+) -> Tally:
+    """Let the system recover, run the three checks against the oracle of ``acked``, add the
+    table row (recovery = seconds from ``since``, the fault, until the checkpoints cover the
+    whole log) and assert zero lost, zero duplicated, nothing diverged."""
+    await stack.settle()
+    recovery = time.monotonic() - since
+    oracle = Oracle().feed(acked)
+    tally = await verify_pipeline(stack.settings, stack.resources, oracle, index=index)
+    report(tally.row(fault, len(acked), recovery, note))
+    tally.assert_ok()
+    return tally
