@@ -87,8 +87,12 @@ async def ensure_topics(settings: Settings) -> None:
         if missing:
             await admin.create_topics(missing)
             log.info("created topics", extra={"topics": [t.name for t in missing]})
-        described = await admin.describe_topics([settings.topic_events, settings.topic_phases])
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        for _ in range(100):  # new topics show their partitions in metadata shortly after
+            described = await admin.describe_topics([settings.topic_events, settings.topic_phases])
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            if all(counts.values()):
+                break
+            await asyncio.sleep(0.1)
         if counts.get(settings.topic_events) != counts.get(settings.topic_phases):
             raise RuntimeError(
                 f"{settings.topic_events} and {settings.topic_phases} must have the same number of "

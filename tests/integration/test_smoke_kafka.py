@@ -18,7 +18,11 @@ async def test_faust_agent_consumes_through_the_broker(kafka_bootstrap: str, uni
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic_name, num_partitions=2, replication_factor=1)])
-        described = await admin.describe_topics([topic_name])
+        for _ in range(100):  # a new topic's metadata reaches the broker's cache shortly after
+            described = await admin.describe_topics([topic_name])
+            if described[0]["partitions"]:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
     assert len(described[0]["partitions"]) == 2
