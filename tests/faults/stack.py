@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+from agents import keys
 from agents.config import Settings
 from agents.resources import Resources
 from events.catalogue import Event
+from indexer import DumpStore
 from tests.faults.checks import FaultRow, Tally, verify_pipeline
 from tests.harness import ROOT, Worker, caught_up, free_port, make_settings, prepare_topics
 from tests.oracle import Oracle
@@ -125,6 +127,18 @@ class Stack:
             await asyncio.sleep(0.3)
         return time.monotonic() - started
 
+    async def wait_for_dump(self, *, within: float = 40.0) -> bool:
+        """Wait (bounded) until an index dump exists, so that the index check starts from a dump
+        plus a tail as a worker does; False if none came (the check then replays the whole log)."""
+        store = DumpStore(await self.resources.store(), prefix=keys.INDEX_PREFIX)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if await store.numbers():
+                    return True
+            await asyncio.sleep(0.5)
+        return False
+
     def logs(self) -> str:
         return "\n".join(w.log_text() for w in self.workers)
 
@@ -163,6 +177,8 @@ async def conclude(
     whole log) and assert zero lost, zero duplicated, nothing diverged."""
     await stack.settle()
     recovery = time.monotonic() - since
+    if index:
+        await stack.wait_for_dump()
     oracle = Oracle().feed(acked)
     tally = await verify_pipeline(stack.settings, stack.resources, oracle, index=index)
     report(tally.row(fault, len(acked), recovery, note))
