@@ -215,9 +215,10 @@ class MaterializerService:
             return
         metrics.RECORDS.inc()
         out = pm.apply_record(offset, msg.value)
-        owned.held.append(event)
         if out.skipped:
+            event.ack()  # below the checkpoint we started from: safe to commit now
             return
+        owned.held.append(event)
         self._count(out)
         for d in out.derived:
             owned.sends.append(await self._send_phase(p, d))
@@ -329,6 +330,8 @@ class MaterializerService:
         pm = owned.pm
         assert pm is not None
         async with owned.lock:
+            if not pm.has_changes:
+                return  # another caller checkpointed while we waited for the lock
             # Everything below is taken at one instant: the state changes, the records to ack
             # and the sends they caused.
             snap = pm.prepare()
