@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from events._fast import build, evolve
+from events._fast import evolve
 from events.catalogue import (
     CURRENT_VERSIONS,
     Event,
@@ -37,7 +37,15 @@ from events.catalogue import (
     TaskStatusChanged,
 )
 from events.creation import create_run
-from events.model import FINISHED_TASK_STATUSES, Phase, Result, Run, RunTask, TaskStatus
+from events.model import (
+    FINISHED_TASK_STATUSES,
+    Phase,
+    Result,
+    Run,
+    RunConfig,
+    RunTask,
+    TaskStatus,
+)
 from events.state import ID_GENERATION, RunState
 
 __all__ = ["Applied", "Outcome", "Rejected", "apply"]
@@ -49,6 +57,12 @@ _FINISHED = FINISHED_TASK_STATUSES
 _EXECUTED = frozenset({TaskStatus.RUNNING, TaskStatus.SUCCESS, TaskStatus.FAILED})
 _PHASE_CHANGED = EventType.PHASE_CHANGED
 _PHASE_CHANGED_V = CURRENT_VERSIONS[EventType.PHASE_CHANGED]
+_RUN_CREATED = EventType.RUN_CREATED
+_TASK_STATUS_CHANGED = EventType.TASK_STATUS_CHANGED
+_NOTSTARTED = TaskStatus.NOTSTARTED
+_NO_IDS: frozenset[str] = frozenset()
+_new = object.__new__
+_setattr = object.__setattr__
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,22 +87,56 @@ Outcome = Applied | Rejected
 
 def apply(state: RunState | None, event: Event) -> Outcome:
     """Fold ``event`` into ``state`` (see the module docstring for the full contract)."""
+    kind = event.type
     if state is None:
-        if event.type is EventType.RUN_CREATED or event.type is EventType.SETUP_ERRORS_REPORTED:
+        if kind is _RUN_CREATED or kind is EventType.SETUP_ERRORS_REPORTED:
             return _created(event)
-        return Rejected(reason=f"unknown run {event.run_id}: {event.type} before its creation", state=None)  # fmt: skip
+        return Rejected(reason=f"unknown run {event.run_id}: {kind} before its creation", state=None)  # fmt: skip
     eid = event.id
     if eid in state.recent_ids or eid in state.older_ids:
-        return build(Applied, {"state": state, "derived": (), "duplicate": True})
+        return _applied(state, (), True)
     run = state.run
     if event.run_id != run.id:
         return Rejected(reason=f"event for run {event.run_id} applied to run {run.id}", state=state)
-    handler = _HANDLERS.get(event.type)
+    if kind is _TASK_STATUS_CHANGED:  # most events: skip the table and the final-phase check
+        return _task_status(state, event)
+    handler = _HANDLERS.get(kind)
     if handler is None:
-        return Rejected(reason=f"{event.type} cannot be applied to an existing run", state=state)
+        return Rejected(reason=f"{kind} cannot be applied to an existing run", state=state)
     if run.phase in _FINAL_PHASES and handler is not _exists:
         return Rejected(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
     return handler(state, event)
+
+
+def _applied(state: RunState, derived: tuple[Event, ...], duplicate: bool) -> Applied:
+    # events._fast.build, inlined (as in the other hot helpers here): once per event.
+    out = _new(Applied)
+    _setattr(out, "__dict__", {"state": state, "derived": derived, "duplicate": duplicate})
+    return out
+
+
+def _state(
+    state: RunState, event_id: str, run: Run, seq: int, open_tasks: int, config: RunConfig
+) -> RunState:
+    """The next state: ``run`` and ``event_id`` remembered in the recent-id window."""
+    recent = state.recent_ids
+    if len(recent) < ID_GENERATION:
+        recent = (*recent, event_id)
+        older = state.older_ids
+    else:
+        older = frozenset(recent)
+        recent = (event_id,)
+    new = _new(RunState)
+    fields = {
+        "run": run,
+        "config": config,
+        "seq": seq,
+        "recent_ids": recent,
+        "older_ids": older,
+        "open_tasks": open_tasks,
+    }
+    _setattr(new, "__dict__", fields)
+    return new
 
 
 def _created(event: Event) -> Outcome:
@@ -96,21 +144,24 @@ def _created(event: Event) -> Outcome:
     if isinstance(made, str):
         return Rejected(reason=made, state=None)
     run, config, open_tasks = made
-    blank = build(Run, {**run.__dict__, "phase": None, "result": None})  # so that seq 1 is emitted
-    state = RunState(run=blank, config=config, seq=0, open_tasks=open_tasks)
-    return _commit(state, event, run, open_tasks)
+    # The run did not exist before: its first phase and result are always a change (seq 1).
+    derived = (_phase_event(run, 1, event.at),)
+    state = _new(RunState)
+    fields = {
+        "run": run,
+        "config": config,
+        "seq": 1,
+        "recent_ids": (event.id,),
+        "older_ids": _NO_IDS,
+        "open_tasks": open_tasks,
+    }
+    _setattr(state, "__dict__", fields)
+    return _applied(state, derived, False)
 
 
 def _commit(state: RunState, event: Event, run: Run, open_tasks: int, *mid: Run) -> Applied:
     """The new state with ``event`` remembered, and one ``run.phase_changed`` per phase/result
     change from ``state.run`` through the intermediate runs ``mid`` to ``run``."""
-    recent = state.recent_ids
-    if len(recent) < ID_GENERATION:
-        recent = (*recent, event.id)
-        older = state.older_ids
-    else:
-        older = frozenset(recent)
-        recent = (event.id,)
     seq = state.seq
     derived: tuple[Event, ...] = ()
     prev = state.run
@@ -119,33 +170,25 @@ def _commit(state: RunState, event: Event, run: Run, open_tasks: int, *mid: Run)
             seq += 1
             derived = (*derived, _phase_event(r, seq, event.at))
         prev = r
-    new = build(
-        RunState,
-        {
-            "run": run,
-            "config": state.config,
-            "seq": seq,
-            "recent_ids": recent,
-            "older_ids": older,
-            "open_tasks": open_tasks,
-        },
-    )
-    return build(Applied, {"state": new, "derived": derived, "duplicate": False})
+    new = _state(state, event.id, run, seq, open_tasks, state.config)
+    return _applied(new, derived, False)
 
 
 def _phase_event(run: Run, seq: int, at: int) -> Event:
-    data = build(
-        PhaseChanged, {"group": run.group, "phase": run.phase, "result": run.result, "seq": seq}
-    )
+    data = _new(PhaseChanged)
+    _setattr(data, "__dict__", {"group": run.group, "phase": run.phase, "result": run.result, "seq": seq})  # fmt: skip
+    rid = run.id
     fields = {
         "type": _PHASE_CHANGED,
         "version": _PHASE_CHANGED_V,
-        "id": f"{run.id}.phase.{seq}",
-        "run_id": run.id,
+        "id": f"{rid}.phase.{seq}",
+        "run_id": rid,
         "at": at,
         "data": data,
     }
-    return build(Event, fields)
+    event = _new(Event)
+    _setattr(event, "__dict__", fields)
+    return event
 
 
 def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool, at: int) -> None:
@@ -166,8 +209,11 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
 
 
 def _task_status(state: RunState, event: Event) -> Outcome:
+    # The hot path (most events): the copies and the commit are inlined, see events._fast.
     run = state.run
     if run.phase is not _RUNNING:
+        if run.phase in _FINAL_PHASES:  # apply() leaves this check to us
+            return Rejected(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
         return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
     data: TaskStatusChanged = event.data  # type: ignore[assignment]
     tid, new = data.task_id, data.status
@@ -175,24 +221,48 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     if task is None:
         return Rejected(reason=f"run {run.id} has no task {tid!r}", state=state)
     old = task.status
-    if old in _FINISHED or new is old or new is TaskStatus.NOTSTARTED:
+    if old in _FINISHED or new is old or new is _NOTSTARTED:
         return Rejected(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
-    if not task.approved and new in _EXECUTED and state.config.tasks[tid].needs_approval:
+    config = state.config
+    if not task.approved and new in _EXECUTED and config.tasks[tid].needs_approval:
         return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
     at = event.at
     open_tasks = state.open_tasks
+    task_fields = task.__dict__.copy()
+    task_fields["status"] = new
     if new in _FINISHED:
         open_tasks -= 1
-        new_task = evolve(task, {"status": new, "end_time": at})
+        task_fields["end_time"] = at
     else:
-        new_task = evolve(task, {"status": new, "start_time": at})
+        task_fields["start_time"] = at
+    new_task = _new(RunTask)
+    _setattr(new_task, "__dict__", task_fields)
     tasks = dict(run.tasks)
     tasks[tid] = new_task
-    changes: dict[str, object] = {"tasks": tasks}
-    failed = new is _FAILED_TASK and not state.config.tasks[tid].ignore_failure
+    run_fields = run.__dict__.copy()
+    run_fields["tasks"] = tasks
+    failed = new is _FAILED_TASK and not config.tasks[tid].ignore_failure
     if failed or open_tasks == 0 or run.result is not _UNKNOWN:
-        _settle(run, changes, open_tasks, failed, at)
-    return _commit(state, event, evolve(run, changes), open_tasks)
+        _settle(run, run_fields, open_tasks, failed, at)
+    new_run = _new(Run)
+    _setattr(new_run, "__dict__", run_fields)
+    seq = state.seq
+    derived: tuple[Event, ...] = ()
+    if run_fields["phase"] is not run.phase or run_fields["result"] is not run.result:
+        seq += 1
+        derived = (_phase_event(new_run, seq, at),)
+    recent = state.recent_ids
+    if len(recent) < ID_GENERATION:
+        recent = (*recent, event.id)
+        older = state.older_ids
+    else:
+        older = frozenset(recent)
+        recent = (event.id,)
+    new_state = _new(RunState)
+    _setattr(new_state, "__dict__", {"run": new_run, "config": config, "seq": seq, "recent_ids": recent, "older_ids": older, "open_tasks": open_tasks})  # fmt: skip
+    out = _new(Applied)
+    _setattr(out, "__dict__", {"state": new_state, "derived": derived, "duplicate": False})
+    return out
 
 
 def _start(state: RunState, event: Event) -> Outcome:
