@@ -37,3 +37,9 @@ status:
 	deploy/local status
 clean:
 	deploy/local clean
+
+## faults: every fault test of tests/faults (issue 8), slow ones included, then the table
+faults: $(VENV_STAMP)
+	deploy/local up
+	set -a; eval "$$(deploy/local env | sed 's/^export //')"; set +a; \
+	  RUNSTREAM_FAULTS=all .venv/bin/pytest -m faults tests/faults -p no:cacheprovider $(PYTEST_ARGS)
