@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from events._fast import dict_setter
 from events.catalogue import CURRENT_VERSIONS, Event, EventType
 from events.errors import DecodeError, DecodeReason
 from events.ids import RUN_ID_WIDTH
@@ -48,8 +49,12 @@ _CURRENT = {k.value: v for k, v in CURRENT_VERSIONS.items()}
 # One lookup per event finds the decoder of the current version: (kind, version, decoder).
 _BY_TYPE = {k.value: (k, CURRENT_VERSIONS[k], DECODERS[k]) for k in EventType}
 _NO_RUN = "0" * RUN_ID_WIDTH
+_STATUS = EventType.TASK_STATUS_CHANGED.value
+_STATUS_ENTRY = _BY_TYPE[_STATUS]
+_valid_run_ids: set[str] = set()
+_VALID_RUN_IDS_MAX = 1 << 16
 _new = object.__new__
-_setattr = object.__setattr__
+_set_event = dict_setter(Event)
 
 
 def _schema(message: str) -> DecodeError:
@@ -69,7 +74,8 @@ def _event(obj: Any) -> Event:
         at = obj["at"]
     except KeyError as exc:
         raise _schema(f"envelope is missing {exc}") from None
-    entry = _BY_TYPE.get(t) if type(t) is str else None
+    # Most events are task status changes: one string comparison instead of hashing the type.
+    entry = _STATUS_ENTRY if t == _STATUS else _BY_TYPE.get(t) if type(t) is str else None
     if entry is None:
         raise DecodeError(DecodeReason.UNKNOWN_TYPE, f"unknown event type {t!r}")
     kind, current, decoder = entry
@@ -82,17 +88,31 @@ def _event(obj: Any) -> Event:
         obj["version"] = current
     if type(eid) is not str or not eid:
         raise _schema("id must be a non-empty string")
-    if type(rid) is not str or len(rid) != RUN_ID_WIDTH or not rid.isdigit() or not rid.isascii():
-        raise _schema(f"run_id must be {RUN_ID_WIDTH} decimal digits")
-    if rid == _NO_RUN:
-        raise _schema("run_id 0 does not exist")
+    if type(rid) is not str or (rid not in _valid_run_ids and not _check_run_id(rid)):
+        raise _schema(
+            "run_id 0 does not exist"
+            if rid == _NO_RUN
+            else f"run_id must be {RUN_ID_WIDTH} decimal digits"
+        )
     if type(at) is not int or at < 0:
         raise _schema("at must be a non-negative integer (ms since the epoch)")
     obj["type"] = kind
     obj["data"] = decoder(data)
     event = _new(Event)  # events._fast.build, inlined: this runs once per event
-    _setattr(event, "__dict__", obj)
+    _set_event(event, obj)
     return event
+
+
+def _check_run_id(rid: str) -> bool:
+    """True for a valid run id, remembered in ``_valid_run_ids``: the events of a run come
+    together, and a set lookup costs less than the checks (the hash is kept by the string, and
+    callers hash the run id anyway). The set only ever holds valid ids; it is emptied when full."""
+    if len(rid) != RUN_ID_WIDTH or not rid.isdigit() or not rid.isascii() or rid == _NO_RUN:
+        return False
+    if len(_valid_run_ids) >= _VALID_RUN_IDS_MAX:
+        _valid_run_ids.clear()
+    _valid_run_ids.add(rid)
+    return True
 
 
 def decode(raw: bytes) -> Event:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from events._fast import build, evolve
+from events._fast import build, dict_setter, evolve
 from events.catalogue import Event, RunCreated, SetupErrorsReported
 from events.checks import check_create, plan_tasks
 from events.errors import BadRequest
@@ -25,7 +25,8 @@ _NOTSTARTED = TaskStatus.NOTSTARTED
 _SKIPPED = TaskStatus.SKIPPED
 _SUCCESS = TaskStatus.SUCCESS
 _new = object.__new__
-_setattr = object.__setattr__
+_set_config_task = dict_setter(RunConfigTask)
+_set_run_task = dict_setter(RunTask)
 
 Tasks = tuple[dict[str, RunConfigTask], dict[str, RunTask], int]
 
@@ -94,7 +95,7 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
             fields = fields.copy()
             fields["level"] = level
             t = _new(RunConfigTask)
-            _setattr(t, "__dict__", fields)
+            _set_config_task(t, fields)
         config[tid] = t
         if tid in kept:
             status = _SUCCESS
@@ -104,7 +105,7 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
             status = _NOTSTARTED
             open_tasks += 1
         run_task = _new(RunTask)
-        _setattr(run_task, "__dict__", _run_task(tid, status, fields["skip"]))
+        _set_run_task(run_task, _run_task(tid, status, fields["skip"]))
         run_tasks[tid] = run_task
     return config, run_tasks, open_tasks
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from events._fast import evolve
+from events._fast import dict_setter, evolve
 from events.catalogue import (
     CURRENT_VERSIONS,
     Event,
@@ -62,7 +62,6 @@ _TASK_STATUS_CHANGED = EventType.TASK_STATUS_CHANGED
 _NOTSTARTED = TaskStatus.NOTSTARTED
 _NO_IDS: frozenset[str] = frozenset()
 _new = object.__new__
-_setattr = object.__setattr__
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +82,14 @@ class Rejected:
 
 
 Outcome = Applied | Rejected
+
+# events._fast.build, inlined in the hot paths below: obj = _new(cls); _set_cls(obj, fields).
+_set_applied = dict_setter(Applied)
+_set_state = dict_setter(RunState)
+_set_run = dict_setter(Run)
+_set_task = dict_setter(RunTask)
+_set_event = dict_setter(Event)
+_set_phase = dict_setter(PhaseChanged)
 
 
 def apply(state: RunState | None, event: Event) -> Outcome:
@@ -109,9 +116,8 @@ def apply(state: RunState | None, event: Event) -> Outcome:
 
 
 def _applied(state: RunState, derived: tuple[Event, ...], duplicate: bool) -> Applied:
-    # events._fast.build, inlined (as in the other hot helpers here): once per event.
     out = _new(Applied)
-    _setattr(out, "__dict__", {"state": state, "derived": derived, "duplicate": duplicate})
+    _set_applied(out, {"state": state, "derived": derived, "duplicate": duplicate})
     return out
 
 
@@ -135,7 +141,7 @@ def _state(
         "older_ids": older,
         "open_tasks": open_tasks,
     }
-    _setattr(new, "__dict__", fields)
+    _set_state(new, fields)
     return new
 
 
@@ -155,7 +161,7 @@ def _created(event: Event) -> Outcome:
         "older_ids": _NO_IDS,
         "open_tasks": open_tasks,
     }
-    _setattr(state, "__dict__", fields)
+    _set_state(state, fields)
     return _applied(state, derived, False)
 
 
@@ -176,7 +182,7 @@ def _commit(state: RunState, event: Event, run: Run, open_tasks: int, *mid: Run)
 
 def _phase_event(run: Run, seq: int, at: int) -> Event:
     data = _new(PhaseChanged)
-    _setattr(data, "__dict__", {"group": run.group, "phase": run.phase, "result": run.result, "seq": seq})  # fmt: skip
+    _set_phase(data, {"group": run.group, "phase": run.phase, "result": run.result, "seq": seq})  # fmt: skip
     rid = run.id
     fields = {
         "type": _PHASE_CHANGED,
@@ -187,7 +193,7 @@ def _phase_event(run: Run, seq: int, at: int) -> Event:
         "data": data,
     }
     event = _new(Event)
-    _setattr(event, "__dict__", fields)
+    _set_event(event, fields)
     return event
 
 
@@ -236,7 +242,7 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     else:
         task_fields["start_time"] = at
     new_task = _new(RunTask)
-    _setattr(new_task, "__dict__", task_fields)
+    _set_task(new_task, task_fields)
     tasks = dict(run.tasks)
     tasks[tid] = new_task
     run_fields = run.__dict__.copy()
@@ -245,7 +251,7 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     if failed or open_tasks == 0 or run.result is not _UNKNOWN:
         _settle(run, run_fields, open_tasks, failed, at)
     new_run = _new(Run)
-    _setattr(new_run, "__dict__", run_fields)
+    _set_run(new_run, run_fields)
     seq = state.seq
     derived: tuple[Event, ...] = ()
     if run_fields["phase"] is not run.phase or run_fields["result"] is not run.result:
@@ -259,9 +265,9 @@ def _task_status(state: RunState, event: Event) -> Outcome:
         older = frozenset(recent)
         recent = (event.id,)
     new_state = _new(RunState)
-    _setattr(new_state, "__dict__", {"run": new_run, "config": config, "seq": seq, "recent_ids": recent, "older_ids": older, "open_tasks": open_tasks})  # fmt: skip
+    _set_state(new_state, {"run": new_run, "config": config, "seq": seq, "recent_ids": recent, "older_ids": older, "open_tasks": open_tasks})  # fmt: skip
     out = _new(Applied)
-    _setattr(out, "__dict__", {"state": new_state, "derived": derived, "duplicate": False})
+    _set_applied(out, {"state": new_state, "derived": derived, "duplicate": False})
     return out
 
 

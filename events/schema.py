@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from events._fast import build
+from events._fast import build, dict_setter
 from events.catalogue import (
     CancelRequested,
     EventType,
@@ -55,6 +55,13 @@ STATUSES = {s.value: s for s in TaskStatus}
 PHASES = {p.value: p for p in Phase}
 RESULTS = {r.value: r for r in Result}
 _CONDITIONS = {c.value: c for c in DependCondition}
+
+
+_new = object.__new__
+_set_depend = dict_setter(TaskDepend)
+_set_config_task = dict_setter(RunConfigTask)
+_set_status = dict_setter(TaskStatusChanged)
+_set_phase = dict_setter(PhaseChanged)
 
 
 def fail(message: str) -> NoReturn:
@@ -166,7 +173,9 @@ def _depend(v: Any) -> TaskDepend:
     ):
         fail("task.depends: want a non-empty task_id and a list of conditions")
     v["conditions"] = tuple([_condition(c) for c in conds]) if conds else ()
-    return build(TaskDepend, v)
+    dep = _new(TaskDepend)
+    _set_depend(dep, v)
+    return dep
 
 
 def _task_defaults() -> tuple[tuple[str, Any], ...]:
@@ -222,7 +231,9 @@ def decode_task(v: Any, *, with_level: bool = False) -> RunConfigTask:
     v["depends"] = tuple([_depend(d) for d in deps]) if deps else ()
     v["steps"] = tuple(steps)
     v["level"] = level
-    return build(RunConfigTask, v)
+    task = _new(RunConfigTask)  # events._fast.build, inlined: a creation carries several tasks
+    _set_config_task(task, v)
+    return task
 
 
 def encode_setup_error(e: SetupError) -> dict[str, Any]:
@@ -293,9 +304,9 @@ def _dec_run_created(d: dict[str, Any]) -> RunCreated:
         fail("run.created: want a non-empty name and a group")
     if type(tasks) is not list or type(errs) is not list or type(kept) is not list:
         fail("run.created: tasks, setup_errors and kept_tasks are lists")
-    d["tasks"] = tuple(decode_task(t) for t in tasks)
-    d["setup_errors"] = tuple(decode_setup_error(e) for e in errs)
-    d["kept_tasks"] = p_names(kept)
+    d["tasks"] = tuple([decode_task(t) for t in tasks])
+    d["setup_errors"] = tuple([decode_setup_error(e) for e in errs]) if errs else ()
+    d["kept_tasks"] = p_names(kept) if kept else ()
     _str_map_in(d, "environment")
     _str_map_in(d, "static_environment")
     _str_map_in(d, "annotations")
@@ -327,7 +338,9 @@ def _dec_task_status(d: dict[str, Any]) -> TaskStatusChanged:
         fail("task.status_changed: want task_id and a known status")
     if len(d) != 2 or type(task_id) is not str or not task_id:
         fail("task.status_changed: want exactly a non-empty task_id and a status")
-    return build(TaskStatusChanged, d)
+    payload = _new(TaskStatusChanged)  # events._fast.build, inlined: most events are these
+    _set_status(payload, d)
+    return payload
 
 
 def _dec_task_approved(d: dict[str, Any]) -> TaskApproved:
@@ -351,7 +364,9 @@ def _dec_phase_changed(d: dict[str, Any]) -> PhaseChanged:
         fail("run.phase_changed: want group, a known phase and result, seq")
     if len(d) != 4 or type(group) is not str or type(seq) is not int or seq < 1:
         fail("run.phase_changed: want exactly group (string), phase, result, seq (≥ 1)")
-    return build(PhaseChanged, d)
+    payload = _new(PhaseChanged)
+    _set_phase(payload, d)
+    return payload
 
 
 #: Decoder of each type's *current* version (older versions are upcast first).
