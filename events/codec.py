@@ -140,12 +140,13 @@ def decode_record(raw: bytes, *, max_size: int = DEFAULT_MAX_RECORD_SIZE) -> lis
         return [_event(obj)]
     if not obj:
         raise _schema("a commit holds at least one event")
-    out = []
-    for i, item in enumerate(obj):
-        try:
-            out.append(_event(item))
-        except DecodeError as exc:
-            raise DecodeError(exc.reason, f"commit event {i}: {exc.message}") from None
+    out: list[Event] = []
+    append = out.append
+    try:
+        for item in obj:
+            append(_event(item))
+    except DecodeError as exc:  # the events before it are in ``out``: len(out) is its position
+        raise DecodeError(exc.reason, f"commit event {len(out)}: {exc.message}") from None
     return out
 
 

@@ -28,6 +28,18 @@ _new = object.__new__
 _set_config_task = dict_setter(RunConfigTask)
 _set_run_task = dict_setter(RunTask)
 
+#: The fields of a new run task; ``id``, ``status``, ``skip`` and ``annotations`` are set per task.
+_RUN_TASK: dict[str, Any] = {
+    "id": "",
+    "status": _NOTSTARTED,
+    "skip": False,
+    "waiting_approval": False,
+    "approved": False,
+    "annotations": None,
+    "start_time": None,
+    "end_time": None,
+}
+
 Tasks = tuple[dict[str, RunConfigTask], dict[str, RunTask], int]
 
 
@@ -104,8 +116,13 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
         else:
             status = _NOTSTARTED
             open_tasks += 1
+        run_fields = _RUN_TASK.copy()  # a copy and three stores cost less than a dict display
+        run_fields["id"] = tid
+        run_fields["status"] = status
+        run_fields["skip"] = fields["skip"]
+        run_fields["annotations"] = {}
         run_task = _new(RunTask)
-        _set_run_task(run_task, _run_task(tid, status, fields["skip"]))
+        _set_run_task(run_task, run_fields)
         run_tasks[tid] = run_task
     return config, run_tasks, open_tasks
 
