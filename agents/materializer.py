@@ -26,7 +26,7 @@ from typing import Any
 
 from agents.finals import FinalIds
 from agents.producer import partition_for
-from events import parse_run_id
+from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
 from events.codec import decode_record, decode_state, encode_state
 from events.errors import DecodeError
@@ -46,6 +46,7 @@ log = logging.getLogger("runstream.materializer")
 
 ACTIVE, FINAL, META = "active", "final", "meta"
 _CREATED = EventType.RUN_CREATED
+_FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 FINAL_IDS = "final-ids"
 
 
@@ -210,6 +211,8 @@ class PartitionMaterializer:
         return None
 
     def _apply_event(self, event: Event, out: Outcome) -> None:
+        # Once per event: ``in _FINAL_PHASES`` replaces the ``Phase.is_final()`` call (same
+        # set), and the suppression keys are only built while there is something to suppress.
         run_id = event.run_id
         state = self.active.get(run_id)
         if state is None and parse_run_id(run_id) in self.finals:
@@ -230,7 +233,7 @@ class PartitionMaterializer:
             return
         out.applied += 1
         new = result.state
-        if new.run.phase.is_final():
+        if new.run.phase in _FINAL_PHASES:
             self.active.pop(run_id, None)
             self._dirty.pop(run_id, None)
             self._finished[run_id] = new
@@ -238,10 +241,17 @@ class PartitionMaterializer:
         else:
             self.active[run_id] = new
             self._dirty[run_id] = new
-        for d in result.derived:
+        derived = result.derived
+        if not derived:
+            return
+        suppress = self._suppress
+        if not suppress:  # the usual case: nothing was emitted before a recovery
+            out.derived.extend(derived)
+            return
+        for d in derived:
             key = (d.run_id, phase_seq(d))
-            if key in self._suppress:
-                self._suppress.discard(key)
+            if key in suppress:
+                suppress.discard(key)
             else:
                 out.derived.append(d)
 
