@@ -276,14 +276,20 @@ def _start(state: RunState, event: Event) -> Outcome:
     if run.phase is not Phase.QUEUED:
         return Rejected(reason=f"run {run.id} is {run.phase}: only a queued run starts", state=state)  # fmt: skip
     at = event.at
-    tasks = dict(run.tasks)
+    tasks = run.tasks  # shared with the old run unless a task starts waiting for approval
     for tid, rct in state.config.tasks.items():
-        t = tasks[tid]
-        if rct.needs_approval and t.status is TaskStatus.NOTSTARTED and not t.approved:
-            tasks[tid] = evolve(t, {"waiting_approval": True})
-    running = evolve(run, {"phase": _RUNNING, "start_time": at, "tasks": tasks})
+        if rct.needs_approval:
+            t = tasks[tid]
+            if t.status is _NOTSTARTED and not t.approved:
+                tasks = {**tasks, tid: evolve(t, {"waiting_approval": True})}
+    fields = run.__dict__.copy()
+    fields["phase"] = _RUNNING
+    fields["start_time"] = at
+    fields["tasks"] = tasks
+    running = _new(Run)
+    _set_run(running, fields)
     changes: dict[str, object] = {}
-    _settle(running, changes, state.open_tasks, False, at)
+    _settle(run, changes, state.open_tasks, False, at)  # result and stop are those of ``running``
     if not changes:
         return _commit(state, event, running, state.open_tasks)
     return _commit(state, event, evolve(running, changes), state.open_tasks, running)

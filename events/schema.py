@@ -162,20 +162,16 @@ def decode_setup_error(v: Any) -> SetupError:
 
 
 def _depend(v: Any) -> TaskDepend:
-    if type(v) is not dict or not 0 < len(v) <= 2:
-        fail("task.depends: each is an object with task_id and conditions")
-    tid, conds = v.get("task_id"), v.get("conditions", _NONE)
-    if (
-        type(tid) is not str
-        or not tid
-        or type(conds) is not list
-        or len(v) != 1 + (conds is not _NONE)
-    ):
-        fail("task.depends: want a non-empty task_id and a list of conditions")
-    v["conditions"] = tuple([_condition(c) for c in conds]) if conds else ()
-    dep = _new(TaskDepend)
-    _set_depend(dep, v)
-    return dep
+    if type(v) is dict:  # the valid case first, with one test per condition
+        tid, conds = v.get("task_id"), v.get("conditions", _NONE)
+        if type(tid) is str and tid and type(conds) is list and len(v) == 1 + (conds is not _NONE):
+            v["conditions"] = tuple([_condition(c) for c in conds]) if conds else ()
+            dep = _new(TaskDepend)
+            _set_depend(dep, v)
+            return dep
+        if 0 < len(v) <= 2:
+            fail("task.depends: want a non-empty task_id and a list of conditions")
+    fail("task.depends: each is an object with task_id and conditions")
 
 
 def _task_defaults() -> tuple[tuple[str, Any], ...]:
@@ -228,7 +224,12 @@ def decode_task(v: Any, *, with_level: bool = False) -> RunConfigTask:
     for step in steps:
         if type(step) is not dict:
             fail("task.steps: every step is an object")
-    v["depends"] = tuple([_depend(d) for d in deps]) if deps else ()
+    if not deps:
+        v["depends"] = ()
+    elif len(deps) == 1:  # the usual case: no list to build
+        v["depends"] = (_depend(deps[0]),)
+    else:
+        v["depends"] = tuple([_depend(d) for d in deps])
     v["steps"] = tuple(steps)
     v["level"] = level
     task = _new(RunConfigTask)  # events._fast.build, inlined: a creation carries several tasks
