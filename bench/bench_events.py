@@ -6,7 +6,11 @@ so most records are ~200-byte task events. Like the materializer, the loop keeps
 runs in memory (a run reaching a final phase is dropped). Both figures are measured in this
 process on the same bytes; the ratio is what to compare across machines.
 
-    .venv/bin/python bench/bench_events.py [--runs N] [--repeat R]
+A second part measures the production path: ``PartitionMaterializer.apply_record`` over commits
+of 500 events (``agents.workload``, 4 partitions, events grouped by partition as the producer
+does), against ``orjson.loads`` of the same commit bytes.
+
+    .venv/bin/python bench/bench_events.py [--runs N] [--repeat R] [--mat-runs N]
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ import argparse
 import gc
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from tqdm import tqdm
 
+from agents.materializer import PartitionMaterializer
+from agents.producer import partition_for
 from agents.runtime import tune_gc
+from agents.workload import generate
 from events import (
+    Event,
+    Payload,
     Phase,
     RunConfigTask,
     RunCreated,
@@ -32,6 +43,7 @@ from events import (
     apply,
     decode,
     encode,
+    encode_commit,
     format_run_id,
     make_event,
     project_group,
@@ -67,7 +79,7 @@ def make_stream(runs: int, seed: int = 7) -> list[bytes]:
             static_environment={"CI": "true", "COMMIT": f"{rnd.getrandbits(160):040x}"},
             annotations={"run_type": "project", "ref": "refs/heads/main"},
         )
-        evs = [created, StartRequested()]
+        evs: list[Payload] = [created, StartRequested()]
         fail_at = rnd.randrange(ntasks) if n % 8 == 0 else -1
         for i, tid in enumerate(tids):
             evs.append(TaskStatusChanged(task_id=tid, status=TaskStatus.RUNNING))
@@ -121,7 +133,32 @@ def loads_only(stream: list[bytes]) -> int:
     return len(stream)
 
 
-def timed(fn, stream: list[bytes]) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def make_commits(runs: int, partitions: int = 4, size: int = 500) -> dict[int, list[bytes]]:
+    """Commits of ``size`` events per partition, as the group-committing producer writes them."""
+    per: dict[int, list[Event]] = {p: [] for p in range(partitions)}
+    for e in generate(seed=1, runs=runs):
+        per[partition_for(e.run_id, partitions)].append(e)
+    return {p: [encode_commit(evs[i : i + size]) for i in range(0, len(evs), size)] for p, evs in per.items()}  # fmt: skip
+
+
+def materialize(commits: dict[int, list[bytes]]) -> int:
+    """Apply every commit through a fresh materializer per partition; the events applied."""
+    n = 0
+    for p, records in commits.items():
+        m = PartitionMaterializer(None, topic="x", partition=p, phases_topic="y", partitions=len(commits))  # fmt: skip
+        for offset, raw in enumerate(records):
+            out = m.apply_record(offset, raw)
+            assert out.dead is None, out.dead
+            n += out.applied + out.rejected + out.duplicates
+    return n
+
+
+def loads_commits(commits: dict[int, list[bytes]]) -> int:
+    loads = orjson.loads
+    return sum(len(loads(raw)) for records in commits.values() for raw in records)
+
+
+def timed(fn: Callable[[Any], int], stream: Any) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = fn(stream)
     return time.perf_counter() - t0, n
@@ -131,6 +168,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--mat-runs", type=int, default=5_000, help="runs of the materializer part (0: skip)")  # fmt: skip
     ap.add_argument(
         "--gc",
         choices=["worker", "default"],
@@ -163,6 +201,23 @@ def main() -> None:
           f"({len(created)} events, {100 * best_create / best_apply:.0f}% of the time)")  # fmt: skip
     print(f"  other events (est.)  : {1e6 * (best_apply - best_create) / others:.2f} µs/event")
     print(f"target 500,000 events/s: {'met' if rate_apply >= 500_000 else 'NOT met'}")
+    if args.mat_runs:
+        materializer_part(args.mat_runs, args.repeat)
+
+
+def materializer_part(runs: int, repeat: int) -> None:
+    commits = make_commits(runs)
+    n = loads_commits(commits)
+    best_mat = best_loads = float("inf")
+    for _ in tqdm(range(repeat), desc="rounds (materializer, loads of the commits)"):
+        dt, applied = timed(materialize, commits)
+        assert applied == n, f"{applied} of {n} events accounted for"
+        best_mat = min(best_mat, dt)
+        best_loads = min(best_loads, timed(loads_commits, commits)[0])
+    records = sum(len(r) for r in commits.values())
+    print(f"materializer : {n / best_mat:12,.0f} events/s ({n} events in {records} commits)")
+    print(f"loads commits: {n / best_loads:12,.0f} events/s")
+    print(f"ratio        : apply_record takes {best_mat / best_loads:.2f}× the time of loads")
 
 
 if __name__ == "__main__":
