@@ -5,10 +5,12 @@ round-trip exactly through JSON and compare as numbers.
 
 Every type is a frozen, keyword-only dataclass, deliberately *without* slots (STYLE.md asks for
 slots; this package is the exception, for speed): the codec and the reducer build several of these
-per event, and an instance with a ``__dict__`` is built or copied in one C call
-(``events._fast.build`` / ``evolve``), where a slots instance costs one ``object.__setattr__`` per
-field (measured here: ~0.8 µs for 8 fields against ~0.15 µs). They are still immutable through
-the normal API.
+per event, and an instance with a ``__dict__`` is built or copied by installing a ready dict
+(``events._fast``: ``build`` / ``evolve``, and in the hot paths the class's own ``__dict__``
+descriptor from ``dict_setter``), where a slots instance costs one ``object.__setattr__`` per
+field. Measured on the 2-core CI machine (Python 3.11), a ``RunTask`` built and freed: ~890 ns
+through ``__init__``, ~310 ns with ``build``, ~190 ns copied with one field changed. They are
+still immutable through the normal API.
 
 Mappings held by these types are plain ``dict`` objects typed ``Mapping``: nothing in ``events``
 mutates them after construction, and callers must not either.

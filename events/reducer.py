@@ -215,7 +215,8 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
 
 
 def _task_status(state: RunState, event: Event) -> Outcome:
-    # The hot path (most events): the copies and the commit are inlined, see events._fast.
+    # The hot path (most events): the task and run copies inline events._fast.evolve, and the
+    # phase check of _commit is done for the one possible change.
     run = state.run
     if run.phase is not _RUNNING:
         if run.phase in _FINAL_PHASES:  # apply() leaves this check to us
@@ -257,18 +258,7 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     if run_fields["phase"] is not run.phase or run_fields["result"] is not run.result:
         seq += 1
         derived = (_phase_event(new_run, seq, at),)
-    recent = state.recent_ids
-    if len(recent) < ID_GENERATION:
-        recent = (*recent, event.id)
-        older = state.older_ids
-    else:
-        older = frozenset(recent)
-        recent = (event.id,)
-    new_state = _new(RunState)
-    _set_state(new_state, {"run": new_run, "config": config, "seq": seq, "recent_ids": recent, "older_ids": older, "open_tasks": open_tasks})  # fmt: skip
-    out = _new(Applied)
-    _set_applied(out, {"state": new_state, "derived": derived, "duplicate": False})
-    return out
+    return _applied(_state(state, event.id, new_run, seq, open_tasks, config), derived, False)
 
 
 def _start(state: RunState, event: Event) -> Outcome:
