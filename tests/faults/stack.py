@@ -143,9 +143,10 @@ class Stack:
         return "\n".join(w.log_text() for w in self.workers)
 
     async def close(self) -> None:
+        # In a thread: a stopping worker may still talk to the S3 proxy on this event loop.
         for w in self.workers:
             with contextlib.suppress(Exception):
-                w.stop()
+                await asyncio.to_thread(w.stop)
         with contextlib.suppress(Exception):
             await self.resources.close()
 
