@@ -74,6 +74,7 @@ class _Owned:
     sends: list[Awaitable[Any]] = field(default_factory=list)
     last_checkpoint: float = field(default_factory=time.monotonic)
     seek_checked: bool = False
+    catch_up_to: int = 0  # the partition's end offset when it was assigned
     skipping_to: int | None = None
     load_task: asyncio.Task[None] | None = None
 
@@ -87,7 +88,6 @@ class MaterializerService:
         self.resources = resources
         self.topics = app.runstream_topics  # type: ignore[attr-defined]
         self.owned: dict[int, _Owned] = {}
-        self.caught_up = asyncio.Event()
         self._partitions = 0
         self._last_gc = time.monotonic()
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
@@ -95,9 +95,10 @@ class MaterializerService:
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
         app.timer(max(0.5, min(1.0, settings.checkpoint_interval / 2)))(self._tick)
 
-    def all_loaded(self) -> bool:
-        """True when every owned partition has loaded its checkpoint (the worker is ready)."""
-        return all(o.pm is not None for o in self.owned.values())
+    def caught_up(self) -> bool:
+        """True when every owned partition has loaded its checkpoint and applied the log up to
+        where it ended when the partition was assigned (``/healthz`` is ready then)."""
+        return all(o.pm is not None and o.pm.next_offset >= o.catch_up_to for o in self.owned.values())
 
     # ----------------------------------------------------------------------- assignment
     async def _on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
@@ -136,6 +137,8 @@ class MaterializerService:
                     partitions=await self._partition_count(),
                 )
                 pm.suppress_emitted(await self._emitted_since(p, pm.phases_offset))
+                ends = await end_offsets(self.settings.kafka, self.settings.topic_events)
+                owned.catch_up_to = ends.get(p, 0)
                 break
             except asyncio.CancelledError:
                 raise

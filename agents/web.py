@@ -218,7 +218,7 @@ class ApiServer:
             ids=_Ids(resources),
             index=cast(RunIndex, _IndexHandle(index)),
             feed=KafkaPhaseFeed(settings),
-            ready=lambda: index.ready.is_set() and materializer.all_loaded(),
+            ready=lambda: index.ready.is_set() and materializer.caught_up(),
             clock=lambda: int(time.time() * 1000),
         )
         self.app = create_api(
