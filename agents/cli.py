@@ -25,7 +25,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     settings = Settings.from_args(args)
     setup_logging(settings.log_level, settings.log_format)
-    report = asyncio.run(replay(settings, target=args.target, progress=settings.progress))
+    report = asyncio.run(
+        replay(settings, target=args.target, progress=settings.progress, jobs=args.jobs)
+    )
     print(
         f"replayed {report.records:,} records / {report.events:,} events into '{report.target}' "
         f"in {report.seconds:.2f}s: {report.events_per_second:,.0f} events/s "
@@ -48,7 +50,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         target = args.target or f"verify-{time.strftime('%Y%m%dT%H%M%S')}"
         if not args.target:
             until = await live_offsets(settings)
-            await replay(settings, target=target, until=until, progress=settings.progress)
+            await replay(
+                settings, target=target, until=until, progress=settings.progress, jobs=args.jobs
+            )
         report = await verify(settings, target=target)
         print(
             f"live: {report.live_runs:,} runs, digest {report.live_digest}\n"
@@ -97,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         "under replay/<target> (object storage) and <etcd prefix>replay/<target>/ (etcd).",
     )
     rp.add_argument("--target", default=None, help="name of the rebuild (default: a timestamp)")
+    rp.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes replaying partitions in parallel (default: cores)",
+    )
     add_flags(rp)
     rp.set_defaults(func=_cmd_replay)
 
@@ -107,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "existing --target), compare run by run, name every run that differs; exit 1 if any.",
     )
     vf.add_argument("--target", default=None, help="compare with this existing replay instead")
+    vf.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes replaying partitions in parallel (default: cores)",
+    )
     add_flags(vf)
     vf.set_defaults(func=_cmd_verify)
 

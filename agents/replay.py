@@ -10,9 +10,13 @@ checkpoints by content hash and names every run that differs.
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
@@ -29,6 +33,7 @@ from agents.inspect import (
 from agents.keys import RUNDATA_BASE
 from agents.materializer import PartitionMaterializer
 from agents.resources import storage_url
+from agents.runtime import tune_gc
 from datamanager import DataManager, EtcdKv
 
 __all__ = ["ReplayReport", "VerifyReport", "live_offsets", "replay", "verify"]
@@ -79,15 +84,114 @@ async def replay(
     target: str | None = None,
     until: dict[int, int] | None = None,
     progress: bool = True,
-    fetch: int = 20_000,
+    jobs: int | None = None,
 ) -> ReplayReport:
     """Rebuild the materialized state of every partition from offset 0 into ``target``, up to
-    ``until`` (partition → offset; default: the log's end offsets when the replay starts)."""
+    ``until`` (partition → offset; default: the log's end offsets when the replay starts).
+
+    Partitions are independent, so ``jobs`` processes (default: one per core, at most one per
+    partition) replay disjoint sets of partitions in parallel; each writes its own partitions'
+    checkpoints. Raises the first job's error.
+    """
     target = target or time.strftime("%Y%m%dT%H%M%S")
+    ends = until if until is not None else await end_offsets(settings.kafka, settings.topic_events)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(ends)))
+    started = time.perf_counter()
+    bar = tqdm(total=sum(ends.values()), unit="rec", desc="replay", disable=not progress)
+    try:
+        if jobs == 1:
+            report = await _replay_partitions(
+                settings, target, ends, len(ends), on_batch=bar.update
+            )
+        else:
+            report = await _replay_in_processes(settings, target, ends, jobs, bar)
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _replay_in_processes(
+    settings: Settings,
+    target: str,
+    ends: dict[int, int],
+    jobs: int,
+    bar: tqdm,
+) -> ReplayReport:
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with a running event loop
+    results = ctx.Queue()
+    counters = [ctx.Value("q", 0) for _ in range(jobs)]
+    shares = [
+        {p: e for i, (p, e) in enumerate(sorted(ends.items())) if i % jobs == j}
+        for j in range(jobs)
+    ]
+    procs = [
+        ctx.Process(
+            target=_job,
+            args=(settings, target, share, len(ends), counters[j], results),
+            daemon=True,
+        )
+        for j, share in enumerate(shares)
+    ]
+    for proc in procs:
+        proc.start()
+    reports: list[ReplayReport | BaseException] = []
+    while len(reports) < jobs:
+        while not results.empty():
+            reports.append(results.get())
+        bar.n = sum(c.value for c in counters)
+        bar.refresh()
+        if len(reports) < jobs and not any(p.is_alive() for p in procs) and results.empty():
+            raise RuntimeError("a replay job died without a report")
+        await asyncio.sleep(0.1)
+    for proc in procs:
+        proc.join()
+    merged = ReplayReport(target=target)
+    for r in reports:
+        if isinstance(r, BaseException):
+            raise r
+        merged.records += r.records
+        merged.events += r.events
+        merged.dead_letters += r.dead_letters
+        merged.offsets.update(r.offsets)
+    return merged
+
+
+def _job(
+    settings: Settings,
+    target: str,
+    ends: dict[int, int],
+    partitions: int,
+    counter: Any,
+    results: Any,
+) -> None:
+    """One replay process: its share of the partitions, reported through ``results``."""
+    tune_gc()
+
+    def advance(n: int) -> None:
+        with counter.get_lock():
+            counter.value += n
+
+    try:
+        results.put(
+            asyncio.run(_replay_partitions(settings, target, ends, partitions, on_batch=advance))
+        )
+    except BaseException as exc:  # the parent re-raises it
+        results.put(RuntimeError(f"replay of partitions {sorted(ends)} failed: {exc!r}"))
+
+
+async def _replay_partitions(
+    settings: Settings,
+    target: str,
+    ends: dict[int, int],
+    partitions: int,
+    *,
+    on_batch: Callable[[int], object],
+    fetch: int = 20_000,
+) -> ReplayReport:
+    """Replay the partitions in ``ends`` (partition → offset to stop at) in this process."""
     dm, kv = _datamanager(settings, target=target)
     report = ReplayReport(target=target)
-    ends = until if until is not None else await end_offsets(settings.kafka, settings.topic_events)
-    started = time.perf_counter()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka,
         enable_auto_commit=False,
@@ -96,7 +200,6 @@ async def replay(
         fetch_max_bytes=64 << 20,
     )
     await consumer.start()
-    bar = tqdm(total=sum(ends.values()), unit="rec", desc="replay", disable=not progress)
     try:
         pms = {}
         for p in ends:
@@ -106,12 +209,13 @@ async def replay(
                 partition=p,
                 phases_topic=settings.topic_phases,
                 max_event_bytes=settings.max_event_bytes,
-                partitions=len(ends),
+                partitions=partitions,
             )
         tps = {p: TopicPartition(settings.topic_events, p) for p, end in ends.items() if end > 0}
-        consumer.assign(list(tps.values()))
-        for p, tp in tps.items():
-            consumer.seek(tp, pms[p].next_offset)
+        if tps:
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                consumer.seek(tp, pms[p].next_offset)
         remaining = {tp for p, tp in tps.items() if pms[p].next_offset < ends[p]}
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=fetch)
@@ -125,18 +229,15 @@ async def replay(
                     report.records += 1
                     report.events += out.applied + out.duplicates + out.rejected
                     report.dead_letters += out.dead is not None
-                bar.update(len(msgs))
-                bar.set_postfix(events_s=f"{report.events / (time.perf_counter() - started):,.0f}")
+                on_batch(len(msgs))
                 if pm.next_offset >= end:
                     remaining.discard(tp)
         for p, pm in pms.items():
             await pm.commit(pm.prepare(), phases_offset=0)
             report.offsets[p] = pm.next_offset
     finally:
-        bar.close()
         await stop_consumer(consumer)
         await kv.close()
-    report.seconds = time.perf_counter() - started
     return report
 
 
