@@ -98,7 +98,9 @@ class MaterializerService:
     def caught_up(self) -> bool:
         """True when every owned partition has loaded its checkpoint and applied the log up to
         where it ended when the partition was assigned (``/healthz`` is ready then)."""
-        return all(o.pm is not None and o.pm.next_offset >= o.catch_up_to for o in self.owned.values())
+        return all(
+            o.pm is not None and o.pm.next_offset >= o.catch_up_to for o in self.owned.values()
+        )
 
     # ----------------------------------------------------------------------- assignment
     async def _on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
