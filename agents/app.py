@@ -48,6 +48,9 @@ def create_app(settings: Settings) -> faust.App:
         # stopping worker must not wait for acks: the next owner resumes from the manifest.
         stream_wait_empty=False,
         broker_session_timeout=settings.session_timeout,
+        # A worker that joined while the broker had no metadata for the topics (a broker restart)
+        # gets an empty assignment until its next metadata refresh: keep that wait short.
+        consumer_metadata_max_age_ms=30_000,
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
         # Dead letters carry the original record, which can be as large as the broker allows.
         producer_max_request_size=16 << 20,
