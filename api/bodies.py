@@ -260,6 +260,15 @@ def parse_expected_seq(if_match: str | None) -> int | None:
     return int(text)
 
 
+def parse_idempotency_key(value: str | None) -> str | None:
+    """An ``Idempotency-Key`` header: 1–200 visible ASCII characters, None if absent."""
+    if value is None:
+        return None
+    if not (0 < len(value) <= 200 and value.isascii() and value.isprintable()):
+        raise BadRequest("header Idempotency-Key must be 1 to 200 printable ASCII characters")
+    return value
+
+
 _TRUE = {"", "1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
 

@@ -11,6 +11,7 @@ from api.bodies import (
     parse_body,
     parse_create,
     parse_expected_seq,
+    parse_idempotency_key,
     parse_list_query,
     parse_run_action,
     parse_task_action,
@@ -50,7 +51,8 @@ class Handlers:
         run_id = require_run_id(request.match_info["run_id"])
         expected = parse_expected_seq(request.headers.get("If-Match"))
         action = parse_run_action(parse_body(await request.read()))
-        await self.service.run_action(run_id, action, expected)
+        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+        await self.service.run_action(run_id, action, expected, key)
         return web.Response(status=204)
 
     async def task_action(self, request: web.Request) -> web.Response:
@@ -58,7 +60,8 @@ class Handlers:
         task_id = request.match_info["task_id"]
         expected = parse_expected_seq(request.headers.get("If-Match"))
         req = parse_task_action(parse_body(await request.read()))
-        await self.service.task_action(run_id, task_id, req, expected)
+        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+        await self.service.task_action(run_id, task_id, req, expected, key)
         return web.Response(status=204)
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -49,6 +49,14 @@ _IF_MATCH = {
     "description": 'Optional expected revision, `"<seq>"` as in the run\'s ETag (the `seq` of its '
     "last phase or result change): 409 if the run is no longer at that revision.",
 }
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
+    "description": "Optional client key: a retried request with the same key (same run, same "
+    "action) is applied once, whichever API process it reaches.",
+}
 _WRITE: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
@@ -349,7 +357,7 @@ def _runs_paths() -> dict[str, Any]:
                 "operationId": "runAction",
                 "summary": "start (queued → running), cancel (queued), stop (running)",
                 "security": _WRITE,
-                "parameters": [_RUN_ID, _IF_MATCH],
+                "parameters": [_RUN_ID, _IF_MATCH, _IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("RunActionRequest")}},
@@ -379,6 +387,7 @@ def _runs_paths() -> dict[str, Any]:
                         "schema": {"type": "string"},
                     },
                     _IF_MATCH,
+                    _IDEMPOTENCY_KEY,
                 ],
                 "requestBody": {
                     "required": True,

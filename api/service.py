@@ -14,6 +14,7 @@ must not act on a stale state sends the revision it saw (``expected_seq``): 409 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -126,21 +127,40 @@ class RunService:
         )
         return await self._commit(None, self._event(data, run_id, f"{run_id}.created"))
 
-    async def run_action(self, run_id: str, action: RunAction, expected_seq: int | None) -> None:
-        await self._act(run_id, _RUN_ACTIONS[action], expected_seq, task_id=None)
+    async def run_action(
+        self,
+        run_id: str,
+        action: RunAction,
+        expected_seq: int | None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        await self._act(
+            run_id, _RUN_ACTIONS[action], expected_seq, task_id=None, key=idempotency_key
+        )
 
     async def task_action(
-        self, run_id: str, task_id: str, req: TaskActionRequest, expected_seq: int | None
+        self,
+        run_id: str,
+        task_id: str,
+        req: TaskActionRequest,
+        expected_seq: int | None,
+        idempotency_key: str | None = None,
     ) -> None:
         data: Payload
         if req.action is TaskAction.APPROVE:
             data = TaskApproved(task_id=task_id)
         else:
             data = TaskAnnotationsSet(task_id=task_id, annotations=req.annotations)
-        await self._act(run_id, data, expected_seq, task_id=task_id)
+        await self._act(run_id, data, expected_seq, task_id=task_id, key=idempotency_key)
 
     async def _act(
-        self, run_id: str, data: Payload, expected_seq: int | None, *, task_id: str | None
+        self,
+        run_id: str,
+        data: Payload,
+        expected_seq: int | None,
+        *,
+        task_id: str | None,
+        key: str | None = None,
     ) -> None:
         async with self._lock(run_id):
             state = await self.get(run_id)
@@ -151,8 +171,11 @@ class RunService:
                 )
             if task_id is not None and task_id not in state.run.tasks:
                 raise NotFound(f"run {run_id} has no task {task_id!r}")
-            # A fresh id per request: the reducer dedupes by id, and two requests are two facts.
-            await self._commit(state, self._event(data, run_id, uuid.uuid4().hex))
+            # Without a key, a fresh id per request: two requests are two facts. With an
+            # Idempotency-Key, the id is derived from it, so a retried request is the same event
+            # and the reducer applies it once, whichever API process the retry reaches.
+            event_id = uuid.uuid4().hex if key is None else _keyed_event_id(run_id, key, data)
+            await self._commit(state, self._event(data, run_id, event_id))
 
     def _event(self, data: Payload, run_id: str, event_id: str) -> Event:
         return make_event(data, id=event_id, run_id=run_id, at=self.deps.clock())
@@ -161,6 +184,8 @@ class RunService:
         outcome = apply(state, event)
         if isinstance(outcome, Rejected):
             raise BadRequest(outcome.reason)
+        if outcome.duplicate:
+            return outcome.state  # a retry of an applied request: nothing to append
         await self.deps.sink.append([event])
         self.cache.put(outcome.state)
         return outcome.state
@@ -178,3 +203,9 @@ class RunService:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._locks[run_id]
+
+
+def _keyed_event_id(run_id: str, key: str, data: Payload) -> str:
+    """The event id of a keyed request: the same key and action on the same run give the same id."""
+    digest = hashlib.blake2b(f"{run_id}\0{type(data).__name__}\0{key}".encode(), digest_size=12)
+    return f"key.{digest.hexdigest()}"

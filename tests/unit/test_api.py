@@ -385,3 +385,24 @@ async def test_openapi_document_is_served() -> None:
         doc = await json_of(await client.get("/api/v1/openapi.json"), 200)
         assert doc["openapi"].startswith("3.1")
         assert "/api/v1/runs" in doc["paths"]
+
+
+async def test_a_retried_action_with_the_same_idempotency_key_is_applied_once() -> None:
+    async with served() as (client, fakes):
+        run_id = (await create(client))["run"]["id"]
+        key = {"Idempotency-Key": "deploy-42/start"}
+        assert (await act(client, run_id, "start", headers=key)).status == 204
+        assert (await act(client, run_id, "start", headers=key)).status == 204  # the retry
+        starts = [e for e in fakes.sink.events if e.type is EventType.START_REQUESTED]
+        assert len(starts) == 1
+        # Another key is another request, refused by the state as usual.
+        other = {"Idempotency-Key": "deploy-43/start"}
+        assert "only a queued run starts" in await error_of(await act(client, run_id, "start", headers=other), 400)  # fmt: skip
+        # The same key on another run or for another action is a different event.
+        second = (await create(client))["run"]["id"]
+        assert (await act(client, second, "start", headers=key)).status == 204
+        ids = [e.id for e in fakes.sink.events if e.type is EventType.START_REQUESTED]
+        assert len(ids) == len(set(ids)) == 2
+        assert "Idempotency-Key" in await error_of(
+            await act(client, run_id, "stop", headers={"Idempotency-Key": "é"}), 400
+        )
