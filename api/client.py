@@ -114,19 +114,30 @@ class AsyncClient:
         result: dict[str, Any] = await self._do(call)
         return result
 
-    async def start(self, run_id: str, *, expected_seq: int | None = None) -> None:
-        await self._do(Calls.run_action(run_id, "start", expected_seq))
+    async def start(
+        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
+    ) -> None:
+        await self._do(Calls.run_action(run_id, "start", expected_seq, idempotency_key))
 
-    async def cancel(self, run_id: str, *, expected_seq: int | None = None) -> None:
-        await self._do(Calls.run_action(run_id, "cancel", expected_seq))
+    async def cancel(
+        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
+    ) -> None:
+        await self._do(Calls.run_action(run_id, "cancel", expected_seq, idempotency_key))
 
-    async def stop(self, run_id: str, *, expected_seq: int | None = None) -> None:
-        await self._do(Calls.run_action(run_id, "stop", expected_seq))
+    async def stop(
+        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
+    ) -> None:
+        await self._do(Calls.run_action(run_id, "stop", expected_seq, idempotency_key))
 
     async def approve_task(
-        self, run_id: str, task_id: str, *, expected_seq: int | None = None
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        expected_seq: int | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
-        await self._do(Calls.task_action(run_id, task_id, {"action_type": "approve"}, expected_seq))  # fmt: skip
+        await self._do(Calls.task_action(run_id, task_id, {"action_type": "approve"}, expected_seq, idempotency_key))  # fmt: skip
 
     async def set_task_annotations(
         self,
@@ -135,9 +146,10 @@ class AsyncClient:
         annotations: Mapping[str, str],
         *,
         expected_seq: int | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         body = {"action_type": "setannotations", "annotations": dict(annotations)}
-        await self._do(Calls.task_action(run_id, task_id, body, expected_seq))
+        await self._do(Calls.task_action(run_id, task_id, body, expected_seq, idempotency_key))
 
     async def watch(
         self, after: str | None = None, *, reconnect: bool = True, retry_delay: float = 1.0
@@ -245,17 +257,34 @@ class Client:
         result: dict[str, Any] = self._do(call)
         return result
 
-    def start(self, run_id: str, *, expected_seq: int | None = None) -> None:
-        self._do(Calls.run_action(run_id, "start", expected_seq))
+    def start(
+        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
+    ) -> None:
+        self._do(Calls.run_action(run_id, "start", expected_seq, idempotency_key))
 
-    def cancel(self, run_id: str, *, expected_seq: int | None = None) -> None:
-        self._do(Calls.run_action(run_id, "cancel", expected_seq))
+    def cancel(
+        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
+    ) -> None:
+        self._do(Calls.run_action(run_id, "cancel", expected_seq, idempotency_key))
 
-    def stop(self, run_id: str, *, expected_seq: int | None = None) -> None:
-        self._do(Calls.run_action(run_id, "stop", expected_seq))
+    def stop(
+        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
+    ) -> None:
+        self._do(Calls.run_action(run_id, "stop", expected_seq, idempotency_key))
 
-    def approve_task(self, run_id: str, task_id: str, *, expected_seq: int | None = None) -> None:
-        self._do(Calls.task_action(run_id, task_id, {"action_type": "approve"}, expected_seq))
+    def approve_task(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        expected_seq: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._do(
+            Calls.task_action(
+                run_id, task_id, {"action_type": "approve"}, expected_seq, idempotency_key
+            )
+        )
 
     def set_task_annotations(
         self,
@@ -264,9 +293,10 @@ class Client:
         annotations: Mapping[str, str],
         *,
         expected_seq: int | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         body = {"action_type": "setannotations", "annotations": dict(annotations)}
-        self._do(Calls.task_action(run_id, task_id, body, expected_seq))
+        self._do(Calls.task_action(run_id, task_id, body, expected_seq, idempotency_key))
 
     def watch(
         self, after: str | None = None, *, reconnect: bool = True, retry_delay: float = 1.0

@@ -60,8 +60,11 @@ def error_from_response(status: int, content: bytes) -> ApiError:
     return error_for_status(status, f"unknown api error (status {status}): {preview!r}")
 
 
-def _if_match(expected_seq: int | None) -> dict[str, str] | None:
-    return None if expected_seq is None else {"If-Match": f'"{expected_seq}"'}
+def _if_match(expected_seq: int | None, key: str | None = None) -> dict[str, str] | None:
+    headers = {} if expected_seq is None else {"If-Match": f'"{expected_seq}"'}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return headers or None
 
 
 def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,23 +126,29 @@ class Calls:
         return Call("GET", "/api/v1/runs", params=params)
 
     @staticmethod
-    def run_action(run_id: str, action: str, expected_seq: int | None) -> Call:
+    def run_action(
+        run_id: str, action: str, expected_seq: int | None, key: str | None = None
+    ) -> Call:
         return Call(
             "PUT",
             f"/api/v1/runs/{run_id}/actions",
             body={"action_type": action},
-            headers=_if_match(expected_seq),
+            headers=_if_match(expected_seq, key),
         )
 
     @staticmethod
     def task_action(
-        run_id: str, task_id: str, body: dict[str, Any], expected_seq: int | None
+        run_id: str,
+        task_id: str,
+        body: dict[str, Any],
+        expected_seq: int | None,
+        key: str | None = None,
     ) -> Call:
         return Call(
             "PUT",
             f"/api/v1/runs/{run_id}/tasks/{task_id}/actions",
             body=body,
-            headers=_if_match(expected_seq),
+            headers=_if_match(expected_seq, key),
         )
 
 

@@ -200,3 +200,14 @@ def test_every_runs_command_has_help() -> None:
         with pytest.raises(SystemExit) as done:
             parser.parse_args(["runs", name, "--help"])
         assert done.value.code == 0
+
+
+async def test_client_retry_with_an_idempotency_key_is_applied_once() -> None:
+    async with served() as (tc, fakes), AsyncClient(url_of(tc)) as c:
+        run_id = (await c.create_run(name="b", group=GROUP, tasks=[task("a")]))["run"]["id"]
+        await c.start(run_id, idempotency_key="attempt-1")
+        await c.start(run_id, idempotency_key="attempt-1")  # a retry after a lost answer
+        starts = [e for e in fakes.sink.events if e.type.value == "run.start_requested"]
+        assert len(starts) == 1
+        with pytest.raises(BadRequest, match="only a queued run starts"):
+            await c.start(run_id, idempotency_key="attempt-2")
