@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from agents.config import Settings  # noqa: E402
@@ -42,14 +42,36 @@ from agents.runtime import tune_gc  # noqa: E402
 from agents.workload import generate  # noqa: E402
 from events import format_run_id  # noqa: E402
 from events.catalogue import Event  # noqa: E402
-from events.codec import encode_state  # noqa: E402
+from events.codec import encode, encode_state  # noqa: E402
 from tests.harness import Worker, free_port  # noqa: E402
 from tests.oracle import Oracle  # noqa: E402
 
 
-async def produce(s: Settings, events: list[Event], desc: str) -> None:
+async def produce_single(s: Settings, events: list[Event], desc: str) -> None:
+    """As a foreign producer would: one event per record, key = run id (default partitioner)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=s.kafka,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=10,
+        max_batch_size=1 << 20,
+    )
+    await producer.start()
+    try:
+        futures = []
+        for ev in tqdm(events, unit="ev", desc=desc):
+            futures.append(await producer.send(s.topic_events, encode(ev), key=ev.run_id.encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce(s: Settings, events: list[Event], desc: str, commit: int = 500) -> None:
+    if commit == 1:
+        await produce_single(s, events, desc)
+        return
     bar = tqdm(total=len(events), unit="ev", desc=desc)
-    async with EventProducer(s.kafka, s.topic_events, max_commit_events=500) as producer:
+    async with EventProducer(s.kafka, s.topic_events, max_commit_events=commit) as producer:
         chunk = 2000
         pending: set[asyncio.Task[None]] = set()
         for i in range(0, len(events), chunk):
@@ -190,7 +212,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     await ensure_topics(s)
     events = generate(seed=1, runs=args.runs, first_run_id=10_000_000)
-    await produce(s, events, "produce")
+    await produce(s, events, "produce", commit=args.commit)
     records = sum((await end_offsets(s.kafka, s.topic_events)).values())
     n, secs = await bare_consume(s)
     bare_rec_s = n / secs
@@ -295,6 +317,12 @@ if __name__ == "__main__":
         "--tail-runs", type=int, default=1000, help="runs produced while the worker is down"
     )
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument(
+        "--commit",
+        type=int,
+        default=500,
+        help="events per record (1: a foreign producer's one event per record)",
+    )
     ap.add_argument("--storage", choices=["posix", "s3"], default="posix")
     ap.add_argument("--kafka", default="127.0.0.1:9092")
     ap.add_argument("--etcd", default="127.0.0.1:2379")
