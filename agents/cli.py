@@ -79,6 +79,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes replaying partitions in parallel (default: cores)",
+    )
+    add_flags(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runstream",
@@ -101,13 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "under replay/<target> (object storage) and <etcd prefix>replay/<target>/ (etcd).",
     )
     rp.add_argument("--target", default=None, help="name of the rebuild (default: a timestamp)")
-    rp.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="processes replaying partitions in parallel (default: cores)",
-    )
-    add_flags(rp)
+    _replay_flags(rp)
     rp.set_defaults(func=_cmd_replay)
 
     vf = sub.add_parser(
@@ -117,13 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "existing --target), compare run by run, name every run that differs; exit 1 if any.",
     )
     vf.add_argument("--target", default=None, help="compare with this existing replay instead")
-    vf.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="processes replaying partitions in parallel (default: cores)",
-    )
-    add_flags(vf)
+    _replay_flags(vf)
     vf.set_defaults(func=_cmd_verify)
 
     from agents.index_cli import add_index_commands

@@ -88,7 +88,6 @@ class MaterializerService:
         self.resources = resources
         self.topics = app.runstream_topics  # type: ignore[attr-defined]
         self.owned: dict[int, _Owned] = {}
-        self._partitions = 0
         self._last_gc = time.monotonic()
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -130,16 +129,17 @@ class MaterializerService:
         started = time.monotonic()
         for attempt in range(1, 1000):
             try:
+                # One look at the log gives the partition count and where catching up ends.
+                ends = await end_offsets(self.settings.kafka, self.settings.topic_events)
                 pm = await PartitionMaterializer.open(
                     await self.resources.datamanager(),
                     topic=self.settings.topic_events,
                     partition=p,
                     phases_topic=self.settings.topic_phases,
                     max_event_bytes=self.settings.max_event_bytes,
-                    partitions=await self._partition_count(),
+                    partitions=len(ends),
                 )
                 pm.suppress_emitted(await self._emitted_since(p, pm.phases_offset))
-                ends = await end_offsets(self.settings.kafka, self.settings.topic_events)
                 owned.catch_up_to = ends.get(p, 0)
                 break
             except asyncio.CancelledError:
@@ -159,13 +159,6 @@ class MaterializerService:
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
-
-    async def _partition_count(self) -> int:
-        if not self._partitions:
-            self._partitions = len(
-                await end_offsets(self.settings.kafka, self.settings.topic_events)
-            )
-        return self._partitions
 
     async def _emitted_since(self, p: int, offset: int) -> set[tuple[str, int]]:
         """(run id, seq) of the phase changes on ``runs.phases`` partition ``p`` from ``offset``."""

@@ -22,7 +22,7 @@ log = logging.getLogger("runstream.resources")
 def storage_url(url: str) -> str:
     """``file://./var/objects`` (relative, as in the defaults) → ``file:///abs/var/objects``."""
     parts = urlsplit(url)
-    if (parts.scheme == "file" and parts.netloc in (".", "..")) or url.startswith("file://./"):
+    if parts.scheme == "file" and parts.netloc in (".", ".."):
         return "file://" + os.path.abspath(url[len("file://") :])
     return url
 
