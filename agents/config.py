@@ -202,11 +202,28 @@ OPTIONS: tuple[Option, ...] = (
         help="port of the HTTP API and /metrics",
     ),
     Option(
+        field="advertised_url",
+        flag="--advertised-url",
+        env="RUNSTREAM_ADVERTISED_URL",
+        default="",
+        help="URL where the other workers reach this worker's API (relay to a run's owner); "
+        "empty: http://<web host, or this machine's name when binding all addresses>:<web port>",
+    ),
+    Option(
+        field="apply_timeout",
+        flag="--apply-timeout",
+        env="RUNSTREAM_APPLY_TIMEOUT",
+        default=10.0,
+        parse=float,
+        help="seconds an API write waits for the owner's materializer to apply its event (then 503)",
+    ),
+    Option(
         field="api_token",
         flag="--api-token",
         env="RUNSTREAM_API_TOKEN",
         default="",
-        help="when set, every API write needs 'Authorization: Bearer <token>'",
+        help="when set, every API request but /healthz and /metrics needs "
+        "'Authorization: Bearer <token>'",
         secret=True,
     ),
     Option(
@@ -268,6 +285,8 @@ class Settings:
     session_timeout: float = 10.0
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    advertised_url: str = ""
+    apply_timeout: float = 10.0
     api_token: str = ""
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
