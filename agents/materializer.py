@@ -1,7 +1,8 @@
 """The materializer of one partition of ``runs.events``: records in, run state and phase changes out.
 
-No Faust here (STYLE.md point 5): the agent in ``agents.pipeline`` feeds records to
-:meth:`PartitionMaterializer.apply_record` and calls :meth:`checkpoint`; tests call both directly.
+No Faust here (STYLE.md point 5): ``agents.owner.PartitionOwner`` feeds records to
+:meth:`PartitionMaterializer.apply_record` and writes checkpoints with :meth:`prepare` /
+:meth:`commit` / :meth:`restore`; tests call them directly.
 
 State of a partition (in the datamanager, one checkpoint per partition):
 
@@ -19,13 +20,16 @@ in the ``runs.phases`` tail at recovery are suppressed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from agents.finals import FinalIds
+from agents.ports import PartitionOpener, PartitionStore
 from agents.producer import partition_for
+from agents.waiters import ApplyOutcome, Waiters
+from datamanager.errors import NotExist
 from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
 from events.codec import decode_record, decode_state, encode_state
@@ -48,6 +52,7 @@ ACTIVE, FINAL, META = "active", "final", "meta"
 _CREATED = EventType.RUN_CREATED
 _FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 FINAL_IDS = "final-ids"
+ENCODE_SLICE = 500  # runs encoded between two yields to the event loop during a checkpoint
 
 
 def phase_seq(event: Event) -> int:
@@ -104,7 +109,7 @@ class PartitionMaterializer:
 
     def __init__(
         self,
-        writer: Any,
+        writer: PartitionStore,
         *,
         topic: str,
         partition: int,
@@ -132,12 +137,14 @@ class PartitionMaterializer:
         self._suppress: set[tuple[str, int]] = set()
         self.pending_events = 0
         self._writing: Snapshot | None = None
+        # Writes waiting for their apply (agents.owner shares its own here).
+        self.waiters = Waiters()
 
     # ------------------------------------------------------------------------- loading
     @classmethod
     async def open(
         cls,
-        dm: Any,
+        dm: PartitionOpener,
         *,
         topic: str,
         partition: int,
@@ -212,14 +219,18 @@ class PartitionMaterializer:
 
     def _apply_event(self, event: Event, out: Outcome) -> None:
         # Once per event: ``in _FINAL_PHASES`` replaces the ``Phase.is_final()`` call (same
-        # set), and the suppression keys are only built while there is something to suppress.
+        # set), the suppression keys are only built while there is something to suppress, and
+        # the waiters are only looked at while a write waits (``if waiters:`` is a dict's length).
         run_id = event.run_id
+        waiters = self.waiters
         state = self.active.get(run_id)
         if state is None and parse_run_id(run_id) in self.finals:
             out.rejected += 1  # a final run never changes again
             log.debug(
                 "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": "run is final"}
             )
+            if waiters and event.id in waiters:
+                waiters.resolve(event.id, ApplyOutcome("rejected", None, f"run {run_id} is final"))
             return
         result = apply(state, event)
         if not isinstance(result, Applied):
@@ -227,9 +238,13 @@ class PartitionMaterializer:
             log.debug(
                 "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": result.reason}
             )
+            if waiters and event.id in waiters:
+                waiters.resolve(event.id, ApplyOutcome("rejected", result.state, result.reason))
             return
         if result.duplicate:
             out.duplicates += 1
+            if waiters and event.id in waiters:
+                waiters.resolve(event.id, ApplyOutcome("duplicate", result.state))
             return
         out.applied += 1
         new = result.state
@@ -241,6 +256,8 @@ class PartitionMaterializer:
         else:
             self.active[run_id] = new
             self._dirty[run_id] = new
+        if waiters and event.id in waiters:
+            waiters.resolve(event.id, ApplyOutcome("applied", new))
         derived = result.derived
         if not derived:
             return
@@ -281,11 +298,12 @@ class PartitionMaterializer:
         ``phases_offset``: the ``runs.phases`` offset below which every phase change derived from
         the snapshot's records is acknowledged. Raises ``datamanager.errors.Fenced`` when another
         owner took the partition (drop this materializer), or the storage error; call
-        :meth:`restore` on failure to keep the changes for the next try.
+        :meth:`restore` on failure to keep the changes for the next try. Records may be applied
+        while this runs (the snapshot was taken out of the live state by :meth:`prepare`).
         """
         puts: dict[str, dict[str, bytes]] = {
-            ACTIVE: {rid: encode_state(s) for rid, s in snap.dirty.items()},
-            FINAL: {rid: encode_state(s) for rid, s in snap.finished.items()},
+            ACTIVE: await _encoded(snap.dirty),
+            FINAL: await _encoded(snap.finished),
         }
         if snap.final_ids is not None:
             puts[META] = {FINAL_IDS: snap.final_ids}
@@ -315,9 +333,18 @@ class PartitionMaterializer:
             state = self._writing.finished.get(run_id)
         if state is not None:
             return state
-        from datamanager.errors import NotExist
-
         try:
             return decode_state(await self.writer.get(FINAL, run_id))
         except NotExist:
             return None
+
+
+async def _encoded(states: Mapping[str, RunState]) -> dict[str, bytes]:
+    """Encoded ``states``, yielding to the event loop every ``ENCODE_SLICE`` runs so that records
+    go on being applied while a large checkpoint is encoded."""
+    out: dict[str, bytes] = {}
+    for i, (run_id, state) in enumerate(states.items(), 1):
+        out[run_id] = encode_state(state)
+        if i % ENCODE_SLICE == 0:
+            await asyncio.sleep(0)
+    return out

@@ -1,0 +1,124 @@
+"""What one partition's owner sends to Kafka: phase changes to ``runs.phases`` (on the partition
+with the same number, key = run id) and dead letters to ``runs.dlq``, held as pending sends until
+the next checkpoint waits for them (``agents.owner``). No Faust here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from agents import metrics
+from agents.materializer import DeadLetter, phase_seq
+from agents.ports import LogSender, RecordMeta
+from events.catalogue import Event
+from events.codec import decode_record, encode
+from events.errors import DecodeError
+
+__all__ = ["Headers", "Outbox", "Settled", "dead_letter_headers", "emitted"]
+
+log = logging.getLogger("runstream.outbox")
+
+Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None
+TRUNCATED_DEAD_LETTER = 64 << 10
+
+
+def dead_letter_headers(dl: DeadLetter, topic: str, partition: int) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter: why it was refused and where it came from."""
+    return [
+        ("runstream-error", dl.reason.encode()),
+        ("runstream-error-message", dl.message.encode()[:2000]),
+        ("runstream-source-topic", topic.encode()),
+        ("runstream-source-partition", str(partition).encode()),
+        ("runstream-source-offset", str(dl.offset).encode()),
+    ]
+
+
+def emitted(records: Iterable[bytes]) -> set[tuple[str, int]]:
+    """(run id, seq) of the phase changes in ``runs.phases`` records (unreadable ones skipped)."""
+    out: set[tuple[str, int]] = set()
+    for raw in records:
+        with contextlib.suppress(DecodeError):
+            for ev in decode_record(raw):
+                out.add((ev.run_id, phase_seq(ev)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The sends of one checkpoint, all finished: the ``runs.phases`` offset below which every
+    phase change is acknowledged, and how many sends failed (their records are not in Kafka)."""
+
+    phases_offset: int
+    lost: int
+
+
+class Outbox:
+    """Pending sends of one partition of ``runs.events``."""
+
+    def __init__(
+        self,
+        sender: LogSender,
+        *,
+        source_topic: str,
+        phases_topic: str,
+        dlq_topic: str,
+        partition: int,
+    ) -> None:
+        self._sender = sender
+        self._source_topic = source_topic
+        self._phases_topic = phases_topic
+        self._dlq_topic = dlq_topic
+        self._partition = partition
+        self._pending: list[Awaitable[RecordMeta]] = []
+
+    async def phase_change(self, ev: Event) -> None:
+        metrics.PHASE_CHANGES.inc()
+        self._pending.append(
+            await self._sender.send(
+                self._phases_topic,
+                ev.run_id.encode(),
+                encode(ev),
+                partition=self._partition,
+                headers=None,
+            )
+        )
+
+    async def dead_letter(self, dl: DeadLetter, headers: Headers) -> None:
+        hdrs = _foreign(headers) + dead_letter_headers(dl, self._source_topic, self._partition)
+        send = self._sender.send
+        try:
+            sent = await send(self._dlq_topic, None, dl.raw, partition=None, headers=hdrs)
+        except Exception as exc:
+            # Too large even for the dead-letter topic: keep the head of it; the whole record
+            # stays in the source topic at the offset the headers name.
+            log.error("dead letter too large; sending its first 64 KiB", extra={"error": str(exc)})
+            hdrs += [("runstream-truncated-from", str(len(dl.raw)).encode())]
+            head = dl.raw[:TRUNCATED_DEAD_LETTER]
+            sent = await send(self._dlq_topic, None, head, partition=None, headers=hdrs)
+        self._pending.append(sent)
+
+    def take(self) -> list[Awaitable[RecordMeta]]:
+        """The pending sends, handed over to a checkpoint (the outbox starts empty again)."""
+        taken, self._pending = self._pending, []
+        return taken
+
+    async def settle(self, sends: list[Awaitable[RecordMeta]], phases_offset: int) -> Settled:
+        """Wait for every send of ``sends`` to finish (none is left running)."""
+        lost = 0
+        for meta in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(meta, BaseException):
+                lost += 1
+            elif meta.topic == self._phases_topic:
+                phases_offset = max(phases_offset, meta.offset + 1)
+        return Settled(phases_offset=phases_offset, lost=lost)
+
+
+def _foreign(headers: Headers) -> list[tuple[str, bytes]]:
+    """The record's own headers, without any ``runstream-*`` header of an earlier refusal."""
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, v) for k, v in items if not str(k).startswith("runstream-")]

@@ -1,0 +1,437 @@
+"""The owner of one partition of ``runs.events``: everything a worker holds for it, no Faust.
+
+One object per owned partition (STYLE.md point 5), from its assignment to its revocation:
+
+* the :class:`~agents.materializer.PartitionMaterializer` (the state of the partition's runs);
+* the records applied since the last checkpoint, acknowledged (so that Kafka may commit their
+  offsets) only once a checkpoint covering them is swapped in, so Kafka's committed offset never
+  passes the manifest;
+* the pending sends: phase changes to ``runs.phases`` (on the partition with the same number)
+  and dead letters to ``runs.dlq``;
+* the checkpoint rules, run in the background, one in flight at a time, while records go on
+  being applied (the snapshot is copy-on-write): ok → ack the records it covers; ``Fenced`` →
+  this owner is dead and the wiring starts a fresh one; any other failure → the snapshot goes
+  back into the live state and the records stay held, for the next try; a failed *send* →
+  the wiring crashes the worker, because a phase change or dead letter was lost and only a
+  restart from the last checkpoint derives it again;
+* loading: claim the partition in the datamanager (which fences a previous owner), load its
+  latest checkpoint, read the ``runs.phases`` tail beyond the manifest so that phase changes
+  emitted before a crash are not emitted twice, and note the catch-up point (the partition's
+  end offset at assignment);
+* the writes waiting for their apply (:mod:`agents.waiters`), which the HTTP API awaits.
+
+The wiring (``agents.pipeline``) feeds records with :meth:`PartitionOwner.handle`, calls
+:meth:`PartitionOwner.after_batch` and :meth:`PartitionOwner.maybe_checkpoint`, and
+:meth:`PartitionOwner.close` at revocation. Unit tests drive it with in-memory fakes of the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from agents import metrics
+from agents.materializer import Outcome, PartitionMaterializer, Snapshot
+from agents.outbox import Headers, Outbox, dead_letter_headers, emitted
+from agents.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
+from agents.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
+from datamanager.errors import Fenced
+from events.state import RunState
+
+__all__ = [
+    "ApplyOutcome",
+    "CheckpointResult",
+    "NotServing",
+    "OwnerConfig",
+    "PartitionMoved",
+    "PartitionOwner",
+    "dead_letter_headers",
+]
+
+log = logging.getLogger("runstream.owner")
+
+CheckpointResult = Literal["ok", "fenced", "failed", "crashed", "nothing"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerConfig:
+    topic: str  # runs.events
+    phases_topic: str
+    dlq_topic: str
+    max_event_bytes: int = 1 << 20
+    checkpoint_interval: float = 5.0
+    checkpoint_events: int = 50_000
+
+
+class PartitionOwner:
+    """Owns one partition of ``runs.events`` between its assignment and its revocation."""
+
+    def __init__(
+        self,
+        partition: int,
+        *,
+        config: OwnerConfig,
+        datamanager: PartitionOpener,
+        reader: LogReader,
+        sender: LogSender,
+        hooks: OwnerHooks,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.partition = partition
+        self.config = config
+        self._dm = datamanager
+        self._reader = reader
+        self._hooks = hooks
+        self._clock = clock
+        self.pm: PartitionMaterializer | None = None
+        self.catch_up_to = 0  # the partition's end offset when it was assigned
+        self.closed = False  # revoked
+        self.dead = False  # fenced
+        self._waiters = Waiters()
+        self._held: list[Held] = []
+        self._outbox = Outbox(
+            sender,
+            source_topic=config.topic,
+            phases_topic=config.phases_topic,
+            dlq_topic=config.dlq_topic,
+            partition=partition,
+        )
+        self._acked_phases = 0  # runs.phases offset acknowledged, not yet in a manifest
+        self._settled = asyncio.Event()  # loaded, closed or dead: records need not wait
+        # Set unless a record is applied and its sends are not all queued yet (a send may wait
+        # for room in the producer's buffer): a snapshot is only taken while it is set.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._load_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[CheckpointResult] | None = None
+        self._last_checkpoint = clock()
+        self._seek_checked = False
+        self._skipping_to: int | None = None
+
+    # ------------------------------------------------------------------------------ state
+    @property
+    def loaded(self) -> bool:
+        return self.pm is not None
+
+    @property
+    def serving(self) -> bool:
+        """Loaded, still owned, and applied the log up to where it ended at assignment."""
+        pm = self.pm
+        return (
+            pm is not None
+            and not self.closed
+            and not self.dead
+            and pm.next_offset >= self.catch_up_to
+        )
+
+    @property
+    def checkpointing(self) -> bool:
+        return self._checkpoint_task is not None
+
+    @property
+    def held(self) -> int:
+        """Records applied and not yet acknowledged."""
+        return len(self._held)
+
+    async def read(self, run_id: str) -> RunState | None:
+        """The run's live state (memory, else the data files); ``None`` if this partition has no
+        such run. Raises :class:`NotServing` when not serving."""
+        if not self.serving:
+            raise NotServing(f"partition {self.partition} is not serving")
+        assert self.pm is not None
+        return await self.pm.read_run(run_id)
+
+    def expect(self, event_ids: Sequence[str]) -> list[asyncio.Future[ApplyOutcome]]:
+        """One future per event id, resolved when the event has been judged here; register
+        before appending. The futures fail with :class:`PartitionMoved` if the partition is
+        revoked, fenced or reloaded first. Raises :class:`NotServing` when not serving."""
+        if not self.serving:
+            raise NotServing(f"partition {self.partition} is not serving")
+        return self._waiters.expect(event_ids)
+
+    def forget(self, event_ids: Sequence[str]) -> None:
+        """Drop the waiters of these ids (timeout, or the append failed). Idempotent."""
+        self._waiters.forget(event_ids)
+
+    # ---------------------------------------------------------------------------- loading
+    def start(self) -> None:
+        """Start loading in the background (retried until loaded or closed)."""
+        self._load_task = asyncio.ensure_future(self._load_until_done())
+
+    async def _load_until_done(self) -> None:
+        attempt = 0
+        while not self.closed:
+            attempt += 1
+            try:
+                await self.load()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "loading partition failed; retrying", extra={"partition": self.partition}
+                )
+                await asyncio.sleep(min(5.0, 0.2 * attempt))
+
+    async def load(self) -> None:
+        """Claim the partition, load its latest checkpoint and the ``runs.phases`` tail beyond
+        it, and note the catch-up point. Raises what the ports raise (call again)."""
+        started = self._clock()
+        cfg, p = self.config, self.partition
+        # One look at the log gives the partition count and where catching up ends.
+        ends = await self._reader.end_offsets(cfg.topic)
+        pm = await PartitionMaterializer.open(
+            self._dm,
+            topic=cfg.topic,
+            partition=p,
+            phases_topic=cfg.phases_topic,
+            max_event_bytes=cfg.max_event_bytes,
+            partitions=len(ends),
+        )
+        tail = await self._reader.read_values(cfg.phases_topic, p, pm.phases_offset)
+        pm.suppress_emitted(emitted(tail))
+        if self.closed:
+            return
+        pm.waiters = self._waiters
+        self.catch_up_to = ends.get(p, 0)
+        self.pm = pm
+        self._last_checkpoint = self._clock()
+        self._settled.set()
+        log.info(
+            "partition loaded",
+            extra={
+                "partition": p,
+                "active_runs": len(pm.active),
+                "final_runs": len(pm.finals),
+                "next_offset": pm.next_offset,
+                "catch_up_to": self.catch_up_to,
+                "seconds": round(self._clock() - started, 3),
+            },
+        )
+
+    # --------------------------------------------------------------------------- applying
+    async def handle(self, offset: int, value: bytes, headers: Headers, record: Held) -> None:
+        """Apply one record of this partition (waits until loaded). A record that arrives once
+        the owner is closed or dead is dropped unacknowledged: the next owner reads it."""
+        if not self._settled.is_set():
+            await self._settled.wait()
+        pm = self.pm
+        if pm is None or self.closed or self.dead:
+            return
+        if await self._needs_seek(pm, offset):
+            return
+        metrics.RECORDS.inc()
+        out = pm.apply_record(offset, value)
+        if out.skipped:
+            record.ack()  # below the checkpoint we started from: safe to commit now
+            return
+        self._held.append(record)
+        _count(out)
+        if not out.derived and out.dead is None:
+            return
+        # Until its sends are queued, a snapshot must not cover this record (see _idle).
+        self._idle.clear()
+        try:
+            for d in out.derived:
+                await self._outbox.phase_change(d)
+            if out.dead is not None:
+                if self._waiters:
+                    dl = out.dead
+                    self._waiters.resolve_dead(dl.raw, f"{dl.reason}: {dl.message}")
+                await self._outbox.dead_letter(out.dead, headers)
+        finally:
+            self._idle.set()
+
+    async def _needs_seek(self, pm: PartitionMaterializer, offset: int) -> bool:
+        """True when the record must be dropped because Kafka is ahead of the checkpoint (say
+        the object storage was wiped): the first record after loading shows it; seek back once."""
+        if self._skipping_to is not None:
+            if offset != self._skipping_to:
+                return True
+            self._skipping_to = None
+            return False
+        if self._seek_checked:
+            return False
+        self._seek_checked = True
+        if offset <= pm.next_offset:
+            return False
+        log.error(
+            "Kafka's committed offset is ahead of the checkpoint; seeking back",
+            extra={
+                "partition": self.partition,
+                "offset": offset,
+                "checkpoint_offset": pm.next_offset,
+            },
+        )
+        self._skipping_to = pm.next_offset
+        await self._hooks.seek(self.partition, pm.next_offset)
+        return True
+
+    # ------------------------------------------------------------------------ checkpoints
+    def maybe_checkpoint(self) -> asyncio.Task[CheckpointResult] | None:
+        """Start a checkpoint in the background when one is due (interval elapsed, or enough
+        events), none is in flight and no record is half applied; returns it (or ``None``).
+        Never blocks: the agent calls it after each batch, the timer when no record comes."""
+        pm = self.pm
+        if pm is None or self.closed or self.dead or self.checkpointing or not pm.has_changes:
+            return None
+        due = self._clock() - self._last_checkpoint >= self.config.checkpoint_interval
+        if due or pm.pending_events >= self.config.checkpoint_events:
+            return self._start_checkpoint(crash_on_lost_send=True)
+        return None
+
+    async def after_batch(self) -> None:
+        """After each batch of records: start a due checkpoint, and wait for the one in flight
+        only when another checkpoint's worth of events piled up behind it (bounded memory)."""
+        self.maybe_checkpoint()
+        task, pm = self._checkpoint_task, self.pm
+        if (
+            task is not None
+            and pm is not None
+            and pm.pending_events >= self.config.checkpoint_events
+        ):
+            await asyncio.wait([task])
+
+    async def checkpoint(self) -> CheckpointResult:
+        """Wait for the checkpoint in flight, then write one of what changed since (if
+        anything). For tests; the agent uses :meth:`maybe_checkpoint`."""
+        if self.closed or self.dead:
+            return "nothing"
+        return await self._checkpoint_now(crash_on_lost_send=True)
+
+    async def _checkpoint_now(self, *, crash_on_lost_send: bool) -> CheckpointResult:
+        while (task := self._checkpoint_task) is not None:
+            await asyncio.wait([task])
+        await self._idle.wait()
+        started = self._start_checkpoint(crash_on_lost_send=crash_on_lost_send)
+        return "nothing" if started is None else await started
+
+    def _start_checkpoint(
+        self, *, crash_on_lost_send: bool
+    ) -> asyncio.Task[CheckpointResult] | None:
+        """Take the snapshot now, synchronously, and write it in the background. Not while a
+        record is half applied: its sends would miss the snapshot that covers it."""
+        pm = self.pm
+        if pm is None or self.dead or self.checkpointing or not self._idle.is_set():
+            return None
+        if not pm.has_changes:
+            return None
+        # Taken at one instant: the state changes, the records to ack and the sends they caused.
+        # Records applied from here on belong to the next checkpoint.
+        snap = pm.prepare()
+        held, self._held = self._held, []
+        sends = self._outbox.take()
+        task = asyncio.ensure_future(
+            self._write_checkpoint(pm, snap, held, sends, crash_on_lost_send)
+        )
+        self._checkpoint_task = task
+        task.add_done_callback(self._checkpoint_done)
+        return task
+
+    def _checkpoint_done(self, task: asyncio.Task[CheckpointResult]) -> None:
+        if self._checkpoint_task is task:
+            self._checkpoint_task = None
+
+    async def _write_checkpoint(
+        self,
+        pm: PartitionMaterializer,
+        snap: Snapshot,
+        held: list[Held],
+        sends: list[Awaitable[RecordMeta]],
+        crash_on_lost_send: bool,
+    ) -> CheckpointResult:
+        started = self._clock()
+        settled = await self._outbox.settle(sends, max(pm.phases_offset, self._acked_phases))
+        phases_offset = self._acked_phases = settled.phases_offset
+        if settled.lost:
+            return await self._lost_sends(snap, held, settled.lost, crash_on_lost_send)
+        try:
+            await pm.commit(snap, phases_offset)
+        except Fenced:
+            metrics.CHECKPOINTS.labels("fenced").inc()
+            log.warning(
+                "fenced: another owner claimed the partition", extra={"partition": self.partition}
+            )
+            self._die("fenced: another owner claimed the partition")
+            self._hooks.fenced(self)
+            return "fenced"
+        except Exception:
+            metrics.CHECKPOINTS.labels("failed").inc()
+            log.exception("checkpoint failed; will retry", extra={"partition": self.partition})
+            pm.restore(snap)
+            self._held = held + self._held
+            return "failed"
+        self._last_checkpoint = self._clock()
+        metrics.CHECKPOINTS.labels("ok").inc()
+        metrics.CHECKPOINT_SECONDS.observe(self._last_checkpoint - started)
+        for record in held:
+            record.ack()
+        return "ok"
+
+    async def _lost_sends(
+        self, snap: Snapshot, held: list[Held], lost: int, crash: bool
+    ) -> CheckpointResult:
+        """A send of the snapshot's records failed: the checkpoint must not be written (it would
+        cover a phase change or dead letter that is not in Kafka). Restore, keep the records, and
+        crash the worker: only a restart from the last checkpoint derives the lost sends again.
+        At revocation no crash is needed: the next owner starts from that checkpoint anyway."""
+        assert self.pm is not None
+        metrics.CHECKPOINTS.labels("failed").inc()
+        log.error(
+            "sending to Kafka failed; checkpoint not written",
+            extra={"partition": self.partition, "lost": lost},
+        )
+        self.pm.restore(snap)
+        self._held = held + self._held
+        if not crash:
+            return "failed"
+        self._die("a send to Kafka failed; the worker restarts")
+        await self._hooks.crash(RuntimeError(f"sending to Kafka failed ({lost} records lost)"))
+        return "crashed"
+
+    # ------------------------------------------------------------------------ the end
+    def _die(self, why: str) -> None:
+        self.dead = True
+        self._waiters.fail_all(why)
+        self._settled.set()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Revocation: fail every waiting write with :class:`PartitionMoved`, stop applying,
+        wait for the checkpoint in flight and write a last one of what changed since, the two
+        bounded by ``grace`` seconds (a short tail hands the partition over quickly). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._waiters.fail_all(f"partition {self.partition} revoked")
+        self._settled.set()
+        if self._load_task is not None:
+            self._load_task.cancel()
+        try:
+            async with asyncio.timeout(grace):
+                await self._checkpoint_now(crash_on_lost_send=False)
+        except TimeoutError:
+            log.warning("last checkpoint timed out", extra={"partition": self.partition})
+            if self._checkpoint_task is not None:
+                self._checkpoint_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._checkpoint_task
+
+
+def _count(out: Outcome) -> None:
+    if out.applied:
+        metrics.EVENTS.labels("applied").inc(out.applied)
+    if out.duplicates:
+        metrics.EVENTS.labels("duplicate").inc(out.duplicates)
+    if out.rejected:
+        metrics.EVENTS.labels("rejected").inc(out.rejected)
+    if out.dead is not None:
+        metrics.DEAD_LETTERS.labels(out.dead.reason).inc()
+        log.warning(
+            "dead letter",
+            extra={"reason": out.dead.reason, "error": out.dead.message, "offset": out.dead.offset},
+        )

@@ -1,0 +1,114 @@
+"""The ports of a partition's owner (``agents.owner``): what it needs from the datamanager, the
+log and the wiring, as ``typing.Protocol``s. The worker adapts the datamanager, Faust's producer
+and consumer and bare aiokafka consumers to them (``agents.pipeline``); unit tests use in-memory
+fakes (``tests/fakes_owner.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from datamanager.manifest import Manifest
+
+if TYPE_CHECKING:
+    from agents.owner import PartitionOwner
+
+__all__ = [
+    "Held",
+    "LogReader",
+    "LogSender",
+    "OwnerHooks",
+    "PartitionOpener",
+    "PartitionStore",
+    "RecordMeta",
+]
+
+
+class PartitionStore(Protocol):
+    """The datamanager's handle on one partition (``datamanager.PartitionWriter``)."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    async def load(self, datatype: str) -> list[tuple[str, bytes]]: ...
+
+    async def get(self, datatype: str, entry_id: str) -> bytes:
+        """Raises ``datamanager.errors.NotExist``."""
+        ...
+
+    async def checkpoint(
+        self,
+        puts: Mapping[str, Mapping[str, bytes]],
+        deletes: Mapping[str, Iterable[str]],
+        offsets: Mapping[str, int],
+    ) -> object:
+        """Raises ``Fenced`` (the handle is dead) or a storage / etcd error (retry with the same
+        changes)."""
+        ...
+
+
+class PartitionOpener(Protocol):
+    """What opens partitions (``datamanager.DataManager``)."""
+
+    async def open_partition(self, name: str, *, claim: bool = False) -> PartitionStore: ...
+
+
+class RecordMeta(Protocol):
+    """Where the broker stored a sent record (aiokafka's ``RecordMetadata``)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+class LogSender(Protocol):
+    """Sends records to Kafka (the Faust producer in the worker)."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+    ) -> Awaitable[RecordMeta]:
+        """Queue one record. Raises when it cannot be queued (e.g. too large); the awaitable
+        resolves once the broker acknowledged it, or raises: then the record was not written."""
+        ...
+
+
+class LogReader(Protocol):
+    """Reads the log outside the consumer group (``agents.kafka``)."""
+
+    async def end_offsets(self, topic: str) -> Mapping[int, int]:
+        """partition → end offset, for every partition of ``topic``."""
+        ...
+
+    async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
+        """The values of the records of ``topic``/``partition`` from ``offset`` to its end now."""
+        ...
+
+
+class Held(Protocol):
+    """A consumed record whose offset may be committed once acknowledged (a Faust event)."""
+
+    def ack(self) -> object: ...
+
+
+class OwnerHooks(Protocol):
+    """What the owner asks of the wiring."""
+
+    async def seek(self, partition: int, offset: int) -> None:
+        """Make the consumer read ``partition`` again from ``offset``."""
+        ...
+
+    async def crash(self, exc: BaseException) -> None:
+        """Stop the worker: it restarts from the last checkpoints."""
+        ...
+
+    def fenced(self, owner: PartitionOwner) -> None:
+        """``owner`` is dead (another owner took the partition); replace it if still assigned."""
+        ...
