@@ -8,7 +8,7 @@ import asyncio
 from agents import keys
 from agents.config import Settings, add_flags
 from agents.indexing import build_index
-from agents.inspect import end_offsets
+from agents.kafka import end_offsets
 from agents.logs import setup_logging
 from agents.resources import Resources
 from datamanager import LeaseLock

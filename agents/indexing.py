@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import keys, metrics
 from agents.config import Settings
-from agents.inspect import end_offsets, stop_consumer
+from agents.kafka import assign_at, bare_consumer, end_offsets
 from agents.materializer import phase_seq
 from datamanager import LeaseLock
 from datamanager.keys import lock_key
@@ -91,21 +91,11 @@ class IndexFollower:
         """Follow the topic forever (``until`` None) or up to ``until`` (partition → offset)."""
         topic = self.settings.topic_phases
         target = until if until is not None else await end_offsets(self.settings.kafka, topic)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_bytes=32 << 20,
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in sorted(target)]
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, self._offset(tp.partition))
-            await self._loop(consumer, tps, target, follow=until is None)
-        finally:
-            await stop_consumer(consumer)
+        async with bare_consumer(
+            self.settings.kafka, auto_offset_reset="earliest", fetch_max_bytes=32 << 20
+        ) as consumer:
+            tps = assign_at(consumer, topic, {p: self._offset(p) for p in target})
+            await self._loop(consumer, list(tps.values()), target, follow=until is None)
 
     async def _loop(
         self,

@@ -3,13 +3,11 @@ changes. Used by ``runstream verify``, the tests and the benchmarks; never write
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from agents.kafka import bare_consumer, end_offsets, partitions_of, read_range, stop_consumer
 from agents.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
 from events.catalogue import Event
 from events.codec import decode_record, decode_state
@@ -25,37 +23,6 @@ __all__ = [
     "state_digest",
     "stop_consumer",
 ]
-
-
-async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
-    """Stop ``consumer``; aiokafka can raise a stray ``CancelledError`` from its internal task
-    when a consumer is stopped right after it started. Swallow only that one."""
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-
-
-async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    """The partitions of ``topic`` (empty if it does not exist). A consumer knows no topic
-    metadata right after it starts, so fetch it."""
-    cluster = await consumer._client.fetch_all_metadata()  # no public call returns this
-    return sorted(cluster.partitions_for_topic(topic) or ())
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The end offset (next offset to be written) of every partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = await partitions_of(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        ends = await consumer.end_offsets(tps) if tps else {}
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        await stop_consumer(consumer)
 
 
 async def checkpointed_offsets(dm: Any, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -100,28 +67,14 @@ async def read_topic(
     out: dict[int, list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]]] = {
         p: [] for p in until
     }
-    tps = [TopicPartition(topic, p) for p, end in until.items() if end > 0]
-    if not tps:
+    if not any(until.values()):
         return out
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = set(tps)
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=2000, max_records=50_000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.offset < until[tp.partition]:
-                        out[tp.partition].append((m.offset, m.key, m.value, list(m.headers or ())))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= until[tp.partition]:
-                    remaining.discard(tp)
-    finally:
-        await stop_consumer(consumer)
+    async with bare_consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+        ranges = {p: (0, end) for p, end in until.items()}
+        async for p, msgs in read_range(
+            consumer, topic, ranges, max_records=50_000, timeout_ms=2000
+        ):
+            out[p].extend((m.offset, m.key, m.value, list(m.headers or ())) for m in msgs)
     return out
 
 

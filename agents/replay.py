@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 import ost
@@ -28,8 +27,8 @@ from agents.inspect import (
     end_offsets,
     materialized_states,
     state_digest,
-    stop_consumer,
 )
+from agents.kafka import bare_consumer, read_range
 from agents.keys import RUNDATA_BASE
 from agents.materializer import PartitionMaterializer
 from agents.resources import storage_url
@@ -192,51 +191,38 @@ async def _replay_partitions(
     """Replay the partitions in ``ends`` (partition → offset to stop at) in this process."""
     dm, kv = _datamanager(settings, target=target)
     report = ReplayReport(target=target)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 << 20,
-        fetch_max_bytes=64 << 20,
-    )
-    await consumer.start()
     try:
-        pms = {}
-        for p in ends:
-            pms[p] = await PartitionMaterializer.open(
-                dm,
-                topic=settings.topic_events,
-                partition=p,
-                phases_topic=settings.topic_phases,
-                max_event_bytes=settings.max_event_bytes,
-                partitions=partitions,
-            )
-        tps = {p: TopicPartition(settings.topic_events, p) for p, end in ends.items() if end > 0}
-        if tps:
-            consumer.assign(list(tps.values()))
-            for p, tp in tps.items():
-                consumer.seek(tp, pms[p].next_offset)
-        remaining = {tp for p, tp in tps.items() if pms[p].next_offset < ends[p]}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=fetch)
-            for tp, msgs in batch.items():
-                pm, end = pms[tp.partition], ends[tp.partition]
+        async with bare_consumer(
+            settings.kafka,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=64 << 20,
+        ) as consumer:
+            pms = {}
+            for p in ends:
+                pms[p] = await PartitionMaterializer.open(
+                    dm,
+                    topic=settings.topic_events,
+                    partition=p,
+                    phases_topic=settings.topic_phases,
+                    max_event_bytes=settings.max_event_bytes,
+                    partitions=partitions,
+                )
+            ranges = {p: (pm.next_offset, ends[p]) for p, pm in pms.items()}
+            async for p, msgs in read_range(
+                consumer, settings.topic_events, ranges, max_records=fetch
+            ):
+                pm = pms[p]
                 for m in msgs:
-                    if m.offset >= end:
-                        remaining.discard(tp)
-                        break
                     out = pm.apply_record(m.offset, m.value)
                     report.records += 1
                     report.events += out.applied + out.duplicates + out.rejected
                     report.dead_letters += out.dead is not None
                 on_batch(len(msgs))
-                if pm.next_offset >= end:
-                    remaining.discard(tp)
-        for p, pm in pms.items():
-            await pm.commit(pm.prepare(), phases_offset=0)
-            report.offsets[p] = pm.next_offset
+            for p, pm in pms.items():
+                await pm.commit(pm.prepare(), phases_offset=0)
+                report.offsets[p] = pm.next_offset
     finally:
-        await stop_consumer(consumer)
         await kv.close()
     return report
 
