@@ -256,6 +256,15 @@ OPTIONS: tuple[Option, ...] = (
         parse=_bool,
         help="show progress bars on long work (replay, dumps)",
     ),
+    Option(
+        field="events_retention_ms",
+        flag="--events-retention-ms",
+        env="RUNSTREAM_EVENTS_RETENTION_MS",
+        default=-1,
+        parse=int,
+        help="retention.ms of the input topics (events, setup errors) when runstream creates "
+        "them; -1 keeps the log whole, which replay needs",
+    ),
 )
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
@@ -292,6 +301,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     progress: bool = True
+    events_retention_ms: int = -1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -9,7 +9,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["LIBRARY_LOGGERS", "JsonFormatter", "quiet_libraries", "setup_logging"]
+
+#: Loggers of the client libraries whose lines a CLI command keeps off its output (not the
+#: worker's: there they are part of the service's log).
+LIBRARY_LOGGERS = ("aiokafka", "kafka", "botocore", "boto3", "urllib3", "s3transfer")
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -42,3 +46,16 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def quiet_libraries(level: str) -> None:
+    """Silence the client libraries' loggers unless ``level`` is ``debug``.
+
+    For the CLI commands: a library's warning (aiokafka's about a missing topic or a reconnect)
+    either becomes the command's own error message or does not concern its user. The logger
+    levels outlive ``setup_logging``, which only replaces the root handler.
+    """
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if level.lower() == "debug" else logging.CRITICAL + 1
+        )

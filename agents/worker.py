@@ -44,12 +44,17 @@ def run_worker(settings: Settings) -> int:
     app = create_app(settings)
     materializer = MaterializerService(app, settings, resources)
     SetupErrorService(app, settings, resources)
-    api = ApiServer(settings, resources, materializer, index)
+    api = ApiServer(
+        settings, resources, materializer, index, app.router.external_topics_metadata
+    )
     app.task(index.run)
     app.task(api.run)
 
     log.info("starting worker", extra={"settings": settings.public()})
     worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.runstream_settings = settings
+    # Faust's start-up spinner writes "\b\x1b[?25h" to stdout at its end even when stdout is no
+    # terminal (quiet only silences its text); without it Faust logs "Ready" instead.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
