@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from agents.config import Settings, add_flags, markdown_table
+
+if TYPE_CHECKING:
+    from agents.dlq import Selection
 
 __all__ = ["main"]
 
@@ -79,6 +84,168 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agents.logs import setup_logging
+
+    from aiokafka.errors import KafkaError
+
+    settings = Settings.from_args(args)
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(_DLQ[args.dlq_command](settings, args))
+    except KafkaError as exc:  # one line, not aiokafka's traceback
+        print(f"runstream: error: Kafka at {settings.kafka}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from agents import dlq
+
+    count = 0
+    async for r in dlq.read(settings, _dlq_selection(args)):
+        count += 1
+        print(orjson.dumps(r.summary()).decode() if args.json else r.line())
+    if not args.json:
+        print(f"{count:,} dead letters", file=sys.stderr)
+    return 0
+
+
+async def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from agents import dlq
+
+    partition, offset = dlq.parse_id(args.id)
+    try:
+        record = await dlq.find(settings, partition, offset)
+    except LookupError as exc:
+        print(f"runstream: error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(dlq.describe(record, max_event_bytes=settings.max_event_bytes)).decode())
+        return 0
+    for name, value in record.summary().items():
+        if value is not None:
+            print(f"{name + ':':<18}{value}")
+    print("headers:")
+    for name, raw in record.headers:
+        print(f"  {name}: {raw.decode('utf-8', 'replace')}")
+    events, error = dlq.decoded(record, max_event_bytes=settings.max_event_bytes)
+    if events is None:
+        print(f"decoded:          no: {error}")
+        print(f"raw start:        {record.value[:512]!r}")
+    else:
+        print(f"decoded:          {len(events)} events (shown in their current version)")
+        for ev in events:
+            print("  " + orjson.dumps(ev).decode())
+    return 0
+
+
+async def _dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
+    from agents import dlq
+
+    def plan(p: dlq.Redrive) -> None:
+        if args.dry_run and p.skip is None:
+            key = p.key.decode("utf-8", "replace") if p.key else None
+            print(f"would redrive {p.record.id} to {p.topic} (key {key})")
+
+    report = await dlq.redrive(
+        settings,
+        _dlq_selection(args, ids=args.ids),
+        dry_run=args.dry_run,
+        progress=settings.progress,
+        on_plan=plan,
+    )
+    for rid, why in report.skips:
+        print(f"skipped {rid}: {why}", file=sys.stderr)
+    verb = "would redrive" if args.dry_run else "redriven"
+    topics = ", ".join(f"{n:,} to {t}" for t, n in sorted(report.by_topic.items()))
+    print(
+        f"{verb} {report.redriven:,}"
+        + (f" ({topics})" if topics else "")
+        + f", skipped {report.skipped:,}"
+    )
+    return 0
+
+
+def _dlq_selection(args: argparse.Namespace, ids: Sequence[str] | None = None) -> Selection:
+    from agents import dlq
+
+    return dlq.selection_from(
+        reasons=args.reason,
+        source_partitions=args.source_partition,
+        since=args.since,
+        until=args.until,
+        ids=ids,
+    )
+
+
+_DLQ = {"list": _dlq_list, "show": _dlq_show, "redrive": _dlq_redrive}
+
+
+def _add_dlq_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dlq = sub.add_parser(
+        "dlq",
+        help="dead letters: list, show, redrive to their source topic",
+        description="The records the materializer refused (the dead-letter topic): list them, "
+        "look at one, send them back to their source topic once runstream or the producer is "
+        "fixed. A dead letter is named PARTITION:OFFSET of the dead-letter topic.",
+    )
+    dsub = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", required=True)
+
+    def selection(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--reason",
+            action="append",
+            help="only this reason (header runstream-error: invalid_json, unknown_type, "
+            "unsupported_version, oversize, schema); repeatable",
+        )
+        p.add_argument(
+            "--source-partition",
+            type=int,
+            action="append",
+            help="only dead letters from this source partition; repeatable",
+        )
+        p.add_argument(
+            "--since", help="only dead letters from then on: ISO 8601 or ago (10m, 2h, 1d)"
+        )
+        p.add_argument("--until", help="only dead letters before then: ISO 8601 or ago (10m)")
+
+    ls = dsub.add_parser(
+        "list",
+        help="one line per dead letter: id, time, reason, source, size",
+        description="One line per dead letter: PARTITION:OFFSET, time, reason, source "
+        "topic/partition@offset, size.",
+    )
+    selection(ls)
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = dsub.add_parser(
+        "show",
+        help="headers, key and the record decoded where it can be",
+        description="Print one dead letter: its headers, key and the record decoded (or the "
+        "decoding error and the start of its bytes).",
+    )
+    show.add_argument("id", metavar="PARTITION:OFFSET", help="as `dlq list` prints it")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    rd = dsub.add_parser(
+        "redrive",
+        help="append the selected dead letters to their source topic again",
+        description="Append the selected dead letters' original bytes (key, headers without "
+        "runstream-*) to their source topic. Safe to repeat: event ids make a redriven event "
+        "apply once. Skips truncated copies and records this runstream still refuses.",
+    )
+    selection(rd)
+    rd.add_argument("ids", nargs="*", metavar="PARTITION:OFFSET", help="only these dead letters")
+    rd.add_argument("--dry-run", action="store_true", help="say what would be sent, send nothing")
+    for p in (ls, show, rd):
+        add_flags(p)
+        p.set_defaults(func=_cmd_dlq)
+
+
 def _replay_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
@@ -125,10 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     vf.set_defaults(func=_cmd_verify)
 
     from agents.index_cli import add_index_commands
+    from agents.storage_cli import add_storage_commands
     from api.commands import add_runs_commands
 
     add_index_commands(sub)
     add_runs_commands(sub)
+    _add_dlq_commands(sub)
+    add_storage_commands(sub)
 
     config = sub.add_parser(
         "config",
@@ -141,17 +311,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries(args: argparse.Namespace) -> None:
+    """Keep the client libraries' log lines off a CLI command's output (not the worker's)."""
+    from agents.logs import quiet_libraries
+
+    if args.command != "worker":
+        level = getattr(args, "log_level", None) or os.environ.get("RUNSTREAM_LOG_LEVEL") or ""
+        quiet_libraries(level or "info")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from agents.runtime import tune_gc
 
     tune_gc()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries(args)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except ValueError as exc:  # bad configuration: one clear line, no traceback
         print(f"runstream: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`runstream config | head`): stop quietly, as a Unix tool does.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool the pipe stopped
 
 
 if __name__ == "__main__":
