@@ -308,8 +308,9 @@ def redrive_plan(r: DeadLetterRecord, *, max_event_bytes: int) -> Redrive:
     except DecodeError as exc:
         return Redrive(record=r, skip=f"still refused: {exc.reason}: {exc.message}"[:300])
     # Kafka key = run id: the original key, else the run id of the record's first event (the
-    # dead letters of older workers carry no key); the partitioner does the rest.
-    key = r.key if r.key else events[0].run_id.encode()
+    # dead letters of older workers carry no key; a misrouted record's key is the bug itself);
+    # the producer's partitioner does the rest.
+    key = r.key if r.key and r.reason != "misrouted" else events[0].run_id.encode()
     return Redrive(record=r, topic=r.source_topic, key=key)
 
 
