@@ -1,0 +1,495 @@
+"""``PartitionOwner`` driven with in-memory fakes of its ports: loading, applying, the checkpoint
+rules (ok, fenced, failed, failed with a lost send), revocation, and the writes waiting for their
+apply (applied, duplicate, rejected, dead, moved)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import pytest
+
+from agents.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
+from agents.owner import (
+    ApplyOutcome,
+    NotServing,
+    OwnerConfig,
+    PartitionMoved,
+    PartitionOwner,
+)
+from events import (
+    DecodeError,
+    Event,
+    Rejected,
+    StartRequested,
+    StopRequested,
+    TaskStatus,
+    TaskStatusChanged,
+    apply,
+    decode,
+    decode_record,
+    encode,
+    encode_commit,
+    format_run_id,
+)
+from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog, FakeRecord, storage_down
+from tests.oracle import Oracle
+from tests.unit.test_events_support import created, ev, task
+
+pytestmark = pytest.mark.timeout(30)  # a waiter that is never resolved fails, not hangs
+
+TOPIC, PHASES, DLQ = "runs.events", "runs.phases", "runs.dlq"
+NAME = partition_name(TOPIC, 0)
+CONFIG = OwnerConfig(
+    topic=TOPIC,
+    phases_topic=PHASES,
+    dlq_topic=DLQ,
+    max_event_bytes=4096,
+    checkpoint_interval=0.0,  # always due: the tests decide when to checkpoint
+    checkpoint_events=1_000_000,
+)
+
+
+def rid(n: int) -> str:
+    return format_run_id(n)
+
+
+def creation(n: int) -> Event:
+    return ev(created(task("a")), run_id=rid(n))
+
+
+def script(n: int) -> list[Event]:
+    """A run from creation to finished/success: 3 phase changes."""
+    r = rid(n)
+    return [
+        creation(n),
+        ev(StartRequested(), run_id=r),
+        ev(TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING), run_id=r),
+        ev(TaskStatusChanged(task_id="a", status=TaskStatus.SUCCESS), run_id=r),
+    ]
+
+
+class Rig:
+    """One partition's fakes, an owner over them, and the records fed to it."""
+
+    def __init__(self) -> None:
+        self.log = FakeLog()
+        self.dm = FakeDatamanager()
+        self.hooks = FakeHooks()
+        self.records: list[FakeRecord] = []
+        self.fed = 0
+        self.owner = self.new_owner()
+
+    def new_owner(self) -> PartitionOwner:
+        return PartitionOwner(
+            0,
+            config=CONFIG,
+            datamanager=self.dm,
+            reader=self.log,
+            sender=self.log,
+            hooks=self.hooks,
+        )
+
+    def append(self, *events: Event) -> int:
+        value = encode(events[0]) if len(events) == 1 else encode_commit(events)
+        return self.log.append(TOPIC, 0, value)
+
+    def append_raw(self, value: bytes) -> int:
+        return self.log.append(TOPIC, 0, value)
+
+    async def feed(self, owner: PartitionOwner | None = None) -> None:
+        """Hand the records appended since the last call to the owner, in order."""
+        owner = owner or self.owner
+        values = self.log.values(TOPIC)
+        for offset in range(self.fed, len(values)):
+            record = FakeRecord(offset)
+            self.records.append(record)
+            await owner.handle(offset, values[offset], None, record)
+        self.fed = len(values)
+
+    def stored(self) -> dict[str, bytes]:
+        return {**self.dm.entries(NAME, ACTIVE), **self.dm.entries(NAME, FINAL)}
+
+    def phase_keys(self) -> list[tuple[str, int]]:
+        return [(e.run_id, phase_seq(e)) for e in map(decode, self.log.values(PHASES))]
+
+
+async def loaded() -> Rig:
+    rig = Rig()
+    await rig.owner.load()
+    return rig
+
+
+def acks(records: Iterable[FakeRecord]) -> list[int]:
+    return [r.acks for r in records]
+
+
+# ---------------------------------------------------------------------------------- loading
+async def test_serving_only_once_caught_up_with_the_log_as_it_was_at_assignment() -> None:
+    rig = Rig()
+    rig.append(creation(1))
+    rig.append(creation(2))
+    assert not rig.owner.serving
+    with pytest.raises(NotServing):
+        await rig.owner.read(rid(1))
+    with pytest.raises(NotServing):
+        rig.owner.expect(["x"])
+    await rig.owner.load()
+    assert rig.dm.claims == 1  # loading claims the partition (fences any previous owner)
+    assert (rig.owner.catch_up_to, rig.owner.serving) == (2, False)
+    await rig.feed()
+    assert rig.owner.serving
+    state = await rig.owner.read(rid(2))
+    assert state is not None
+    assert state.run.id == rid(2)
+    assert await rig.owner.read(rid(9)) is None
+
+
+async def test_phase_changes_already_on_the_phases_topic_are_not_sent_again() -> None:
+    rig = await loaded()
+    rig.append(*script(1)[:2])  # created, started: phase changes 1 and 2
+    await rig.feed()
+    assert rig.phase_keys() == [(rid(1), 1), (rid(1), 2)]
+    # A crash before any checkpoint: a new owner replays the record from offset 0.
+    rig.fed = 0
+    again = rig.new_owner()
+    await again.load()
+    await rig.feed(again)
+    assert rig.phase_keys() == [(rid(1), 1), (rid(1), 2)]
+    assert await again.checkpoint() == "ok"
+
+
+async def test_kafka_ahead_of_the_checkpoint_seeks_back_once() -> None:
+    rig = await loaded()
+    rig.append(creation(1))
+    rig.append(creation(2))
+    record = FakeRecord(1)
+    await rig.owner.handle(1, rig.log.values(TOPIC)[1], None, record)  # offset 0 never came
+    assert rig.hooks.seeks == [(0, 0)]
+    assert rig.owner.pm is not None
+    assert rig.owner.pm.next_offset == 0
+    await rig.feed()  # the consumer re-reads from 0
+    assert rig.owner.pm.next_offset == 2
+    assert await rig.owner.read(rid(1)) is not None
+
+
+# ------------------------------------------------------------------------------ checkpoints
+async def test_checkpoint_ok_acks_the_records_it_covers() -> None:
+    rig = await loaded()
+    events = [*script(1), creation(2)]
+    for e in events:
+        rig.append(e)
+    await rig.feed()
+    assert acks(rig.records) == [0] * 5
+    assert await rig.owner.checkpoint() == "ok"
+    assert acks(rig.records) == [1] * 5
+    assert rig.stored() == Oracle().feed(events).encoded()
+    phases = len(rig.log.values(PHASES))
+    assert phases == sum(map(len, Oracle().feed(events).derived.values()))
+    assert rig.dm.calls[-1].offsets == {offsets_key(TOPIC, 0): 5, offsets_key(PHASES, 0): phases}
+    assert await rig.owner.checkpoint() == "nothing"
+    assert acks(rig.records) == [1] * 5
+
+
+async def test_records_below_the_checkpoint_are_acked_at_once_and_not_applied_again() -> None:
+    rig = await loaded()
+    rig.append(creation(1))
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "ok"
+    again = rig.new_owner()
+    await again.load()
+    old = FakeRecord(0)
+    await again.handle(0, rig.log.values(TOPIC)[0], None, old)
+    assert old.acks == 1
+    assert again.pm is not None
+    assert again.pm.next_offset == 1
+    assert not again.pm.has_changes
+
+
+async def test_fenced_checkpoint_kills_the_owner_and_fails_its_waiters() -> None:
+    rig = await loaded()
+    rig.append(creation(1))
+    await rig.feed()
+    waiting = rig.owner.expect(["later"])
+    await rig.dm.open_partition(NAME, claim=True)  # another owner claimed the partition
+    assert await rig.owner.checkpoint() == "fenced"
+    assert rig.owner.dead
+    assert not rig.owner.serving
+    assert rig.hooks.fenced_owners == [rig.owner]
+    assert acks(rig.records) == [0]  # the new owner reads it again
+    with pytest.raises(PartitionMoved):
+        await waiting[0]
+    rig.append(creation(2))
+    await rig.feed()  # a dead owner drops records, unacknowledged
+    assert acks(rig.records) == [0, 0]
+    with pytest.raises(NotServing):
+        await rig.owner.read(rid(1))
+
+
+async def test_failed_checkpoint_restores_keeps_the_records_and_retries_the_same_content() -> None:
+    rig = await loaded()
+    for e in [*script(1), creation(2)]:
+        rig.append(e)
+    await rig.feed()
+    rig.dm.fail_next = storage_down()
+    assert await rig.owner.checkpoint() == "failed"
+    assert acks(rig.records) == [0] * 5
+    assert rig.owner.held == 5
+    assert rig.hooks.crashes == []
+    assert await rig.owner.checkpoint() == "ok"
+    first, second = rig.dm.calls
+    assert second == first
+    assert acks(rig.records) == [1] * 5
+
+
+async def test_failed_checkpoint_then_more_records_writes_both_in_the_next_one() -> None:
+    rig = await loaded()
+    events = script(1) + script(2)
+    for e in events[:4]:
+        rig.append(e)
+    await rig.feed()
+    rig.dm.fail_next = storage_down()
+    assert await rig.owner.checkpoint() == "failed"
+    for e in events[4:]:
+        rig.append(e)
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "ok"
+    assert rig.stored() == Oracle().feed(events).encoded()
+    assert acks(rig.records) == [1] * 8
+    assert rig.dm.calls[-1].offsets[offsets_key(PHASES, 0)] == len(rig.log.values(PHASES))
+
+
+async def test_a_lost_send_means_no_checkpoint_and_a_crash() -> None:
+    rig = await loaded()
+    rig.log.fail_sends = True
+    rig.append(creation(1))  # derives a phase change: its send fails
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "crashed"
+    assert len(rig.hooks.crashes) == 1
+    assert rig.dm.calls == []  # the checkpoint was not even attempted
+    assert acks(rig.records) == [0]
+    assert rig.owner.dead
+    assert not rig.owner.serving
+
+
+async def test_a_lost_dead_letter_also_crashes() -> None:
+    rig = await loaded()
+    rig.log.fail_sends = True
+    rig.append_raw(b"not json")
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "crashed"
+    assert len(rig.hooks.crashes) == 1
+
+
+async def test_a_dead_letter_too_large_for_the_dlq_keeps_its_head() -> None:
+    rig = await loaded()
+    rig.log.max_value = 64 << 10
+    big = b"[" + b" " * (100 << 10) + b"x"
+    rig.append_raw(big)
+    await rig.feed()
+    (sent,) = rig.log.sent
+    assert sent.topic == DLQ
+    assert sent.value == big[: 64 << 10]
+    headers = dict(sent.headers)
+    assert headers["runstream-truncated-from"] == str(len(big)).encode()
+    assert headers["runstream-source-offset"] == b"0"
+    assert await rig.owner.checkpoint() == "ok"
+
+
+# ---------------------------------------------------------------------- checkpoint in flight
+async def test_applying_goes_on_while_a_checkpoint_is_written() -> None:
+    rig = await loaded()
+    events = script(1) + script(2) + script(3)
+    for e in events[:4]:
+        rig.append(e)
+    await rig.feed()
+    rig.dm.gate = asyncio.Event()
+    task = rig.owner.maybe_checkpoint()
+    assert task is not None
+    await rig.dm.entered.wait()  # the checkpoint is being written, held at the gate
+    assert rig.owner.maybe_checkpoint() is None  # one in flight at a time
+    waiting = rig.owner.expect([e.id for e in events[4:]])
+    for e in events[4:]:
+        rig.append(e)
+    await rig.feed()
+    # Applied (and answered) while the checkpoint is still held at the gate.
+    assert not task.done()
+    assert [f.result().kind for f in waiting] == ["applied"] * 8
+    rig.dm.gate.set()
+    assert await task == "ok"
+    assert acks(rig.records) == [1] * 4 + [0] * 8
+    assert rig.dm.calls[0].offsets[offsets_key(TOPIC, 0)] == 4
+    assert await rig.owner.checkpoint() == "ok"
+    assert rig.dm.calls[1].offsets[offsets_key(TOPIC, 0)] == 12
+    # Nothing lost, nothing twice: every run's state and every phase change once.
+    oracle = Oracle().feed(events)
+    assert rig.stored() == oracle.encoded()
+    assert acks(rig.records) == [1] * 12
+    expected = [(r, phase_seq(d)) for r, ds in oracle.derived.items() for d in ds]
+    assert sorted(rig.phase_keys()) == sorted(expected)
+    assert len(rig.phase_keys()) == len(set(rig.phase_keys()))
+    # The first checkpoint wrote run 1 only; the second, runs 2 and 3 only.
+    assert set(rig.dm.calls[0].puts[FINAL]) == {rid(1)}
+    assert set(rig.dm.calls[1].puts[FINAL]) == {rid(2), rid(3)}
+
+
+async def test_a_run_finished_during_a_checkpoint_is_read_back_meanwhile() -> None:
+    rig = await loaded()
+    for e in script(1):
+        rig.append(e)
+    await rig.feed()
+    rig.dm.gate = asyncio.Event()
+    task = rig.owner.maybe_checkpoint()
+    await rig.dm.entered.wait()
+    state = await rig.owner.read(rid(1))  # in the snapshot being written, not in memory
+    assert state is not None
+    assert state.run.phase.is_final()
+    rig.dm.gate.set()
+    assert task is not None
+    assert await task == "ok"
+    assert await rig.owner.read(rid(1)) == state  # now from the data files
+
+
+async def test_revocation_mid_checkpoint_waits_for_it_then_writes_a_last_one() -> None:
+    rig = await loaded()
+    rig.append(*script(1)[:2])
+    await rig.feed()
+    rig.dm.gate = asyncio.Event()
+    task = rig.owner.maybe_checkpoint()
+    await rig.dm.entered.wait()
+    rig.append(creation(2))
+    await rig.feed()  # applied while the first checkpoint is in flight
+    waiting = rig.owner.expect(["never-appended"])
+    closing = asyncio.ensure_future(rig.owner.close(grace=30))
+    with pytest.raises(PartitionMoved):
+        await waiting[0]  # failed at once, not after the checkpoints
+    assert not closing.done()
+    rig.dm.gate.set()
+    await closing
+    assert task is not None
+    assert await task == "ok"
+    assert [c.offsets[offsets_key(TOPIC, 0)] for c in rig.dm.calls] == [1, 2]
+    assert acks(rig.records) == [1, 1]
+    rig.append(creation(3))
+    await rig.feed()  # revoked: dropped, unacknowledged, for the next owner
+    assert acks(rig.records) == [1, 1, 0]
+    assert not rig.owner.serving
+
+
+async def test_revocation_whose_last_checkpoint_hangs_gives_up_after_the_grace() -> None:
+    rig = await loaded()
+    rig.append(creation(1))
+    await rig.feed()
+    rig.dm.gate = asyncio.Event()  # never opened
+    await rig.owner.close(grace=0.01)
+    assert len(rig.dm.calls) == 1
+    assert acks(rig.records) == [0]
+    assert not rig.owner.checkpointing
+
+
+async def test_no_snapshot_while_a_record_waits_for_room_to_queue_its_sends() -> None:
+    rig = await loaded()
+    rig.log.room = asyncio.Event()
+    rig.append(creation(1))
+    feeding = asyncio.ensure_future(rig.feed())
+    await rig.log.blocked.wait()  # applied, now waiting to queue its phase change
+    assert rig.owner.held == 1
+    # A snapshot now would cover the record without waiting for its phase change.
+    assert rig.owner.maybe_checkpoint() is None
+    rig.log.room.set()
+    await feeding
+    task = rig.owner.maybe_checkpoint()
+    assert task is not None
+    assert await task == "ok"
+    assert rig.dm.calls[0].offsets[offsets_key(PHASES, 0)] == 1
+
+
+# ---------------------------------------------------------------------------- waiting writes
+async def test_a_write_waiting_for_an_event_that_is_refused_gets_the_reducers_reason() -> None:
+    rig = await loaded()
+    rig.append(creation(1))
+    await rig.feed()
+    queued = await rig.owner.read(rid(1))
+    stop = ev(StopRequested(), run_id=rid(1))
+    expected = apply(queued, stop)
+    (waiting,) = rig.owner.expect([stop.id])
+    rig.append(stop)
+    await rig.feed()
+    outcome = await waiting
+    assert isinstance(expected, Rejected)
+    assert outcome == ApplyOutcome("rejected", queued, expected.reason)
+    assert "only a running run stops" in outcome.reason
+
+
+async def test_applied_and_duplicate_outcomes_carry_the_state() -> None:
+    rig = await loaded()
+    create = creation(1)
+    first, again = rig.owner.expect([create.id, create.id])
+    rig.append(create)
+    await rig.feed()
+    state = await rig.owner.read(rid(1))
+    assert (await first, await again) == (ApplyOutcome("applied", state), ApplyOutcome("applied", state))  # fmt: skip
+    (dup,) = rig.owner.expect([create.id])
+    rig.append(create)
+    await rig.feed()
+    assert await dup == ApplyOutcome("duplicate", state)
+
+
+async def test_an_event_for_a_final_run_is_rejected_as_final() -> None:
+    rig = await loaded()
+    for e in script(1):
+        rig.append(e)
+    await rig.feed()
+    late = ev(StopRequested(), run_id=rid(1))
+    (waiting,) = rig.owner.expect([late.id])
+    rig.append(late)
+    await rig.feed()
+    assert await waiting == ApplyOutcome("rejected", None, f"run {rid(1)} is final")
+
+
+async def test_events_of_a_commit_get_their_own_outcomes() -> None:
+    rig = await loaded()
+    create, stop = creation(1), ev(StopRequested(), run_id=rid(1))
+    a, b = rig.owner.expect([create.id, stop.id])
+    rig.append(create, stop)
+    await rig.feed()
+    assert ((await a).kind, (await b).kind) == ("applied", "rejected")
+
+
+@pytest.mark.parametrize("commit", [False, True])
+async def test_a_write_whose_record_became_a_dead_letter_is_told_so(commit: bool) -> None:
+    rig = await loaded()
+    good, bad = encode(creation(1)), b'{"id": "e-bad", "type": "run.nonsense", "version": 1}'
+    raw = b"[" + good + b"," + bad + b"]" if commit else bad
+    waiting = rig.owner.expect(["e-bad"] + ([decode(good).id] if commit else []))
+    rig.append_raw(raw)
+    await rig.feed()
+    with pytest.raises(DecodeError) as refused:
+        decode_record(raw)
+    reason = f"{refused.value.reason}: {refused.value.message}"
+    outcomes = [await w for w in waiting]
+    assert outcomes == [ApplyOutcome("dead", None, reason)] * len(waiting)
+    assert [s.topic for s in rig.log.sent] == [DLQ]
+    assert await rig.owner.read(rid(1)) is None  # all or nothing: the good event was not applied
+
+
+async def test_a_write_waiting_while_the_partition_is_revoked_is_told_it_moved() -> None:
+    rig = await loaded()
+    (waiting,) = rig.owner.expect(["e-appended-too-late"])
+    await rig.owner.close()
+    with pytest.raises(PartitionMoved):
+        await waiting
+    with pytest.raises(NotServing):
+        rig.owner.expect(["another"])
+
+
+async def test_forget_drops_the_waiters_and_cancels_them() -> None:
+    rig = await loaded()
+    create = creation(1)
+    (waiting,) = rig.owner.expect([create.id])
+    rig.owner.forget([create.id])
+    assert waiting.cancelled()
+    rig.append(create)
+    await rig.feed()  # resolving nobody is fine
+    assert await rig.owner.read(rid(1)) is not None
+    rig.owner.forget([create.id])  # idempotent
