@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import faust
 
 from agents.config import Settings
 
-__all__ = ["Topics", "create_app"]
+__all__ = ["Topics", "create_app", "self_url"]
+
+
+def self_url(settings: Settings) -> str:
+    """This worker's API URL as the other workers reach it: ``--advertised-url``, else
+    ``http://<web host>:<web port>`` (this machine's name when the API binds every address)."""
+    if settings.advertised_url:
+        return settings.advertised_url.rstrip("/")
+    host = settings.web_host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"http://{host}:{settings.web_port}"
 
 
 class Topics:
@@ -40,6 +52,9 @@ def create_app(settings: Settings) -> faust.App:
         broker=f"kafka://{settings.kafka}",
         store="memory://",
         web_enabled=False,
+        # Every member announces this URL in the group metadata, and the assignor hands every
+        # member the map URL → partitions: the API relays a request to its run's owner with it.
+        canonical_url=self_url(settings),
         topic_replication_factor=settings.replication,
         topic_partitions=settings.partitions,
         producer_acks=-1,

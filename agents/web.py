@@ -1,7 +1,7 @@
 """The HTTP API in the worker: the real implementations of ``api.ports`` and the server.
 
-* ``MaterializedRuns`` (``RunSource``): a run's newest state from the materializer's memory when
-  this worker owns its partition, else from the partition's latest checkpoint (data files).
+* ``agents.routing.OwnedRuns`` (``Owners``): the live state of the owned partitions, writes that
+  wait for their apply, and where the other partitions' owners are (Faust's assignment).
 * ``KafkaPhaseFeed`` (``PhaseFeed``): ``agents.phasefeed.PhaseHub``, one consumer of
   ``runs.phases`` per worker fanned out to every SSE client; cursors resume without loss or
   repetition.
@@ -11,72 +11,42 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from aiohttp import web
 
 from agents import keys
+from agents.app import self_url
 from agents.config import Settings
 from agents.indexing import IndexService
 from agents.inspect import end_offsets
-from agents.materializer import ACTIVE, FINAL, partition_name
 from agents.phasefeed import PhaseHub as KafkaPhaseFeed
 from agents.phasefeed import decode_feed_cursor, encode_feed_cursor
 from agents.pipeline import MaterializerService
-from agents.producer import EventProducer, partition_for
+from agents.producer import EventProducer
 from agents.resources import Resources
-from api import ApiDeps, create_api
-from datamanager import IdAllocator, NotExist
+from agents.routing import OwnedRuns, UrlMap
+from api import ApiDeps, JsonRunner, create_api
+from datamanager import IdAllocator
 from datamanager.keys import sequence_key
-from events import is_run_id
 from events.catalogue import Event
-from events.codec import decode_state
-from events.state import RunState
 from indexer import RunIndex
 
 __all__ = [
     "ApiServer",
     "KafkaPhaseFeed",
-    "MaterializedRuns",
     "decode_feed_cursor",
     "encode_feed_cursor",
 ]
 
 log = logging.getLogger("runstream.web")
 
-class MaterializedRuns:
-    """``RunSource`` over the materializer (owned partitions) and the checkpoints (the others)."""
-
-    def __init__(
-        self, settings: Settings, resources: Resources, materializer: MaterializerService
-    ) -> None:
-        self.settings = settings
-        self.resources = resources
-        self.materializer = materializer
-        self._partitions = 0
-
-    async def get(self, run_id: str) -> RunState | None:
-        if not is_run_id(run_id):
-            return None
-        if not self._partitions:
-            self._partitions = len(
-                await end_offsets(self.settings.kafka, self.settings.topic_events)
-            )
-        p = partition_for(run_id, self._partitions)
-        owned = self.materializer.owned.get(p)
-        if owned is not None and owned.pm is not None:
-            return await owned.pm.read_run(run_id)
-        dm = await self.resources.datamanager()
-        snap = await dm.read_partition(partition_name(self.settings.topic_events, p))
-        for datatype in (ACTIVE, FINAL):
-            try:
-                return decode_state(await snap.get(datatype, run_id))
-            except NotExist:
-                continue
-        return None
+#: Seconds the API server gives open requests (event streams) when the worker stops.
+SHUTDOWN_SECONDS = 2.0
 
 
 class _IndexHandle:
@@ -90,7 +60,7 @@ class _IndexHandle:
 
 
 class _Sink:
-    """``EventSink``: the group-committing producer, started on first use in the worker loop."""
+    """Appends to ``runs.events``: the group-committing producer, started on first use."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -105,6 +75,11 @@ class _Sink:
                     await producer.start()
                     self._producer = producer
         await self._producer.append(events)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
 
 
 class _Ids:
@@ -129,30 +104,58 @@ class ApiServer:
         resources: Resources,
         materializer: MaterializerService,
         index: IndexService,
+        url_map: Callable[[], UrlMap],
     ) -> None:
         self.settings = settings
+        self.sink = _Sink(settings)
+        self.owners = OwnedRuns(
+            topic=settings.topic_events,
+            self_url=self_url(settings),
+            owners=materializer.owner,
+            url_map=url_map,
+            append=self.sink.append,
+            max_event_bytes=settings.max_event_bytes,
+            apply_timeout=settings.apply_timeout,
+        )
+        self.feed = KafkaPhaseFeed(settings.kafka, settings.topic_phases)
         deps = ApiDeps(
-            runs=MaterializedRuns(settings, resources, materializer),
-            sink=_Sink(settings),
+            owners=self.owners,
             ids=_Ids(resources),
             index=cast(RunIndex, _IndexHandle(index)),
-            feed=KafkaPhaseFeed(settings.kafka, settings.topic_phases),
+            feed=self.feed,
             ready=lambda: index.ready.is_set() and materializer.caught_up(),
             clock=lambda: int(time.time() * 1000),
+            self_url=self_url(settings),
         )
         self.app = create_api(
             deps, api_token=settings.api_token, max_body_bytes=settings.max_body_bytes
         )
 
     async def run(self) -> None:
-        runner = web.AppRunner(self.app, access_log=None)
+        # The partition count decides a run's partition; the topics exist (ensure_topics).
+        self.owners.partitions = len(
+            await end_offsets(self.settings.kafka, self.settings.topic_events)
+        )
+        runner = JsonRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.web_host, self.settings.web_port)
         await site.start()
         log.info(
-            "API listening", extra={"host": self.settings.web_host, "port": self.settings.web_port}
+            "API listening",
+            extra={
+                "host": self.settings.web_host,
+                "port": self.settings.web_port,
+                "url": self_url(self.settings),
+            },
         )
         try:
             await asyncio.Event().wait()
         finally:
+            # Event streams end first (their clients resume elsewhere), then the server stops
+            # within SHUTDOWN_SECONDS, whatever a client does.
+            close = getattr(self.feed, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
             await runner.cleanup()
+            await self.sink.stop()

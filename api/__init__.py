@@ -5,7 +5,6 @@ The Python client is ``api.client`` (httpx) and the ``runstream runs`` commands 
 """
 
 from api.app import PREFIX, create_api
-from api.cache import WriteCache, newer
 from api.errors import (
     INTERNAL_MESSAGE,
     ApiError,
@@ -23,7 +22,19 @@ from api.errors import (
     error_for_status,
 )
 from api.openapi import openapi_document
-from api.ports import ApiDeps, EventSink, IdSource, PhaseFeed, RunSource
+from api.ports import (
+    ApiDeps,
+    IdSource,
+    Local,
+    Owners,
+    PhaseFeed,
+    Refused,
+    Remote,
+    Route,
+    Unsettled,
+    Written,
+)
+from api.server import JsonRunner
 
 __all__ = [
     "INTERNAL_MESSAGE",
@@ -33,21 +44,25 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "CursorExpired",
-    "EventSink",
     "Gone",
     "IdSource",
     "InvalidCursor",
+    "JsonRunner",
+    "Local",
     "NotFound",
+    "Owners",
     "PayloadTooLarge",
     "PhaseFeed",
-    "RunSource",
+    "Refused",
+    "Remote",
+    "Route",
     "ServerError",
     "Unauthorized",
     "Unavailable",
     "Unreachable",
-    "WriteCache",
+    "Unsettled",
+    "Written",
     "create_api",
     "error_for_status",
-    "newer",
     "openapi_document",
 ]

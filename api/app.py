@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api.cache import DEFAULT_CAPACITY, WriteCache
 from api.handlers import Handlers
 from api.middleware import auth_middleware, error_middleware
 from api.openapi import openapi_document
 from api.ports import ApiDeps
+from api.relay import Relay
 from api.service import RunService
 from api.sse import EventStream
 from api.views import json_response
@@ -24,20 +24,27 @@ def create_api(
     api_token: str = "",
     max_body_bytes: int = 1 << 20,
     heartbeat: float = 15.0,
-    cache_capacity: int = DEFAULT_CAPACITY,
+    relay_timeout: float = 30.0,
 ) -> web.Application:
     """The application serving ``/api/v1/...``, ``/healthz``, ``/metrics`` and the OpenAPI
     document at ``/api/v1/openapi.json``.
 
-    ``api_token``: when non-empty, writes need ``Authorization: Bearer <api_token>`` (401).
-    ``max_body_bytes``: larger request bodies get 413. ``heartbeat``: seconds between SSE
-    keepalives. ``cache_capacity``: runs remembered for read-your-writes (``api.cache``).
+    ``api_token``: when non-empty, every request but /healthz and /metrics needs
+    ``Authorization: Bearer <api_token>`` (401). ``max_body_bytes``: larger request bodies get
+    413. ``heartbeat``: seconds between SSE keepalives. ``relay_timeout``: seconds a relayed
+    request may take at the run's owner.
     """
     app = web.Application(
         client_max_size=max_body_bytes,
         middlewares=[error_middleware, auth_middleware(api_token, max_body_bytes)],
     )
-    h = Handlers(RunService(deps, WriteCache(cache_capacity)), deps)
+    relay = Relay(deps.self_url, timeout=relay_timeout)
+    h = Handlers(RunService(deps), deps, relay)
+
+    async def close_relay(app: web.Application) -> None:
+        await relay.close()
+
+    app.on_cleanup.append(close_relay)
     events = EventStream(deps.feed, heartbeat)
     doc = openapi_document()
 

@@ -286,8 +286,20 @@ def _multi(query: Any, key: str, enum: type[StrEnum]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+#: The query parameters of ``GET /runs``; any other is refused, so a typo is not ignored.
+LIST_PARAMETERS = ("group", "phase", "result", "lastrun", "order", "limit", "cursor")
+
+
 def parse_list_query(query: Any) -> ListQuery:
-    """``GET /runs`` parameters from a multidict (``request.query``)."""
+    """``GET /runs`` parameters from a multidict (``request.query``); 400 naming any unknown
+    parameter."""
+    unknown = sorted({k for k in query if k not in LIST_PARAMETERS})
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in unknown[:10])
+        raise BadRequest(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
+            f"want {', '.join(LIST_PARAMETERS)}"
+        )
     last = query.get("lastrun", "false").lower()
     if last not in _TRUE | _FALSE:
         raise BadRequest(f"query parameter 'lastrun' must be true or false, got {last[:20]!r}")

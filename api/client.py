@@ -6,6 +6,12 @@ Every non-2xx answer raises the ``api.errors`` class of its status (``BadRequest
 that is not ``{"message": ...}`` gives a message with the status and the start of the body. No
 answer at all raises ``Unreachable``. Methods return the decoded JSON bodies.
 
+A 503 (the run's partition has no settled owner: a rebalance, the owner still loading) is retried
+with bounded backoff (``api.wire.RETRIES``, honouring ``Retry-After``). Actions carry an
+``Idempotency-Key`` (the caller's, or one made per call), so a retried action is applied once. A
+creation answered 503 after its event was appended (the owner moved while it waited) can, when
+retried, make a second run: the first one's id is not known to the caller.
+
 ``watch`` follows ``GET /api/v1/runs/events``: it yields ``WatchEvent(cursor, event)`` and, when
 the connection ends or breaks, reconnects with ``Last-Event-ID`` set to the last cursor seen, so
 no event is lost or repeated. A cursor the log no longer retains raises ``Gone``.
@@ -23,6 +29,7 @@ import httpx
 from api.errors import Unreachable
 from api.wire import (
     DEFAULT_URL,
+    RETRIES,
     Call,
     Calls,
     SseParser,
@@ -32,6 +39,8 @@ from api.wire import (
     content_of,
     error_from_response,
     headers_of,
+    retry_delay,
+    with_retry_key,
 )
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client", "WatchEvent", "error_from_response"]
@@ -57,16 +66,21 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _do(self, call: Call) -> Any:
-        try:
-            response = await self._http.request(
-                call.method,
-                call.path,
-                params=call.params,
-                content=content_of(call),
-                headers=headers_of(call),
-            )
-        except httpx.TransportError as exc:
-            raise Unreachable(f"{call.method} {call.path}: {exc!r}") from exc
+        call = with_retry_key(call)
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    content=content_of(call),
+                    headers=headers_of(call),
+                )
+            except httpx.TransportError as exc:
+                raise Unreachable(f"{call.method} {call.path}: {exc!r}") from exc
+            if response.status_code != 503 or attempt == RETRIES:
+                break
+            await asyncio.sleep(retry_delay(attempt, response.headers.get("Retry-After")))
         return body_of(response)
 
     async def create_run(
@@ -202,16 +216,21 @@ class Client:
         self._http.close()
 
     def _do(self, call: Call) -> Any:
-        try:
-            response = self._http.request(
-                call.method,
-                call.path,
-                params=call.params,
-                content=content_of(call),
-                headers=headers_of(call),
-            )
-        except httpx.TransportError as exc:
-            raise Unreachable(f"{call.method} {call.path}: {exc!r}") from exc
+        call = with_retry_key(call)
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    content=content_of(call),
+                    headers=headers_of(call),
+                )
+            except httpx.TransportError as exc:
+                raise Unreachable(f"{call.method} {call.path}: {exc!r}") from exc
+            if response.status_code != 503 or attempt == RETRIES:
+                break
+            time.sleep(retry_delay(attempt, response.headers.get("Retry-After")))
         return body_of(response)
 
     def create_run(

@@ -76,9 +76,14 @@ class NotFound(ApiError):
 
 
 class Conflict(ApiError):
-    """409: the run changed since the revision the caller expected (a concurrent change won)."""
+    """409: the run changed since the revision the caller expected (a concurrent change won),
+    or a creation's run id is already used (``code`` ``run_id_taken``)."""
 
     default_status = 409
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "") -> None:
+        super().__init__(message, status=status)
+        self.code = code
 
 
 class Gone(ApiError):
@@ -104,9 +109,15 @@ class ServerError(ApiError):
 
 
 class Unavailable(ServerError):
-    """503: the service is not ready yet (agents catching up)."""
+    """503: not now, retry after ``retry_after`` seconds (agents catching up, a partition without
+    a settled owner, a write whose apply did not come in time). The answer carries
+    ``Retry-After``."""
 
     default_status = 503
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class Unreachable(ApiError):

@@ -1,10 +1,27 @@
-"""The route handlers: parse (``api.bodies``), call the use case (``api.service``), render
-(``api.views``). No business rules here."""
+"""The route handlers: parse (``api.bodies``), find the run's owner (``Owners.route``), then either
+call the use case here (``api.service``) or relay the request to the owner (``api.relay``), and
+render (``api.views``). No business rules here.
+
+Where a request about one run goes:
+
+* this worker owns and serves the run's partition → answered here;
+* another worker owns it → relayed there, its answer passed back unchanged;
+* no settled owner (rebalance, owner loading), or a *relayed* request reaching a worker that does
+  not own the partition (a stale map) → 503 with ``Retry-After``; clients retry.
+
+A creation allocates the run id here (the id decides the partition), then goes to the owner of
+that id with the id in ``RUN_ID_HEADER``; a 409 ``run_id_taken`` (the id was used by a producer
+writing to the log directly) makes this worker take the next id, a few times at most.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
+import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api.bodies import (
     CreateRequest,
@@ -17,53 +34,161 @@ from api.bodies import (
     parse_task_action,
     require_run_id,
 )
-from api.errors import Unavailable
-from api.ports import ApiDeps
-from api.service import RunService
+from api.errors import Conflict, Unavailable
+from api.ports import ApiDeps, Local, Remote
+from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
+from api.service import RUN_ID_TAKEN, RunService, check_creatable
 from api.views import etag, json_response, page_view, run_view
+from events import RunState, decode_state, encode_state, format_run_id
 
-__all__ = ["Handlers"]
+__all__ = ["RELAYED", "Handlers"]
+
+RELAYED = Counter(
+    "runstream_api_relayed", "API requests relayed to the worker owning the run", ["status"]
+)
+
+#: How many run ids a creation tries when ids turn out to be taken already.
+CREATE_ATTEMPTS = 5
+
+Local_ = Callable[[], Awaitable[web.StreamResponse]]
 
 
 class Handlers:
-    def __init__(self, service: RunService, deps: ApiDeps) -> None:
+    def __init__(self, service: RunService, deps: ApiDeps, relay: Relay) -> None:
         self.service = service
         self.deps = deps
+        self.relay = relay
 
-    async def create_run(self, request: web.Request) -> web.Response:
+    # ------------------------------------------------------------------------ routing
+    async def _at_owner(
+        self,
+        request: web.Request,
+        run_id: str,
+        here: Local_,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """``here()`` when this worker decides run ``run_id``, else the owner's answer."""
+        route = self.deps.owners.route(run_id)
+        if isinstance(route, Local):
+            return await here()
+        if isinstance(route, Remote) and not is_relayed(request):
+            response = await self.relay.forward(request, route.url, headers=headers)
+            RELAYED.labels(str(response.status)).inc()
+            return response
+        reason = (
+            route.reason
+            if not isinstance(route, Remote)
+            else f"this worker does not own the partition of run {run_id} (any more)"
+        )
+        raise Unavailable(f"{reason}; retry")
+
+    async def read_any(self, run_id: str) -> RunState | None:
+        """The newest state of any run, from its owner (here or through the relay)."""
+        route = self.deps.owners.route(run_id)
+        if isinstance(route, Local):
+            return await self.deps.owners.read(run_id)
+        if not isinstance(route, Remote):
+            raise Unavailable(f"{route.reason}; retry")
+        raise _NeedsRelay(route.url)
+
+    # ------------------------------------------------------------------------ runs
+    async def create_run(self, request: web.Request) -> web.StreamResponse:
+        req = parse_create(parse_body(await request.read()))
+        given = request.headers.get(RUN_ID_HEADER)
+        if given is not None and is_relayed(request):
+            run_id = require_run_id(given)
+            return await self._at_owner(request, run_id, lambda: self._create_here(request, run_id))
+        if isinstance(req, CreateRequest):
+            check_creatable(req)  # 400 before any id is spent
+        for _ in range(CREATE_ATTEMPTS):
+            run_id = format_run_id(await self.deps.ids.next())
+            try:
+                response = await self._at_owner(
+                    request,
+                    run_id,
+                    functools.partial(self._create_here, request, run_id),
+                    headers={RUN_ID_HEADER: run_id},
+                )
+            except Conflict as exc:
+                if exc.code != RUN_ID_TAKEN:
+                    raise
+                continue
+            if not _is_taken(response):
+                return response
+        raise Unavailable("run ids were taken by other producers; retry")
+
+    async def _create_here(self, request: web.Request, run_id: str) -> web.Response:
         req = parse_create(parse_body(await request.read()))
         if isinstance(req, CreateRequest):
-            state = await self.service.create(req)
+            state = await self.service.create(req, run_id)
         else:
-            state = await self.service.recreate(req)
+            state = await self.service.recreate(
+                req, run_id, lambda old: self._read_old(request, old)
+            )
         headers = {"Location": f"/api/v1/runs/{state.run.id}", "ETag": etag(state)}
         return json_response(run_view(state), status=201, headers=headers)
 
-    async def get_run(self, request: web.Request) -> web.Response:
-        state = await self.service.get(require_run_id(request.match_info["run_id"]))
-        return json_response(run_view(state), headers={"ETag": etag(state)})
+    async def _read_old(self, request: web.Request, run_id: str) -> RunState | None:
+        """The run a recreation copies, from its owner."""
+        try:
+            return await self.read_any(run_id)
+        except _NeedsRelay as far:
+            status, _, body = await self.relay.fetch(
+                request,
+                far.url,
+                method="GET",
+                path=f"/api/v1/runs/{run_id}",
+                body=b"",
+                headers={"Accept": STATE_TYPE, "Content-Type": "application/json"},
+            )
+            if status == 404:
+                return None
+            if status == 200:
+                return decode_state(body)
+            raise _passed_on(status, body) from None
+
+    async def get_run(self, request: web.Request) -> web.StreamResponse:
+        run_id = require_run_id(request.match_info["run_id"])
+
+        async def here() -> web.Response:
+            state = await self.service.get(run_id)
+            if is_relayed(request) and request.headers.get("Accept") == STATE_TYPE:
+                return web.Response(body=encode_state(state), content_type=STATE_TYPE)
+            return json_response(run_view(state), headers={"ETag": etag(state)})
+
+        return await self._at_owner(request, run_id, here)
 
     async def list_runs(self, request: web.Request) -> web.Response:
         page = self.service.list_runs(parse_list_query(request.query))
         return json_response(page_view(page))
 
-    async def run_action(self, request: web.Request) -> web.Response:
+    async def run_action(self, request: web.Request) -> web.StreamResponse:
         run_id = require_run_id(request.match_info["run_id"])
         expected = parse_expected_seq(request.headers.get("If-Match"))
         action = parse_run_action(parse_body(await request.read()))
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        await self.service.run_action(run_id, action, expected, key)
-        return web.Response(status=204)
 
-    async def task_action(self, request: web.Request) -> web.Response:
+        async def here() -> web.Response:
+            await self.service.run_action(run_id, action, expected, key)
+            return web.Response(status=204)
+
+        return await self._at_owner(request, run_id, here)
+
+    async def task_action(self, request: web.Request) -> web.StreamResponse:
         run_id = require_run_id(request.match_info["run_id"])
         task_id = request.match_info["task_id"]
         expected = parse_expected_seq(request.headers.get("If-Match"))
         req = parse_task_action(parse_body(await request.read()))
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        await self.service.task_action(run_id, task_id, req, expected, key)
-        return web.Response(status=204)
 
+        async def here() -> web.Response:
+            await self.service.task_action(run_id, task_id, req, expected, key)
+            return web.Response(status=204)
+
+        return await self._at_owner(request, run_id, here)
+
+    # ------------------------------------------------------------------------ service
     async def healthz(self, request: web.Request) -> web.Response:
         if not self.deps.ready():
             raise Unavailable("not ready: the agents are catching up with the log")
@@ -71,3 +196,31 @@ class Handlers:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _NeedsRelay(Exception):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+def _is_taken(response: web.StreamResponse) -> bool:
+    """True for an owner's 409 ``run_id_taken`` passed back by the relay."""
+    if response.status != 409 or not isinstance(response, web.Response) or response.body is None:
+        return False
+    try:
+        body = orjson.loads(bytes(response.body))  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("code") == RUN_ID_TAKEN
+
+
+def _passed_on(status: int, body: bytes) -> Exception:
+    """The owner's error, to raise here with its status and message."""
+    from api.errors import error_for_status
+
+    try:
+        message = orjson.loads(body).get("message", "")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = ""
+    return error_for_status(status, message or "the owner of the run failed")

@@ -19,7 +19,14 @@ from prometheus_client import Counter, Histogram
 
 import events
 import indexer
-from api.errors import INTERNAL_MESSAGE, ApiError, PayloadTooLarge, Unauthorized
+from api.errors import (
+    INTERNAL_MESSAGE,
+    ApiError,
+    Conflict,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from api.views import json_response
 
 __all__ = ["REQUESTS", "REQUEST_SECONDS", "auth_middleware", "error_middleware"]
@@ -33,15 +40,29 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "runstream_api_request_seconds",
-    "HTTP API request handling time (streams: until the headers are sent)",
+    "HTTP API request handling time, relays to the owner included "
+    "(event streams: their whole life)",
     ["method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
 )
-_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Paths a probe or a scraper reads without the API token (they carry no run data).
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
-    return json_response({"message": message}, status=status, headers=headers)
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, code: str = ""
+) -> web.Response:
+    body = {"message": message, "code": code} if code else {"message": message}
+    return json_response(body, status=status, headers=headers)
+
+
+def api_error_response(exc: ApiError) -> web.Response:
+    """The answer for an ``ApiError``: 503 carries ``Retry-After``, 409 its ``code``."""
+    if isinstance(exc, Unavailable):
+        return error_response(exc.status, exc.message, {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, Conflict) and exc.code:
+        return error_response(exc.status, exc.message, code=exc.code)
+    return error_response(exc.status, exc.message)
 
 
 def _route(request: web.Request) -> str:
@@ -58,7 +79,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = error_response(exc.status, exc.message)
+        response = api_error_response(exc)
     except (events.BadRequest, indexer.QueryError) as exc:
         response = error_response(400, str(exc))
     except web.HTTPException as exc:
@@ -79,17 +100,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def auth_middleware(api_token: str, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:  # fmt: skip
-    """Writes need ``Authorization: Bearer <api_token>`` when a token is set (401); a body
-    announced above ``max_body_bytes`` is refused at once (413; aiohttp refuses the rest while
-    reading)."""
+    """Every request but ``OPEN_PATHS`` needs ``Authorization: Bearer <api_token>`` when a token
+    is set (401) — reads too, since a run's ``environment`` may hold secrets. A body announced
+    above ``max_body_bytes`` is refused at once (413; aiohttp refuses the rest while reading)."""
     expected = f"Bearer {api_token}".encode()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if api_token and request.method in _WRITES:
+        if api_token and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
-                raise Unauthorized("this API needs 'Authorization: Bearer <token>' for writes")
+                raise Unauthorized("this API needs 'Authorization: Bearer <token>'")
         length = request.content_length
         if length is not None and length > max_body_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes is above {max_body_bytes}")

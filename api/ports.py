@@ -2,35 +2,94 @@
 
 ``api/`` may not import ``agents/`` (import-linter), so the agents wire real implementations of
 these ports into :class:`ApiDeps`; ``tests/fakes_api.py`` has in-memory ones.
+
+The owner decides (DESIGN.md, "The HTTP API: the owner decides, any worker relays"): every
+request about one run is answered by the worker that owns the run's partition of ``runs.events``.
+:meth:`Owners.route` says where that is; :meth:`Owners.read` and :meth:`Owners.write` work only
+for a run whose partition this process owns and serves.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from events import Event, RunState
 from indexer import RunIndex
 
-__all__ = ["ApiDeps", "EventSink", "IdSource", "PhaseFeed", "RunSource"]
+__all__ = [
+    "ApiDeps",
+    "IdSource",
+    "Local",
+    "Owners",
+    "PhaseFeed",
+    "Refused",
+    "Remote",
+    "Route",
+    "Unsettled",
+    "Written",
+]
 
 
-class RunSource(Protocol):
-    """The newest state of a run the materializer has applied."""
+@dataclass(frozen=True, slots=True)
+class Local:
+    """This process owns the run's partition and serves it."""
 
-    async def get(self, run_id: str) -> RunState | None:
-        """The state of run ``run_id`` (16-digit form), or None if the run is unknown.
 
-        May lag the log: the API covers its own writes with a cache (read-your-writes)."""
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """Another worker owns the run's partition; ``url`` is its API's base URL."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsettled:
+    """No settled owner right now (rebalance, the owner still loading): answer 503."""
+
+    reason: str
+
+
+Route = Local | Remote | Unsettled
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The owner's materializer applied the event (``duplicate``: it had applied it before)."""
+
+    state: RunState
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The owner's materializer refused the event, for ``reason`` (the reducer's words)."""
+
+    reason: str
+
+
+class Owners(Protocol):
+    """The runs of the partitions this process owns, and where the others live."""
+
+    def route(self, run_id: str) -> Route:
+        """Where requests about run ``run_id`` (16-digit form) are decided. Never blocks."""
         ...
 
+    async def read(self, run_id: str) -> RunState | None:
+        """The live state of a run of an owned partition (None: no such run).
 
-class EventSink(Protocol):
-    """The run event log (``runs.events``)."""
+        Linearizable: it reflects every write that got a 2xx. Raises ``api.errors.Unavailable``
+        when the partition is not owned or not caught up with the log."""
+        ...
 
-    async def append(self, events: Sequence[Event]) -> None:
-        """Append ``events``; return once the log acknowledged all of them, else raise."""
+    async def write(self, event: Event) -> Written | Refused:
+        """Append ``event`` to the log and wait until the owner's materializer judged it.
+
+        Raises ``api.errors.PayloadTooLarge`` (before appending) when the encoded event exceeds
+        what the log accepts, ``api.errors.Unavailable`` when the partition is not served here,
+        moved while waiting, or the apply did not come within the timeout (the outcome is then
+        unknown: the event is in the log and may still be applied)."""
         ...
 
 
@@ -61,12 +120,13 @@ class PhaseFeed(Protocol):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiDeps:
     """Everything :func:`api.create_api` needs. ``ready`` is true once the agents caught up
-    with the log (``/healthz``); ``clock`` gives milliseconds since the epoch (event times)."""
+    with the log (``/healthz``); ``clock`` gives milliseconds since the epoch (event times);
+    ``self_url`` is this worker's own base URL as the other workers reach it."""
 
-    runs: RunSource
-    sink: EventSink
+    owners: Owners
     ids: IdSource
     index: RunIndex
     feed: PhaseFeed
     ready: Callable[[], bool]
     clock: Callable[[], int]
+    self_url: str = ""

@@ -1,14 +1,17 @@
-"""The API's use cases, free of HTTP: create, recreate, read, act on runs and tasks.
+"""The API's use cases at the owner of a run's partition, free of HTTP: create, recreate, read,
+act on runs and tasks.
 
-Writes are events. A write loads the run's newest state (cache or source, see ``api.cache``),
-checks it by calling the pure reducer on the event (a refusal is a 400 with the reducer's
-reason), appends the event to the log, and remembers the reducer's result for read-your-writes.
-The materializer later applies the same event to the same state and reaches the same result.
+Everything here runs on the worker that owns the run's partition (``api.handlers`` relays the
+request there first): reads come from the materializer's live state, and a write is an event
+that is answered only after that materializer judged it (``Owners.write``): the reducer's result
+*there* is the answer — 201/204 when applied, 400 with its reason when refused. Before appending,
+the same reducer checks the event against the live state, so a request that cannot pass is
+refused without adding an event to the log; the answer still comes from the apply, since another
+producer may append to the run in between.
 
-Within one process, writes to one run are serialized (a per-run lock), so two concurrent
-actions cannot both pass against the same state. Across processes the materializer is the
-referee: a request it refuses later is recorded as a rejection, never applied. A caller that
-must not act on a stale state sends the revision it saw (``expected_seq``): 409 if it moved.
+Writes to one run are serialized in this process (a per-run lock), so two concurrent API
+actions on a run are judged one after the other; a caller that must not act on a stale state
+sends the revision it saw (``expected_seq``): 409 if it moved.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,9 +31,8 @@ from api.bodies import (
     TaskAction,
     TaskActionRequest,
 )
-from api.cache import WriteCache, newer
 from api.errors import BadRequest, Conflict, NotFound
-from api.ports import ApiDeps
+from api.ports import ApiDeps, Refused
 from events import (
     CancelRequested,
     CannotRecreate,
@@ -46,13 +48,15 @@ from events import (
     apply,
     can_recreate,
     check_create,
-    format_run_id,
     make_event,
     recreate,
 )
 from indexer import Page, validate_group
 
-__all__ = ["RunService"]
+__all__ = ["RUN_ID_TAKEN", "RunService", "check_creatable"]
+
+#: The ``code`` of the 409 a creation gets when its run id is already used.
+RUN_ID_TAKEN = "run_id_taken"
 
 _RUN_ACTIONS: dict[RunAction, Payload] = {
     RunAction.START: StartRequested(),
@@ -60,27 +64,27 @@ _RUN_ACTIONS: dict[RunAction, Payload] = {
     RunAction.STOP: StopRequested(),
 }
 
+#: Reads the newest state of any run, wherever its owner is (recreation needs the old run).
+StateReader = Callable[[str], Awaitable[RunState | None]]
+
+
+def check_creatable(req: CreateRequest) -> None:
+    """400 unless ``req`` can form a run (checked before any run id is spent)."""
+    check_create(group=req.group, tasks=req.tasks, setup_errors=req.setup_errors)
+    validate_group(req.group)  # the index is stricter (no control characters)
+
 
 class RunService:
     """The use cases behind the routes; raises ``api.errors`` (and ``events.BadRequest``,
     ``indexer.QueryError``, which the middleware maps to 400)."""
 
-    def __init__(self, deps: ApiDeps, cache: WriteCache) -> None:
+    def __init__(self, deps: ApiDeps) -> None:
         self.deps = deps
-        self.cache = cache
         self._locks: dict[str, list[Any]] = {}  # run id → [lock, users]
 
-    async def load(self, run_id: str) -> RunState | None:
-        """The newest state of ``run_id`` this process knows (cached write or source)."""
-        cached = self.cache.get(run_id)
-        source = await self.deps.runs.get(run_id)
-        best = newer(cached, source)
-        if cached is not None and best is source:
-            self.cache.forget(run_id)
-        return best
-
     async def get(self, run_id: str) -> RunState:
-        state = await self.load(run_id)
+        """The live state of a run of an owned partition; 404 when there is no such run."""
+        state = await self.deps.owners.read(run_id)
         if state is None:
             raise NotFound(f"run {run_id} not found")
         return state
@@ -98,12 +102,11 @@ class RunService:
             cursor=q.cursor,
         )
 
-    async def create(self, req: CreateRequest) -> RunState:
-        """A new run (``setuperror`` when its tasks are inconsistent or it carries setup
-        errors). 400 before any id is spent when the request cannot form a run."""
-        check_create(group=req.group, tasks=req.tasks, setup_errors=req.setup_errors)
-        validate_group(req.group)  # the index is stricter (no control characters)
-        run_id = format_run_id(await self.deps.ids.next())
+    async def create(self, req: CreateRequest, run_id: str) -> RunState:
+        """Run ``run_id`` (allocated by the caller, in a partition owned here) from ``req``:
+        ``setuperror`` when its tasks are inconsistent or it carries setup errors. 409
+        ``run_id_taken`` when a run with that id exists already."""
+        check_creatable(req)
         data = RunCreated(
             name=req.name,
             group=req.group,
@@ -113,19 +116,36 @@ class RunService:
             annotations=req.annotations,
             setup_errors=req.setup_errors,
         )
-        return await self._commit(None, self._event(data, run_id, f"{run_id}.created"))
+        return await self._create(run_id, data)
 
-    async def recreate(self, req: RecreateRequest) -> RunState:
-        """A new run made from run ``req.run_id`` (DESIGN.md's recreation rules)."""
-        old = await self.get(req.run_id)
+    async def recreate(self, req: RecreateRequest, run_id: str, read_any: StateReader) -> RunState:
+        """Run ``run_id`` made from run ``req.run_id`` (DESIGN.md's recreation rules); the old
+        run is read through ``read_any`` from its own owner."""
+        old = await read_any(req.run_id)
+        if old is None:
+            raise NotFound(f"run {req.run_id} not found")
         reason = can_recreate(old, from_start=req.from_start)
         if reason is not None:
             raise CannotRecreate(reason)
-        run_id = format_run_id(await self.deps.ids.next())
         data = recreate(
             old, new_run_id=run_id, environment=req.environment, from_start=req.from_start
         )
-        return await self._commit(None, self._event(data, run_id, f"{run_id}.created"))
+        return await self._create(run_id, data)
+
+    async def _create(self, run_id: str, data: RunCreated) -> RunState:
+        # No read first: for a new id that would cost a storage read per creation. The owner's
+        # reducer refuses a creation only when the run exists (active, or in the final-id set).
+        event = self._event(data, run_id, f"{run_id}.created")
+        check = apply(None, event)
+        if isinstance(check, Rejected):
+            raise BadRequest(check.reason)
+        outcome = await self.deps.owners.write(event)
+        # Refused: the run exists. A duplicate: a creation with the same event id was applied
+        # before — another producer's, since this id was allocated for this request alone.
+        if isinstance(outcome, Refused) or outcome.duplicate:
+            why = outcome.reason if isinstance(outcome, Refused) else "created by another producer"
+            raise Conflict(f"run id {run_id} is already used ({why})", code=RUN_ID_TAKEN)
+        return outcome.state
 
     async def run_action(
         self,
@@ -173,7 +193,7 @@ class RunService:
                 raise NotFound(f"run {run_id} has no task {task_id!r}")
             # Without a key, a fresh id per request: two requests are two facts. With an
             # Idempotency-Key, the id is derived from it, so a retried request is the same event
-            # and the reducer applies it once, whichever API process the retry reaches.
+            # and the reducer applies it once, whichever worker the retry reaches.
             event_id = uuid.uuid4().hex if key is None else _keyed_event_id(run_id, key, data)
             await self._commit(state, self._event(data, run_id, event_id))
 
@@ -181,13 +201,15 @@ class RunService:
         return make_event(data, id=event_id, run_id=run_id, at=self.deps.clock())
 
     async def _commit(self, state: RunState | None, event: Event) -> RunState:
-        outcome = apply(state, event)
-        if isinstance(outcome, Rejected):
+        """Check ``event`` against ``state``, append it, and answer with the owner's judgement."""
+        check = apply(state, event)
+        if isinstance(check, Rejected):
+            raise BadRequest(check.reason)
+        if check.duplicate:
+            return check.state  # a retry of an applied request: nothing to append
+        outcome = await self.deps.owners.write(event)
+        if isinstance(outcome, Refused):
             raise BadRequest(outcome.reason)
-        if outcome.duplicate:
-            return outcome.state  # a retry of an applied request: nothing to append
-        await self.deps.sink.append([event])
-        self.cache.put(outcome.state)
         return outcome.state
 
     @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from api.errors import ApiError, error_for_status
 
 __all__ = [
     "DEFAULT_URL",
+    "RETRIES",
     "Call",
     "Calls",
     "SseParser",
@@ -22,10 +24,35 @@ __all__ = [
     "content_of",
     "error_from_response",
     "headers_of",
+    "retry_delay",
+    "with_retry_key",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:6066"
 _BODY_PREVIEW = 200
+
+#: How many times a client retries a 503 (no settled owner, owner loading) before raising it.
+RETRIES = 8
+_BACKOFF_BASE, _BACKOFF_CAP = 0.1, 2.0
+
+
+def retry_delay(attempt: int, retry_after: str | None) -> float:
+    """Seconds before retry ``attempt`` (0-based): exponential from 0.1 s, at most 2 s, and never
+    shorter than the server's ``Retry-After`` (itself capped at 4 s)."""
+    delay: float = min(_BACKOFF_CAP, _BACKOFF_BASE * float(2 ** min(attempt, 16)))
+    if retry_after is not None and retry_after.isdigit():
+        delay = max(delay, min(float(retry_after), 2 * _BACKOFF_CAP))
+    return delay
+
+
+def with_retry_key(call: Call) -> Call:
+    """``call`` with an ``Idempotency-Key`` when it is an action without one: a retried action is
+    then the same event, applied at most once however often it is sent."""
+    if call.method != "PUT" or (call.headers and "Idempotency-Key" in call.headers):
+        return call
+    headers = dict(call.headers or {})
+    headers["Idempotency-Key"] = f"client.{uuid.uuid4().hex}"
+    return Call(call.method, call.path, call.params, call.body, headers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,8 +1,8 @@
 """In-memory implementations of the API's ports (``api.ports``), for tests and the bench.
 
-``FakeRuns`` plays the materializer: ``materialize()`` folds the events the sink received into
-run states with the real reducer, and publishes the derived phase changes to a ``FakeFeed``.
-Nothing is applied until a test calls it, so read-your-writes can be tested honestly.
+``FakeOwners`` plays the owner of every partition: a write is applied at once by the real
+reducer (as the owner's materializer does before the API answers); ``Fakes.materialize()`` plays
+the indexer and the phase stream (index entries, phase changes on a ``FakeFeed``).
 """
 
 from __future__ import annotations
@@ -10,38 +10,75 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from api import ApiDeps, CursorExpired, InvalidCursor
-from events import Applied, Event, RunState, apply
+from api import (
+    ApiDeps,
+    CursorExpired,
+    InvalidCursor,
+    Local,
+    PayloadTooLarge,
+    Refused,
+    Route,
+    Written,
+)
+from events import Applied, Event, RunState, apply, encode
 from indexer import RunIndex
 
 
-class FakeRuns:
-    """``RunSource``: states by run id."""
+class FakeOwners:
+    """``Owners``: this process owns every run (``route`` → ``Local``) unless ``routes`` says
+    otherwise; ``write`` appends to ``events`` and, like the owner's materializer, applies it at
+    once with the real reducer (``apply_writes=False``: the test applies them with
+    ``Fakes.materialize``, and a write then waits until it does)."""
 
     def __init__(self) -> None:
         self.states: dict[str, RunState] = {}
-        self.fail_with: BaseException | None = None  # injected failure for every get
+        self.events: list[Event] = []
+        self.derived: list[Event] = []  # the phase changes the reducer derived, in order
+        self.routes: dict[str, Route] = {}
+        self.fail_with: BaseException | None = None  # injected failure for every read/write
+        self.append_fails_with: BaseException | None = None
+        self.max_event_bytes = 1 << 20
+        self.apply_writes = True
+        self._pending: dict[str, asyncio.Future[Written | Refused]] = {}
 
-    async def get(self, run_id: str) -> RunState | None:
+    def route(self, run_id: str) -> Route:
+        return self.routes.get(run_id, Local())
+
+    async def read(self, run_id: str) -> RunState | None:
         if self.fail_with is not None:
             raise self.fail_with
         return self.states.get(run_id)
 
-
-class FakeSink:
-    """``EventSink``: keeps every appended event, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.fail_with: BaseException | None = None
-
-    async def append(self, events: Sequence[Event]) -> None:
+    async def write(self, event: Event) -> Written | Refused:
         if self.fail_with is not None:
             raise self.fail_with
-        self.events.extend(events)
+        size = len(encode(event)) + 2
+        if size > self.max_event_bytes:
+            raise PayloadTooLarge(f"the event is {size} bytes, above {self.max_event_bytes}")
+        if self.append_fails_with is not None:
+            raise self.append_fails_with
+        self.events.append(event)
+        if not self.apply_writes:
+            fut = self._pending[event.id] = asyncio.get_running_loop().create_future()
+            return await fut
+        return self.apply(event)
+
+    def apply(self, event: Event) -> Written | Refused:
+        """What the owner's materializer does with ``event``."""
+        out = apply(self.states.get(event.run_id), event)
+        if not isinstance(out, Applied):
+            decision: Written | Refused = Refused(out.reason)
+        else:
+            self.states[event.run_id] = out.state
+            self.derived.extend(out.derived)
+            decision = Written(out.state, duplicate=out.duplicate)
+        pending = self._pending.pop(event.id, None)
+        if pending is not None and not pending.done():
+            pending.set_result(decision)
+        return decision
 
 
 class FakeIds:
@@ -104,19 +141,18 @@ class FakeFeed:
 
 @dataclass
 class Fakes:
-    runs: FakeRuns = field(default_factory=FakeRuns)
-    sink: FakeSink = field(default_factory=FakeSink)
+    owners: FakeOwners = field(default_factory=FakeOwners)
     ids: FakeIds = field(default_factory=FakeIds)
     index: RunIndex = field(default_factory=RunIndex)
     feed: FakeFeed = field(default_factory=FakeFeed)
     ready_flag: bool = True
     now: int | None = None  # fixed clock when set
-    applied: int = 0  # how many sink events materialize() has consumed
+    applied: int = 0  # how many logged events materialize() has consumed
+    published: int = 0  # how many derived events materialize() has published
 
     def deps(self) -> ApiDeps:
         return ApiDeps(
-            runs=self.runs,
-            sink=self.sink,
+            owners=self.owners,
             ids=self.ids,
             index=self.index,
             feed=self.feed,
@@ -125,20 +161,21 @@ class Fakes:
         )
 
     def materialize(self) -> None:
-        """Apply the events appended since the last call, like the materializer and the
-        indexer would: states, index entries and phase changes on the feed."""
-        for event in self.sink.events[self.applied :]:
-            out = apply(self.runs.states.get(event.run_id), event)
-            if isinstance(out, Applied):
-                self.runs.states[event.run_id] = out.state
-                for d in out.derived:
-                    data = d.data
-                    self.index.apply(
-                        int(d.run_id),
-                        data.group,
-                        data.phase,
-                        data.result,
-                        data.seq,  # type: ignore[union-attr]
-                    )
-                    self.feed.publish(d)
-        self.applied = len(self.sink.events)
+        """Apply the events logged since the last call (when the owner did not apply them at
+        once), then do what the indexer and the phase stream do with the derived phase changes:
+        index entries, and phase changes on the feed."""
+        if not self.owners.apply_writes:
+            for event in self.owners.events[self.applied :]:
+                self.owners.apply(event)
+        self.applied = len(self.owners.events)
+        for d in self.owners.derived[self.published :]:
+            data = d.data
+            self.index.apply(
+                int(d.run_id),
+                data.group,  # type: ignore[union-attr]
+                data.phase,  # type: ignore[union-attr]
+                data.result,  # type: ignore[union-attr]
+                data.seq,  # type: ignore[union-attr]
+            )
+            self.feed.publish(d)
+        self.published = len(self.owners.derived)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any
 
@@ -55,16 +56,106 @@ async def test_create_gives_201_with_run_and_config_and_event_in_log() -> None:
         assert resp.headers["Location"] == f"{RUNS}/{run['id']}"
         assert resp.headers["ETag"] == '"1"'
         assert body["seq"] == 1
-        [event] = fakes.sink.events
+        [event] = fakes.owners.events
         assert (event.type, event.id, event.run_id) == (EventType.RUN_CREATED, f"{run['id']}.created", run["id"])  # fmt: skip
 
 
-async def test_created_run_is_read_back_at_once_before_the_materializer_applied_it() -> None:
-    async with served() as (client, fakes):
-        created = await create(client)
-        assert fakes.runs.states == {}  # nothing materialized yet
+async def test_a_write_answers_only_once_the_owner_applied_it_and_reads_show_it() -> None:
+    fakes = Fakes()
+    fakes.owners.apply_writes = False  # the owner's materializer applies when the test says
+    async with served(fakes) as (client, _):
+        pending = asyncio.ensure_future(client.post(RUNS, json=new_run()))
+        for _ in range(50):
+            if fakes.owners.events:
+                break
+            await asyncio.sleep(0.01)
+        [event] = fakes.owners.events  # in the log ...
+        assert not pending.done()  # ... but no answer before the apply
+        await error_of(await client.get(f"{RUNS}/{event.run_id}"), 404)  # not applied: not there
+        fakes.materialize()
+        created = await json_of(await pending, 201)
         got = await json_of(await client.get(f"{RUNS}/{created['run']['id']}"), 200)
         assert got == created
+
+
+async def test_a_write_the_owner_refuses_at_apply_is_400_with_its_reason_never_2xx() -> None:
+    fakes = Fakes()
+    async with served(fakes) as (client, _):
+        run_id = (await create(client))["run"]["id"]
+        fakes.owners.apply_writes = False
+        pending = asyncio.ensure_future(act(client, run_id, "start"))
+        for _ in range(50):
+            if len(fakes.owners.events) == 2:
+                break
+            await asyncio.sleep(0.01)
+        # Before the owner applies our start, another producer's cancel lands first.
+        from events import CancelRequested, make_event
+
+        fakes.owners.apply(make_event(CancelRequested(), id="other", run_id=run_id, at=1))
+        fakes.materialize()  # the owner applies our start now, and refuses it
+        assert "a final phase never changes" in await error_of(await pending, 400)
+        got = await json_of(await client.get(f"{RUNS}/{run_id}"), 200)
+        assert got["run"]["phase"] == "cancelled"
+
+
+async def test_a_creation_whose_id_is_taken_takes_the_next_id() -> None:
+    fakes = Fakes()
+    async with served(fakes) as (client, _):
+        # Runs 1 and 2 exist; then the id source hands out 1 and 2 again (as if a producer
+        # writing straight to the log had used them).
+        first = await create(client, new_run(name="direct"))
+        await create(client)
+        fakes.ids._next = itertools.count(1)
+        created = await create(client)
+        assert created["run"]["id"] == "0000000000000003"
+        assert fakes.owners.states[first["run"]["id"]].run.name == "direct"  # untouched
+        # The two creations with taken ids reached the log and were refused by the owner.
+        assert len(fakes.owners.events) == 5
+        assert fakes.owners.states["0000000000000002"].run.name == "build"
+
+
+async def test_an_event_larger_than_the_log_accepts_is_413_before_the_append() -> None:
+    fakes = Fakes()
+    fakes.owners.max_event_bytes = 2_000
+    async with served(fakes) as (client, _):
+        big = new_run(task("a"), environment={"BIG": "x" * 3_000})
+        message = await error_of(await client.post(RUNS, json=big), 413)
+        assert "bytes" in message
+        assert str(fakes.owners.max_event_bytes) in message
+        assert fakes.owners.events == []
+
+
+async def test_no_settled_owner_is_503_with_retry_after_and_a_json_message() -> None:
+    from api import Unsettled
+
+    fakes = Fakes()
+    async with served(fakes) as (client, _):
+        run_id = "0000000000000007"
+        fakes.owners.routes[run_id] = Unsettled("partition 3 has no owner right now (rebalance)")
+        resp = await client.get(f"{RUNS}/{run_id}")
+        assert "rebalance" in await error_of(resp, 503)
+        assert resp.headers["Retry-After"] == "1"
+        resp = await act(client, run_id, "start")
+        assert "rebalance" in await error_of(resp, 503)
+        assert fakes.owners.events == []
+
+
+async def test_a_relayed_request_for_a_partition_owned_elsewhere_is_503_never_relayed_again() -> (
+    None
+):
+    from api import Remote
+    from api.relay import RELAY_HEADER
+
+    fakes = Fakes()
+    async with served(fakes) as (client, _):
+        run_id = "0000000000000007"
+        fakes.owners.routes[run_id] = Remote("http://127.0.0.1:9")  # nothing listens there
+        relayed = {RELAY_HEADER: "http://127.0.0.1:1"}
+        resp = await client.get(f"{RUNS}/{run_id}", headers=relayed)
+        assert "does not own" in await error_of(resp, 503)
+        # Not relayed: the owner is tried, and its silence is a 503 too.
+        resp = await client.get(f"{RUNS}/{run_id}")
+        assert "did not answer" in await error_of(resp, 503)
 
 
 async def test_inconsistent_tasks_give_a_setuperror_run_still_201() -> None:
@@ -123,7 +214,7 @@ async def test_a_request_that_cannot_form_a_run_is_400_naming_the_problem_and_sp
     async with served() as (client, fakes):
         resp = await client.post(RUNS, data=body, headers={"Content-Type": "application/json"})
         assert needle in await error_of(resp, 400)
-        assert fakes.sink.events == []
+        assert fakes.owners.events == []
         assert await fakes.ids.next() == 1  # no id was spent
 
 
@@ -144,7 +235,7 @@ async def failed_run(client: Any, fakes: Fakes) -> str:
 async def test_recreate_a_failed_run_keeps_successful_tasks_and_replaces_environment() -> None:
     async with served() as (client, fakes):
         old = await failed_run(client, fakes)
-        assert fakes.runs.states[old].run.phase == "finished"
+        assert fakes.owners.states[old].run.phase == "finished"
         body = await create(client, {"run_id": old, "environment": {"E": "2"}})
         run, rc = body["run"], body["run_config"]
         assert run["id"] != old
@@ -254,10 +345,10 @@ async def test_run_actions_are_204_and_refused_ones_400_with_the_reason() -> Non
         other = (await create(client))["run"]["id"]
         assert (await act(client, other, "cancel")).status == 204
         assert "final phase" in await error_of(await act(client, other, "start"), 400)
-        types = [e.type for e in fakes.sink.events]
+        types = [e.type for e in fakes.owners.events]
         assert types.count(EventType.START_REQUESTED) == 1
         assert len(types) == 5
-        assert len({e.id for e in fakes.sink.events}) == 5
+        assert len({e.id for e in fakes.owners.events}) == 5
 
 
 async def test_actions_on_unknown_runs_404_and_bad_bodies_400() -> None:
@@ -308,7 +399,7 @@ async def test_task_actions_approve_and_annotations() -> None:
         await error_of(await task_act(client, "0000000000000077", "a", {"action_type": "approve"}), 404)  # fmt: skip
         await error_of(await task_act(client, run_id, "b", {"action_type": "setannotations"}), 400)
         await error_of(await task_act(client, run_id, "b", {"action_type": "approve", "annotations": {}}), 400)  # fmt: skip
-        assert [e.type for e in fakes.sink.events][-2:] == [EventType.TASK_APPROVED, EventType.TASK_ANNOTATIONS_SET]  # fmt: skip
+        assert [e.type for e in fakes.owners.events][-2:] == [EventType.TASK_APPROVED, EventType.TASK_ANNOTATIONS_SET]  # fmt: skip
 
 
 # -- conventions ---------------------------------------------------------------------------------
@@ -333,10 +424,10 @@ async def test_bodies_above_the_limit_are_413_announced_or_streamed() -> None:
 
         resp = await client.post(RUNS, data=chunks(), headers={"Content-Type": "application/json"})
         await error_of(resp, 413)
-        assert fakes.sink.events == []
+        assert fakes.owners.events == []
 
 
-async def test_writes_need_the_token_when_one_is_configured() -> None:
+async def test_every_request_but_the_probes_needs_the_token_when_one_is_configured() -> None:
     async with served(api_token="s3cret") as (client, fakes):
         assert "Bearer" in await error_of(await client.post(RUNS, json=new_run()), 401)
         wrong = {"Authorization": "Bearer nope"}
@@ -345,15 +436,21 @@ async def test_writes_need_the_token_when_one_is_configured() -> None:
         good = {"Authorization": "Bearer s3cret"}
         resp = await client.post(RUNS, json=new_run(), headers=good)
         run_id = (await json_of(resp, 201))["run"]["id"]
-        assert (await client.get(f"{RUNS}/{run_id}")).status == 200  # reads need no token
-        assert len(fakes.sink.events) == 1
+        # Reads too: a run's environment may hold secrets.
+        await error_of(await client.get(f"{RUNS}/{run_id}"), 401)
+        await error_of(await client.get(RUNS), 401)
+        await error_of(await client.get(f"{RUNS}/events"), 401)
+        assert (await client.get(f"{RUNS}/{run_id}", headers=good)).status == 200
+        assert (await client.get("/healthz")).status == 200
+        assert (await client.get("/metrics")).status == 200
+        assert len(fakes.owners.events) == 1
 
 
 async def test_an_internal_failure_is_500_with_the_generic_message_and_the_cause_only_in_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with served() as (client, fakes):
-        fakes.runs.fail_with = RuntimeError("etcd password hunter2 leaked")
+        fakes.owners.fail_with = RuntimeError("etcd password hunter2 leaked")
         with caplog.at_level(logging.ERROR, logger="runstream.api"):
             resp = await client.get(f"{RUNS}/0000000000000001")
             text = await resp.text()
@@ -361,8 +458,8 @@ async def test_an_internal_failure_is_500_with_the_generic_message_and_the_cause
         assert "hunter2" not in text
         assert "RuntimeError" not in text
         assert "hunter2" in caplog.text
-        fakes.runs.fail_with = None
-        fakes.sink.fail_with = ConnectionError("kafka down at 10.0.0.7")
+        fakes.owners.fail_with = None
+        fakes.owners.append_fails_with = ConnectionError("kafka down at 10.0.0.7")
         resp = await client.post(RUNS, json=new_run())
         assert await error_of(resp, 500) == INTERNAL_MESSAGE
         # The failed write is not remembered: nobody reads a run the log never got.
@@ -393,7 +490,7 @@ async def test_a_retried_action_with_the_same_idempotency_key_is_applied_once() 
         key = {"Idempotency-Key": "deploy-42/start"}
         assert (await act(client, run_id, "start", headers=key)).status == 204
         assert (await act(client, run_id, "start", headers=key)).status == 204  # the retry
-        starts = [e for e in fakes.sink.events if e.type is EventType.START_REQUESTED]
+        starts = [e for e in fakes.owners.events if e.type is EventType.START_REQUESTED]
         assert len(starts) == 1
         # Another key is another request, refused by the state as usual.
         other = {"Idempotency-Key": "deploy-43/start"}
@@ -401,7 +498,7 @@ async def test_a_retried_action_with_the_same_idempotency_key_is_applied_once() 
         # The same key on another run or for another action is a different event.
         second = (await create(client))["run"]["id"]
         assert (await act(client, second, "start", headers=key)).status == 204
-        ids = [e.id for e in fakes.sink.events if e.type is EventType.START_REQUESTED]
+        ids = [e.id for e in fakes.owners.events if e.type is EventType.START_REQUESTED]
         assert len(ids) == len(set(ids)) == 2
         assert "Idempotency-Key" in await error_of(
             await act(client, run_id, "stop", headers={"Idempotency-Key": "é"}), 400

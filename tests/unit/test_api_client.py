@@ -57,7 +57,7 @@ async def test_async_client_round_trip_and_each_error_class_with_the_server_mess
             fakes.materialize()
             page = await c.list_runs(groups=[GROUP], phases=["running"])
             assert [r["id"] for r in page["runs"]] == [run_id]
-            fakes.runs.fail_with = RuntimeError("boom")
+            fakes.owners.fail_with = RuntimeError("boom")
             with pytest.raises(ServerError) as err:
                 await c.get_run(run_id)
             assert (err.value.status, err.value.message) == (500, INTERNAL_MESSAGE)
@@ -207,7 +207,7 @@ async def test_client_retry_with_an_idempotency_key_is_applied_once() -> None:
         run_id = (await c.create_run(name="b", group=GROUP, tasks=[task("a")]))["run"]["id"]
         await c.start(run_id, idempotency_key="attempt-1")
         await c.start(run_id, idempotency_key="attempt-1")  # a retry after a lost answer
-        starts = [e for e in fakes.sink.events if e.type.value == "run.start_requested"]
+        starts = [e for e in fakes.owners.events if e.type.value == "run.start_requested"]
         assert len(starts) == 1
         with pytest.raises(BadRequest, match="only a queued run starts"):
             await c.start(run_id, idempotency_key="attempt-2")

@@ -41,9 +41,9 @@ async def served(fakes: Fakes | None = None, **options: Any) -> AsyncIterator[tu
 def set_task_status(fakes: Fakes, run_id: str, task_id: str, status: TaskStatus) -> None:
     """What an executor would report, applied straight to the source (the API has no route)."""
     fakes.materialize()
-    state = fakes.runs.states[run_id]
+    state = fakes.owners.states[run_id]
     data = TaskStatusChanged(task_id=task_id, status=status)
     event = make_event(data, id=f"x-{task_id}-{status}", run_id=run_id, at=10)
     out = apply(state, event)
     assert isinstance(out, Applied), out
-    fakes.runs.states[run_id] = out.state
+    fakes.owners.states[run_id] = out.state

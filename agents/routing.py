@@ -1,0 +1,155 @@
+"""Who decides a run: the ``api.ports.Owners`` of a worker (DESIGN.md, "The owner decides").
+
+Ownership comes from Faust's partition assignor, not a registry of our own: every member puts its
+``canonical_url`` (this worker's API URL, ``agents.app.self_url``) into the group metadata, and the
+leader hands every member the map *member URL → partitions it actively owns*
+(``app.router.external_topics_metadata()``), refreshed at every rebalance. A run's partition is
+``partition_for(run_id, partitions)`` — the producer's murmur2, the same as Kafka's default
+partitioner. So :meth:`OwnedRuns.route` is a dictionary lookup:
+
+* the partition is owned here (the materializer holds its ``PartitionOwner``) and serving →
+  ``Local``; owned here but still loading or catching up → ``Unsettled``;
+* the map names another member → ``Remote(url)``; the map names no one, or names this worker
+  while the materializer does not hold the partition (assignment in progress) → ``Unsettled``.
+
+The map is as of the last rebalance; during one it is stale, and a relayed request reaching a
+worker that no longer owns the partition answers 503 (``api.handlers``), never relays again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from agents.owner import PartitionOwner
+from agents.producer import partition_for
+from agents.waiters import ApplyOutcome, NotServing, PartitionMoved
+from api.errors import PayloadTooLarge, Unavailable
+from api.ports import Local, Refused, Remote, Route, Unsettled, Written
+from events import Event, RunState, encode
+
+__all__ = ["OwnedRuns", "UrlMap"]
+
+log = logging.getLogger("runstream.routing")
+
+LOCAL = Local()
+#: Bytes a commit adds around one event (``[`` and ``]``).
+_COMMIT_OVERHEAD = 2
+
+#: ``{url: {topic: [partitions]}}`` as Faust's assignor hands it to every member.
+UrlMap = Mapping[str, Mapping[str, Sequence[int]]]
+
+
+class OwnedRuns:
+    """``api.ports.Owners`` over the materializer's partition owners and Faust's ownership map."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        self_url: str,
+        owners: Callable[[int], PartitionOwner | None],
+        url_map: Callable[[], UrlMap],
+        append: Callable[[Sequence[Event]], Awaitable[None]],
+        max_event_bytes: int,
+        apply_timeout: float,
+    ) -> None:
+        self.topic = topic
+        self.self_url = self_url
+        self.partitions = 0  # set by ``start`` (the topic exists by then)
+        self._owners = owners
+        self._url_map = url_map
+        self._append = append
+        self.max_event_bytes = max_event_bytes
+        self.apply_timeout = apply_timeout
+        self._seen_map: object = None
+        self._urls: dict[int, str] = {}
+
+    # ------------------------------------------------------------------------- routing
+    def partition(self, run_id: str) -> int:
+        if self.partitions <= 0:
+            raise Unavailable("the worker is starting: partitions not known yet")
+        return partition_for(run_id, self.partitions)
+
+    def _owner_url(self, p: int) -> str | None:
+        current = self._url_map()
+        if current is not self._seen_map:  # a new assignment: rebuild partition → url
+            self._urls = {
+                part: url for url, topics in current.items() for part in topics.get(self.topic, ())
+            }
+            self._seen_map = current
+        return self._urls.get(p)
+
+    def route(self, run_id: str) -> Route:
+        p = self.partition(run_id)
+        owner = self._owners(p)
+        if owner is not None:
+            if owner.serving:
+                return LOCAL
+            return Unsettled(f"partition {p} is loading on this worker")
+        url = self._owner_url(p)
+        if url is None:
+            return Unsettled(f"partition {p} has no owner right now (rebalance)")
+        if url == self.self_url:
+            return Unsettled(f"partition {p} is being assigned to this worker")
+        return Remote(url)
+
+    def _serving(self, run_id: str) -> PartitionOwner:
+        p = self.partition(run_id)
+        owner = self._owners(p)
+        if owner is None or not owner.serving:
+            raise Unavailable(f"this worker does not serve partition {p} right now")
+        return owner
+
+    # ------------------------------------------------------------------------- reads
+    async def read(self, run_id: str) -> RunState | None:
+        owner = self._serving(run_id)
+        try:
+            return await owner.read(run_id)
+        except NotServing:
+            raise Unavailable(f"partition of run {run_id} is not served here right now") from None
+
+    # ------------------------------------------------------------------------- writes
+    async def write(self, event: Event) -> Written | Refused:
+        size = len(encode(event)) + _COMMIT_OVERHEAD
+        if size > self.max_event_bytes:
+            raise PayloadTooLarge(
+                f"the event this request makes is {size} bytes; the log accepts at most "
+                f"{self.max_event_bytes} bytes per record (--max-event-bytes)"
+            )
+        owner = self._serving(event.run_id)
+        [future] = owner.expect([event.id])
+        try:
+            await self._append([event])
+        except Exception:
+            owner.forget([event.id])
+            log.exception("appending to the log failed", extra={"run_id": event.run_id})
+            raise Unavailable("could not append the event to the log; retry") from None
+        try:
+            outcome: ApplyOutcome = await asyncio.wait_for(
+                asyncio.shield(future), self.apply_timeout
+            )
+        except TimeoutError:
+            owner.forget([event.id])
+            raise Unavailable(
+                f"the event is in the log but was not applied within {self.apply_timeout:g} s; "
+                "read the run to see whether it was"
+            ) from None
+        except PartitionMoved:
+            raise Unavailable(
+                "the run's partition moved to another worker before the event was applied; "
+                "read the run to see whether it was"
+            ) from None
+        return _decision(event, outcome)
+
+
+def _decision(event: Event, outcome: ApplyOutcome) -> Written | Refused:
+    if outcome.kind in ("applied", "duplicate") and outcome.state is not None:
+        return Written(outcome.state, duplicate=outcome.kind == "duplicate")
+    if outcome.kind == "rejected":
+        return Refused(outcome.reason)
+    # The API only appends events it built and checked: a dead letter here is a bug.
+    raise RuntimeError(
+        f"event {event.id} of run {event.run_id} became a dead letter: {outcome.reason}"
+    )

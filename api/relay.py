@@ -1,0 +1,104 @@
+"""The hop to a run's owner: any worker relays a request about a run to the worker that owns the
+run's partition, and passes the owner's answer back unchanged (status, ``ETag``, ``Location``,
+``Retry-After`` and the JSON body) — the gateway rule of DESIGN.md.
+
+A relayed request carries ``RELAY_HEADER``; a worker that receives a relayed request for a run it
+does not own answers 503 itself instead of relaying again, so a stale ownership map ends in one
+503 and a retry, never in a cycle. The caller's ``Authorization`` goes along unchanged: the hop
+never changes what the caller may do.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from api.errors import Unavailable
+
+__all__ = ["RELAY_HEADER", "RUN_ID_HEADER", "STATE_TYPE", "Relay", "is_relayed"]
+
+log = logging.getLogger("runstream.api.relay")
+
+#: Marks a request one worker relays to another (the value is the relaying worker's URL).
+RELAY_HEADER = "X-Runstream-Relayed-By"
+#: On a relayed ``POST /runs``: the run id the relaying worker allocated for the new run.
+RUN_ID_HEADER = "X-Runstream-Run-Id"
+#: A relayed ``GET /runs/{id}`` asking for this media type gets the run's full state
+#: (``events.encode_state``), which a recreation on another worker needs.
+STATE_TYPE = "application/vnd.runstream.state+json"
+
+_FORWARD = ("Authorization", "Content-Type", "If-Match", "Idempotency-Key", "Accept")
+_BACK = ("ETag", "Location", "Retry-After", "Content-Type")
+
+
+def is_relayed(request: web.Request) -> bool:
+    return RELAY_HEADER in request.headers
+
+
+class Relay:
+    """Forwards requests to other workers over one pooled HTTP client (created on first use)."""
+
+    def __init__(self, self_url: str, *, timeout: float = 30.0) -> None:
+        self.self_url = self_url
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(
+        self,
+        request: web.Request,
+        owner_url: str,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """``(status, headers that matter, body)`` of the owner's answer to ``request`` (or to
+        ``method path`` with ``body`` when given). No answer: ``Unavailable`` (503)."""
+        out = {h: request.headers[h] for h in _FORWARD if h in request.headers}
+        out[RELAY_HEADER] = self.self_url or "unknown"
+        out.update(headers or {})
+        url = owner_url.rstrip("/") + (path if path is not None else request.path_qs)
+        try:
+            async with self._http().request(
+                method or request.method,
+                url,
+                data=await request.read() if body is None else body,
+                headers=out,
+                allow_redirects=False,
+            ) as answer:
+                content = await answer.read()
+                back = {h: answer.headers[h] for h in _BACK if h in answer.headers}
+                return answer.status, back, content
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("relay to the owner failed", extra={"owner": owner_url, "error": repr(exc)})
+            raise Unavailable(
+                "the worker that owns this run did not answer; retry (ownership may be moving)"
+            ) from None
+
+    async def forward(
+        self, request: web.Request, owner_url: str, *, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        """The owner's answer to ``request``, as this worker's answer."""
+        status, back, content = await self.fetch(request, owner_url, headers=headers)
+        content_type = back.pop("Content-Type", "application/json")
+        response = web.Response(status=status, body=content if status != 204 else None)
+        response.headers.update(back)
+        if status != 204:
+            response.headers["Content-Type"] = content_type
+        return response
