@@ -281,9 +281,13 @@ class PhaseHub:
     # ----------------------------------------------------------------------------- the pump
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         try:
+            # A batch is fanned out in one go, so keep it well under a queue's room; then let
+            # the followers run before the next one (a fetch with data at hand never yields).
+            batch_size = max(1, min(1000, self.queue_limit // 4))
             while True:
-                batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=10_000)
+                batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=batch_size)
                 self._fan_out(batch)
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception:
