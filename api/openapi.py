@@ -29,10 +29,20 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _E400 = _error("bad request: a malformed body or parameter, or a refusal (the message says why)")
-_E401 = _error("a write without the configured API token")
+_E401 = _error("a request without the configured API token")
 _E404 = _error("unknown run or task")
 _E409 = _error("If-Match named a revision the run is no longer at (a concurrent change won)")
-_E413 = _error("request body above the configured size")
+_E413 = _error(
+    "request body above the configured size, or the event it makes above what the log accepts "
+    "(refused before anything is appended)"
+)
+_E503 = {
+    "description": "no settled owner for the run's partition right now (a rebalance, the owner "
+    "still loading), or a write whose apply did not come in time (read the run); retry after "
+    "`Retry-After` seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    "content": {"application/json": {"schema": _ref("Error")}},
+}
 _E500 = _error('internal failure; the message is always "internal server error"')
 _RUN_ID = {
     "name": "run_id",
@@ -57,7 +67,7 @@ _IDEMPOTENCY_KEY = {
     "description": "Optional client key: a retried request with the same key (same run, same "
     "action) is applied once, whichever API process it reaches.",
 }
-_WRITE: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
 def _schemas() -> dict[str, Any]:
@@ -93,7 +103,10 @@ def _schemas() -> dict[str, Any]:
         "Error": {
             "type": "object",
             "required": ["message"],
-            "properties": {"message": {"type": "string"}},
+            "properties": {
+                "message": {"type": "string"},
+                "code": {"type": "string", "description": "a machine-readable reason, when any"},
+            },
         },
         "TaskDepend": {
             "type": "object",
@@ -312,19 +325,22 @@ def _runs_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listRuns",
                 "summary": "List runs from the index (keyset pagination)",
+                "security": _AUTH,
                 "parameters": list_params,
                 "responses": {
                     "200": _json("one page", _ref("RunPage")),
                     "400": _E400,
+                    "401": _E401,
                     "500": _E500,
+                    "503": _E503,
                 },
             },
             "post": {
                 "operationId": "createRun",
                 "summary": "Create a run, or recreate one (body with `run_id`)",
-                "description": "The created run is readable at once from the same API process "
-                "(read-your-writes); other processes see it once the materializer applied it.",
-                "security": _WRITE,
+                "description": "Answered by the worker that owns the new run's partition once its "
+                "materializer applied the creation: the run is then readable from every worker.",
+                "security": _AUTH,
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": create_body}},
@@ -336,6 +352,7 @@ def _runs_paths() -> dict[str, Any]:
                     "404": _error("recreation of an unknown run"),
                     "413": _E413,
                     "500": _E500,
+                    "503": _E503,
                 },
             },
         },
@@ -343,12 +360,17 @@ def _runs_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getRun",
                 "summary": "A run and its config (ETag: its revision)",
+                "description": "Answered from the live state of the run's owner: it shows every "
+                "write that got a 2xx, from any worker.",
+                "security": _AUTH,
                 "parameters": [_RUN_ID],
                 "responses": {
                     "200": _json("the run", _ref("RunWithConfig")),
                     "400": _E400,
+                    "401": _E401,
                     "404": _E404,
                     "500": _E500,
+                    "503": _E503,
                 },
             }
         },
@@ -356,20 +378,21 @@ def _runs_paths() -> dict[str, Any]:
             "put": {
                 "operationId": "runAction",
                 "summary": "start (queued → running), cancel (queued), stop (running)",
-                "security": _WRITE,
+                "security": _AUTH,
                 "parameters": [_RUN_ID, _IF_MATCH, _IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("RunActionRequest")}},
                 },
                 "responses": {
-                    "204": {"description": "accepted and appended to the log"},
+                    "204": {"description": "appended to the log and applied by the run's owner"},
                     "400": _E400,
                     "401": _E401,
                     "404": _E404,
                     "409": _E409,
                     "413": _E413,
                     "500": _E500,
+                    "503": _E503,
                 },
             }
         },
@@ -377,7 +400,7 @@ def _runs_paths() -> dict[str, Any]:
             "put": {
                 "operationId": "taskAction",
                 "summary": "approve a task waiting for approval, or set its annotations",
-                "security": _WRITE,
+                "security": _AUTH,
                 "parameters": [
                     _RUN_ID,
                     {
@@ -394,19 +417,21 @@ def _runs_paths() -> dict[str, Any]:
                     "content": {"application/json": {"schema": _ref("TaskActionRequest")}},
                 },
                 "responses": {
-                    "204": {"description": "accepted and appended to the log"},
+                    "204": {"description": "appended to the log and applied by the run's owner"},
                     "400": _E400,
                     "401": _E401,
                     "404": _E404,
                     "409": _E409,
                     "413": _E413,
                     "500": _E500,
+                    "503": _E503,
                 },
             }
         },
         "/api/v1/runs/events": {
             "get": {
                 "operationId": "runEvents",
+                "security": _AUTH,
                 "summary": "Phase changes as server-sent events",
                 "description": "Frames `id: <cursor>` + `data: <run.phase_changed JSON>`; comment "
                 "lines `: keepalive` as heartbeats. Resume with `after` or `Last-Event-ID`: "
@@ -426,10 +451,12 @@ def _runs_paths() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     "400": _error("malformed cursor"),
+                    "401": _E401,
                     "410": _error(
                         "cursor older than what the log retains: start again without one"
                     ),
                     "500": _E500,
+                    "503": _E503,
                 },
             }
         },
@@ -480,8 +507,10 @@ def openapi_document() -> dict[str, Any]:
             "title": "runstream",
             "version": "1",
             "description": 'The run service. Every error body is `{"message": ...}`; a 500 '
-            'always says "internal server error". When an API token is configured, every write '
-            "needs `Authorization: Bearer <token>`.",
+            'always says "internal server error". When an API token is configured, every request '
+            "but /healthz and /metrics needs `Authorization: Bearer <token>`. Any worker answers "
+            "any request: a request about one run is decided by the worker owning the run's "
+            "partition, and relayed there.",
         },
         "paths": {**_runs_paths(), **_service_paths()},
         "components": {
