@@ -89,6 +89,7 @@ class Waiters(dict[str, list["asyncio.Future[ApplyOutcome]"]]):
         for fut in pending:
             if not fut.done():
                 fut.set_exception(PartitionMoved(why))
+                fut.exception()  # retrieved: no "never retrieved" log for a caller gone meanwhile
 
 
 def envelope_ids(raw: bytes) -> list[str]:
