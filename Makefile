@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: run test lint up down status bench faults clean
+.PHONY: run test lint up down status bench faults clean k8s-tools
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -17,7 +17,7 @@ run: $(VENV_STAMP)
 	.venv/bin/runstream worker
 
 ## test: install, start the stack, lint, run every test (unit, contract, integration, faults)
-test: $(VENV_STAMP)
+test: $(VENV_STAMP) k8s-tools
 	deploy/local up
 	$(MAKE) --no-print-directory lint
 	set -a; eval "$$(deploy/local env | sed 's/^export //')"; set +a; \
@@ -31,6 +31,10 @@ lint: $(VENV_STAMP)
 
 up: $(VENV_STAMP)
 	deploy/local up
+
+## k8s-tools: kubeconform and offline Kubernetes schemas for tests/unit/test_k8s.py (cached in var/cache/k8s)
+k8s-tools: $(VENV_STAMP)
+	deploy/k8s/tools >/dev/null
 down:
 	deploy/local down
 status:
