@@ -53,6 +53,8 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     commands = _commands(parser)
     assert {("worker",), ("replay",), ("verify",), ("index", "dump"), ("config",)} <= set(commands)
+    assert {("dlq", "list"), ("dlq", "show"), ("dlq", "redrive")} <= set(commands)
+    assert {("storage", "ls"), ("storage", "cat")} <= set(commands)
     for path in commands:
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args([*path, "--help"])
