@@ -87,9 +87,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_dlq(args: argparse.Namespace) -> int:
     import asyncio
 
-    from agents.logs import setup_logging
-
     from aiokafka.errors import KafkaError
+
+    from agents.logs import setup_logging
 
     settings = Settings.from_args(args)
     setup_logging(settings.log_level, settings.log_format)

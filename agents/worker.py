@@ -44,9 +44,7 @@ def run_worker(settings: Settings) -> int:
     app = create_app(settings)
     materializer = MaterializerService(app, settings, resources)
     SetupErrorService(app, settings, resources)
-    api = ApiServer(
-        settings, resources, materializer, index, app.router.external_topics_metadata
-    )
+    api = ApiServer(settings, resources, materializer, index, app.router.external_topics_metadata)
     app.task(index.run)
     app.task(api.run)
 
