@@ -119,7 +119,12 @@ class OwnedRuns:
                 f"{self.max_event_bytes} bytes per record (--max-event-bytes)"
             )
         owner = self._serving(event.run_id)
-        [future] = owner.expect([event.id])
+        try:
+            [future] = owner.expect([event.id])
+        except NotServing:
+            raise Unavailable(
+                f"partition of run {event.run_id} is not served here right now"
+            ) from None
         try:
             await self._append([event])
         except Exception:
