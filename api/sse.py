@@ -31,14 +31,35 @@ def frame(cursor: str, event: Event) -> bytes:
     return b"id: " + cursor.encode() + b"\ndata: " + encode(event) + b"\n\n"
 
 
-async def _next(it: AsyncIterator[tuple[str, Event]]) -> tuple[str, Event]:
-    return await anext(it)
+#: Frames a stream holds for a slow socket before it stops reading its feed (which then lets it
+#: go as too far behind: the client resumes from its cursor).
+MAX_BUFFERED = 1000
 
 
 class EventStream:
+    """The handler. Each stream has a reader task that takes what the feed has into a buffer
+    and a writer (the handler) that sends the whole buffer in one write: when the feed hands out
+    a burst, every client gets it in one send, not one per event. The stream ends when the feed's
+    iterator ends (the feed closing, or letting a lagging client go) or the client goes away."""
+
     def __init__(self, feed: PhaseFeed, heartbeat: float) -> None:
         self.feed = feed
         self.heartbeat = heartbeat
+        # Every stream gets the same event objects: encode each once, not once per client.
+        self._encoded: dict[int, tuple[Event, bytes]] = {}
+
+    def _data(self, event: Event) -> bytes:
+        hit = self._encoded.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        data = encode(event)
+        if len(self._encoded) >= 4096:
+            del self._encoded[next(iter(self._encoded))]  # the oldest: dicts keep insertion order
+        self._encoded[id(event)] = (event, data)  # holding the event keeps its id unique
+        return data
+
+    def frame(self, cursor: str, event: Event) -> bytes:
+        return b"id: " + cursor.encode() + b"\ndata: " + self._data(event) + b"\n\n"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         after = request.query.get("after") or request.headers.get("Last-Event-ID") or None
@@ -67,24 +88,42 @@ class EventStream:
         return response
 
     async def _pump(self, stream: AsyncIterator[tuple[str, Event]], response: web.StreamResponse) -> None:  # fmt: skip
-        it = aiter(stream)
-        pending: asyncio.Future[tuple[str, Event]] | None = None
+        buffer: list[bytes] = []
+        ready = asyncio.Event()  # the buffer has frames, or the reader ended
+        room = asyncio.Event()  # the buffer has room again
+
+        async def read() -> None:
+            try:
+                async for cursor, event in stream:
+                    buffer.append(self.frame(cursor, event))
+                    ready.set()
+                    if len(buffer) >= MAX_BUFFERED:
+                        room.clear()
+                        await room.wait()
+            finally:
+                ready.set()
+
+        reader = asyncio.create_task(read())
         try:
             while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(_next(it))
-                done, _ = await asyncio.wait({pending}, timeout=self.heartbeat)
-                if not done:
-                    await response.write(KEEPALIVE)
-                    continue
-                try:
-                    cursor, event = pending.result()
-                except StopAsyncIteration:
+                if not buffer and not reader.done():
+                    try:
+                        async with asyncio.timeout(self.heartbeat):
+                            await ready.wait()  # cancelling this wait loses nothing
+                    except TimeoutError:
+                        await response.write(KEEPALIVE)
+                        continue
+                ready.clear()
+                if buffer:
+                    out = b"".join(buffer)
+                    buffer.clear()
+                    room.set()
+                    await response.write(out)
+                elif reader.done():
+                    reader.result()  # re-raise what ended the feed, if anything did
                     return
-                pending = None
-                await response.write(frame(cursor, event))
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
