@@ -23,7 +23,7 @@ from events import (
     SetupError,
     is_run_id,
 )
-from events.schema import decode_task
+from events.codec import decode_task
 
 __all__ = [
     "CreateRequest",

@@ -1,4 +1,4 @@
-"""runstream's run domain: pure types, events, codec and reducer (no I/O; stdlib + orjson).
+"""runstream's run domain: pure types, events, codec and reducer (no I/O; stdlib, msgspec, orjson).
 
 Modules: ``model`` (runs, tasks, configs), ``group`` (group paths), ``catalogue`` (event types and
 the envelope), ``codec`` (bytes), ``upcast``, ``reducer`` (``apply``), ``checks`` (run-config
@@ -45,6 +45,7 @@ from events.ids import RUN_ID_WIDTH, format_run_id, is_run_id, parse_run_id
 from events.model import (
     DependCondition,
     Phase,
+    PlannedTask,
     Result,
     Run,
     RunConfig,
@@ -78,6 +79,7 @@ __all__ = [
     "Payload",
     "Phase",
     "PhaseChanged",
+    "PlannedTask",
     "Rejected",
     "Result",
     "Run",

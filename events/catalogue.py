@@ -12,34 +12,60 @@ Producers state facts and requests; only the reducer emits ``run.phase_changed``
 carries the run id and time and whose payload carries group, phase, result and the per-run
 sequence number (1 at creation, then +1 at every phase or result change).
 
-Payloads are frozen keyword-only dataclasses without slots (the codec builds them from the
-decoded dict in one call, see ``events._fast``).
+Every payload and every envelope is a msgspec Struct. The envelope of each type is its own
+Struct (``RunCreatedEvent``, ...), a subclass of :class:`Event` tagged with the type string: the
+tag is the envelope's ``type`` key, so one tagged union decodes and validates a whole record (an
+event or a commit) in one pass, and the encoded keys keep the order
+``type, version, id, run_id, at, data``. ``event.type`` is the class's :class:`EventType`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
 
-from events.model import Phase, Result, RunConfigTask, SetupError, TaskStatus
+from msgspec import Meta, Struct
+
+from events.model import (
+    Count,
+    Millis,
+    Name,
+    Phase,
+    Result,
+    RunConfigTask,
+    RunId,
+    SetupError,
+    TaskStatus,
+)
 
 __all__ = [
     "CURRENT_VERSIONS",
+    "EVENT_TYPES",
     "PAYLOAD_TYPES",
     "SETUP_ERROR_RUN_NAME",
+    "AnyEvent",
     "CancelRequested",
+    "CancelRequestedEvent",
     "Event",
     "EventType",
     "Payload",
     "PhaseChanged",
+    "PhaseChangedEvent",
     "RunCreated",
+    "RunCreatedEvent",
     "SetupErrorsReported",
+    "SetupErrorsReportedEvent",
     "StartRequested",
+    "StartRequestedEvent",
     "StopRequested",
+    "StopRequestedEvent",
     "TaskAnnotationsSet",
+    "TaskAnnotationsSetEvent",
     "TaskApproved",
+    "TaskApprovedEvent",
     "TaskStatusChanged",
+    "TaskStatusChangedEvent",
     "make_event",
 ]
 
@@ -63,8 +89,7 @@ class EventType(StrEnum):
         return self is EventType.PHASE_CHANGED
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunCreated:
+class RunCreated(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A new run from its tasks (the service builds the config and computes task levels).
 
     A run with ``setup_errors`` (or whose tasks fail the checks) is created in ``setuperror``
@@ -73,77 +98,69 @@ class RunCreated:
     root group, supplied by the producer (0 when unknown).
     """
 
-    name: str
+    name: Name
     group: str
     tasks: tuple[RunConfigTask, ...] = ()
-    environment: Mapping[str, str] = field(default_factory=dict)
-    static_environment: Mapping[str, str] = field(default_factory=dict)
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = {}
+    static_environment: Mapping[str, str] = {}
+    annotations: Mapping[str, str] = {}
     setup_errors: tuple[SetupError, ...] = ()
-    recreated_from: str | None = None
-    kept_tasks: tuple[str, ...] = ()
-    counter: int = 0
+    recreated_from: RunId | None = None
+    kept_tasks: tuple[Name, ...] = ()
+    counter: Count = 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class SetupErrorsReported:
+class SetupErrorsReported(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the webhook receiver sends when a project's config does not parse: a run in
     ``setuperror`` named ``name`` (default ``Setup Error``) in ``group``."""
 
     group: str
     errors: tuple[SetupError, ...]
-    name: str = SETUP_ERROR_RUN_NAME
-    static_environment: Mapping[str, str] = field(default_factory=dict)
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    counter: int = 0
+    name: Name = SETUP_ERROR_RUN_NAME
+    static_environment: Mapping[str, str] = {}
+    annotations: Mapping[str, str] = {}
+    counter: Count = 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class StartRequested:
+class StartRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The scheduler moves a queued run to running."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class CancelRequested:
+class CancelRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Cancel a queued run."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class StopRequested:
+class StopRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Stop a running run (sets its stop flag)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class TaskStatusChanged:
+class TaskStatusChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An executor reports a task's new status."""
 
-    task_id: str
+    task_id: Name
     status: TaskStatus
 
 
-@dataclass(frozen=True, kw_only=True)
-class TaskApproved:
+class TaskApproved(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Someone approved a task that waits for approval."""
 
-    task_id: str
+    task_id: Name
 
 
-@dataclass(frozen=True, kw_only=True)
-class TaskAnnotationsSet:
+class TaskAnnotationsSet(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Replace a task's annotations (approval metadata such as ``approvers``)."""
 
-    task_id: str
+    task_id: Name
     annotations: Mapping[str, str]
 
 
-@dataclass(frozen=True, kw_only=True)
-class PhaseChanged:
+class PhaseChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Derived: the run's phase or result changed. ``seq`` goes up by one per run, from 1."""
 
     group: str
     phase: Phase
     result: Result
-    seq: int
+    seq: Annotated[int, Meta(ge=1)]
 
 
 Payload = (
@@ -169,25 +186,112 @@ PAYLOAD_TYPES: Mapping[EventType, type[Payload]] = {
     EventType.TASK_ANNOTATIONS_SET: TaskAnnotationsSet,
     EventType.PHASE_CHANGED: PhaseChanged,
 }
-_TYPE_OF = {cls: t for t, cls in PAYLOAD_TYPES.items()}
 
 #: The version each type is written with today; decoding upcasts older versions to it.
 CURRENT_VERSIONS: Mapping[EventType, int] = dict.fromkeys(EventType, 1)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Event:
-    """The envelope: ``data`` is the payload of ``type`` at ``version``; ``at`` is ms since epoch."""
+class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    """The envelope: ``data`` is the payload of ``type`` at ``version``; ``at`` is ms since epoch.
 
-    type: EventType
+    Abstract: every event is an instance of the subclass of its type (see :func:`make_event`).
+    """
+
+    type: ClassVar[EventType]
     version: int
-    id: str
-    run_id: str
-    at: int
+    id: Name
+    run_id: RunId
+    at: Millis
     data: Payload
+
+
+# One envelope per type; ``version`` is the current one (older ones are upcast before decoding).
+class RunCreatedEvent(Event, tag="run.created", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.RUN_CREATED
+    version: Literal[1]
+    data: RunCreated
+
+
+class SetupErrorsReportedEvent(Event, tag="run.setup_errors_reported", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.SETUP_ERRORS_REPORTED
+    version: Literal[1]
+    data: SetupErrorsReported
+
+
+class StartRequestedEvent(Event, tag="run.start_requested", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.START_REQUESTED
+    version: Literal[1]
+    data: StartRequested
+
+
+class CancelRequestedEvent(Event, tag="run.cancel_requested", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.CANCEL_REQUESTED
+    version: Literal[1]
+    data: CancelRequested
+
+
+class StopRequestedEvent(Event, tag="run.stop_requested", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.STOP_REQUESTED
+    version: Literal[1]
+    data: StopRequested
+
+
+class TaskStatusChangedEvent(Event, tag="task.status_changed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.TASK_STATUS_CHANGED
+    version: Literal[1]
+    data: TaskStatusChanged
+
+
+class TaskApprovedEvent(Event, tag="task.approved", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.TASK_APPROVED
+    version: Literal[1]
+    data: TaskApproved
+
+
+class TaskAnnotationsSetEvent(Event, tag="task.annotations_set", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.TASK_ANNOTATIONS_SET
+    version: Literal[1]
+    data: TaskAnnotationsSet
+
+
+class PhaseChangedEvent(Event, tag="run.phase_changed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.PHASE_CHANGED
+    version: Literal[1]
+    data: PhaseChanged
+
+
+#: Every event, as a tagged union on ``type`` (what the codec decodes).
+AnyEvent = (
+    RunCreatedEvent
+    | SetupErrorsReportedEvent
+    | StartRequestedEvent
+    | CancelRequestedEvent
+    | StopRequestedEvent
+    | TaskStatusChangedEvent
+    | TaskApprovedEvent
+    | TaskAnnotationsSetEvent
+    | PhaseChangedEvent
+)
+
+#: The envelope class of each type.
+EVENT_TYPES: Mapping[EventType, type[AnyEvent]] = {
+    cls.type: cls
+    for cls in (
+        RunCreatedEvent,
+        SetupErrorsReportedEvent,
+        StartRequestedEvent,
+        CancelRequestedEvent,
+        StopRequestedEvent,
+        TaskStatusChangedEvent,
+        TaskApprovedEvent,
+        TaskAnnotationsSetEvent,
+        PhaseChangedEvent,
+    )
+}
+_EVENT_OF = {PAYLOAD_TYPES[t]: cls for t, cls in EVENT_TYPES.items()}
 
 
 def make_event(data: Payload, *, id: str, run_id: str, at: int) -> Event:
     """An event carrying ``data``, with the type and current version that go with its class."""
-    kind = _TYPE_OF[type(data)]
-    return Event(type=kind, version=CURRENT_VERSIONS[kind], id=id, run_id=run_id, at=at, data=data)
+    cls = _EVENT_OF[type(data)]
+    return cls(version=CURRENT_VERSIONS[cls.type], id=id, run_id=run_id, at=at, data=data)  # type: ignore[arg-type]

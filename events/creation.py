@@ -13,34 +13,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from events._fast import build, dict_setter, evolve
+from msgspec.structs import asdict
+
 from events.catalogue import Event, RunCreated, SetupErrorsReported
 from events.checks import check_create, plan_tasks
 from events.errors import BadRequest
-from events.model import Phase, Result, Run, RunConfig, RunConfigTask, RunTask, TaskStatus
+from events.model import (
+    Phase,
+    PlannedTask,
+    Result,
+    Run,
+    RunConfig,
+    RunConfigTask,
+    RunTask,
+    TaskStatus,
+)
 
 __all__ = ["create_run"]
 
 _NOTSTARTED = TaskStatus.NOTSTARTED
 _SKIPPED = TaskStatus.SKIPPED
 _SUCCESS = TaskStatus.SUCCESS
-_new = object.__new__
-_set_config_task = dict_setter(RunConfigTask)
-_set_run_task = dict_setter(RunTask)
 
-#: The fields of a new run task; ``id``, ``status``, ``skip`` and ``annotations`` are set per task.
-_RUN_TASK: dict[str, Any] = {
-    "id": "",
-    "status": _NOTSTARTED,
-    "skip": False,
-    "waiting_approval": False,
-    "approved": False,
-    "annotations": None,
-    "start_time": None,
-    "end_time": None,
-}
-
-Tasks = tuple[dict[str, RunConfigTask], dict[str, RunTask], int]
+Tasks = tuple[dict[str, PlannedTask], dict[str, RunTask], int]
 
 
 def create_run(event: Event) -> tuple[Run, RunConfig, int] | str:
@@ -82,13 +77,12 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
     ``None`` unless every task comes after its parents with unique ids, names and parents."""
     levels: dict[str, int] = {}
     names: set[str] = set()
-    config: dict[str, RunConfigTask] = {}
+    config: dict[str, PlannedTask] = {}
     run_tasks: dict[str, RunTask] = {}
     kept = frozenset(kept_tasks) if kept_tasks else ()
     open_tasks = 0
     for t in tasks:
-        fields = t.__dict__
-        tid, name, deps = fields["id"], fields["name"], fields["depends"]
+        tid, name, deps = t.id, t.name, t.depends
         if tid in levels or name in names:
             return None
         level = 0
@@ -103,41 +97,25 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
                 return None
         levels[tid] = level
         names.add(name)
-        if fields["level"] != level:  # events._fast.evolve, inlined
-            fields = fields.copy()
-            fields["level"] = level
-            t = _new(RunConfigTask)
-            _set_config_task(t, fields)
-        config[tid] = t
+        config[tid] = planned(t, level)
         if tid in kept:
             status = _SUCCESS
-        elif fields["skip"]:
+        elif t.skip:
             status = _SKIPPED
         else:
             status = _NOTSTARTED
             open_tasks += 1
-        run_fields = _RUN_TASK.copy()  # a copy and three stores cost less than a dict display
-        run_fields["id"] = tid
-        run_fields["status"] = status
-        run_fields["skip"] = fields["skip"]
-        run_fields["annotations"] = {}
-        run_task = _new(RunTask)
-        _set_run_task(run_task, run_fields)
-        run_tasks[tid] = run_task
+        run_tasks[tid] = RunTask(id=tid, status=status, skip=t.skip, annotations={})
     return config, run_tasks, open_tasks
 
 
-def _run_task(tid: str, status: TaskStatus, skip: bool) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "status": status,
-        "skip": skip,
-        "waiting_approval": False,
-        "approved": False,
-        "annotations": {},
-        "start_time": None,
-        "end_time": None,
-    }
+def planned(t: RunConfigTask, level: int) -> PlannedTask:
+    """The task of a run config for the submitted ``t``, at ``level``."""
+    if type(t) is PlannedTask and t.level == level:
+        return t
+    fields = asdict(t)
+    fields["level"] = level
+    return PlannedTask(**fields)
 
 
 def _general(data: RunCreated, errors: tuple[Any, ...]) -> tuple[Tasks, tuple[Any, ...]] | str:
@@ -149,14 +127,14 @@ def _general(data: RunCreated, errors: tuple[Any, ...]) -> tuple[Tasks, tuple[An
         missing = [k for k in data.kept_tasks if k not in ids]
         if missing:
             return f"kept tasks {missing} are not tasks of the run"
-    tasks: dict[str, RunConfigTask] = {}
+    tasks: dict[str, PlannedTask] = {}
     run_tasks: dict[str, RunTask] = {}
     open_tasks = 0
     if not errors:
         kept = frozenset(data.kept_tasks)
         for t in data.tasks:
             level = levels[t.id]
-            tasks[t.id] = t if t.level == level else evolve(t, {"level": level})
+            tasks[t.id] = planned(t, level)
             if t.id in kept:
                 status = _SUCCESS
             elif t.skip:
@@ -164,40 +142,38 @@ def _general(data: RunCreated, errors: tuple[Any, ...]) -> tuple[Tasks, tuple[An
             else:
                 status = _NOTSTARTED
                 open_tasks += 1
-            run_tasks[t.id] = build(RunTask, _run_task(t.id, status, t.skip))
+            run_tasks[t.id] = RunTask(id=t.id, status=status, skip=t.skip, annotations={})
     return (tasks, run_tasks, open_tasks), errors
 
 
 def _config(
-    event: Event, data: RunCreated, errors: tuple[Any, ...], tasks: dict[str, RunConfigTask]
+    event: Event, data: RunCreated, errors: tuple[Any, ...], tasks: dict[str, PlannedTask]
 ) -> RunConfig:
-    fields = {
-        "id": event.run_id,
-        "name": data.name,
-        "group": data.group,
-        "setup_errors": errors,
-        "annotations": data.annotations,
-        "static_environment": data.static_environment,
-        "environment": data.environment,
-        "tasks": tasks,
-        "recreated_from": data.recreated_from,
-    }
-    return build(RunConfig, fields)
+    return RunConfig(
+        id=event.run_id,
+        name=data.name,
+        group=data.group,
+        setup_errors=errors,
+        annotations=data.annotations,
+        static_environment=data.static_environment,
+        environment=data.environment,
+        tasks=tasks,
+        recreated_from=data.recreated_from,
+    )
 
 
 def _run(event: Event, data: RunCreated, errors: tuple[Any, ...], tasks: dict[str, RunTask]) -> Run:
-    fields = {
-        "id": event.run_id,
-        "name": data.name,
-        "group": data.group,
-        "counter": data.counter,
-        "annotations": data.annotations,
-        "phase": Phase.SETUPERROR if errors else Phase.QUEUED,
-        "result": Result.UNKNOWN,
-        "stop": False,
-        "tasks": tasks,
-        "enqueue_time": event.at,
-        "start_time": None,
-        "end_time": event.at if errors else None,
-    }
-    return build(Run, fields)
+    return Run(
+        id=event.run_id,
+        name=data.name,
+        group=data.group,
+        counter=data.counter,
+        annotations=data.annotations,
+        phase=Phase.SETUPERROR if errors else Phase.QUEUED,
+        result=Result.UNKNOWN,
+        stop=False,
+        tasks=tasks,
+        enqueue_time=event.at,
+        start_time=None,
+        end_time=event.at if errors else None,
+    )

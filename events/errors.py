@@ -6,9 +6,20 @@ same error. ``BadRequest`` is the user-error class the API maps to 400.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["BadRequest", "CannotRecreate", "DecodeError", "DecodeReason", "EventsError"]
+import msgspec
+
+__all__ = [
+    "BadRequest",
+    "CannotRecreate",
+    "DecodeError",
+    "DecodeReason",
+    "EventsError",
+    "validation_message",
+]
 
 
 class EventsError(Exception):
@@ -55,3 +66,47 @@ class CannotRecreate(BadRequest):
     def __init__(self, reason: str) -> None:
         super().__init__(f"run cannot be restarted: {reason}")
         self.reason = reason
+
+
+def validation_message(exc: msgspec.ValidationError, root: Any) -> str:
+    """msgspec's message for ``exc`` (what was expected, and the field path ``$.data.status``),
+    completed with the accepted values when the field is an enum or a literal: msgspec says
+    "Invalid enum value 'x'"; a producer needs to read which values are known."""
+    message = str(exc)
+    path = _PATH.search(message)
+    if path is None or not message.startswith("Invalid enum value"):
+        return message
+    target = _resolve(msgspec.inspect.type_info(root), _SEGMENT.findall(path.group(1)))
+    if isinstance(target, msgspec.inspect.EnumType):
+        values = [str(m.value) for m in target.cls]
+    elif isinstance(target, msgspec.inspect.LiteralType):
+        values = [str(v) for v in target.values]
+    else:
+        return message
+    return f"{message} (want one of: {', '.join(values)})"
+
+
+_PATH = re.compile(r" - at `\$([^`]*)`$")
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[([^\]]*)\]")
+
+
+def _resolve(t: Any, path: list[tuple[str, str]]) -> Any:
+    """The type at ``path`` (segments ``.field``, ``[3]``, ``[...]``) in type info ``t``, or None."""
+    mi = msgspec.inspect
+    if isinstance(t, mi.Metadata):
+        t = t.type
+    if not path:
+        return t
+    if isinstance(t, mi.UnionType):  # the first member that has the path
+        found = (_resolve(u, path) for u in t.types)
+        return next((r for r in found if r is not None), None)
+    (name, index), rest = path[0], path[1:]
+    if name and isinstance(t, mi.StructType):
+        child = next((f.type for f in t.fields if f.encode_name == name), None)
+    elif index and isinstance(t, (mi.ListType, mi.VarTupleType, mi.SetType, mi.FrozenSetType)):
+        child = t.item_type
+    elif index and isinstance(t, mi.DictType):
+        child = t.value_type
+    else:
+        return None
+    return None if child is None else _resolve(child, rest)

@@ -1,16 +1,9 @@
 """The run domain (Agola's runservice types): phases, results, tasks, run configs and runs.
 
-Times are integer milliseconds since the Unix epoch, UTC (``None`` when not reached yet): they
-round-trip exactly through JSON and compare as numbers.
-
-Every type is a frozen, keyword-only dataclass, deliberately *without* slots (STYLE.md asks for
-slots; this package is the exception, for speed): the codec and the reducer build several of these
-per event, and an instance with a ``__dict__`` is built or copied by installing a ready dict
-(``events._fast``: ``build`` / ``evolve``, and in the hot paths the class's own ``__dict__``
-descriptor from ``dict_setter``), where a slots instance costs one ``object.__setattr__`` per
-field. Measured on the 2-core CI machine (Python 3.11), a ``RunTask`` built and freed: ~890 ns
-through ``__init__``, ~310 ns with ``build``, ~190 ns copied with one field changed. They are
-still immutable through the normal API.
+Every shape is a msgspec Struct (frozen, keyword-only, unknown fields refused, constraints in
+``Annotated[..., Meta(...)]``): this module is the one declaration the codec decodes and validates
+with, and the JSON Schemas come from. Times are integer milliseconds since the Unix epoch, UTC
+(``None`` when not reached yet): they round-trip exactly through JSON and compare as numbers.
 
 Mappings held by these types are plain ``dict`` objects typed ``Mapping``: nothing in ``events``
 mutates them after construction, and callers must not either.
@@ -19,16 +12,23 @@ mutates them after construction, and callers must not either.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Annotated, Any
+
+from msgspec import Meta, Struct
 
 __all__ = [
+    "Count",
     "DependCondition",
+    "Millis",
+    "Name",
     "Phase",
+    "PlannedTask",
     "Result",
     "Run",
     "RunConfig",
     "RunConfigTask",
+    "RunId",
     "RunTask",
     "SetupError",
     "Step",
@@ -37,7 +37,25 @@ __all__ = [
 ]
 
 #: A task step is opaque to the run service (executors interpret it): a JSON object.
-Step = Mapping[str, object]
+Step = Mapping[str, Any]
+
+_INT64 = 2**63 - 1  # what every JSON reader can hold exactly (and what the state writer takes)
+#: A non-empty string (ids and names).
+Name = Annotated[str, Meta(min_length=1)]
+#: A non-negative count or number.
+Count = Annotated[int, Meta(ge=0, le=_INT64)]
+#: Integer milliseconds since the Unix epoch, UTC.
+Millis = Annotated[int, Meta(ge=0, le=_INT64, description="milliseconds since the Unix epoch, UTC")]
+#: A run id's text form (``events.ids``): 16 decimal digits, not all zero.
+RunId = Annotated[
+    str,
+    Meta(
+        min_length=16,
+        max_length=16,
+        pattern="^[0-9]*[1-9][0-9]*$",
+        description="16 decimal digits, not all zero (events.ids)",
+    ),
+]
 
 
 class Phase(StrEnum):
@@ -113,39 +131,48 @@ _CONDITION_STATUS = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class SetupError:
+class SetupError(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Why a run could not be set up; ``task_ids`` names the tasks involved, if any."""
 
     message: str
-    task_ids: tuple[str, ...] = ()
+    task_ids: tuple[Name, ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
-class TaskDepend:
+class TaskDepend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A dependency of a task on ``task_id``."""
 
-    task_id: str
+    task_id: Name
     conditions: tuple[DependCondition, ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunConfigTask:
-    """The definition of one task. ``level`` is computed by the service (0 = no parents)."""
+class RunConfigTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The definition of one task, as submitted (``run.created``, ``POST /runs``).
 
-    id: str
-    name: str
+    ``level`` is computed by the service: it is 0 here and set in the run config's
+    :class:`PlannedTask`; a submitted task never carries one.
+    """
+
+    id: Name
+    name: Name
     depends: tuple[TaskDepend, ...] = ()
-    environment: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = {}
     steps: tuple[Step, ...] = ()
     ignore_failure: bool = False
     needs_approval: bool = False
     skip: bool = False
-    level: int = 0
+
+    @property
+    def level(self) -> int:
+        return 0
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
+class PlannedTask(RunConfigTask, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A task of a run config: its definition and its ``level`` (0 = no parents)."""
+
+    level: Count = 0
+
+
+class RunConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The non-state definition of a run; its ``id`` is the run id.
 
     ``static_environment`` (what the git event produced) never changes on recreation;
@@ -153,33 +180,31 @@ class RunConfig:
     submitted order. ``recreated_from`` is the run this one was recreated from, if any.
     """
 
-    id: str
-    name: str
+    id: RunId
+    name: Name
     group: str
     setup_errors: tuple[SetupError, ...] = ()
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    static_environment: Mapping[str, str] = field(default_factory=dict)
-    environment: Mapping[str, str] = field(default_factory=dict)
-    tasks: Mapping[str, RunConfigTask] = field(default_factory=dict)
-    recreated_from: str | None = None
+    annotations: Mapping[str, str] = {}
+    static_environment: Mapping[str, str] = {}
+    environment: Mapping[str, str] = {}
+    tasks: Mapping[str, PlannedTask] = {}
+    recreated_from: RunId | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunTask:
+class RunTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The state of one task of a run."""
 
-    id: str
+    id: Name
     status: TaskStatus = TaskStatus.NOTSTARTED
     skip: bool = False
     waiting_approval: bool = False
     approved: bool = False
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    start_time: int | None = None
-    end_time: int | None = None
+    annotations: Mapping[str, str] = {}
+    start_time: Millis | None = None
+    end_time: Millis | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class Run:
+class Run(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The state of a run.
 
     ``counter`` is the run's number inside its root group; it is supplied by the producer (0
@@ -187,18 +212,18 @@ class Run:
     them. ``stop`` is set by a stop request.
     """
 
-    id: str
-    name: str
+    id: RunId
+    name: Name
     group: str
-    counter: int = 0
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    counter: Count = 0
+    annotations: Mapping[str, str] = {}
     phase: Phase = Phase.QUEUED
     result: Result = Result.UNKNOWN
     stop: bool = False
-    tasks: Mapping[str, RunTask] = field(default_factory=dict)
-    enqueue_time: int | None = None
-    start_time: int | None = None
-    end_time: int | None = None
+    tasks: Mapping[str, RunTask] = {}
+    enqueue_time: Millis | None = None
+    start_time: Millis | None = None
+    end_time: Millis | None = None
 
     def tasks_finished(self) -> bool:
         """True when every task has a finished status (vacuously true without tasks)."""

@@ -24,14 +24,15 @@ result change emits one ``run.phase_changed`` with the next per-run ``seq`` (1 a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from events._fast import dict_setter, evolve
+from msgspec import Struct
+from msgspec.structs import replace
+
 from events.catalogue import (
-    CURRENT_VERSIONS,
     Event,
     EventType,
     PhaseChanged,
+    PhaseChangedEvent,
     TaskAnnotationsSet,
     TaskApproved,
     TaskStatusChanged,
@@ -55,17 +56,13 @@ _UNKNOWN = Result.UNKNOWN
 _FAILED_TASK = TaskStatus.FAILED
 _FINISHED = FINISHED_TASK_STATUSES
 _EXECUTED = frozenset({TaskStatus.RUNNING, TaskStatus.SUCCESS, TaskStatus.FAILED})
-_PHASE_CHANGED = EventType.PHASE_CHANGED
-_PHASE_CHANGED_V = CURRENT_VERSIONS[EventType.PHASE_CHANGED]
 _RUN_CREATED = EventType.RUN_CREATED
 _TASK_STATUS_CHANGED = EventType.TASK_STATUS_CHANGED
 _NOTSTARTED = TaskStatus.NOTSTARTED
 _NO_IDS: frozenset[str] = frozenset()
-_new = object.__new__
 
 
-@dataclass(frozen=True, kw_only=True)
-class Applied:
+class Applied(Struct, frozen=True, kw_only=True):
     """The event was applied (or was a duplicate: then ``state`` is the input, unchanged)."""
 
     state: RunState
@@ -73,8 +70,7 @@ class Applied:
     duplicate: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
-class Rejected:
+class Rejected(Struct, frozen=True, kw_only=True):
     """The event was refused; ``state`` is the input state, unchanged (``None`` if no run)."""
 
     reason: str
@@ -82,14 +78,6 @@ class Rejected:
 
 
 Outcome = Applied | Rejected
-
-# events._fast.build, inlined in the hot paths below: obj = _new(cls); _set_cls(obj, fields).
-_set_applied = dict_setter(Applied)
-_set_state = dict_setter(RunState)
-_set_run = dict_setter(Run)
-_set_task = dict_setter(RunTask)
-_set_event = dict_setter(Event)
-_set_phase = dict_setter(PhaseChanged)
 
 
 def apply(state: RunState | None, event: Event) -> Outcome:
@@ -116,9 +104,7 @@ def apply(state: RunState | None, event: Event) -> Outcome:
 
 
 def _applied(state: RunState, derived: tuple[Event, ...], duplicate: bool) -> Applied:
-    out = _new(Applied)
-    _set_applied(out, {"state": state, "derived": derived, "duplicate": duplicate})
-    return out
+    return Applied(state=state, derived=derived, duplicate=duplicate)
 
 
 def _state(
@@ -132,17 +118,14 @@ def _state(
     else:
         older = frozenset(recent)
         recent = (event_id,)
-    new = _new(RunState)
-    fields = {
-        "run": run,
-        "config": config,
-        "seq": seq,
-        "recent_ids": recent,
-        "older_ids": older,
-        "open_tasks": open_tasks,
-    }
-    _set_state(new, fields)
-    return new
+    return RunState(
+        run=run,
+        config=config,
+        seq=seq,
+        recent_ids=recent,
+        older_ids=older,
+        open_tasks=open_tasks,
+    )
 
 
 def _created(event: Event) -> Outcome:
@@ -152,16 +135,14 @@ def _created(event: Event) -> Outcome:
     run, config, open_tasks = made
     # The run did not exist before: its first phase and result are always a change (seq 1).
     derived = (_phase_event(run, 1, event.at),)
-    state = _new(RunState)
-    fields = {
-        "run": run,
-        "config": config,
-        "seq": 1,
-        "recent_ids": (event.id,),
-        "older_ids": _NO_IDS,
-        "open_tasks": open_tasks,
-    }
-    _set_state(state, fields)
+    state = RunState(
+        run=run,
+        config=config,
+        seq=1,
+        recent_ids=(event.id,),
+        older_ids=_NO_IDS,
+        open_tasks=open_tasks,
+    )
     return _applied(state, derived, False)
 
 
@@ -181,20 +162,9 @@ def _commit(state: RunState, event: Event, run: Run, open_tasks: int, *mid: Run)
 
 
 def _phase_event(run: Run, seq: int, at: int) -> Event:
-    data = _new(PhaseChanged)
-    _set_phase(data, {"group": run.group, "phase": run.phase, "result": run.result, "seq": seq})  # fmt: skip
+    data = PhaseChanged(group=run.group, phase=run.phase, result=run.result, seq=seq)
     rid = run.id
-    fields = {
-        "type": _PHASE_CHANGED,
-        "version": _PHASE_CHANGED_V,
-        "id": f"{rid}.phase.{seq}",
-        "run_id": rid,
-        "at": at,
-        "data": data,
-    }
-    event = _new(Event)
-    _set_event(event, fields)
-    return event
+    return PhaseChangedEvent(version=1, id=f"{rid}.phase.{seq}", run_id=rid, at=at, data=data)
 
 
 def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool, at: int) -> None:
@@ -215,8 +185,7 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
 
 
 def _task_status(state: RunState, event: Event) -> Outcome:
-    # The hot path (most events): the task and run copies inline events._fast.evolve, and the
-    # phase check of _commit is done for the one possible change.
+    # The hot path (most events): the phase check of _commit is done for the one possible change.
     run = state.run
     if run.phase is not _RUNNING:
         if run.phase in _FINAL_PHASES:  # apply() leaves this check to us
@@ -235,27 +204,23 @@ def _task_status(state: RunState, event: Event) -> Outcome:
         return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
     at = event.at
     open_tasks = state.open_tasks
-    task_fields = task.__dict__.copy()
-    task_fields["status"] = new
     if new in _FINISHED:
         open_tasks -= 1
-        task_fields["end_time"] = at
+        new_task = replace(task, status=new, end_time=at)
     else:
-        task_fields["start_time"] = at
-    new_task = _new(RunTask)
-    _set_task(new_task, task_fields)
+        new_task = replace(task, status=new, start_time=at)
     tasks = dict(run.tasks)
     tasks[tid] = new_task
-    run_fields = run.__dict__.copy()
-    run_fields["tasks"] = tasks
     failed = new is _FAILED_TASK and not config.tasks[tid].ignore_failure
     if failed or open_tasks == 0 or run.result is not _UNKNOWN:
-        _settle(run, run_fields, open_tasks, failed, at)
-    new_run = _new(Run)
-    _set_run(new_run, run_fields)
+        changes: dict[str, object] = {}
+        _settle(run, changes, open_tasks, failed, at)
+        new_run = replace(run, tasks=tasks, **changes)
+    else:
+        new_run = replace(run, tasks=tasks)
     seq = state.seq
     derived: tuple[Event, ...] = ()
-    if run_fields["phase"] is not run.phase or run_fields["result"] is not run.result:
+    if new_run.phase is not run.phase or new_run.result is not run.result:
         seq += 1
         derived = (_phase_event(new_run, seq, at),)
     return _applied(_state(state, event.id, new_run, seq, open_tasks, config), derived, False)
@@ -271,18 +236,13 @@ def _start(state: RunState, event: Event) -> Outcome:
         if rct.needs_approval:
             t = tasks[tid]
             if t.status is _NOTSTARTED and not t.approved:
-                tasks = {**tasks, tid: evolve(t, {"waiting_approval": True})}
-    fields = run.__dict__.copy()
-    fields["phase"] = _RUNNING
-    fields["start_time"] = at
-    fields["tasks"] = tasks
-    running = _new(Run)
-    _set_run(running, fields)
+                tasks = {**tasks, tid: replace(t, waiting_approval=True)}
+    running = replace(run, phase=_RUNNING, start_time=at, tasks=tasks)
     changes: dict[str, object] = {}
     _settle(run, changes, state.open_tasks, False, at)  # result and stop are those of ``running``
     if not changes:
         return _commit(state, event, running, state.open_tasks)
-    return _commit(state, event, evolve(running, changes), state.open_tasks, running)
+    return _commit(state, event, replace(running, **changes), state.open_tasks, running)
 
 
 def _cancel(state: RunState, event: Event) -> Outcome:
@@ -291,17 +251,16 @@ def _cancel(state: RunState, event: Event) -> Outcome:
         return Rejected(reason=f"run {run.id} is {run.phase}: only a queued run is cancelled", state=state)  # fmt: skip
     at = event.at
     tasks = _cancel_not_started(run.tasks, at)
-    changes = {"phase": Phase.CANCELLED, "end_time": at, "tasks": tasks}
-    return _commit(state, event, evolve(run, changes), 0)
+    return _commit(state, event, replace(run, phase=Phase.CANCELLED, end_time=at, tasks=tasks), 0)
 
 
 def _cancel_not_started(tasks: Mapping[str, RunTask], at: int) -> dict[str, RunTask]:
     out: dict[str, RunTask] = {}
     for tid, t in tasks.items():
         if t.status is TaskStatus.NOTSTARTED:
-            t = evolve(t, {"status": TaskStatus.CANCELLED, "end_time": at, "waiting_approval": False})  # fmt: skip
+            t = replace(t, status=TaskStatus.CANCELLED, end_time=at, waiting_approval=False)
         elif t.waiting_approval:
-            t = evolve(t, {"waiting_approval": False})
+            t = replace(t, waiting_approval=False)
         out[tid] = t
     return out
 
@@ -317,7 +276,7 @@ def _stop(state: RunState, event: Event) -> Outcome:
     open_tasks = sum(t.status not in _FINISHED for t in tasks.values())
     changes: dict[str, object] = {"stop": True, "tasks": tasks}
     _settle(run, changes, open_tasks, False, at)
-    return _commit(state, event, evolve(run, changes), open_tasks)
+    return _commit(state, event, replace(run, **changes), open_tasks)
 
 
 def _task_approved(state: RunState, event: Event) -> Outcome:
@@ -330,8 +289,8 @@ def _task_approved(state: RunState, event: Event) -> Outcome:
         return Rejected(reason=f"task {task.id!r} is already approved", state=state)
     if not task.waiting_approval:
         return Rejected(reason=f"task {task.id!r} is not waiting for approval", state=state)
-    tasks = {**run.tasks, task.id: evolve(task, {"approved": True, "waiting_approval": False})}
-    return _commit(state, event, evolve(run, {"tasks": tasks}), state.open_tasks)
+    tasks = {**run.tasks, task.id: replace(task, approved=True, waiting_approval=False)}
+    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
 
 
 def _task_annotations(state: RunState, event: Event) -> Outcome:
@@ -340,8 +299,8 @@ def _task_annotations(state: RunState, event: Event) -> Outcome:
     task = run.tasks.get(data.task_id)
     if task is None:
         return Rejected(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
-    tasks = {**run.tasks, task.id: evolve(task, {"annotations": dict(data.annotations)})}
-    return _commit(state, event, evolve(run, {"tasks": tasks}), state.open_tasks)
+    tasks = {**run.tasks, task.id: replace(task, annotations=dict(data.annotations))}
+    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
 
 
 def _exists(state: RunState, event: Event) -> Outcome:

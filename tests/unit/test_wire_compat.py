@@ -104,7 +104,13 @@ def test_recorded_records_decode_and_encode_back_to_the_same_bytes(line: dict[st
     raw = _raw(line)
     events = decode_record(raw)
     again = encode(events[0]) if raw.startswith(b"{") else encode_commit(events)
-    assert again == raw
+    # One difference, in number formatting only: msgspec writes a float's positive exponent
+    # without "+" (1e16; orjson wrote 1e+16), which only a float in an opaque task step can have.
+    assert again == raw or (
+        b"e+" in raw
+        and again == raw.replace(b"e+", b"e")
+        and orjson.loads(again) == orjson.loads(raw)
+    )
 
 
 def test_recorded_states_read_back_to_the_same_bytes() -> None:
