@@ -35,7 +35,7 @@ __all__ = ["MaterializerService", "dead_letter_headers"]
 log = logging.getLogger("runstream.pipeline")
 
 TAKE_MAX = 2000
-TAKE_WITHIN = 0.05
+TAKE_WITHIN = 0.005
 GC_EVERY = 60.0
 REVOKE_TIMEOUT = 10.0  # a last checkpoint at revocation, bounded
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from prometheus_client import Histogram
 
 from agents.owner import PartitionOwner
 from agents.producer import partition_for
@@ -32,6 +35,16 @@ from events import Event, RunState, encode
 __all__ = ["OwnedRuns", "UrlMap"]
 
 log = logging.getLogger("runstream.routing")
+
+WRITE_SECONDS = Histogram(
+    "runstream_api_write_seconds",
+    "API writes at the owner, by stage: append (until the log acknowledged the event) and apply "
+    "(then until the owner's materializer judged it)",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0),
+)
+_APPEND = WRITE_SECONDS.labels("append")
+_APPLY = WRITE_SECONDS.labels("apply")
 
 LOCAL = Local()
 #: Bytes a commit adds around one event (``[`` and ``]``).
@@ -125,16 +138,20 @@ class OwnedRuns:
             raise Unavailable(
                 f"partition of run {event.run_id} is not served here right now"
             ) from None
+        started = time.perf_counter()
         try:
             await self._append([event])
         except Exception:
             owner.forget([event.id])
             log.exception("appending to the log failed", extra={"run_id": event.run_id})
             raise Unavailable("could not append the event to the log; retry") from None
+        appended = time.perf_counter()
+        _APPEND.observe(appended - started)
         try:
             outcome: ApplyOutcome = await asyncio.wait_for(
                 asyncio.shield(future), self.apply_timeout
             )
+            _APPLY.observe(time.perf_counter() - appended)
         except TimeoutError:
             owner.forget([event.id])
             raise Unavailable(

@@ -1,26 +1,31 @@
-"""HTTP API figures: run creation and a one-group 25-run listing, each beside a baseline
-(``GET /healthz`` on the same server) measured in the same run.
+"""HTTP API figures of real workers, each beside the same run's ``GET /healthz`` baseline.
 
-The API runs in this process (one service process, one event loop) over: an index pre-filled
-with ``--runs`` runs, an in-memory ``RunSource``, and for creation an ``EventSink`` that is the
-in-memory fake and/or the real ``agents.producer.EventProducer`` on a fresh topic of the local
-Kafka, an ``IdSource`` that is the real ``datamanager.IdAllocator`` on the local etcd (or an
-in-memory counter with ``--ids memory``). The load comes from a separate Python process on
-loopback (aiohttp client, ``--concurrency`` connections in a closed loop); latencies are measured
-by that client, so they include its own overhead.
+Two ``runstream worker`` processes in one consumer group on the local stack, over topics of
+**one** partition: one worker owns every run (the *owner*), the other owns none (the
+*non-owner*), so each request can be aimed at either. The load comes from a separate Python
+process on loopback (aiohttp, ``--concurrency`` connections in a closed loop); latencies are
+measured by that client, so they include its own overhead.
 
-    .venv/bin/python bench/bench_api.py                      # memory and kafka sinks, etcd ids
-    .venv/bin/python bench/bench_api.py --sinks memory --ids memory --seconds 5
+* ``POST /runs`` to the owner: id from etcd, event appended to Kafka, answered after the owner's
+  materializer applied it (checkpoints keep running meanwhile);
+* the same through the non-owner: the relay's cost is the difference of the two;
+* ``GET /runs/{id}`` at the owner and through the non-owner;
+* one group's newest 25 (the index), for the listing lag figure's context.
+
+    .venv/bin/python bench/bench_api.py                  # 8 s per phase
+    .venv/bin/python bench/bench_api.py --seconds 4 --concurrency 16
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
-import random
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,18 +33,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiohttp import web
+import httpx
 from tqdm import tqdm
 
-from api import create_api
-from events import Phase, Result
-from tests.fakes_api import Fakes
+from tests.harness import Worker, free_port, make_settings, prepare_topics
 
-GROUPS = 1000
-HOT_GROUP = "/project/p7/branch/main"
+GROUP = "/project/bench/branch/main"
 BODY = {
     "name": "build",
-    "group": HOT_GROUP,
+    "group": GROUP,
     "tasks": [
         {"id": "checkout", "name": "checkout", "steps": [{"run": "git clone"}]},
         {
@@ -104,137 +106,83 @@ def load_main(argv: list[str]) -> None:
     print(json.dumps(stats))
 
 
-async def drive(url: str, method: str, path: str, body: bytes, seconds: float, concurrency: int, expect: int) -> dict[str, Any]:  # fmt: skip
-    """Run the load in a separate process; the server keeps serving in this loop meanwhile."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--load",
-        url,
-        method,
-        path,
-        body.decode(),
-        str(seconds),
-        str(concurrency),
-        str(expect),
+def drive(url: str, method: str, path: str, body: bytes, seconds: float, concurrency: int, expect: int) -> dict[str, Any]:  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--load",
+            url,
+            method,
+            path,
+            body.decode(),
+            str(seconds),
+            str(concurrency),
+            str(expect),
+        ],
+        check=True,
         stdout=subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
+    ).stdout
     result: dict[str, Any] = json.loads(out)
     return result
-
-
-# ------------------------------------------------------------------------------ service side
-
-
-class CountingSink:
-    """An in-memory ``EventSink`` that counts (a sink that kept every event would grow the heap
-    and time the garbage collector, not the API)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def append(self, events: Any) -> None:
-        self.count += len(events)
-
-
-def prefill(fakes: Fakes, runs: int) -> None:
-    rng = random.Random(7)
-    groups = [HOT_GROUP] + [f"/project/p{i % 97}/branch/b{i}" for i in range(1, GROUPS)]
-    for run_id in tqdm(range(1, runs + 1), desc="index prefill", unit="run", mininterval=0.5):
-        fakes.index.apply(run_id, rng.choice(groups), Phase.FINISHED, Result.SUCCESS, 2)
-
-
-async def kafka_sink(bootstrap: str) -> Any:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from agents.producer import EventProducer
-
-    topic = f"bench-api-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = EventProducer(bootstrap, topic)
-    for _ in range(50):  # metadata for a fresh topic takes a moment
-        try:
-            await producer.start()
-            return producer, topic
-        except RuntimeError:
-            await producer.stop()
-            producer = EventProducer(bootstrap, topic)
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"topic {topic} never got partitions")
-
-
-async def etcd_ids(endpoint: str) -> Any:
-    from datamanager.etcd import EtcdKv
-    from datamanager.sequence import IdAllocator
-
-    kv = EtcdKv(endpoint, f"/bench-api/{uuid.uuid4().hex[:8]}/")
-    return kv, IdAllocator(kv, "runs/seq", block=1000, start=10_000_000)
-
-
-async def serve(fakes: Fakes) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(create_api(fakes.deps()), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 def line(name: str, s: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     ratio = f"  {s['rps'] / base['rps']:.2f}× baseline rps" if base else ""
     return (
-        f"{name:<34} {s['rps']:>8,.0f} req/s  p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms"
+        f"{name:<40} {s['rps']:>8,.0f} req/s  p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms"
         f"  ({s['requests']:,} requests, {s['errors']} errors){ratio}"
     )
 
 
-async def bench(args: argparse.Namespace) -> None:
-    fakes = Fakes()
-    prefill(fakes, args.runs)
-    kv = None
-    if args.ids == "etcd":
-        kv, fakes.ids = await etcd_ids(args.etcd)  # type: ignore[assignment]
-    memory_sink = CountingSink()
-    fakes.sink = memory_sink  # type: ignore[assignment]
-    runner, url = await serve(fakes)
-    body = json.dumps(BODY).encode()
-    c, secs = args.concurrency, args.seconds
-    list_path = f"/api/v1/runs?group={HOT_GROUP}&limit=25"
-    print(f"API on {url}; index {len(fakes.index):,} runs in {GROUPS} groups; ids: {args.ids}; "
-          f"load: separate process, {c} connections, {secs:.0f}s per phase")  # fmt: skip
-    try:
-        base = await drive(url, "GET", "/healthz", b"", secs, c, 200)
-        print(line("baseline GET /healthz", base))
-        listing = await drive(url, "GET", list_path, b"", secs, args.list_concurrency, 200)
-        base_l = await drive(url, "GET", "/healthz", b"", secs, args.list_concurrency, 200)
-        print(line(f"baseline GET /healthz (c={args.list_concurrency})", base_l))
-        print(line(f"list one group, 25 newest (c={args.list_concurrency})", listing, base_l))
-        for sink in args.sinks:
-            producer = None
-            if sink == "kafka":
-                producer, topic = await kafka_sink(args.kafka)
-                fakes.sink = producer  # type: ignore[assignment]
-                runner_k, url_k = await serve(fakes)  # deps are read at create_api time
-            else:
-                runner_k, url_k = runner, url
-            before = memory_sink.count
-            created = await drive(url_k, "POST", "/api/v1/runs", body, secs, c, 201)
-            where = f"Kafka topic {topic}" if producer else f"memory ({memory_sink.count - before:,} events)"  # fmt: skip
-            print(line(f"POST /runs, sink {sink}", created, base) + f"  → {where}")
-            if producer is not None:
-                await runner_k.cleanup()
-                await producer.stop()
-    finally:
-        await runner.cleanup()
-        if kv is not None:
-            await kv.close()
-    print("targets: creation ≥ 1,500 req/s with p99 ≤ 50 ms; listing p99 ≤ 10 ms")
+# ------------------------------------------------------------------------------ workers
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_stages(url: str) -> str:
+    """Mean seconds of the owner's write stages (append, apply) from its /metrics."""
+    sums: dict[tuple[str, str], float] = {}
+    for ln in httpx.get(f"{url}/metrics").text.splitlines():
+        for kind in ("sum", "count"):
+            head = f'runstream_api_write_seconds_{kind}{{stage="'
+            if ln.startswith(head):
+                stage = ln[len(head) :].split('"', 1)[0]
+                sums[(stage, kind)] = float(ln.rsplit(" ", 1)[1])
+    parts = []
+    for stage in ("append", "apply"):
+        n = sums.get((stage, "count"), 0.0)
+        if n:
+            parts.append(f"{stage} {sums[(stage, 'sum')] / n * 1000:.1f} ms")
+    return "mean " + ", ".join(parts)
+
+
+def owned(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    for ln in text.splitlines():
+        if ln.startswith("runstream_partitions_owned "):
+            return float(ln.split()[1])
+    return 0.0
+
+
+def wait_settled(urls: list[str], within: float = 120) -> tuple[str, str]:
+    """(owner, non-owner) once both answer /healthz 200 and one owns the partition."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if all(httpx.get(f"{u}/healthz").status_code == 200 for u in urls):
+                counts = [owned(u) for u in urls]
+                if sorted(counts) == [0.0, 1.0]:
+                    owner = urls[counts.index(1.0)]
+                    return owner, next(u for u in urls if u != owner)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the workers did not settle")
 
 
 def main() -> None:
@@ -242,16 +190,69 @@ def main() -> None:
         load_main(sys.argv[2:])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--runs", type=int, default=100_000, help="runs pre-filled in the index")
     p.add_argument("--seconds", type=float, default=8.0, help="duration of each load phase")
     p.add_argument("--concurrency", type=int, default=32, help="connections for creation")
-    p.add_argument("--list-concurrency", type=int, default=8, help="connections for listing")
-    p.add_argument("--sinks", nargs="+", choices=("memory", "kafka"), default=["memory", "kafka"])
-    p.add_argument("--ids", choices=("etcd", "memory"), default="etcd")
-    p.add_argument("--kafka", default="127.0.0.1:9092")
-    p.add_argument("--etcd", default="127.0.0.1:2379")
+    p.add_argument("--read-concurrency", type=int, default=8, help="connections for reads")
+    p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    p.add_argument("--etcd", default=os.environ.get("RUNSTREAM_ETCD_ENDPOINT", "127.0.0.1:2379"))
     args = p.parse_args()
-    asyncio.run(bench(args))
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    unique = f"bapi{uuid.uuid4().hex[:8]}"
+    s = make_settings(unique, args.kafka, args.etcd, f"file://{tmp}/objects", partitions=1)
+    s = dataclasses.replace(s, checkpoint_interval=5.0, session_timeout=6.0)
+    asyncio.run(prepare_topics(s))
+    workers = [
+        Worker(dataclasses.replace(s, web_port=free_port()), tmp / f"w{i}.log").start()
+        for i in range(2)
+    ]
+    urls = [f"http://127.0.0.1:{w.settings.web_port}" for w in workers]
+    try:
+        owner, other = wait_settled(urls)
+        c, rc, secs = args.concurrency, args.read_concurrency, args.seconds
+        body = json.dumps(BODY).encode()
+        print(f"owner {owner}, non-owner {other}; load: separate process, {secs:.0f}s per phase")
+        phases = tqdm(total=7, desc="bench_api", unit="phase", file=sys.stderr)
+        base = drive(owner, "GET", "/healthz", b"", secs, c, 200)
+        phases.update()
+        owner_pid = next(w.proc.pid for w, u in zip(workers, urls, strict=True) if u == owner and w.proc)  # fmt: skip
+        cpu0 = cpu_seconds(owner_pid)
+        post_owner = drive(owner, "POST", "/api/v1/runs", body, secs, c, 201)
+        owner_cpu = (cpu_seconds(owner_pid) - cpu0) / max(1, post_owner["requests"])
+        stages = write_stages(owner)
+        phases.update()
+        post_relay = drive(other, "POST", "/api/v1/runs", body, secs, c, 201)
+        phases.update()
+        run_id = httpx.post(f"{owner}/api/v1/runs", json=BODY).json()["run"]["id"]
+        base_r = drive(owner, "GET", "/healthz", b"", secs, rc, 200)
+        phases.update()
+        get_owner = drive(owner, "GET", f"/api/v1/runs/{run_id}", b"", secs, rc, 200)
+        phases.update()
+        get_relay = drive(other, "GET", f"/api/v1/runs/{run_id}", b"", secs, rc, 200)
+        phases.update()
+        listing = drive(other, "GET", f"/api/v1/runs?group={GROUP}&limit=25", b"", secs, rc, 200)
+        phases.update()
+        phases.close()
+        print(line(f"baseline GET /healthz (c={c})", base))
+        print(line(f"POST /runs at the owner (c={c})", post_owner, base))
+        print(line(f"POST /runs through the non-owner (c={c})", post_relay, base))
+        print(f"owner's CPU per creation: {owner_cpu * 1000:.2f} ms; at the owner, {stages}")
+        print(line(f"baseline GET /healthz (c={rc})", base_r))
+        print(line(f"GET /runs/{{id}} at the owner (c={rc})", get_owner, base_r))
+        print(line(f"GET /runs/{{id}} through the non-owner (c={rc})", get_relay, base_r))
+        print(line(f"list one group, 25 newest (c={rc})", listing, base_r))
+        print(
+            f"relay adds: POST p99 {post_relay['p99_ms'] - post_owner['p99_ms']:+.2f} ms, "
+            f"p50 {post_relay['p50_ms'] - post_owner['p50_ms']:+.2f} ms; "
+            f"GET p99 {get_relay['p99_ms'] - get_owner['p99_ms']:+.2f} ms"
+        )
+        print(
+            "targets: POST at the owner ≥ 1,500 req/s, p99 ≤ 60 ms; relay adds ≤ 10 ms at p99; "
+            "GET through a non-owner p99 ≤ 10 ms"
+        )
+    finally:
+        for w in workers:
+            w.stop()
 
 
 if __name__ == "__main__":
