@@ -47,6 +47,10 @@ log = logging.getLogger("runstream.web")
 
 #: Seconds the API server gives open requests (event streams) when the worker stops.
 SHUTDOWN_SECONDS = 2.0
+#: The API's group commit waits this long for more events: a write waits for its append, then
+#: for its apply, so every millisecond here is a millisecond of every answer (5 ms cost 4 ms
+#: at p50 over 1 ms, measured at 32 concurrent appends).
+API_LINGER = 0.001
 
 
 class _IndexHandle:
@@ -71,7 +75,9 @@ class _Sink:
         if self._producer is None:
             async with self._lock:
                 if self._producer is None:
-                    producer = EventProducer(self.settings.kafka, self.settings.topic_events)
+                    producer = EventProducer(
+                        self.settings.kafka, self.settings.topic_events, linger=API_LINGER
+                    )
                     await producer.start()
                     self._producer = producer
         await self._producer.append(events)

@@ -161,6 +161,24 @@ def write_stages(url: str) -> str:
     return "mean " + ", ".join(parts)
 
 
+def listing_lag(url: str, n: int) -> tuple[float, float]:
+    """p50 and p99 seconds from a creation's 201 until a listing of its group shows the run."""
+    lags: list[float] = []
+    group = f"/project/lag{uuid.uuid4().hex[:6]}/branch/main"
+    with httpx.Client(base_url=url) as http:
+        for _ in range(n):
+            run_id = http.post("/api/v1/runs", json={**BODY, "group": group}).json()["run"]["id"]
+            t0 = time.perf_counter()
+            while True:
+                page = http.get("/api/v1/runs", params={"group": group, "limit": 1}).json()
+                if page["runs"] and page["runs"][0]["id"] == run_id:
+                    break
+                time.sleep(0.002)
+            lags.append(time.perf_counter() - t0)
+    lags.sort()
+    return lags[len(lags) // 2], lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+
+
 def owned(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     for ln in text.splitlines():
@@ -232,6 +250,7 @@ def main() -> None:
         phases.update()
         listing = drive(other, "GET", f"/api/v1/runs?group={GROUP}&limit=25", b"", secs, rc, 200)
         phases.update()
+        lag50, lag99 = listing_lag(other, 200)
         phases.close()
         print(line(f"baseline GET /healthz (c={c})", base))
         print(line(f"POST /runs at the owner (c={c})", post_owner, base))
@@ -241,6 +260,10 @@ def main() -> None:
         print(line(f"GET /runs/{{id}} at the owner (c={rc})", get_owner, base_r))
         print(line(f"GET /runs/{{id}} through the non-owner (c={rc})", get_relay, base_r))
         print(line(f"list one group, 25 newest (c={rc})", listing, base_r))
+        print(
+            f"listing lag (201 → listed, 200 creations, listing from the non-owner): "
+            f"p50 {lag50 * 1000:.1f} ms, p99 {lag99 * 1000:.1f} ms"
+        )
         print(
             f"relay adds: POST p99 {post_relay['p99_ms'] - post_owner['p99_ms']:+.2f} ms, "
             f"p50 {post_relay['p50_ms'] - post_owner['p50_ms']:+.2f} ms; "
