@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api.console import add_console_routes
 from api.handlers import Handlers
 from api.middleware import auth_middleware, error_middleware
 from api.openapi import openapi_document
@@ -62,4 +63,5 @@ def create_api(
     r.add_get(f"{PREFIX}/openapi.json", openapi, allow_head=False)
     r.add_get("/healthz", h.healthz, allow_head=False)
     r.add_get("/metrics", h.metrics, allow_head=False)
+    add_console_routes(r)  # /ui/: the console, static files (no run data, no token needed)
     return app

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram
 
 import events
 import indexer
+from api.console import is_console_path
 from api.errors import (
     INTERNAL_MESSAGE,
     ApiError,
@@ -107,7 +108,7 @@ def auth_middleware(api_token: str, max_body_bytes: int) -> Callable[..., Awaita
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if api_token and request.path not in OPEN_PATHS:
+        if api_token and request.path not in OPEN_PATHS and not is_console_path(request.path):
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 raise Unauthorized("this API needs 'Authorization: Bearer <token>'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.console import console_paths
 from indexer import DEFAULT_LIMIT, MAX_LIMIT
 
 __all__ = ["openapi_document"]
@@ -512,7 +513,7 @@ def openapi_document() -> dict[str, Any]:
             "any request: a request about one run is decided by the worker owning the run's "
             "partition, and relayed there.",
         },
-        "paths": {**_runs_paths(), **_service_paths()},
+        "paths": {**_runs_paths(), **_service_paths(), **console_paths()},
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -1,0 +1,262 @@
+// A run: its summary, actions, task graph and table, environment keys, annotations, setup
+// errors and history. It reloads itself when the phase stream says the run changed.
+
+import { api, phases, token } from "./api.js";
+import { deps, drawGraph, statusLabel, taskStatus } from "./graph.js";
+import { badge, duration, errorText, h, notice, time } from "./ui.js";
+
+function keys(title, map, id) {
+  const names = Object.keys(map || {}).sort();
+  return h(
+    "section",
+    { id, "aria-labelledby": `${id}-h` },
+    h("h2", { id: `${id}-h` }, title),
+    names.length
+      ? h("ul", { class: "keys" }, names.map((k) => h("li", {}, h("code", {}, k), " = ", h("span", { class: "hidden-value" }, "(hidden)"))))
+      : h("p", { class: "muted" }, "none"),
+  );
+}
+
+function pairs(title, map, id) {
+  const names = Object.keys(map || {}).sort();
+  return h(
+    "section",
+    { id, "aria-labelledby": `${id}-h` },
+    h("h2", { id: `${id}-h` }, title),
+    names.length
+      ? h("dl", { class: "pairs" }, names.map((k) => [h("dt", {}, k), h("dd", {}, map[k])]))
+      : h("p", { class: "muted" }, "none"),
+  );
+}
+
+function historyItems(body) {
+  if (Array.isArray(body)) return body;
+  for (const k of ["history", "events", "entries", "items"]) if (body && Array.isArray(body[k])) return body[k];
+  return [];
+}
+
+function historyView(items) {
+  if (!items.length) return h("p", { class: "muted" }, "no events");
+  return h(
+    "ol",
+    { class: "timeline" },
+    items.map((it) => {
+      const ev = it.event || it;
+      const outcome = it.outcome || (it.rejected ? "refused" : it.reason ? "refused" : "applied");
+      const reason = it.reason || it.message || "";
+      return h(
+        "li",
+        { class: "entry" },
+        time(ev.at ?? it.at),
+        " ",
+        h("strong", {}, ev.type || it.type || "event"),
+        " ",
+        badge("outcome", outcome),
+        ev.data && ev.data.task_id ? [" task ", h("code", {}, ev.data.task_id)] : null,
+        ev.data && ev.data.status ? [" → ", ev.data.status] : null,
+        ev.data && ev.data.phase ? [" → ", ev.data.phase, "/", ev.data.result] : null,
+        typeof it.seq === "number" ? h("span", { class: "muted" }, ` (revision ${it.seq})`) : null,
+        reason ? h("span", { class: "reason" }, ` — ${reason}`) : null,
+      );
+    }),
+  );
+}
+
+export function renderRun(root, runId) {
+  let closed = false;
+  let seq = -1;
+  let reloading = null;
+
+  async function act(label, fn) {
+    notice(`${label}…`, "info");
+    try {
+      const result = await fn();
+      notice(`${label}: done`, "ok");
+      return result;
+    } catch (err) {
+      notice(`${label} refused — ${errorText(err)}`, "error");
+      return undefined;
+    } finally {
+      await load();
+    }
+  }
+
+  function actions(run) {
+    const button = (id, label, fn) => h("button", { id, type: "button", onclick: fn }, label);
+    return h(
+      "section",
+      { id: "actions", "aria-labelledby": "actions-h" },
+      h("h2", { id: "actions-h" }, "Actions"),
+      token() ? null : h("p", { class: "muted" }, "No API token given: a worker that needs one refuses these (give it at the top)."),
+      h(
+        "div",
+        { class: "buttons" },
+        button("action-start", "Start", () => act("Start", () => api.runAction(run.id, "start"))),
+        button("action-stop", "Stop", () => act("Stop", () => api.runAction(run.id, "stop"))),
+        button("action-cancel", "Cancel", () => act("Cancel", () => api.runAction(run.id, "cancel"))),
+        button("action-recreate-start", "Recreate from start", () => recreate(run.id, true)),
+        button("action-recreate-failed", "Recreate from failed tasks", () => recreate(run.id, false)),
+      ),
+    );
+  }
+
+  async function recreate(id, fromStart) {
+    const got = await act(fromStart ? "Recreate from start" : "Recreate from failed tasks", () => api.recreate(id, fromStart));
+    if (got && got.run) location.hash = `#/run/${got.run.id}`;
+  }
+
+  function taskTable(run, config) {
+    const byId = new Map(run.tasks.map((t) => [t.id, t]));
+    return h(
+      "div",
+      { class: "scroll" },
+      h(
+        "table",
+        { id: "tasks-table" },
+        h("caption", {}, "Tasks"),
+        h("thead", {}, h("tr", {}, ["Task", "Level", "Status", "Depends on", "Started", "Ended", "Environment", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "tbody",
+          {},
+          config.tasks.map((ct) => {
+            const t = byId.get(ct.id) || { status: "notstarted" };
+            const status = taskStatus(t, deps(ct), run);
+            return h(
+              "tr",
+              { dataset: { taskId: ct.id, status } },
+              h("th", { scope: "row" }, ct.name, ct.name !== ct.id ? h("span", { class: "muted" }, ` (${ct.id})`) : null),
+              h("td", {}, ct.level ?? ""),
+              h(
+                "td",
+                {},
+                badge("task", status, statusLabel(status)),
+                ct.needs_approval ? h("span", { class: "mark" }, t.approved ? " (approved)" : " (needs approval)") : null,
+              ),
+              h(
+                "td",
+                {},
+                (ct.depends || []).map((d, i) => [
+                  i ? ", " : "",
+                  h("code", {}, d.task_id),
+                  d.conditions && d.conditions.length ? ` (${d.conditions.join(", ")})` : "",
+                ]),
+              ),
+              h("td", {}, time(t.start_time)),
+              h("td", {}, time(t.end_time)),
+              h("td", {}, Object.keys(ct.environment || {}).sort().join(", ")),
+              h(
+                "td",
+                {},
+                t.waiting_approval
+                  ? h("button", { type: "button", class: "approve", dataset: { taskId: ct.id }, onclick: () => act(`Approve ${ct.name}`, () => api.approve(run.id, ct.id)) }, `Approve ${ct.name}`)
+                  : null,
+              ),
+            );
+          }),
+        ),
+      ),
+    );
+  }
+
+  function legend() {
+    const states = ["notstarted", "ready", "waitingapproval", "running", "success", "failed", "stopped", "cancelled", "skipped"];
+    return h(
+      "p",
+      { class: "legend" },
+      "Status: ",
+      states.map((st) => [badge("task", st, statusLabel(st)), " "]),
+      " Edges without a label: on_success.",
+    );
+  }
+
+  function draw(got) {
+    const { run, run_config: config } = got;
+    const final = ["setuperror", "cancelled", "finished"].includes(run.phase);
+    const head = h(
+      "header",
+      { class: "run-head" },
+      h("h1", {}, run.counter ? `#${run.counter} ` : "", run.name),
+      h(
+        "dl",
+        { class: "pairs summary" },
+        h("dt", {}, "Run id"), h("dd", { id: "run-id" }, run.id),
+        h("dt", {}, "Group"), h("dd", {}, h("a", { href: `#/runs?group=${encodeURIComponent(run.group)}` }, run.group)),
+        h("dt", {}, "Phase"), h("dd", { id: "run-phase" }, badge("phase", run.phase)),
+        h("dt", {}, "Result"), h("dd", { id: "run-result" }, badge("result", run.result)),
+        h("dt", {}, "Enqueued"), h("dd", {}, time(run.enqueue_time)),
+        h("dt", {}, "Started"), h("dd", {}, time(run.start_time)),
+        h("dt", {}, "Ended"), h("dd", {}, time(run.end_time), run.start_time ? ` (${duration(run.start_time, final ? run.end_time : null)})` : ""),
+        run.stop ? [h("dt", {}, "Stop"), h("dd", {}, "requested")] : null,
+        config.recreated_from ? [h("dt", {}, "Recreated from"), h("dd", {}, h("a", { href: `#/run/${config.recreated_from}` }, config.recreated_from))] : null,
+        h("dt", {}, "Revision"), h("dd", {}, String(got.seq)),
+      ),
+    );
+    const errors =
+      run.phase === "setuperror" || (config.setup_errors || []).length
+        ? h(
+            "section",
+            { id: "setup-errors", "aria-labelledby": "setup-errors-h" },
+            h("h2", { id: "setup-errors-h" }, "Setup errors"),
+            h("ul", {}, (config.setup_errors || []).map((e) => h("li", {}, e.message, e.task_ids && e.task_ids.length ? h("span", { class: "muted" }, ` (tasks: ${e.task_ids.join(", ")})`) : ""))),
+          )
+        : null;
+    const graph = config.tasks.length
+      ? h(
+          "section",
+          { id: "graph", "aria-labelledby": "graph-h" },
+          h("h2", { id: "graph-h" }, "Task graph"),
+          legend(),
+          h("div", { class: "scroll graph-box" }, drawGraph(run, config)),
+          taskTable(run, config),
+        )
+      : null;
+    const history = h("section", { id: "history", "aria-labelledby": "history-h" }, h("h2", { id: "history-h" }, "History"), h("p", { class: "muted", id: "history-body" }, "Loading…"));
+    const parts = [
+      head,
+      actions(run),
+      errors,
+      graph,
+      keys("Environment", config.environment, "environment"),
+      keys("Static environment", config.static_environment, "static-environment"),
+      pairs("Annotations", { ...(config.annotations || {}), ...(run.annotations || {}) }, "annotations"),
+      history,
+    ];
+    root.replaceChildren(...parts.filter(Boolean));
+    loadHistory(history);
+  }
+
+  async function loadHistory(section) {
+    let content;
+    try {
+      content = historyView(historyItems(await api.history(runId)));
+    } catch (err) {
+      content =
+        err.status === 404 || err.status === 501
+          ? h("p", { class: "muted", id: "history-body" }, "History not available from this worker.")
+          : h("p", { class: "notice error", id: "history-body" }, `Could not read the history: ${errorText(err)}`);
+    }
+    if (!closed) section.replaceChildren(section.firstChild, content);
+  }
+
+  async function load() {
+    try {
+      const got = await api.getRun(runId);
+      if (closed) return;
+      seq = got.seq;
+      draw(got);
+    } catch (err) {
+      if (!closed) root.replaceChildren(h("h1", {}, `Run ${runId}`), h("p", { class: "notice error", role: "alert" }, errorText(err)));
+    }
+  }
+
+  const unsubscribe = phases.on((event) => {
+    if (event.run_id !== runId || event.data.seq <= seq || reloading) return;
+    reloading = load().finally(() => (reloading = null));
+  });
+  root.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  load();
+  return () => {
+    closed = true;
+    unsubscribe();
+  };
+}

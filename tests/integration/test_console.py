@@ -1,0 +1,328 @@
+"""The console at /ui/ in a real browser (Debian's chromium + chromedriver, driven by selenium)
+against a real worker on the local stack: runs listed, a row following the phase stream without a
+reload, a run's task graph with every task's status, an approval from the page; every request the
+pages make stays on 127.0.0.1. Screenshots of every page go to the test's tmp_path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from agents.producer import EventProducer
+from api.client import AsyncClient
+from events.catalogue import TaskStatusChanged, make_event
+from events.model import TaskStatus
+from tests.harness import Worker, make_settings, prepare_topics, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]
+
+#: Deadlines for a hung system, not performance assertions.
+WAIT = 60
+
+PIPELINE = [
+    {"id": "build", "name": "build"},
+    {"id": "test", "name": "test", "depends": [{"task_id": "build", "conditions": ["on_success"]}]},
+    {"id": "deploy", "name": "deploy", "needs_approval": True, "depends": [{"task_id": "test"}]},
+    {
+        "id": "notify",
+        "name": "notify",
+        "depends": [{"task_id": "test", "conditions": ["on_success", "on_failure"]}],
+    },
+]
+LINT = [{"id": "lint", "name": "lint"}]
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/lib/chromium")
+    if found is None:
+        # Never a skip: the project's set-up installs it (deploy/local up, .ci/run).
+        pytest.fail(
+            f"{name} is missing: `apt-get install -y chromium chromium-driver` "
+            "(deploy/local up and .ci/run install them)",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = _binary("chromium")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--no-first-run",
+        "--disable-background-networking",  # no update checks, no safe-browsing lists
+        "--disable-component-update",
+        "--disable-default-apps",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    service = Service(
+        executable_path=_binary("chromedriver"), log_output=str(tmp_path / "chromedriver.log")
+    )
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        yield driver
+    finally:
+        (tmp_path / "browser-console.json").write_text(
+            json.dumps(driver.get_log("browser"), indent=1)
+        )
+        driver.quit()
+
+
+def until(driver: WebDriver, what: str, pred: Callable[[WebDriver], Any]) -> Any:
+    def safe(d: WebDriver) -> Any:
+        try:
+            return pred(d)
+        except (StaleElementReferenceException, WebDriverException):
+            return False  # the page redrew under us: look again
+
+    return WebDriverWait(driver, WAIT, poll_frequency=0.2).until(safe, f"waiting for {what}")
+
+
+def row_cells(driver: WebDriver, run_id: str) -> dict[str, str]:
+    row = driver.find_element(By.CSS_SELECTOR, f'#runs-body tr[data-run-id="{run_id}"]')
+    names = ("counter", "name", "id", "group", "phase", "result")
+    tds = row.find_elements(By.TAG_NAME, "td")
+    return {n: tds[i].text for i, n in enumerate(names)}
+
+
+def graph_tasks(driver: WebDriver) -> dict[str, tuple[str, str]]:
+    """task id → (status attribute, the status text drawn in the node)."""
+    out = {}
+    for g in driver.find_elements(By.CSS_SELECTOR, "#task-graph g.task"):
+        text = g.find_element(By.CSS_SELECTOR, "text.task-status").text
+        out[g.get_attribute("data-task-id") or ""] = (g.get_attribute("data-status") or "", text)
+    return out
+
+
+#: Schemes that never leave the browser (its own pages, inline data).
+LOCAL_SCHEMES = frozenset({"data", "blob", "about", "chrome", "devtools"})
+
+
+def requested_hosts(driver: WebDriver) -> set[str]:
+    """Hosts of every request the pages made that could leave the machine (DevTools
+    performance log + resource timing)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    urls += driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    hosts = set()
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in LOCAL_SCHEMES:
+            hosts.add(f"{parts.scheme}://{parts.hostname}")
+    return hosts
+
+
+def script_errors(driver: WebDriver) -> list[str]:
+    """Errors the pages' scripts raised (answers with an error status are the network's)."""
+    return [e["message"] for e in driver.get_log("browser") if e.get("source") == "javascript"]
+
+
+async def finish_tasks(kafka: str, topic: str, run_id: str, tasks: list[str], tag: str) -> None:
+    """What an executor does: each task running, then success, appended to the log."""
+    async with EventProducer(kafka, topic) as executor:
+        for i, task in enumerate(tasks):
+            for j, status in enumerate((TaskStatus.RUNNING, TaskStatus.SUCCESS)):
+                event = TaskStatusChanged(task_id=task, status=status)
+                eid = f"{tag}-{run_id}-{i}-{j}"
+                at = 1_780_000_000_000 + i * 10 + j
+                await executor.append([make_event(event, id=eid, run_id=run_id, at=at)])
+
+
+async def test_the_console_in_a_real_browser(
+    kafka_bootstrap: str,
+    etcd_endpoint: str,
+    unique: str,
+    tmp_path: Path,
+    browser: WebDriver,
+) -> None:
+    s = make_settings(unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects")
+    await prepare_topics(s)
+    worker = Worker(s, tmp_path / "worker.log").start()
+    url = f"http://127.0.0.1:{s.web_port}"
+    group = f"/project/{unique}"
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+
+        async def healthy() -> bool:
+            try:
+                async with httpx.AsyncClient() as h:
+                    return (await h.get(f"{url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(healthy, within=120, what="/healthz to answer 200")
+        async with AsyncClient(url) as client:
+            pipeline = (await client.create_run(group=f"{group}/branch/main", name="pipeline", tasks=PIPELINE, environment={"DEPLOY_KEY": "s3cr3t-value"}, annotations={"commit": "4f2a9c1"}))["run"]  # fmt: skip
+            lint = (await client.create_run(group=f"{group}/branch/dev", name="lint", tasks=LINT))["run"]  # fmt: skip
+
+            # ---- Runs: both listed, newest first, with their number and name.
+            browser.get(f"{url}/ui/#/runs?group={group}")
+            until(browser, "the phase stream", lambda d: d.find_element(By.ID, "stream-state").text == "live")  # fmt: skip
+            until(browser, "both runs listed with their names", lambda d: row_cells(d, lint["id"])["name"] == "lint" and row_cells(d, pipeline["id"])["name"] == "pipeline")  # fmt: skip
+            ids = [r.get_attribute("data-run-id") for r in browser.find_elements(By.CSS_SELECTOR, "#runs-body tr")]  # fmt: skip
+            assert ids == [lint["id"], pipeline["id"]]  # newest first
+            cells = row_cells(browser, lint["id"])
+            assert (cells["phase"], cells["result"]) == ("queued", "unknown")
+            assert cells["counter"] == f"#{lint['counter']}" or lint["counter"] == 0
+            browser.execute_script("window.__notReloaded = true")
+
+            # ---- The row follows the stream: started through the API, finished through the log.
+            await client.start(lint["id"])
+            until(browser, "lint's row to say running", lambda d: row_cells(d, lint["id"])["phase"] == "running")  # fmt: skip
+            await finish_tasks(s.kafka, s.topic_events, lint["id"], ["lint"], "exec")
+            until(browser, "lint's row to say finished / success", lambda d: (row_cells(d, lint["id"])["phase"], row_cells(d, lint["id"])["result"]) == ("finished", "success"))  # fmt: skip
+            assert browser.execute_script("return window.__notReloaded === true"), "page reloaded"
+            browser.save_screenshot(str(shots / "runs.png"))
+
+            # ---- A run: started from the page, its tasks finished through the log.
+            browser.find_element(By.LINK_TEXT, pipeline["id"]).click()
+            until(browser, "the run page", lambda d: d.find_element(By.ID, "run-id").text == pipeline["id"])  # fmt: skip
+            browser.find_element(By.ID, "action-start").click()
+            until(browser, "the run to be running", lambda d: d.find_element(By.ID, "run-phase").text == "running")  # fmt: skip
+            browser.find_element(
+                By.ID, "action-start"
+            ).click()  # a refusal shows the server's message
+            refusal = until(browser, "the refusal", lambda d: d.find_element(By.CSS_SELECTOR, "#notice .error").text)  # fmt: skip
+            assert "400" in refusal, refusal
+            assert "only a queued run starts" in refusal, refusal
+
+            await finish_tasks(s.kafka, s.topic_events, pipeline["id"], ["build", "test"], "exec")
+
+            async def deploy_waits() -> bool:
+                run = (await client.get_run(pipeline["id"]))["run"]
+                by_id = {t["id"]: t for t in run["tasks"]}
+                return by_id["test"]["status"] == "success" and by_id["deploy"]["waiting_approval"]
+
+            await wait_until(deploy_waits, within=WAIT, what="deploy to wait for approval")
+            browser.refresh()  # task changes are not phase changes: read the run again
+            until(browser, "the graph", lambda d: len(graph_tasks(d)) == 4)
+            drawn = graph_tasks(browser)
+            assert drawn["build"] == ("success", "success")
+            assert drawn["test"] == ("success", "success")
+            assert drawn["deploy"] == ("waitingapproval", "waiting for approval")
+            assert drawn["notify"] == ("ready", "ready")
+            labels = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "#task-graph .edge-label")}  # fmt: skip
+            assert labels == {"on_success", "on_success, on_failure"}
+            edges = browser.find_elements(By.CSS_SELECTOR, "#task-graph g.edge")
+            assert sorted((e.get_attribute("data-from"), e.get_attribute("data-to")) for e in edges) == [
+                ("build", "test"), ("test", "deploy"), ("test", "notify"),
+            ]  # fmt: skip
+            marks = browser.find_element(By.CSS_SELECTOR, '#task-graph g[data-task-id="deploy"] .task-marks').text  # fmt: skip
+            assert "needs approval" in marks
+            assert "DEPLOY_KEY" in browser.find_element(By.ID, "environment").text
+            assert "s3cr3t-value" not in browser.page_source  # keys only, never values
+            assert "4f2a9c1" in browser.find_element(By.ID, "annotations").text
+            history = browser.find_element(By.ID, "history").text
+            assert "History not available" in history or "run.created" in history, history
+            browser.save_screenshot(str(shots / "run.png"))
+
+            # ---- Approve from the page: deploy becomes approved and ready.
+            browser.find_element(By.CSS_SELECTOR, 'button.approve[data-task-id="deploy"]').click()
+            until(browser, "deploy to be ready", lambda d: graph_tasks(d)["deploy"] == ("ready", "ready"))  # fmt: skip
+            marks = browser.find_element(By.CSS_SELECTOR, '#task-graph g[data-task-id="deploy"] .task-marks').text  # fmt: skip
+            assert "approved" in marks
+            deploy = next(t for t in (await client.get_run(pipeline["id"]))["run"]["tasks"] if t["id"] == "deploy")  # fmt: skip
+            assert deploy["approved"]
+            assert not deploy["waiting_approval"]
+            browser.save_screenshot(str(shots / "run-approved.png"))
+
+            # ---- Dead letters: counts from /metrics, after one record the worker cannot read.
+            producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all")
+            await producer.start()
+            try:
+                await producer.send_and_wait(s.topic_events, b'{"type": "run.created", oops')
+            finally:
+                await producer.stop()
+
+            async def counted() -> bool:
+                async with httpx.AsyncClient() as h:
+                    text = (await h.get(f"{url}/metrics")).text
+                return 'runstream_dead_letters_total{reason="invalid_json"} 1.0' in text
+
+            await wait_until(counted, within=WAIT, what="the dead letter on /metrics")
+            browser.get(f"{url}/ui/#/dlq")
+            table = until(browser, "the counts", lambda d: d.find_element(By.ID, "dlq-table").text)  # fmt: skip
+            assert "invalid_json 1" in table, table
+            assert "Total 1" in table, table
+            browser.save_screenshot(str(shots / "dead-letters.png"))
+
+            # ---- A phone's width: the runs page still reads.
+            browser.set_window_size(390, 844)
+            browser.get(f"{url}/ui/#/runs?group={group}")
+            until(browser, "the runs at phone width", lambda d: row_cells(d, pipeline["id"])["phase"] == "running")  # fmt: skip
+            browser.save_screenshot(str(shots / "runs-phone.png"))
+
+            # ---- Nothing left 127.0.0.1, and no script failed.
+            assert requested_hosts(browser) == {"http://127.0.0.1"}
+            assert script_errors(browser) == []
+    finally:
+        worker.stop()
+
+
+async def test_the_console_with_an_api_token(
+    kafka_bootstrap: str, etcd_endpoint: str, unique: str, tmp_path: Path, browser: WebDriver
+) -> None:
+    """The pages load without the token; data calls are refused until it is given, then carry
+    it, the phase stream included (fetch(), since an EventSource cannot send it)."""
+    token = "console-secret"
+    s = make_settings(
+        unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects", api_token=token
+    )
+    await prepare_topics(s)
+    worker = Worker(s, tmp_path / "worker.log").start()
+    url = f"http://127.0.0.1:{s.web_port}"
+    group = f"/project/{unique}"
+    try:
+
+        async def healthy() -> bool:
+            try:
+                async with httpx.AsyncClient() as h:
+                    return (await h.get(f"{url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(healthy, within=120, what="/healthz to answer 200")
+        async with AsyncClient(url, token=token) as client:
+            run = (await client.create_run(group=f"{group}/branch/main", name="ci", tasks=LINT))["run"]  # fmt: skip
+            browser.get(f"{url}/ui/#/runs?group={group}")
+            refused = until(browser, "the 401", lambda d: "401" in d.find_element(By.ID, "runs-status").text and d.find_element(By.ID, "runs-status").text)  # fmt: skip
+            assert "Authorization: Bearer" in refused
+            browser.find_element(By.ID, "token").send_keys(token)
+            browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+            until(browser, "the run listed", lambda d: row_cells(d, run["id"])["name"] == "ci")
+            until(browser, "the phase stream", lambda d: d.find_element(By.ID, "stream-state").text == "live")  # fmt: skip
+            assert browser.execute_script("return sessionStorage.getItem('runstream.token')") == token  # fmt: skip
+            await client.start(run["id"])
+            until(browser, "the row to say running", lambda d: row_cells(d, run["id"])["phase"] == "running")  # fmt: skip
+            browser.save_screenshot(str(tmp_path / "runs-with-token.png"))
+            assert requested_hosts(browser) == {"http://127.0.0.1"}
+            assert script_errors(browser) == []
+    finally:
+        worker.stop()
