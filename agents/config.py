@@ -265,6 +265,15 @@ OPTIONS: tuple[Option, ...] = (
         help="retention.ms of the input topics (events, setup errors) when runstream creates "
         "them; -1 keeps the log whole, which replay needs",
     ),
+    Option(
+        field="max_running_per_group",
+        flag="--max-running-per-group",
+        env="RUNSTREAM_MAX_RUNNING_PER_GROUP",
+        default=1,
+        parse=int,
+        help="the scheduler starts the oldest queued run of a group (its full path) while fewer "
+        "than this many of its runs run; 0 turns the scheduler off",
+    ),
 )
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
@@ -302,6 +311,7 @@ class Settings:
     log_format: str = "json"
     progress: bool = True
     events_retention_ms: int = -1
+    max_running_per_group: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -6,11 +6,15 @@ relative to the storage root.
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = [
     "INDEX_PREFIX",
     "RUNDATA_BASE",
     "RUN_ID_SEQUENCE",
     "index_dump_lock",
+    "scheduler_slots_key",
+    "scheduler_slots_prefix",
     "setup_report_key",
 ]
 
@@ -30,3 +34,14 @@ def index_dump_lock() -> str:
 def setup_report_key(report_id: str) -> str:
     """etcd key mapping a setup-error report to the run id allocated for it (exactly-once)."""
     return f"agents/setup-reports/{report_id}"
+
+
+def scheduler_slots_prefix() -> str:
+    """etcd prefix of the scheduler's running slots, one key per group (``agents.scheduler``)."""
+    return "agents/scheduler/slots/"
+
+
+def scheduler_slots_key(group: str) -> str:
+    """etcd key of ``group``'s running slots: a digest, since group paths are long and free-form
+    (the value names the group)."""
+    return scheduler_slots_prefix() + hashlib.blake2b(group.encode(), digest_size=16).hexdigest()

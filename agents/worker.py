@@ -14,6 +14,7 @@ from agents.logs import setup_logging
 from agents.pipeline import MaterializerService
 from agents.resources import Resources, ensure_topics
 from agents.runtime import tune_gc
+from agents.scheduler import SchedulerService
 from agents.setup_errors import SetupErrorService
 from agents.web import ApiServer
 
@@ -47,6 +48,8 @@ def run_worker(settings: Settings) -> int:
     api = ApiServer(settings, resources, materializer, index, app.router.external_topics_metadata)
     app.task(index.run)
     app.task(api.run)
+    if settings.max_running_per_group > 0:
+        app.task(SchedulerService(settings, resources, materializer, index).run)
 
     log.info("starting worker", extra={"settings": settings.public()})
     worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)

@@ -33,7 +33,7 @@ from indexer.model import (
 if TYPE_CHECKING:
     from indexer.index import RunIndex
 
-__all__ = ["iter_runs", "list_runs", "page_size"]
+__all__ = ["active_runs", "iter_runs", "list_runs", "page_size"]
 
 Slots = npt.NDArray[np.int64]
 _MERGE_MAX_GROUPS = 64
@@ -102,6 +102,22 @@ def iter_runs(
         slots = np.flatnonzero(index.gid[s : s + chunk]).astype(np.int64) + s
         entries = _entries(index, slots[::-1] if order.is_desc() else slots)
         yield from entries
+
+
+def active_runs(index: RunIndex) -> Iterator[tuple[int, str, Phase]]:
+    """``(run id, group, phase)`` of every queued or running run, in id order: one vectorized
+    scan of the phase column (the scheduler's view; about a millisecond a million runs)."""
+    active = np.zeros(256, dtype=np.bool_)
+    for r in RESULT_CODES:
+        active[pr_code(Phase.QUEUED, r)] = active[pr_code(Phase.RUNNING, r)] = True
+    n = index.span
+    slots = np.flatnonzero(active[index.pr[:n]] & (index.gid[:n] != 0))
+    names = index.groups.names
+    ids = (slots + index.base).tolist()
+    gids = index.gid[slots].tolist()
+    codes = index.pr[slots].tolist()
+    for run_id, g, c in zip(ids, gids, codes, strict=True):
+        yield run_id, names[g], _PHASE_OF[c]
 
 
 def _pr_mask(
