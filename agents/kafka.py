@@ -9,7 +9,7 @@ right after it started can raise a stray ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -104,7 +104,7 @@ async def read_range(
     *,
     max_records: int = 10_000,
     timeout_ms: int = 1000,
-) -> AsyncIterator[tuple[int, list[Record]]]:
+) -> AsyncGenerator[tuple[int, list[Record]], None]:
     """Every record of ``topic`` with ``start <= offset < end``, for each ``partition: (start,
     end)`` of ``ranges`` (``end`` None: the partition's end offset now), as ``(partition,
     records)`` batches in offset order per partition. Ends when every partition reached its end.

@@ -234,8 +234,10 @@ class PhaseHub:
             if any(pos < end for pos, end in zip(positions, upto, strict=True)):
                 async with bare_consumer(self.bootstrap, auto_offset_reset="none") as consumer:
                     while any(pos < end for pos, end in zip(positions, upto, strict=True)):
-                        async for item in self._catch_up(consumer, follower, positions, upto):
-                            yield item
+                        catch_up = self._catch_up(consumer, follower, positions, upto)
+                        async with contextlib.aclosing(catch_up):
+                            async for item in catch_up:
+                                yield item
                         if not follower.lagged or self._closed:
                             break
                         # Fell behind the hub while catching up: only this client's own consumer
@@ -265,18 +267,20 @@ class PhaseHub:
         follower: _Follower,
         positions: list[int],
         upto: list[int],
-    ) -> AsyncIterator[tuple[str, Event]]:
+    ) -> AsyncGenerator[tuple[str, Event], None]:
         """Read ``positions`` → ``upto`` from the log; stop early if the hub lets go."""
         ranges = {p: (pos, upto[p]) for p, pos in enumerate(positions) if pos < upto[p]}
-        async for p, msgs in read_range(consumer, self.topic, ranges, timeout_ms=self.catch_up_ms):
-            for m in msgs:
-                positions[p] = m.offset + 1
-                for event in _phase_events(m.value):
-                    yield encode_feed_cursor(positions), event
-                    if self._closed:
-                        return
-            if follower.ended:
-                return
+        batches = read_range(consumer, self.topic, ranges, timeout_ms=self.catch_up_ms)
+        async with contextlib.aclosing(batches):  # closed here, not by the garbage collector
+            async for p, msgs in batches:
+                for m in msgs:
+                    positions[p] = m.offset + 1
+                    for event in _phase_events(m.value):
+                        yield encode_feed_cursor(positions), event
+                        if self._closed:
+                            return
+                if follower.ended:
+                    return
 
     # ----------------------------------------------------------------------------- the pump
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
