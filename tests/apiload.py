@@ -26,6 +26,9 @@ from tests.harness import Worker
 
 T = TypeVar("T")
 
+#: A secret in every run's environment: no log line may carry it.
+SECRET = "hunter2-environment-secret"
+
 TASKS = [
     {"id": "build", "name": "build"},
     {"id": "deploy", "name": "deploy", "needs_approval": True, "depends": [{"task_id": "build"}]},

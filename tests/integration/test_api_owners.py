@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agents.producer import EventProducer
-from tests.apiload import Cluster, one_run
+from tests.apiload import SECRET, Cluster, one_run
 from tests.harness import Worker, free_port, make_settings, prepare_topics, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(420)]
@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(420)]
 
 def three_workers(unique: str, kafka: str, etcd: str, tmp_path: Path) -> list[Worker]:
     s = make_settings(
-        unique, kafka, etcd, f"file://{tmp_path}/objects", partitions=6, session_timeout=6.0
-    )
+        unique, kafka, etcd, f"file://{tmp_path}/objects", partitions=6, session_timeout=6.0,
+        log_level="debug",
+    )  # fmt: skip
     return [
         Worker(dataclasses.replace(s, web_port=free_port()), tmp_path / f"w{i}.log")
         for i in range(3)
@@ -45,6 +46,8 @@ async def run_load(cl: Cluster, s_kafka: str, topic: str, group: str, runs: int,
 
 def no_false_answers(cl: Cluster, problems: list[str]) -> None:
     assert problems == [], problems[:20]
+    for w in cl.workers:  # no log line carries an environment value
+        assert SECRET not in w.log_text()
     # Every 4xx was one the flow expects (a stop of a finished run); nothing else was refused.
     refused = [a for a in cl.answers if a.status >= 400]
     assert all(a.op == "stop" and a.status == 400 for a in refused), refused[:5]
