@@ -4,9 +4,9 @@
 import { s } from "./ui.js";
 
 const ENDED = new Set(["skipped", "cancelled", "stopped", "success", "failed"]);
-const W = 190;
+const W = 160;
 const H = 70;
-const GAP_X = 90;
+const GAP_X = 104;
 const GAP_Y = 24;
 const PAD = 20;
 
@@ -114,7 +114,11 @@ export function drawGraph(run, config) {
           { class: `edge ${kind}`, dataset: { from: d.task_id, to: t.id, conditions: conditions.join(",") } },
           s("path", { d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`, "marker-end": "url(#arrow)" }),
           conditions.length
-            ? s("text", { x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle", class: "edge-label" }, conditions.join(", "))
+            ? s(
+                "text",
+                { x: mx, y: (y1 + y2) / 2 - 6 - 12 * (conditions.length - 1), "text-anchor": "middle", class: "edge-label" },
+                conditions.map((c, i) => s("tspan", { x: mx, dy: i ? 12 : 0 }, i < conditions.length - 1 ? `${c},` : c)),
+              )
             : null,
         ),
       );
@@ -136,9 +140,9 @@ export function drawGraph(run, config) {
         { class: `task status-${status}`, dataset: { taskId: t.id, status }, transform: `translate(${p.x} ${p.y})` },
         s("title", {}, `${t.name} (${t.id}): ${statusLabel(status)}${marks.length ? "; " + marks.join(", ") : ""}`),
         s("rect", { width: W, height: H, rx: 8 }),
-        s("text", { x: 10, y: 20, class: "task-name" }, short(t.name, 24)),
+        s("text", { x: 10, y: 20, class: "task-name" }, short(t.name, 20)),
         s("text", { x: 10, y: 40, class: "task-status" }, statusLabel(status)),
-        marks.length ? s("text", { x: 10, y: 59, class: "task-marks" }, short(marks.join(" · "), 30)) : null,
+        marks.length ? s("text", { x: 10, y: 59, class: "task-marks" }, short(marks.join(" · "), 26)) : null,
       ),
     );
   }

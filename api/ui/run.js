@@ -29,6 +29,10 @@ function pairs(title, map, id) {
   );
 }
 
+function item(term, dd) {
+  return h("div", {}, h("dt", {}, term), dd);
+}
+
 function historyItems(body) {
   if (Array.isArray(body)) return body;
   for (const k of ["history", "events", "entries", "items"]) if (body && Array.isArray(body[k])) return body[k];
@@ -114,7 +118,7 @@ export function renderRun(root, runId) {
         "table",
         { id: "tasks-table" },
         h("caption", {}, "Tasks"),
-        h("thead", {}, h("tr", {}, ["Task", "Level", "Status", "Depends on", "Started", "Ended", "Environment", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Task", "Level", "Status", "Depends on", "Started (UTC)", "Ended (UTC)", "Environment keys"].map((t) => h("th", { scope: "col" }, t)))),
         h(
           "tbody",
           {},
@@ -131,6 +135,9 @@ export function renderRun(root, runId) {
                 {},
                 badge("task", status, statusLabel(status)),
                 ct.needs_approval ? h("span", { class: "mark" }, t.approved ? " (approved)" : " (needs approval)") : null,
+                t.waiting_approval
+                  ? [" ", h("button", { type: "button", class: "approve", dataset: { taskId: ct.id }, onclick: () => act(`Approve ${ct.name}`, () => api.approve(run.id, ct.id)) }, `Approve ${ct.name}`)]
+                  : null,
               ),
               h(
                 "td",
@@ -141,16 +148,9 @@ export function renderRun(root, runId) {
                   d.conditions && d.conditions.length ? ` (${d.conditions.join(", ")})` : "",
                 ]),
               ),
-              h("td", {}, time(t.start_time)),
-              h("td", {}, time(t.end_time)),
+              h("td", {}, time(t.start_time, false)),
+              h("td", {}, time(t.end_time, false)),
               h("td", {}, Object.keys(ct.environment || {}).sort().join(", ")),
-              h(
-                "td",
-                {},
-                t.waiting_approval
-                  ? h("button", { type: "button", class: "approve", dataset: { taskId: ct.id }, onclick: () => act(`Approve ${ct.name}`, () => api.approve(run.id, ct.id)) }, `Approve ${ct.name}`)
-                  : null,
-              ),
             );
           }),
         ),
@@ -178,17 +178,17 @@ export function renderRun(root, runId) {
       h("h1", {}, run.counter ? `#${run.counter} ` : "", run.name),
       h(
         "dl",
-        { class: "pairs summary" },
-        h("dt", {}, "Run id"), h("dd", { id: "run-id" }, run.id),
-        h("dt", {}, "Group"), h("dd", {}, h("a", { href: `#/runs?group=${encodeURIComponent(run.group)}` }, run.group)),
-        h("dt", {}, "Phase"), h("dd", { id: "run-phase" }, badge("phase", run.phase)),
-        h("dt", {}, "Result"), h("dd", { id: "run-result" }, badge("result", run.result)),
-        h("dt", {}, "Enqueued"), h("dd", {}, time(run.enqueue_time)),
-        h("dt", {}, "Started"), h("dd", {}, time(run.start_time)),
-        h("dt", {}, "Ended"), h("dd", {}, time(run.end_time), run.start_time ? ` (${duration(run.start_time, final ? run.end_time : null)})` : ""),
-        run.stop ? [h("dt", {}, "Stop"), h("dd", {}, "requested")] : null,
-        config.recreated_from ? [h("dt", {}, "Recreated from"), h("dd", {}, h("a", { href: `#/run/${config.recreated_from}` }, config.recreated_from))] : null,
-        h("dt", {}, "Revision"), h("dd", {}, String(got.seq)),
+        { class: "summary" },
+        item("Run id", h("dd", { id: "run-id" }, run.id)),
+        item("Group", h("dd", {}, h("a", { href: `#/runs?group=${encodeURIComponent(run.group)}` }, run.group))),
+        item("Phase", h("dd", { id: "run-phase" }, badge("phase", run.phase))),
+        item("Result", h("dd", { id: "run-result" }, badge("result", run.result))),
+        item("Enqueued", h("dd", {}, time(run.enqueue_time))),
+        item("Started", h("dd", {}, time(run.start_time))),
+        item("Ended", h("dd", {}, time(run.end_time), run.start_time ? ` (${duration(run.start_time, final ? run.end_time : null)})` : "")),
+        run.stop ? item("Stop", h("dd", {}, "requested")) : null,
+        config.recreated_from ? item("Recreated from", h("dd", {}, h("a", { href: `#/run/${config.recreated_from}` }, config.recreated_from))) : null,
+        item("Revision", h("dd", {}, String(got.seq))),
       ),
     );
     const errors =
@@ -213,9 +213,9 @@ export function renderRun(root, runId) {
     const history = h("section", { id: "history", "aria-labelledby": "history-h" }, h("h2", { id: "history-h" }, "History"), h("p", { class: "muted", id: "history-body" }, "Loading…"));
     const parts = [
       head,
-      actions(run),
       errors,
       graph,
+      actions(run),
       keys("Environment", config.environment, "environment"),
       keys("Static environment", config.static_environment, "static-environment"),
       pairs("Annotations", { ...(config.annotations || {}), ...(run.annotations || {}) }, "annotations"),
