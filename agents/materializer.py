@@ -134,7 +134,7 @@ class PartitionMaterializer:
         self.checkpointed_offset = next_offset
         self._dirty: dict[str, RunState] = {}
         self._finished: dict[str, RunState] = {}
-        self._suppress: set[tuple[str, int]] = set()
+        self._suppress: set[str] = set()  # ids of derived events already on runs.phases
         self.pending_events = 0
         self._writing: Snapshot | None = None
         # Writes waiting for their apply (agents.owner shares its own here).
@@ -178,8 +178,9 @@ class PartitionMaterializer:
             phases_offset=offsets.get(offsets_key(phases_topic, partition), 0),
         )
 
-    def suppress_emitted(self, emitted: Iterable[tuple[str, int]]) -> None:
-        """Phase changes (run id, seq) already on ``runs.phases``: do not emit them again."""
+    def suppress_emitted(self, emitted: Iterable[str]) -> None:
+        """Ids of derived events (phase changes, ready tasks) already on ``runs.phases``: do not
+        emit them again (derived ids are deterministic: ``<run>.phase.<seq>``, ``<run>.ready.<seq>``)."""
         self._suppress.update(emitted)
 
     # ------------------------------------------------------------------------- applying
@@ -266,7 +267,7 @@ class PartitionMaterializer:
             out.derived.extend(derived)
             return
         for d in derived:
-            key = (d.run_id, phase_seq(d))
+            key = d.id
             if key in suppress:
                 suppress.discard(key)
             else:

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agents import metrics
-from agents.materializer import DeadLetter, phase_seq
+from agents.materializer import DeadLetter
 from agents.ports import LogSender, RecordMeta
 from events.catalogue import Event
 from events.codec import decode_record, encode
 from events.errors import DecodeError
 
-__all__ = ["Headers", "Outbox", "Settled", "dead_letter_headers", "emitted"]
+__all__ = ["DEAD_LETTER_HEADERS", "Headers", "Outbox", "Settled", "dead_letter_headers", "emitted"]
 
 log = logging.getLogger("runstream.outbox")
 
@@ -25,24 +25,43 @@ Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None
 TRUNCATED_DEAD_LETTER = 64 << 10
 
 
-def dead_letter_headers(dl: DeadLetter, topic: str, partition: int) -> list[tuple[str, bytes]]:
+#: The headers runstream adds to a dead letter, and what each holds (docs/events.md, AsyncAPI).
+DEAD_LETTER_HEADERS = {
+    "runstream-error": "the reason code: invalid_json, schema, unknown_type, "
+    "unsupported_version, oversize, misrouted",
+    "runstream-error-message": "what is wrong, naming the field (at most 2000 bytes)",
+    "runstream-source-topic": "the topic the record was read from",
+    "runstream-source-partition": "its partition (decimal)",
+    "runstream-source-offset": "its offset (decimal)",
+    "runstream-source-timestamp": "its Kafka timestamp, ms since the epoch (decimal), if it had one",
+    "runstream-truncated-from": "only on a record too large even for runs.dlq: its size in bytes "
+    "(the value is its first 64 KiB; the whole record stays at the source offset)",
+}
+
+
+def dead_letter_headers(
+    dl: DeadLetter, topic: str, partition: int, *, timestamp_ms: int | None = None
+) -> list[tuple[str, bytes]]:
     """Headers of a dead letter: why it was refused and where it came from."""
-    return [
+    hdrs = [
         ("runstream-error", dl.reason.encode()),
         ("runstream-error-message", dl.message.encode()[:2000]),
         ("runstream-source-topic", topic.encode()),
         ("runstream-source-partition", str(partition).encode()),
         ("runstream-source-offset", str(dl.offset).encode()),
     ]
+    if timestamp_ms is not None:
+        hdrs.append(("runstream-source-timestamp", str(timestamp_ms).encode()))
+    return hdrs
 
 
-def emitted(records: Iterable[bytes]) -> set[tuple[str, int]]:
-    """(run id, seq) of the phase changes in ``runs.phases`` records (unreadable ones skipped)."""
-    out: set[tuple[str, int]] = set()
+def emitted(records: Iterable[bytes]) -> set[str]:
+    """Ids of the derived events (phase changes, ready tasks) in ``runs.phases`` records
+    (unreadable ones skipped)."""
+    out: set[str] = set()
     for raw in records:
         with contextlib.suppress(DecodeError):
-            for ev in decode_record(raw):
-                out.add((ev.run_id, phase_seq(ev)))
+            out.update(ev.id for ev in decode_record(raw))
     return out
 
 
@@ -86,18 +105,29 @@ class Outbox:
             )
         )
 
-    async def dead_letter(self, dl: DeadLetter, headers: Headers) -> None:
-        hdrs = _foreign(headers) + dead_letter_headers(dl, self._source_topic, self._partition)
+    async def dead_letter(
+        self,
+        dl: DeadLetter,
+        headers: Headers,
+        *,
+        key: bytes | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Queue ``dl`` for ``runs.dlq`` with the source record's own headers, ``key`` and
+        timestamp (a header: the dead letter's own timestamp is when it was refused)."""
+        hdrs = _foreign(headers) + dead_letter_headers(
+            dl, self._source_topic, self._partition, timestamp_ms=timestamp_ms
+        )
         send = self._sender.send
         try:
-            sent = await send(self._dlq_topic, None, dl.raw, partition=None, headers=hdrs)
+            sent = await send(self._dlq_topic, key, dl.raw, partition=None, headers=hdrs)
         except Exception as exc:
             # Too large even for the dead-letter topic: keep the head of it; the whole record
             # stays in the source topic at the offset the headers name.
             log.error("dead letter too large; sending its first 64 KiB", extra={"error": str(exc)})
             hdrs += [("runstream-truncated-from", str(len(dl.raw)).encode())]
             head = dl.raw[:TRUNCATED_DEAD_LETTER]
-            sent = await send(self._dlq_topic, None, head, partition=None, headers=hdrs)
+            sent = await send(self._dlq_topic, key, head, partition=None, headers=hdrs)
         self._pending.append(sent)
 
     def take(self) -> list[Awaitable[RecordMeta]]:

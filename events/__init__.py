@@ -19,6 +19,7 @@ from events.catalogue import (
     StopRequested,
     TaskAnnotationsSet,
     TaskApproved,
+    TaskReady,
     TaskStatusChanged,
     make_event,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "TaskAnnotationsSet",
     "TaskApproved",
     "TaskDepend",
+    "TaskReady",
     "TaskStatus",
     "TaskStatusChanged",
     "apply",

@@ -8,9 +8,15 @@ renamed and a version never reused. On the wire an event is the envelope
 * ``run_id``: the run's 16-digit text form (``events.ids``); the Kafka key.
 * ``at``: integer milliseconds since the Unix epoch, UTC (exact through JSON).
 
-Producers state facts and requests; only the reducer emits ``run.phase_changed``, whose envelope
-carries the run id and time and whose payload carries group, phase, result and the per-run
-sequence number (1 at creation, then +1 at every phase or result change).
+Producers state facts and requests; only the reducer emits the derived types:
+
+* ``run.phase_changed``, whose envelope carries the run id and time and whose payload carries
+  group, phase, result and the per-run sequence number (1 at creation, then +1 at every phase or
+  result change); id ``<run id>.phase.<seq>``;
+* ``task.ready``: a task may be executed now (its parents ended and their conditions hold, it is
+  approved if it needs approval, the run is not stopping). Each task is ready at most once; the
+  payload carries the task id, its level and the per-run ready sequence number (1 for the first
+  ready task of the run, then +1); id ``<run id>.ready.<seq>``.
 
 Every payload and every envelope is a msgspec Struct. The envelope of each type is its own
 Struct (``RunCreatedEvent``, ...), a subclass of :class:`Event` tagged with the type string: the
@@ -64,6 +70,8 @@ __all__ = [
     "TaskAnnotationsSetEvent",
     "TaskApproved",
     "TaskApprovedEvent",
+    "TaskReady",
+    "TaskReadyEvent",
     "TaskStatusChanged",
     "TaskStatusChangedEvent",
     "make_event",
@@ -83,10 +91,11 @@ class EventType(StrEnum):
     TASK_APPROVED = "task.approved"
     TASK_ANNOTATIONS_SET = "task.annotations_set"
     PHASE_CHANGED = "run.phase_changed"
+    TASK_READY = "task.ready"
 
     def is_derived(self) -> bool:
         """True for events only the reducer emits (producers must not send them)."""
-        return self is EventType.PHASE_CHANGED
+        return self is EventType.PHASE_CHANGED or self is EventType.TASK_READY
 
 
 class RunCreated(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -163,6 +172,15 @@ class PhaseChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     seq: Annotated[int, Meta(ge=1)]
 
 
+class TaskReady(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Derived: task ``task_id`` (at ``level``) may be executed now. ``seq`` goes up by one per
+    run, from 1, independently of ``run.phase_changed``'s."""
+
+    task_id: Name
+    level: Count
+    seq: Annotated[int, Meta(ge=1)]
+
+
 Payload = (
     RunCreated
     | SetupErrorsReported
@@ -173,6 +191,7 @@ Payload = (
     | TaskApproved
     | TaskAnnotationsSet
     | PhaseChanged
+    | TaskReady
 )
 
 PAYLOAD_TYPES: Mapping[EventType, type[Payload]] = {
@@ -185,6 +204,7 @@ PAYLOAD_TYPES: Mapping[EventType, type[Payload]] = {
     EventType.TASK_APPROVED: TaskApproved,
     EventType.TASK_ANNOTATIONS_SET: TaskAnnotationsSet,
     EventType.PHASE_CHANGED: PhaseChanged,
+    EventType.TASK_READY: TaskReady,
 }
 
 #: The version each type is written with today; decoding upcasts older versions to it.
@@ -260,6 +280,12 @@ class PhaseChangedEvent(Event, tag="run.phase_changed", frozen=True, kw_only=Tru
     data: PhaseChanged
 
 
+class TaskReadyEvent(Event, tag="task.ready", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.TASK_READY
+    version: Literal[1]
+    data: TaskReady
+
+
 #: Every event, as a tagged union on ``type`` (what the codec decodes).
 AnyEvent = (
     RunCreatedEvent
@@ -271,6 +297,7 @@ AnyEvent = (
     | TaskApprovedEvent
     | TaskAnnotationsSetEvent
     | PhaseChangedEvent
+    | TaskReadyEvent
 )
 
 #: The envelope class of each type.
@@ -286,6 +313,7 @@ EVENT_TYPES: Mapping[EventType, type[AnyEvent]] = {
         TaskApprovedEvent,
         TaskAnnotationsSetEvent,
         PhaseChangedEvent,
+        TaskReadyEvent,
     )
 }
 _EVENT_OF = {PAYLOAD_TYPES[t]: cls for t, cls in EVENT_TYPES.items()}

@@ -13,12 +13,26 @@ Contract:
   ``run.setup_errors_reported`` are accepted then.
 
 Phase rules: creation gives ``queued`` (``setuperror`` with setup errors: no tasks, final); start
-and cancel only from ``queued``; stop only while running (sets ``stop``, cancels tasks not
-started, clears ``waiting_approval``). While running, the result becomes ``failed`` when a task
-fails without ``ignore_failure``, ``stopped`` when stopped, ``success`` when all tasks finished;
-the phase becomes ``finished`` once the result is set and every task is finished. Start sets
-``start_time``; every final phase sets ``end_time``. Final phases never change. Every phase or
-result change emits one ``run.phase_changed`` with the next per-run ``seq`` (1 at creation).
+and cancel only from ``queued``; stop only while running (sets ``stop``, marks the tasks not
+started ``skipped`` as Agola's scheduler does, clears ``waiting_approval``; a stop of a run already
+stopping is accepted and changes nothing but the id window). While running, the result becomes
+``failed`` when a task fails without ``ignore_failure``, ``stopped`` when stopped, ``success``
+when all tasks finished; the phase becomes ``finished`` once the result is set and every task is
+finished. Start sets ``start_time``; every final phase sets ``end_time``. Final phases never
+change. Every phase or result change emits one ``run.phase_changed`` with the next per-run ``seq``
+(1 at creation).
+
+Task rules (``events.advance``, Agola's ``advanceRunTasks``): when the run starts, and whenever a
+task ends, every task whose parents have all ended is judged by its dependency conditions:
+skipped (cascading) when they do not hold, else ready, or waiting for approval first when it needs
+one (approving it makes it ready). A task not started may only be reported started or ended once
+it is ready. Every task that becomes ready emits one ``task.ready`` with the next per-run ready
+``seq`` (id ``f"{run_id}.ready.{seq}"``), after the event's ``run.phase_changed`` if any, several
+in run-config order. After a stop no task becomes ready: there is none left not started.
+
+Why ``skipped``, not ``cancelled``, on stop: it is what Agola's scheduler does, and a ``skipped``
+task reads right to whoever looks at the run (it was never run because of how the run went);
+``cancelled`` stays the status of the tasks of a run cancelled while queued.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from collections.abc import Mapping
 from msgspec import Struct
 from msgspec.structs import replace
 
+from events.advance import Graph, graph_of, judge_at_start, judge_children, parents_ended
 from events.catalogue import (
     Event,
     EventType,
@@ -35,6 +50,8 @@ from events.catalogue import (
     PhaseChangedEvent,
     TaskAnnotationsSet,
     TaskApproved,
+    TaskReady,
+    TaskReadyEvent,
     TaskStatusChanged,
 )
 from events.creation import create_run
@@ -108,7 +125,13 @@ def _applied(state: RunState, derived: tuple[Event, ...], duplicate: bool) -> Ap
 
 
 def _state(
-    state: RunState, event_id: str, run: Run, seq: int, open_tasks: int, config: RunConfig
+    state: RunState,
+    event_id: str,
+    run: Run,
+    seq: int,
+    open_tasks: int,
+    config: RunConfig,
+    ready_seq: int,
 ) -> RunState:
     """The next state: ``run`` and ``event_id`` remembered in the recent-id window."""
     recent = state.recent_ids
@@ -125,6 +148,7 @@ def _state(
         recent_ids=recent,
         older_ids=older,
         open_tasks=open_tasks,
+        ready_seq=ready_seq,
     )
 
 
@@ -146,9 +170,18 @@ def _created(event: Event) -> Outcome:
     return _applied(state, derived, False)
 
 
-def _commit(state: RunState, event: Event, run: Run, open_tasks: int, *mid: Run) -> Applied:
-    """The new state with ``event`` remembered, and one ``run.phase_changed`` per phase/result
-    change from ``state.run`` through the intermediate runs ``mid`` to ``run``."""
+def _commit(
+    state: RunState,
+    event: Event,
+    run: Run,
+    open_tasks: int,
+    *mid: Run,
+    ready: list[str] | None = None,
+    graph: Graph | None = None,
+) -> Applied:
+    """The new state with ``event`` remembered, one ``run.phase_changed`` per phase/result change
+    from ``state.run`` through the intermediate runs ``mid`` to ``run``, then one ``task.ready``
+    per task of ``ready`` (whose levels ``graph`` holds)."""
     seq = state.seq
     derived: tuple[Event, ...] = ()
     prev = state.run
@@ -157,7 +190,12 @@ def _commit(state: RunState, event: Event, run: Run, open_tasks: int, *mid: Run)
             seq += 1
             derived = (*derived, _phase_event(r, seq, event.at))
         prev = r
-    new = _state(state, event.id, run, seq, open_tasks, state.config)
+    ready_seq = state.ready_seq
+    if ready:
+        assert graph is not None
+        derived = (*derived, *_ready_events(run.id, graph, ready, ready_seq, event.at))
+        ready_seq += len(ready)
+    new = _state(state, event.id, run, seq, open_tasks, state.config, ready_seq)
     return _applied(new, derived, False)
 
 
@@ -165,6 +203,17 @@ def _phase_event(run: Run, seq: int, at: int) -> Event:
     data = PhaseChanged(group=run.group, phase=run.phase, result=run.result, seq=seq)
     rid = run.id
     return PhaseChangedEvent(version=1, id=f"{rid}.phase.{seq}", run_id=rid, at=at, data=data)
+
+
+def _ready_events(rid: str, graph: Graph, ready: list[str], seq: int, at: int) -> list[Event]:
+    """One ``task.ready`` per task of ``ready``, numbered from ``seq + 1``."""
+    levels = graph.levels
+    out: list[Event] = []
+    for tid in ready:
+        seq += 1
+        data = TaskReady(task_id=tid, level=levels[tid], seq=seq)
+        out.append(TaskReadyEvent(version=1, id=f"{rid}.ready.{seq}", run_id=rid, at=at, data=data))  # fmt: skip
+    return out
 
 
 def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool, at: int) -> None:
@@ -200,17 +249,27 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     if old in _FINISHED or new is old or new is _NOTSTARTED:
         return Rejected(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
     config = state.config
-    if not task.approved and new in _EXECUTED and config.tasks[tid].needs_approval:
-        return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
+    graph = graph_of(config)
+    if old is _NOTSTARTED:
+        if not parents_ended(run.tasks, graph, tid):
+            return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
+        if not task.approved and new in _EXECUTED and tid in graph.approval:
+            return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
     at = event.at
     open_tasks = state.open_tasks
+    tasks = dict(run.tasks)
+    ready: list[str] | None = None
     if new in _FINISHED:
         open_tasks -= 1
-        new_task = replace(task, status=new, end_time=at)
+        if task.waiting_approval:
+            tasks[tid] = replace(task, status=new, end_time=at, waiting_approval=False)
+        else:
+            tasks[tid] = replace(task, status=new, end_time=at)
+        if tid in graph.children and not run.stop:
+            ready, skipped = judge_children(tasks, graph, tid, at)
+            open_tasks -= skipped
     else:
-        new_task = replace(task, status=new, start_time=at)
-    tasks = dict(run.tasks)
-    tasks[tid] = new_task
+        tasks[tid] = replace(task, status=new, start_time=at)
     failed = new is _FAILED_TASK and not config.tasks[tid].ignore_failure
     if failed or open_tasks == 0 or run.result is not _UNKNOWN:
         changes: dict[str, object] = {}
@@ -219,11 +278,16 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     else:
         new_run = replace(run, tasks=tasks)
     seq = state.seq
+    ready_seq = state.ready_seq
     derived: tuple[Event, ...] = ()
     if new_run.phase is not run.phase or new_run.result is not run.result:
         seq += 1
         derived = (_phase_event(new_run, seq, at),)
-    return _applied(_state(state, event.id, new_run, seq, open_tasks, config), derived, False)
+    if ready:
+        derived = (*derived, *_ready_events(run.id, graph, ready, ready_seq, at))
+        ready_seq += len(ready)
+    new_state = _state(state, event.id, new_run, seq, open_tasks, config, ready_seq)
+    return _applied(new_state, derived, False)
 
 
 def _start(state: RunState, event: Event) -> Outcome:
@@ -231,18 +295,17 @@ def _start(state: RunState, event: Event) -> Outcome:
     if run.phase is not Phase.QUEUED:
         return Rejected(reason=f"run {run.id} is {run.phase}: only a queued run starts", state=state)  # fmt: skip
     at = event.at
-    tasks = run.tasks  # shared with the old run unless a task starts waiting for approval
-    for tid, rct in state.config.tasks.items():
-        if rct.needs_approval:
-            t = tasks[tid]
-            if t.status is _NOTSTARTED and not t.approved:
-                tasks = {**tasks, tid: replace(t, waiting_approval=True)}
+    graph = graph_of(state.config)
+    tasks = dict(run.tasks)
+    ready, skipped = judge_at_start(tasks, graph, at)
+    open_tasks = state.open_tasks - skipped
     running = replace(run, phase=_RUNNING, start_time=at, tasks=tasks)
     changes: dict[str, object] = {}
-    _settle(run, changes, state.open_tasks, False, at)  # result and stop are those of ``running``
+    _settle(run, changes, open_tasks, False, at)  # result and stop are those of ``running``
     if not changes:
-        return _commit(state, event, running, state.open_tasks)
-    return _commit(state, event, replace(running, **changes), state.open_tasks, running)
+        return _commit(state, event, running, open_tasks, ready=ready, graph=graph)
+    done = replace(running, **changes)
+    return _commit(state, event, done, open_tasks, running, ready=ready, graph=graph)
 
 
 def _cancel(state: RunState, event: Event) -> Outcome:
@@ -250,15 +313,16 @@ def _cancel(state: RunState, event: Event) -> Outcome:
     if run.phase is not Phase.QUEUED:
         return Rejected(reason=f"run {run.id} is {run.phase}: only a queued run is cancelled", state=state)  # fmt: skip
     at = event.at
-    tasks = _cancel_not_started(run.tasks, at)
+    tasks = _end_not_started(run.tasks, TaskStatus.CANCELLED, at)
     return _commit(state, event, replace(run, phase=Phase.CANCELLED, end_time=at, tasks=tasks), 0)
 
 
-def _cancel_not_started(tasks: Mapping[str, RunTask], at: int) -> dict[str, RunTask]:
+def _end_not_started(tasks: Mapping[str, RunTask], status: TaskStatus, at: int) -> dict[str, RunTask]:  # fmt: skip
+    """``tasks`` with every task not started ended with ``status``; no task waits for approval."""
     out: dict[str, RunTask] = {}
     for tid, t in tasks.items():
         if t.status is TaskStatus.NOTSTARTED:
-            t = replace(t, status=TaskStatus.CANCELLED, end_time=at, waiting_approval=False)
+            t = replace(t, status=status, end_time=at, waiting_approval=False)
         elif t.waiting_approval:
             t = replace(t, waiting_approval=False)
         out[tid] = t
@@ -269,10 +333,10 @@ def _stop(state: RunState, event: Event) -> Outcome:
     run = state.run
     if run.phase is not _RUNNING:
         return Rejected(reason=f"run {run.id} is {run.phase}: only a running run stops", state=state)  # fmt: skip
-    if run.stop:
-        return Rejected(reason=f"run {run.id} is already stopping", state=state)
+    if run.stop:  # a retried stop must not fail (Agola): accepted, nothing changes
+        return _commit(state, event, run, state.open_tasks)
     at = event.at
-    tasks = _cancel_not_started(run.tasks, at)
+    tasks = _end_not_started(run.tasks, TaskStatus.SKIPPED, at)
     open_tasks = sum(t.status not in _FINISHED for t in tasks.values())
     changes: dict[str, object] = {"stop": True, "tasks": tasks}
     _settle(run, changes, open_tasks, False, at)
@@ -289,8 +353,10 @@ def _task_approved(state: RunState, event: Event) -> Outcome:
         return Rejected(reason=f"task {task.id!r} is already approved", state=state)
     if not task.waiting_approval:
         return Rejected(reason=f"task {task.id!r} is not waiting for approval", state=state)
+    # Only a task of a running run that is not stopping waits for approval: now it is ready.
     tasks = {**run.tasks, task.id: replace(task, approved=True, waiting_approval=False)}
-    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
+    graph = graph_of(state.config)
+    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks, ready=[task.id], graph=graph)  # fmt: skip
 
 
 def _task_annotations(state: RunState, event: Event) -> Outcome:

@@ -1,7 +1,7 @@
 """The materializer's state of one run, and its stored form.
 
-``RunState`` holds the run, its config, the last ``run.phase_changed`` sequence number and a
-bounded window of the ids of recently applied events (for idempotent apply). The window has two
+``RunState`` holds the run, its config, the last ``run.phase_changed`` sequence number, the last
+``task.ready`` sequence number and a bounded window of the ids of recently applied events (for idempotent apply). The window has two
 generations: ``recent_ids`` (a tuple, at most ``ID_GENERATION`` ids, newest last) and
 ``older_ids`` (the generation before). When ``recent_ids`` is full it becomes ``older_ids`` and
 a new generation starts, so at least the last ``ID_GENERATION`` and at most the last
@@ -10,7 +10,9 @@ the whole window. The window is deterministic: the same events give the same win
 
 The stored form is :class:`StoredState`: the run and its config as declared in ``events.model``
 with one difference, their ``tasks`` maps are stored as arrays in task order (a task carries its
-id); ``older_ids`` is sorted and ``open_tasks`` is derived again on reading. The bytes are JSON
+id); ``older_ids`` is sorted and ``open_tasks`` is derived again on reading; ``ready_seq`` is
+written only when not 0 (so the states of runs that never had a ready task keep the bytes they
+had before ``task.ready`` existed, and an older stored state reads as ``ready_seq`` 0). The bytes are JSON
 with sorted keys at every level, so equal states give identical bytes.
 """
 
@@ -50,14 +52,18 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     recent_ids: tuple[str, ...] = ()
     older_ids: frozenset[str] = frozenset()
     open_tasks: int = 0
+    ready_seq: int = 0
 
     def has_seen(self, event_id: str) -> bool:
         """True when ``event_id`` is in the recent-id window (then applying it is a no-op)."""
         return event_id in self.recent_ids or event_id in self.older_ids
 
 
-class StoredState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The stored form of a :class:`RunState` (``run.tasks`` and ``config.tasks`` as arrays)."""
+class StoredState(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """The stored form of a :class:`RunState` (``run.tasks`` and ``config.tasks`` as arrays).
+    Only ``ready_seq`` has a default (omitted when 0)."""
 
     format: Literal[1]
     seq: Count
@@ -65,6 +71,7 @@ class StoredState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     older_ids: tuple[Name, ...]
     run: Run
     config: RunConfig
+    ready_seq: Count = 0
 
 
 _to_builtins = msgspec.to_builtins
@@ -83,6 +90,7 @@ def state_to_dict(state: RunState) -> dict[str, Any]:
         older_ids=tuple(sorted(state.older_ids)),
         run=state.run,
         config=state.config,
+        ready_seq=state.ready_seq,
     )
     out: dict[str, Any] = _to_builtins(stored)
     for part in (out["run"], out["config"]):
@@ -123,6 +131,7 @@ def state_from_dict(obj: Any) -> RunState:
         recent_ids=stored.recent_ids,
         older_ids=frozenset(stored.older_ids),
         open_tasks=sum(t.status not in FINISHED_TASK_STATUSES for t in run.tasks.values()),
+        ready_seq=stored.ready_seq,
     )
 
 

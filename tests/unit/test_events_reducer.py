@@ -46,7 +46,17 @@ def running(*tasks, **kw) -> RunState:  # type: ignore[no-untyped-def]
 
 
 def phases(out) -> list[tuple[Phase, Result, int]]:  # type: ignore[no-untyped-def]
-    return [(d.data.phase, d.data.result, d.data.seq) for d in out.derived]
+    """The phase changes of ``out`` (its task.ready events left out: test_reducer_advance.py)."""
+    return [
+        (d.data.phase, d.data.result, d.data.seq)
+        for d in out.derived
+        if d.type is EventType.PHASE_CHANGED
+    ]
+
+
+def readies(out) -> list[str]:  # type: ignore[no-untyped-def]
+    """The tasks ``out`` made ready, in order."""
+    return [d.data.task_id for d in out.derived if d.type is EventType.TASK_READY]
 
 
 # -- creation ------------------------------------------------------------------------------------
@@ -222,10 +232,16 @@ def test_stop_sets_flag_result_and_waits_for_running_tasks() -> None:
     run = out.state.run
     assert run.stop
     assert (run.phase, run.result) == (Phase.RUNNING, Result.STOPPED)
-    assert run.tasks["b"].status is TaskStatus.CANCELLED
+    assert (run.tasks["b"].status, run.tasks["b"].end_time) == (TaskStatus.SKIPPED, 70)
+    assert run.tasks["c"].status is TaskStatus.SKIPPED
     assert not run.tasks["c"].waiting_approval
     assert phases(out) == [(Phase.RUNNING, Result.STOPPED, 3)]
-    assert "already stopping" in rejected(out.state, ev(StopRequested())).reason
+    assert readies(out) == []
+    # A repeated stop is accepted and changes nothing (a retried stop must not fail).
+    again = applied(out.state, ev(StopRequested(), at=75))
+    assert again.derived == ()
+    assert again.state.run == out.state.run
+    assert (again.state.seq, again.state.open_tasks) == (out.state.seq, out.state.open_tasks)
     done = applied(out.state, ev(status("a", TaskStatus.STOPPED), at=80))
     assert (done.state.run.phase, done.state.run.result) == (Phase.FINISHED, Result.STOPPED)
     assert done.state.run.end_time == 80
@@ -241,7 +257,8 @@ def test_all_tasks_succeeding_finishes_with_success_and_times() -> None:
     assert state.run.tasks["a"].start_time == 100
     out = applied(state, ev(status("a", TaskStatus.SUCCESS), at=110))
     assert out.state.run.tasks["a"].end_time == 110
-    assert out.derived == ()
+    assert phases(out) == []
+    assert readies(out) == ["b"]
     state = applied(out.state, ev(status("b", TaskStatus.RUNNING))).state
     out = applied(state, ev(status("b", TaskStatus.SUCCESS), at=130))
     run = out.state.run

@@ -111,7 +111,13 @@ class Rig:
         return {**self.dm.entries(NAME, ACTIVE), **self.dm.entries(NAME, FINAL)}
 
     def phase_keys(self) -> list[tuple[str, int]]:
-        return [(e.run_id, phase_seq(e)) for e in map(decode, self.log.values(PHASES))]
+        """(run id, seq) of the phase changes sent (task.ready events left out)."""
+        evs = map(decode, self.log.values(PHASES))
+        return [(e.run_id, phase_seq(e)) for e in evs if phase_seq(e) >= 0]
+
+    def sent_ids(self) -> list[str]:
+        """Ids of every derived event sent (phase changes and ready tasks), in order."""
+        return [e.id for e in map(decode, self.log.values(PHASES))]
 
 
 async def loaded() -> Rig:
@@ -156,6 +162,8 @@ async def test_phase_changes_already_on_the_phases_topic_are_not_sent_again() ->
     await again.load()
     await rig.feed(again)
     assert rig.phase_keys() == [(rid(1), 1), (rid(1), 2)]
+    # The ready tasks of the start are not sent again either (their own ids, not phase seqs).
+    assert rig.sent_ids() == [f"{rid(1)}.phase.1", f"{rid(1)}.phase.2", f"{rid(1)}.ready.1"]
     assert await again.checkpoint() == "ok"
 
 
@@ -325,9 +333,10 @@ async def test_applying_goes_on_while_a_checkpoint_is_written() -> None:
     oracle = Oracle().feed(events)
     assert rig.stored() == oracle.encoded()
     assert acks(rig.records) == [1] * 12
-    expected = [(r, phase_seq(d)) for r, ds in oracle.derived.items() for d in ds]
+    expected = [(r, phase_seq(d)) for r, ds in oracle.derived.items() for d in ds if phase_seq(d) >= 0]  # fmt: skip
     assert sorted(rig.phase_keys()) == sorted(expected)
     assert len(rig.phase_keys()) == len(set(rig.phase_keys()))
+    assert sorted(rig.sent_ids()) == sorted(d.id for ds in oracle.derived.values() for d in ds)
     # The first checkpoint wrote run 1 only; the second, runs 2 and 3 only.
     assert set(rig.dm.calls[0].puts[FINAL]) == {rid(1)}
     assert set(rig.dm.calls[1].puts[FINAL]) == {rid(2), rid(3)}
