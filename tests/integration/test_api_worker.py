@@ -103,3 +103,52 @@ async def test_the_api_of_a_real_worker(
                 await anext(aiter(client.watch("v1.garbage", reconnect=False)))
     finally:
         worker.stop()
+
+
+async def test_an_oversize_creation_is_413_and_leaves_no_trace(
+    kafka_bootstrap: str, etcd_endpoint: str, unique: str, tmp_path: Path
+) -> None:
+    """The event a request would make is above what the log accepts: refused before the append,
+    so nothing reaches the log, the dead letters or any read."""
+    from agents.inspect import end_offsets
+    from api.errors import PayloadTooLarge
+
+    s = make_settings(
+        unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects",
+        max_event_bytes=64 << 10,
+    )  # fmt: skip
+    await prepare_topics(s)
+    worker = Worker(s, tmp_path / "w.log").start()
+    url = f"http://127.0.0.1:{s.web_port}"
+    try:
+
+        async def healthy() -> bool:
+            try:
+                async with httpx.AsyncClient() as h:
+                    return (await h.get(f"{url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(healthy, within=90, what="/healthz to answer 200")
+        group = f"/project/{unique}/branch/big"
+        # ~80 KB of body becomes a larger event (task levels, defaults): above the 64 KiB limit.
+        tasks = [{"id": f"t{i}", "name": f"task {i}", "steps": [{"run": "x" * 60}]} for i in range(800)]  # fmt: skip
+        async with AsyncClient(url) as client:
+            with pytest.raises(PayloadTooLarge, match="65536"):
+                await client.create_run(group=group, name="big", tasks=tasks)
+            small = await client.create_run(group=group, name="small", tasks=TASKS)
+            ends = await end_offsets(s.kafka, s.topic_events)
+            dead = await end_offsets(s.kafka, s.topic_dlq)
+            assert sum(ends.values()) == 1  # the small creation only
+            assert sum(dead.values()) == 0
+
+            async def listed() -> bool:
+                page = await client.list_runs(groups=[group])
+                return [r["id"] for r in page["runs"]] == [small["run"]["id"]]
+
+            await wait_until(listed, within=30, what="the index to list the small run only")
+            big_id = f"{int(small['run']['id']) - 1:016d}"  # the id the big one was given
+            with pytest.raises(NotFound):
+                await client.get_run(big_id)
+    finally:
+        worker.stop()
