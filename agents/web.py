@@ -22,6 +22,7 @@ from aiohttp import web
 from agents import keys
 from agents.app import self_url
 from agents.config import Settings
+from agents.counters import RunNumbers
 from agents.indexing import IndexService
 from agents.inspect import end_offsets
 from agents.phasefeed import PhaseHub as KafkaPhaseFeed
@@ -132,6 +133,7 @@ class ApiServer:
             ready=lambda: index.ready.is_set() and materializer.caught_up(),
             clock=lambda: int(time.time() * 1000),
             self_url=self_url(settings),
+            counters=RunNumbers(resources),
         )
         self.app = create_api(
             deps, api_token=settings.api_token, max_body_bytes=settings.max_body_bytes

@@ -27,6 +27,7 @@ __all__ = [
     "Refused",
     "Remote",
     "Route",
+    "RunCounters",
     "Unsettled",
     "Written",
 ]
@@ -101,6 +102,22 @@ class IdSource(Protocol):
         ...
 
 
+class RunCounters(Protocol):
+    """Run numbers per root group (``datamanager.Counters`` satisfies it)."""
+
+    async def next(self, name: str) -> int:
+        """The next number of counter ``name``: dense and increasing across every process."""
+        ...
+
+    async def give_back(self, name: str, n: int) -> bool:
+        """Return ``n``, the last number taken here, unless a later one was taken (False)."""
+        ...
+
+    async def void(self, name: str, n: int, *, run_id: str, reason: str) -> None:
+        """Record that ``n`` stays used by a creation of ``run_id`` that failed."""
+        ...
+
+
 class PhaseFeed(Protocol):
     """The ``runs.phases`` stream, for server-sent events."""
 
@@ -130,3 +147,5 @@ class ApiDeps:
     ready: Callable[[], bool]
     clock: Callable[[], int]
     self_url: str = ""
+    #: Run numbers (``Run.counter``); None leaves the counter a creation carries (0 over HTTP).
+    counters: RunCounters | None = None

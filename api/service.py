@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
+
 from api.bodies import (
     CreateRequest,
     ListQuery,
@@ -31,8 +33,9 @@ from api.bodies import (
     TaskAction,
     TaskActionRequest,
 )
-from api.errors import BadRequest, Conflict, NotFound
+from api.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
 from api.ports import ApiDeps, Refused
+from datamanager import EtcdUnavailable
 from events import (
     CancelRequested,
     CannotRecreate,
@@ -50,6 +53,7 @@ from events import (
     check_create,
     make_event,
     recreate,
+    split_group,
 )
 from indexer import Page, validate_group
 
@@ -139,13 +143,40 @@ class RunService:
         check = apply(None, event)
         if isinstance(check, Rejected):
             raise BadRequest(check.reason)
-        outcome = await self.deps.owners.write(event)
+        # The run number is taken last, when only the append and the owner's judgement are left
+        # (datamanager.counters: a number a failed creation kept is given back or voided).
+        counters, root = self.deps.counters, "/{}/{}".format(*split_group(data.group)[0])
+        if counters is not None:
+            try:
+                number = await counters.next(root)
+            except EtcdUnavailable as exc:
+                raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
+            event = self._event(msgspec.structs.replace(data, counter=number), run_id, event.id)
+        try:
+            outcome = await self.deps.owners.write(event)
+        except PayloadTooLarge:
+            await self._number_unused(root, event, "too large for the log")
+            raise
+        except BaseException:
+            if counters is not None:  # the outcome is unknown: the event may still be applied
+                await counters.void(root, number, run_id=run_id, reason="outcome unknown")
+            raise
         # Refused: the run exists. A duplicate: a creation with the same event id was applied
         # before — another producer's, since this id was allocated for this request alone.
         if isinstance(outcome, Refused) or outcome.duplicate:
             why = outcome.reason if isinstance(outcome, Refused) else "created by another producer"
+            await self._number_unused(root, event, f"run id taken ({why})")
             raise Conflict(f"run id {run_id} is already used ({why})", code=RUN_ID_TAKEN)
         return outcome.state
+
+    async def _number_unused(self, root: str, event: Event, reason: str) -> None:
+        """The creation ``event`` was not applied: give its number back, else void it."""
+        counters = self.deps.counters
+        if counters is None:
+            return
+        number = event.data.counter  # type: ignore[union-attr]
+        if not await counters.give_back(root, number):
+            await counters.void(root, number, run_id=event.run_id, reason=reason)
 
     async def run_action(
         self,

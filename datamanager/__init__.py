@@ -14,6 +14,7 @@ from datamanager.errors import (
     NotExist,
     StorageError,
 )
+from datamanager.counters import Counters
 from datamanager.etcd import EtcdKv
 from datamanager.gc import GcReport
 from datamanager.kv import Kv, KvValue
@@ -25,6 +26,7 @@ from datamanager.sequence import IdAllocator
 
 __all__ = [
     "CorruptData",
+    "Counters",
     "DataManager",
     "DataManagerError",
     "EtcdKv",

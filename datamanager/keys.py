@@ -13,6 +13,8 @@ Object storage (under ``<base>/``)::
 etcd::
 
     datamanager/partitions/<partition>                the pointer to the current manifest
+    counters/<name, %-escaped>                        a counter's last number (``counters``)
+    counters/<name, %-escaped>/void/<n:020>           a number a failed creation kept
     sequences/<name>                                  an id allocator's next free id
     locks/<name>                                      a lease lock
 """
@@ -20,9 +22,12 @@ etcd::
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 __all__ = [
     "check_name",
+    "counter_key",
+    "counter_void_key",
     "data_file_key",
     "data_prefix",
     "lock_key",
@@ -85,3 +90,13 @@ def sequence_key(name: str) -> str:
 
 def lock_key(name: str) -> str:
     return f"locks/{check_name('lock', name)}"
+
+
+def counter_key(name: str) -> str:
+    """A counter's key; ``name`` is free text (a root group such as ``/project/x``), escaped so
+    that no counter's key is a prefix of another's."""
+    return f"counters/{quote(name, safe='')}"
+
+
+def counter_void_key(name: str, n: int) -> str:
+    return f"{counter_key(name)}/void/{_seq(n)}"

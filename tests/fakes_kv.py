@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from datamanager import KvValue
 
 
 class MemoryKv:
     """One global revision, bumped by every write; ``mod_revision`` / ``create_revision`` as etcd
-    keeps them. Leases are accepted and ignored (nothing here expires)."""
+    keeps them. Leases are accepted and ignored (nothing here expires). Reads and swaps yield to
+    the loop once, as a network round trip would."""
 
     def __init__(self) -> None:
         self.data: dict[str, KvValue] = {}
@@ -23,6 +26,7 @@ class MemoryKv:
         return self.revision
 
     async def get(self, key: str) -> KvValue | None:
+        await asyncio.sleep(0)
         return self.data.get(key)
 
     async def get_prefix(self, prefix: str) -> list[tuple[str, KvValue]]:
@@ -37,6 +41,7 @@ class MemoryKv:
     async def compare_and_swap(
         self, key: str, value: bytes, *, mod_revision: int | None, lease: int = 0
     ) -> int | None:
+        await asyncio.sleep(0)
         cur = self.data.get(key)
         if (cur is None) != (mod_revision is None):
             return None
