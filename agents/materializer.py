@@ -26,9 +26,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agents.finals import FinalIds
+from agents.history import HISTORY, HistoryLog, Pending, decode_history, merged
 from agents.ports import PartitionOpener, PartitionStore
 from agents.producer import partition_for
 from agents.waiters import ApplyOutcome, Waiters
+from api.history import HistoryEntry
+from api.history import Outcome as Judged
 from datamanager.errors import NotExist
 from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
@@ -102,6 +105,7 @@ class Snapshot:
     covered: int
     events: int
     final_ids: bytes | None
+    history: Pending = field(default_factory=dict)
 
 
 class PartitionMaterializer:
@@ -139,6 +143,8 @@ class PartitionMaterializer:
         self._writing: Snapshot | None = None
         # Writes waiting for their apply (agents.owner shares its own here).
         self.waiters = Waiters()
+        self.history = HistoryLog()  # every judged event per run (agents.history)
+        self._position = (0, 0)  # (record offset, index in the record) of the event applied
 
     # ------------------------------------------------------------------------- loading
     @classmethod
@@ -202,7 +208,8 @@ class PartitionMaterializer:
         if misrouted is not None:
             out.dead = DeadLetter(reason="misrouted", message=misrouted, offset=offset, raw=raw)
             return out
-        for event in events:
+        for index, event in enumerate(events):
+            self._position = (offset, index)
             self._apply_event(event, out)
         self.pending_events += len(events)
         return out
@@ -227,6 +234,7 @@ class PartitionMaterializer:
         state = self.active.get(run_id)
         if state is None and parse_run_id(run_id) in self.finals:
             out.rejected += 1  # a final run never changes again
+            self.history.note(event, *self._position, Judged.REFUSED, reason="run is final")
             log.debug(
                 "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": "run is final"}
             )
@@ -236,6 +244,8 @@ class PartitionMaterializer:
         result = apply(state, event)
         if not isinstance(result, Applied):
             out.rejected += 1
+            if state is not None:  # an unknown run has no history
+                self.history.note(event, *self._position, Judged.REFUSED, reason=result.reason)
             log.debug(
                 "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": result.reason}
             )
@@ -244,11 +254,15 @@ class PartitionMaterializer:
             return
         if result.duplicate:
             out.duplicates += 1
+            self.history.note(event, *self._position, Judged.DUPLICATE, seq=result.state.seq)
             if waiters and event.id in waiters:
                 waiters.resolve(event.id, ApplyOutcome("duplicate", result.state))
             return
         out.applied += 1
         new = result.state
+        if state is None:
+            self.history.created(run_id)
+        self.history.note(event, *self._position, Judged.APPLIED, seq=new.seq)
         if new.run.phase in _FINAL_PHASES:
             self.active.pop(run_id, None)
             self._dirty.pop(run_id, None)
@@ -287,6 +301,7 @@ class PartitionMaterializer:
             covered=self.next_offset,
             events=self.pending_events,
             final_ids=self.finals.to_bytes() if self._finished else None,
+            history=self.history.take(),
         )
         self._dirty, self._finished = {}, {}
         self.pending_events = 0
@@ -308,11 +323,15 @@ class PartitionMaterializer:
         }
         if snap.final_ids is not None:
             puts[META] = {FINAL_IDS: snap.final_ids}
+        histories = await self.history.values(snap.history, self._stored_history)
+        if histories:
+            puts[HISTORY] = histories
         offsets = {
             offsets_key(self.topic, self.partition): snap.covered,
             offsets_key(self.phases_topic, self.partition): phases_offset,
         }
         await self.writer.checkpoint(puts, {ACTIVE: list(snap.finished)}, offsets)
+        self.history.committed(histories, keep=self.active.__contains__)
         self._writing = None
         self.checkpointed_offset = snap.covered
         self.phases_offset = phases_offset
@@ -326,6 +345,7 @@ class PartitionMaterializer:
         for rid in self._finished:
             self._dirty.pop(rid, None)
         self.pending_events += snap.events
+        self.history.give_back(snap.history)
 
     async def read_run(self, run_id: str) -> RunState | None:
         """The run's latest state: in memory when active, else from the data files."""
@@ -338,6 +358,32 @@ class PartitionMaterializer:
             return decode_state(await self.writer.get(FINAL, run_id))
         except NotExist:
             return None
+
+    async def _stored_history(self, run_id: str) -> bytes:
+        try:
+            return await self.writer.get(HISTORY, run_id)
+        except NotExist:
+            return b""
+
+    async def read_history(self, run_id: str) -> list[HistoryEntry] | None:
+        """Every event judged for run ``run_id`` so far, in log order (``None``: no such run).
+        Linearizable like :meth:`read_run`: it includes what is not checkpointed yet."""
+        while True:
+            known = self.history.known.get(run_id)
+            if known is not None:
+                stored = known
+                break
+            # A value read from one manifest; if a checkpoint swapped in meanwhile, the entries
+            # it stored are no longer in memory: read again from the new manifest.
+            manifest = self.writer.manifest
+            stored = await self._stored_history(run_id)
+            if self.writer.manifest is manifest:
+                break
+        writing = self._writing.history if self._writing is not None else None
+        entries = merged(decode_history(stored), self.history.in_memory(run_id, writing))
+        if not entries and await self.read_run(run_id) is None:
+            return None
+        return entries
 
 
 async def _encoded(states: Mapping[str, RunState]) -> dict[str, bytes]:

@@ -40,6 +40,7 @@ from agents.materializer import Outcome, PartitionMaterializer, Snapshot
 from agents.outbox import Headers, Outbox, dead_letter_headers, emitted
 from agents.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
 from agents.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
+from api.history import HistoryEntry
 from datamanager.errors import Fenced
 from events.state import RunState
 
@@ -145,6 +146,14 @@ class PartitionOwner:
             raise NotServing(f"partition {self.partition} is not serving")
         assert self.pm is not None
         return await self.pm.read_run(run_id)
+
+    async def history(self, run_id: str) -> list[HistoryEntry] | None:
+        """Every event judged for the run, in log order (``agents.history``); ``None`` if this
+        partition has no such run. Raises :class:`NotServing` when not serving."""
+        if not self.serving:
+            raise NotServing(f"partition {self.partition} is not serving")
+        assert self.pm is not None
+        return await self.pm.read_history(run_id)
 
     def expect(self, event_ids: Sequence[str]) -> list[asyncio.Future[ApplyOutcome]]:
         """One future per event id, resolved when the event has been judged here; register

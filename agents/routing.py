@@ -29,6 +29,7 @@ from agents.owner import PartitionOwner
 from agents.producer import partition_for
 from agents.waiters import ApplyOutcome, NotServing, PartitionMoved
 from api.errors import PayloadTooLarge, Unavailable
+from api.history import HistoryEntry
 from api.ports import Local, Refused, Remote, Route, Unsettled, Written
 from events import Event, RunState, encode
 
@@ -120,6 +121,13 @@ class OwnedRuns:
         owner = self._serving(run_id)
         try:
             return await owner.read(run_id)
+        except NotServing:
+            raise Unavailable(f"partition of run {run_id} is not served here right now") from None
+
+    async def history(self, run_id: str) -> list[HistoryEntry] | None:
+        owner = self._serving(run_id)
+        try:
+            return await owner.history(run_id)
         except NotServing:
             raise Unavailable(f"partition of run {run_id} is not served here right now") from None
 

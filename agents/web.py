@@ -23,6 +23,7 @@ from agents import keys
 from agents.app import self_url
 from agents.config import Settings
 from agents.counters import RunNumbers
+from agents.health import LagMonitor, readiness
 from agents.indexing import IndexService
 from agents.inspect import end_offsets
 from agents.phasefeed import PhaseHub as KafkaPhaseFeed
@@ -125,12 +126,21 @@ class ApiServer:
             apply_timeout=settings.apply_timeout,
         )
         self.feed = KafkaPhaseFeed(settings.kafka, settings.topic_phases)
+        self.lag = LagMonitor(
+            bootstrap=settings.kafka,
+            events_topic=settings.topic_events,
+            phases_topic=settings.topic_phases,
+            owners=lambda: materializer.owned,
+            index_offsets=lambda: index.index.offsets if index.ready.is_set() else None,
+        )
         deps = ApiDeps(
             owners=self.owners,
             ids=_Ids(resources),
             index=cast(RunIndex, _IndexHandle(index)),
             feed=self.feed,
-            ready=lambda: index.ready.is_set() and materializer.caught_up(),
+            ready=lambda: readiness(
+                materializer.owned, index_loaded=index.ready.is_set(), lag=self.lag.lag
+            ),
             clock=lambda: int(time.time() * 1000),
             self_url=self_url(settings),
             counters=RunNumbers(resources),
@@ -144,6 +154,7 @@ class ApiServer:
         self.owners.partitions = len(
             await end_offsets(self.settings.kafka, self.settings.topic_events)
         )
+        lag_task = asyncio.ensure_future(self.lag.run_forever())
         runner = JsonRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.web_host, self.settings.web_port)
@@ -159,6 +170,7 @@ class ApiServer:
         try:
             await asyncio.Event().wait()
         finally:
+            lag_task.cancel()
             # Event streams end first (their clients resume elsewhere), then the server stops
             # within SHUTDOWN_SECONDS, whatever a client does.
             close = getattr(self.feed, "close", None)

@@ -58,6 +58,7 @@ def create_api(
     r.add_get(f"{PREFIX}/runs", h.list_runs, allow_head=False)
     r.add_post(f"{PREFIX}/runs", h.create_run)
     r.add_get(f"{PREFIX}/runs/{{run_id}}", h.get_run, allow_head=False)
+    r.add_get(f"{PREFIX}/runs/{{run_id}}/history", h.history, allow_head=False)
     r.add_put(f"{PREFIX}/runs/{{run_id}}/actions", h.run_action)
     r.add_put(f"{PREFIX}/runs/{{run_id}}/tasks/{{task_id}}/actions", h.task_action)
     r.add_get(f"{PREFIX}/openapi.json", openapi, allow_head=False)

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from msgspec import to_builtins
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api.bodies import (
@@ -34,7 +35,8 @@ from api.bodies import (
     parse_task_action,
     require_run_id,
 )
-from api.errors import Conflict, Unavailable
+from api.errors import Conflict, NotFound, Unavailable
+from api.history import History
 from api.ports import ApiDeps, Local, Remote
 from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
 from api.service import RUN_ID_TAKEN, RunService, check_creatable
@@ -188,11 +190,27 @@ class Handlers:
 
         return await self._at_owner(request, run_id, here)
 
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        run_id = require_run_id(request.match_info["run_id"])
+
+        async def here() -> web.Response:
+            entries = await self.deps.owners.history(run_id)
+            if entries is None:
+                raise NotFound(f"run {run_id} not found")
+            return json_response(to_builtins(History(run_id=run_id, events=entries)))
+
+        return await self._at_owner(request, run_id, here)
+
     # ------------------------------------------------------------------------ service
     async def healthz(self, request: web.Request) -> web.Response:
-        if not self.deps.ready():
-            raise Unavailable("not ready: the agents are catching up with the log")
-        return json_response({"status": "ok"})
+        """200 ``{"status": "ok", ...}`` when ready, else 503 with a message naming what is not
+        ready; both carry the detail (partitions, lag, index, topic warnings)."""
+        detail = dict(self.deps.ready())
+        if detail.get("ready"):
+            return json_response({"status": "ok", **detail})
+        why = "; ".join(detail.get("not_ready") or ()) or "the agents are catching up with the log"
+        body = {"message": f"not ready: {why}", "status": "not ready", **detail}
+        return json_response(body, status=503, headers={"Retry-After": "1"})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.console import console_paths
+from api.history import history_paths
 from indexer import DEFAULT_LIMIT, MAX_LIMIT
 
 __all__ = ["openapi_document"]
@@ -69,6 +70,7 @@ _IDEMPOTENCY_KEY = {
     "action) is applied once, whichever API process it reaches.",
 }
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+_HISTORY_ERRORS = {"400": _E400, "401": _E401, "404": _E404, "500": _E500, "503": _E503}
 
 
 def _schemas() -> dict[str, Any]:
@@ -513,7 +515,12 @@ def openapi_document() -> dict[str, Any]:
             "any request: a request about one run is decided by the worker owning the run's "
             "partition, and relayed there.",
         },
-        "paths": {**_runs_paths(), **_service_paths(), **console_paths()},
+        "paths": {
+            **_runs_paths(),
+            **history_paths(_HISTORY_ERRORS, _RUN_ID),
+            **_service_paths(),
+            **console_paths(),
+        },
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -11,10 +11,11 @@ for a run whose partition this process owns and serves.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from api.history import HistoryEntry
 from events import Event, RunState
 from indexer import RunIndex
 
@@ -84,6 +85,11 @@ class Owners(Protocol):
         when the partition is not owned or not caught up with the log."""
         ...
 
+    async def history(self, run_id: str) -> list[HistoryEntry] | None:
+        """Every event judged for a run of an owned partition, in log order (None: no such run).
+        Linearizable like :meth:`read`; raises ``api.errors.Unavailable`` like it."""
+        ...
+
     async def write(self, event: Event) -> Written | Refused:
         """Append ``event`` to the log and wait until the owner's materializer judged it.
 
@@ -136,15 +142,17 @@ class PhaseFeed(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiDeps:
-    """Everything :func:`api.create_api` needs. ``ready`` is true once the agents caught up
-    with the log (``/healthz``); ``clock`` gives milliseconds since the epoch (event times);
+    """Everything :func:`api.create_api` needs. ``ready`` describes readiness for ``/healthz``:
+    a JSON-able dict whose ``ready`` is true once the agents caught up with the log, whose
+    ``not_ready`` lists what is not ready (``agents.health.readiness``); ``clock`` gives
+    milliseconds since the epoch (event times);
     ``self_url`` is this worker's own base URL as the other workers reach it."""
 
     owners: Owners
     ids: IdSource
     index: RunIndex
     feed: PhaseFeed
-    ready: Callable[[], bool]
+    ready: Callable[[], Mapping[str, Any]]
     clock: Callable[[], int]
     self_url: str = ""
     #: Run numbers (``Run.counter``); None leaves the counter a creation carries (0 over HTTP).

@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from api import (
     ApiDeps,
@@ -23,6 +24,7 @@ from api import (
     Route,
     Written,
 )
+from api.history import HistoryEntry, Outcome
 from events import Applied, Event, EventType, RunState, apply, encode
 from indexer import RunIndex
 
@@ -43,6 +45,7 @@ class FakeOwners:
         self.max_event_bytes = 1 << 20
         self.apply_writes = True
         self._pending: dict[str, asyncio.Future[Written | Refused]] = {}
+        self.histories: dict[str, list[HistoryEntry]] = {}  # as the owner records them
 
     def route(self, run_id: str) -> Route:
         return self.routes.get(run_id, Local())
@@ -51,6 +54,11 @@ class FakeOwners:
         if self.fail_with is not None:
             raise self.fail_with
         return self.states.get(run_id)
+
+    async def history(self, run_id: str) -> list[HistoryEntry] | None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        return list(self.histories[run_id]) if run_id in self.states else None
 
     async def write(self, event: Event) -> Written | Refused:
         if self.fail_with is not None:
@@ -66,15 +74,27 @@ class FakeOwners:
             return await fut
         return self.apply(event)
 
+    def _note(self, event: Event, offset: int, outcome: Outcome, **kw: Any) -> None:
+        entry = HistoryEntry(
+            offset=offset, index=0, event_id=event.id, type=str(event.type), at=event.at,
+            outcome=outcome, **kw,
+        )  # fmt: skip
+        self.histories.setdefault(event.run_id, []).append(entry)
+
     def apply(self, event: Event) -> Written | Refused:
         """What the owner's materializer does with ``event``."""
         out = apply(self.states.get(event.run_id), event)
+        n = len(self.events) - 1
         if not isinstance(out, Applied):
             decision: Written | Refused = Refused(out.reason)
+            if event.run_id in self.states:
+                self._note(event, n, Outcome.REFUSED, reason=out.reason)
         else:
             self.states[event.run_id] = out.state
             self.derived.extend(out.derived)
             decision = Written(out.state, duplicate=out.duplicate)
+            outcome = Outcome.DUPLICATE if out.duplicate else Outcome.APPLIED
+            self._note(event, n, outcome, seq=out.state.seq)
         pending = self._pending.pop(event.id, None)
         if pending is not None and not pending.done():
             pending.set_result(decision)
@@ -156,7 +176,10 @@ class Fakes:
             ids=self.ids,
             index=self.index,
             feed=self.feed,
-            ready=lambda: self.ready_flag,
+            ready=lambda: {
+                "ready": self.ready_flag,
+                "not_ready": [] if self.ready_flag else ["the fake says so"],
+            },
             clock=lambda: self.now if self.now is not None else int(time.time() * 1000),
         )
 

@@ -33,3 +33,28 @@ class Oracle:
 
     def encoded(self) -> dict[str, bytes]:
         return {rid: encode_state(s) for rid, s in self.states.items()}
+
+
+def history(events: Iterable[Event]) -> dict[str, list[tuple[str, str, str, str, int | None]]]:
+    """Per run, what its history must say: (event id, type, outcome, reason, seq) of every event
+    judged for a run that exists (applied, duplicate, refused), in order; events for a run id
+    that does not exist are nobody's history."""
+    states: dict[str, RunState] = {}
+    finals: set[str] = set()
+    out: dict[str, list[tuple[str, str, str, str, int | None]]] = {}
+    for ev in events:
+        rid, state = ev.run_id, states.get(ev.run_id)
+        if rid in finals:
+            out[rid].append((ev.id, str(ev.type), "refused", "run is final", None))
+            continue
+        res = apply(state, ev)
+        if not isinstance(res, Applied):
+            if state is not None:
+                out[rid].append((ev.id, str(ev.type), "refused", res.reason, None))
+            continue
+        outcome = "duplicate" if res.duplicate else "applied"
+        out.setdefault(rid, []).append((ev.id, str(ev.type), outcome, "", res.state.seq))
+        states[rid] = res.state
+        if res.state.run.phase.is_final():
+            finals.add(rid)
+    return out

@@ -468,9 +468,18 @@ async def test_an_internal_failure_is_500_with_the_generic_message_and_the_cause
 
 async def test_healthz_follows_readiness_and_metrics_are_prometheus_text() -> None:
     async with served() as (client, fakes):
-        assert await json_of(await client.get("/healthz"), 200) == {"status": "ok"}
+        assert await json_of(await client.get("/healthz"), 200) == {
+            "status": "ok",
+            "ready": True,
+            "not_ready": [],
+        }
         fakes.ready_flag = False
-        assert "not ready" in await error_of(await client.get("/healthz"), 503)
+        resp = await client.get("/healthz")
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        body = await resp.json()
+        assert body["message"] == "not ready: the fake says so"
+        assert (body["ready"], body["not_ready"]) == (False, ["the fake says so"])
         resp = await client.get("/metrics")
         assert resp.status == 200
         assert resp.content_type == "text/plain"

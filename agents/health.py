@@ -1,0 +1,240 @@
+"""Lag and readiness of a worker: what ``/healthz`` says and the lag gauges on ``/metrics``.
+
+* Consumer lag per owned partition of ``runs.events``: records between the materializer's next
+  offset and the log's end, and seconds — how long the oldest record not applied yet has been in
+  the log (0 when caught up). Measured by :class:`LagMonitor` every few seconds with one bare
+  consumer (no group), so the figures are at most ``interval`` seconds old.
+* Index lag: records of ``runs.phases`` the run index has not applied yet (all partitions).
+* :func:`readiness`: the detail ``/healthz`` answers. A worker is ready when its index is loaded
+  and every partition it owns has loaded its checkpoint and applied the log up to where it ended
+  at assignment. Lag after that and topic configuration warnings are reported, not "not ready":
+  a probe that restarts a lagging worker only makes it lag more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Gauge
+
+from agents.indexing import source_key
+from agents.kafka import bare_consumer, partitions_of
+from agents.owner import PartitionOwner
+from agents.resources import topic_warnings
+
+__all__ = [
+    "CONSUMER_LAG_RECORDS",
+    "CONSUMER_LAG_SECONDS",
+    "INDEX_LAG_RECORDS",
+    "LagMonitor",
+    "readiness",
+]
+
+log = logging.getLogger("runstream.health")
+
+CONSUMER_LAG_RECORDS = Gauge(
+    "runstream_consumer_lag_records",
+    "Records of runs.events between the materializer's position and the log's end, per owned "
+    "partition",
+    ["partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "runstream_consumer_lag_seconds",
+    "Seconds the oldest runs.events record not applied yet has been in the log (0: caught up), "
+    "per owned partition",
+    ["partition"],
+)
+INDEX_LAG_RECORDS = Gauge(
+    "runstream_index_lag_records",
+    "Records of runs.phases (all partitions) the run index has not applied yet",
+)
+
+
+@dataclass(slots=True)
+class Lag:
+    """The last measurement (``records``/``seconds`` per partition; ``index``: records)."""
+
+    records: dict[int, int] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    index: int | None = None
+    at: float | None = None  # time.time() of the measurement
+
+
+class LagMonitor:
+    """Measures the lag every ``interval`` seconds (``run_forever``; tests call ``once``)."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        events_topic: str,
+        phases_topic: str,
+        owners: Callable[[], Mapping[int, PartitionOwner]],
+        index_offsets: Callable[[], Mapping[str, int] | None],
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.events_topic = events_topic
+        self.phases_topic = phases_topic
+        self._owners = owners
+        self._index_offsets = index_offsets
+        self.interval = interval
+        self._clock = clock
+        self.lag = Lag()
+        self._labelled: set[int] = set()
+
+    async def run_forever(self) -> None:
+        async with bare_consumer(self.bootstrap, auto_offset_reset="earliest") as consumer:
+            while True:
+                try:
+                    await self.once(consumer)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("measuring the lag failed; will retry")
+                await asyncio.sleep(self.interval)
+
+    async def once(self, consumer: AIOKafkaConsumer) -> Lag:
+        """Measure now and set the gauges."""
+        owners = dict(self._owners())
+        ends = await _ends(consumer, self.events_topic, owners)
+        now = self._clock()
+        lag = Lag(at=now)
+        oldest: dict[int, int] = {}  # partition → offset of the oldest record not applied
+        for p, owner in owners.items():
+            pm = owner.pm
+            if pm is None or p not in ends:
+                continue  # still loading: its position is not known yet
+            lag.records[p] = max(0, ends[p] - pm.next_offset)
+            if lag.records[p] > 0:
+                oldest[p] = pm.next_offset
+            else:
+                lag.seconds[p] = 0.0
+        for p, ts in (await _timestamps(consumer, self.events_topic, oldest)).items():
+            lag.seconds[p] = max(0.0, now - ts / 1000)
+        lag.index = await self._index_lag(consumer)
+        self.lag = lag
+        self._publish(lag)
+        return lag
+
+    async def _index_lag(self, consumer: AIOKafkaConsumer) -> int | None:
+        offsets = self._index_offsets()
+        if offsets is None:
+            return None
+        parts = await partitions_of(consumer, self.phases_topic)
+        tps = [TopicPartition(self.phases_topic, p) for p in parts]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return sum(
+            max(0, int(end) - offsets.get(source_key(tp.topic, tp.partition), 0))
+            for tp, end in ends.items()
+        )
+
+    def _publish(self, lag: Lag) -> None:
+        for p in self._labelled - set(lag.records):
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG_RECORDS.remove(str(p))
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG_SECONDS.remove(str(p))
+        for p, n in lag.records.items():
+            CONSUMER_LAG_RECORDS.labels(str(p)).set(n)
+        for p, s in lag.seconds.items():
+            CONSUMER_LAG_SECONDS.labels(str(p)).set(s)
+        self._labelled = set(lag.records)
+        if lag.index is not None:
+            INDEX_LAG_RECORDS.set(lag.index)
+
+
+async def _ends(
+    consumer: AIOKafkaConsumer, topic: str, owners: Mapping[int, PartitionOwner]
+) -> dict[int, int]:
+    if not owners:
+        return {}
+    got = await consumer.end_offsets([TopicPartition(topic, p) for p in owners])
+    return {tp.partition: end for tp, end in got.items()}
+
+
+async def _timestamps(
+    consumer: AIOKafkaConsumer, topic: str, offsets: Mapping[int, int]
+) -> dict[int, int]:
+    """The timestamp (ms) of the record at each partition's offset (missing when not fetched
+    within a second: the next measurement tries again)."""
+    if not offsets:
+        return {}
+    tps = {p: TopicPartition(topic, p) for p in offsets}
+    consumer.assign(list(tps.values()))
+    for p, tp in tps.items():
+        consumer.seek(tp, offsets[p])
+    out: dict[int, int] = {}
+    deadline = time.monotonic() + 1.0
+    while len(out) < len(tps) and time.monotonic() < deadline:
+        batch = await consumer.getmany(*tps.values(), timeout_ms=200, max_records=len(tps))
+        for tp, records in batch.items():
+            if records and tp.partition not in out:
+                out[tp.partition] = records[0].timestamp
+                consumer.pause(tp)
+    consumer.resume(*tps.values())
+    return out
+
+
+def readiness(
+    owners: Mapping[int, PartitionOwner],
+    *,
+    index_loaded: bool,
+    lag: Lag | None = None,
+    warnings: list[Any] | None = None,
+) -> dict[str, Any]:
+    """What ``/healthz`` answers: ``ready``, ``not_ready`` (one sentence per reason), the owned
+    partitions with their progress and lag, the index, and the topic configuration warnings."""
+    lag = lag or Lag()
+    not_ready: list[str] = []
+    partitions: list[dict[str, Any]] = []
+    for p, owner in sorted(owners.items()):
+        pm = owner.pm
+        row: dict[str, Any] = {"partition": p}
+        if owner.dead or owner.closed:
+            row["state"] = "stopping"
+            not_ready.append(f"partition {p} is being handed over")
+        elif pm is None:
+            row["state"] = "loading"
+            not_ready.append(f"partition {p} is loading its checkpoint")
+        else:
+            row["next_offset"] = pm.next_offset
+            row["catch_up_to"] = owner.catch_up_to
+            if owner.serving:
+                row["state"] = "serving"
+            else:
+                row["state"] = "catching_up"
+                left = owner.catch_up_to - pm.next_offset
+                row["records_to_catch_up"] = left
+                not_ready.append(
+                    f"partition {p} is catching up with the log ({left:,} records left)"
+                )
+        if p in lag.records:
+            row["lag_records"] = lag.records[p]
+        if p in lag.seconds:
+            row["lag_seconds"] = round(lag.seconds[p], 3)
+        partitions.append(row)
+    if not index_loaded:
+        not_ready.append("the run index is not loaded yet")
+    return {
+        "ready": not not_ready,
+        "not_ready": not_ready,
+        "partitions": partitions,
+        "index": {"loaded": index_loaded, "lag_records": lag.index},
+        "lag_measured_at": lag.at,
+        "topic_warnings": [
+            _warning(w) for w in (topic_warnings() if warnings is None else warnings)
+        ],
+    }
+
+
+def _warning(w: Any) -> dict[str, str]:
+    return {"topic": w.topic, "setting": w.setting, "value": w.value, "why": w.why}
