@@ -1,45 +1,67 @@
-"""Request bodies and query strings → typed requests, with a 400 naming the field on any error.
+"""The API's request shapes as msgspec Structs: the one declaration the server decodes and
+validates with (in one pass) and the OpenAPI components are generated from (``api.openapi``).
 
-Bodies are JSON objects; unknown fields are refused (a typo must not pass silently). The shapes
-are the ones the OpenAPI document (``api.openapi``) describes.
+Bodies are JSON objects; unknown fields are refused (a typo must not pass silently). Every 400
+names the field path and what was expected: msgspec's message (``Expected `str`, got `int` - at
+`$.name```), completed with the accepted values or fields where msgspec leaves them out. The
+task and setup-error shapes are the events' own (``RunConfigTask``, ``SetupError``); a group is
+checked by ``events.validate_group``, as for events and listings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-import orjson
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from api.errors import BadRequest
 from events import (
     SETUP_ERROR_RUN_NAME,
-    DecodeError,
     Phase,
     Result,
     RunConfigTask,
     SetupError,
     is_run_id,
+    validate_group,
 )
-from events.codec import decode_task
+from events.errors import BadRequest as EventsBadRequest
+from events.errors import validation_message
+from events.group import Group
+from events.model import Name, RunId
+from indexer import DEFAULT_LIMIT, MAX_LIMIT, Order
 
 __all__ = [
+    "CURSOR_PATTERN",
+    "REQUEST_TYPES",
+    "ApproveTask",
     "CreateRequest",
+    "Cursor",
+    "IdempotencyKey",
+    "IfMatch",
+    "Limit",
     "ListQuery",
+    "NewRun",
     "RecreateRequest",
+    "RecreateRun",
     "RunAction",
+    "RunActionRequest",
+    "SetTaskAnnotations",
     "TaskAction",
     "TaskActionRequest",
-    "parse_body",
     "parse_create",
     "parse_expected_seq",
+    "parse_idempotency_key",
     "parse_list_query",
     "parse_run_action",
     "parse_task_action",
     "require_run_id",
 ]
+
+_STRUCT: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 
 
 class RunAction(StrEnum):
@@ -56,189 +78,226 @@ class TaskAction(StrEnum):
         return self is TaskAction.SET_ANNOTATIONS
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CreateRequest:
-    name: str
-    group: str
+# -- scalars -------------------------------------------------------------------------------------
+
+#: A listing cursor as ``indexer.cursor`` writes it: base64url (no padding) of version 1, the
+#: order byte (0 or 1) and a run id; ``tests/unit/test_api_bodies.py`` keeps the two in step.
+CURSOR_PATTERN = "^AQ[A-H][A-Za-z0-9_-]{10}[AQgw]$"
+Cursor = Annotated[
+    str,
+    Meta(
+        pattern=CURSOR_PATTERN,
+        description="`next_cursor` of the previous page, listed in the same order",
+    ),
+]
+Limit = Annotated[
+    int,
+    Meta(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}; 0 is refused (400)"),
+]
+IfMatch = Annotated[
+    str,
+    Meta(
+        pattern='^(?:"[0-9]{1,10}"|[0-9]{1,10})$',
+        description='expected revision, `"<seq>"` as in the run\'s ETag (quotes optional)',
+    ),
+]
+#: Visible ASCII, spaces only inside: HTTP strips a header value's outer whitespace.
+IdempotencyKey = Annotated[
+    str, Meta(min_length=1, max_length=200, pattern="^[!-~](?:[ -~]*[!-~])?$")
+]
+StrMap = dict[str, str]
+
+
+# -- bodies --------------------------------------------------------------------------------------
+
+
+class NewRun(Struct, **_STRUCT):
+    """A new run from its tasks. ``name`` is required unless ``setup_errors`` is given (then it
+    defaults to ``Setup Error``); a run needs tasks or setup errors. Inconsistent tasks, or setup
+    errors, give a run in phase ``setuperror`` (still 201). A setup error is a message or
+    ``{"message", "task_ids"}``."""
+
+    group: Group
+    given_name: Name | UnsetType = field(default=UNSET, name="name")
     tasks: tuple[RunConfigTask, ...] = ()
-    environment: dict[str, str] = field(default_factory=dict)
-    static_environment: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    setup_errors: tuple[SetupError, ...] = ()
+    environment: StrMap = {}
+    static_environment: StrMap = {}
+    annotations: StrMap = {}
+    given_setup_errors: tuple[str | SetupError, ...] = field(default=(), name="setup_errors")
+
+    #: What ``__post_init__`` checks beyond the fields, for the JSON Schema.
+    JSON_SCHEMA_RULES: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": ["name", "tasks"], "properties": {"tasks": {"minItems": 1}}},
+            {"required": ["setup_errors"], "properties": {"setup_errors": {"minItems": 1}}},
+        ]
+    }
+
+    def __post_init__(self) -> None:
+        try:
+            validate_group(self.group)
+        except EventsBadRequest as exc:
+            raise ValueError(f"{exc} - at `$.group`") from None
+        if not self.tasks and not self.given_setup_errors:
+            raise ValueError("run has neither tasks nor setup errors - at `$.tasks`")
+        if self.given_name is UNSET and not self.given_setup_errors:
+            raise ValueError("field 'name' is required unless setup_errors is given - at `$`")
+
+    @property
+    def name(self) -> str:
+        return SETUP_ERROR_RUN_NAME if isinstance(self.given_name, UnsetType) else self.given_name
+
+    @property
+    def setup_errors(self) -> tuple[SetupError, ...]:
+        return tuple(
+            SetupError(message=e) if isinstance(e, str) else e for e in self.given_setup_errors
+        )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecreateRequest:
-    run_id: str
+class RecreateRun(Struct, **_STRUCT):
+    """A new run made from a finished one: successful tasks are kept (all renewed with
+    ``from_start``), ``environment`` replaces the old one."""
+
+    run_id: RunId
     from_start: bool = False
-    environment: dict[str, str] = field(default_factory=dict)
+    environment: StrMap = {}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskActionRequest:
-    action: TaskAction
-    annotations: dict[str, str] = field(default_factory=dict)
+class RunActionRequest(Struct, **_STRUCT):
+    """start (queued → running), cancel (queued), stop (running)."""
+
+    action_type: RunAction
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ListQuery:
-    groups: tuple[str, ...] = ()
-    phases: tuple[Phase, ...] = ()
-    results: tuple[Result, ...] = ()
-    last_run: bool = False
-    order: str = "desc"
-    limit: int | None = None
-    cursor: str | None = None
+class ApproveTask(Struct, tag_field="action_type", tag="approve", **_STRUCT):
+    """Approve a task that waits for approval."""
+
+    action: ClassVar[TaskAction] = TaskAction.APPROVE
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return {}
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The JSON object in ``raw``; 400 for anything else (invalid JSON, not an object)."""
+class SetTaskAnnotations(Struct, tag_field="action_type", tag="setannotations", **_STRUCT):
+    """Replace a task's annotations."""
+
+    action: ClassVar[TaskAction] = TaskAction.SET_ANNOTATIONS
+    annotations: StrMap
+
+
+TaskActionRequest = ApproveTask | SetTaskAnnotations
+CreateRequest = NewRun
+RecreateRequest = RecreateRun
+
+
+class ListQuery(Struct, **_STRUCT):
+    """The query of ``GET /runs`` (each field is a query parameter; group, phase and result
+    repeat). A group is a prefix by whole segments: ``/project/x`` matches its branches,
+    ``/a/b`` never ``/a/bc``; it is a valid group path, checked as creation checks one."""
+
+    groups: tuple[Group, ...] = field(default=(), name="group")
+    phases: tuple[Phase, ...] = field(default=(), name="phase")
+    results: tuple[Result, ...] = field(default=(), name="result")
+    last_run: Annotated[bool, Meta(description="only the last run of each group")] = field(
+        default=False, name="lastrun"
+    )
+    order: Annotated[Order, Meta(description="by run id; newest first by default")] = Order.DESC
+    limit: Limit = DEFAULT_LIMIT
+    cursor: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        for i, group in enumerate(self.groups):
+            try:
+                validate_group(group)
+            except EventsBadRequest as exc:
+                raise ValueError(f"{exc} - at `$.group[{i}]`") from None
+
+
+#: The request types, for the OpenAPI components.
+REQUEST_TYPES = (NewRun, RecreateRun, RunActionRequest, TaskActionRequest, ListQuery)
+_QUERY_FIELDS = msgspec.structs.fields(ListQuery)
+#: The query parameters of ``GET /runs``; any other is refused, so a typo is not ignored.
+LIST_PARAMETERS = tuple(f.encode_name for f in _QUERY_FIELDS)
+_REPEATED = frozenset(f.encode_name for f in _QUERY_FIELDS if f.type.__origin__ is tuple)
+
+# -- decoding ------------------------------------------------------------------------------------
+
+_keys = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_new_run = msgspec.json.Decoder(NewRun)
+_recreate = msgspec.json.Decoder(RecreateRun)
+_run_action = msgspec.json.Decoder(RunActionRequest)
+_task_action = msgspec.json.Decoder(TaskActionRequest)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     if not raw:
         raise BadRequest("request body is empty: want a JSON object")
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request body: {explain(exc, decoder.type)}") from None
+    except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if type(obj) is not dict:
-        raise BadRequest(f"request body must be a JSON object, not {_kind(obj)}")
-    return obj
 
 
-def _kind(v: object) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(v), "null" if v is None else "a number"
-    )
+def parse_create(raw: bytes) -> NewRun | RecreateRun:
+    """A new run, or a recreation when the body has ``run_id``; 400 naming the field."""
+    keys = _decode(_keys, raw)
+    return _decode(_recreate if "run_id" in keys else _new_run, raw)  # type: ignore[no-any-return]
 
 
-def _only(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(body.keys() - allowed)
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _str(body: Mapping[str, Any], key: str, *, default: str | None = None) -> str:
-    v = body.get(key, default)
-    if v is None:
-        raise BadRequest(f"field {key!r} is required")
-    if type(v) is not str:
-        raise BadRequest(f"field {key!r} must be a string, not {_kind(v)}")
-    return v
-
-
-def _bool(body: Mapping[str, Any], key: str) -> bool:
-    v = body.get(key, False)
-    if type(v) is not bool:
-        raise BadRequest(f"field {key!r} must be a boolean, not {_kind(v)}")
-    return v
-
-
-def _str_map(body: Mapping[str, Any], key: str) -> dict[str, str]:
-    v = body.get(key, {})
-    if type(v) is not dict:
-        raise BadRequest(f"field {key!r} must be an object of strings, not {_kind(v)}")
-    for k, x in v.items():
-        if type(x) is not str:
-            raise BadRequest(f"field {key!r}: value of {k!r} must be a string, not {_kind(x)}")
-    return dict(v)
-
-
-def _list(body: Mapping[str, Any], key: str) -> list[Any]:
-    v = body.get(key, [])
-    if type(v) is not list:
-        raise BadRequest(f"field {key!r} must be an array, not {_kind(v)}")
-    return v
-
-
-def _items(body: Mapping[str, Any], key: str, parse: Callable[[Any], Any]) -> tuple[Any, ...]:
-    out = []
-    for i, item in enumerate(_list(body, key)):
-        try:
-            out.append(parse(item))
-        except (DecodeError, BadRequest) as exc:
-            msg = exc.message if isinstance(exc, DecodeError) else str(exc)
-            raise BadRequest(f"field '{key}[{i}]': {msg}") from None
-    return tuple(out)
-
-
-def _task(item: Any) -> RunConfigTask:
-    if type(item) is not dict:
-        raise BadRequest(f"a task must be an object, not {_kind(item)}")
-    # decode_task takes the dict over; give it a copy with fresh lists (it rewrites depends).
-    copy = orjson.loads(orjson.dumps(item))
-    if "level" in copy:
-        raise BadRequest("'level' is computed by the service")
-    return decode_task(copy)
-
-
-def _setup_error(item: Any) -> SetupError:
-    if type(item) is str:
-        return SetupError(message=item)
-    if type(item) is dict:
-        _only(item, frozenset({"message", "task_ids"}))
-        ids = _list(item, "task_ids")
-        if not all(type(x) is str and x for x in ids):
-            raise BadRequest("field 'task_ids' must be an array of non-empty strings")
-        return SetupError(message=_str(item, "message"), task_ids=tuple(ids))
-    raise BadRequest(f"a setup error is a string or an object, not {_kind(item)}")
-
-
-_CREATE = frozenset(
-    {"name", "group", "tasks", "environment", "static_environment", "annotations", "setup_errors"}
-)
-_RECREATE = frozenset({"run_id", "from_start", "environment"})
-
-
-def parse_create(body: Mapping[str, Any]) -> CreateRequest | RecreateRequest:
-    """A new run, or a recreation when the body has ``run_id``."""
-    if "run_id" in body:
-        _only(body, _RECREATE)
-        return RecreateRequest(
-            run_id=require_run_id(_str(body, "run_id")),
-            from_start=_bool(body, "from_start"),
-            environment=_str_map(body, "environment"),
-        )
-    _only(body, _CREATE)
-    setup_errors = _items(body, "setup_errors", _setup_error)
-    name = _str(body, "name", default=SETUP_ERROR_RUN_NAME if setup_errors else None)
-    if not name:
-        raise BadRequest("field 'name' must not be empty")
-    return CreateRequest(
-        name=name,
-        group=_str(body, "group"),
-        tasks=_items(body, "tasks", _task),
-        environment=_str_map(body, "environment"),
-        static_environment=_str_map(body, "static_environment"),
-        annotations=_str_map(body, "annotations"),
-        setup_errors=setup_errors,
-    )
-
-
-def _enum_field(body: Mapping[str, Any], key: str, enum: type[StrEnum]) -> Any:
-    v = _str(body, key)
-    try:
-        return enum(v)
-    except ValueError:
-        raise BadRequest(
-            f"field {key!r}: unknown value {v!r}; want one of {', '.join(m.value for m in enum)}"
-        ) from None
-
-
-def parse_run_action(body: Mapping[str, Any]) -> RunAction:
-    _only(body, frozenset({"action_type"}))
-    action: RunAction = _enum_field(body, "action_type", RunAction)
+def parse_run_action(raw: bytes) -> RunAction:
+    action: RunAction = _decode(_run_action, raw).action_type
     return action
 
 
-def parse_task_action(body: Mapping[str, Any]) -> TaskActionRequest:
-    _only(body, frozenset({"action_type", "annotations"}))
-    action: TaskAction = _enum_field(body, "action_type", TaskAction)
-    if action.needs_annotations():
-        if "annotations" not in body:
-            raise BadRequest("field 'annotations' is required for setannotations")
-        return TaskActionRequest(action=action, annotations=_str_map(body, "annotations"))
-    if "annotations" in body:
-        raise BadRequest(f"field 'annotations' is not allowed for {action}")
-    return TaskActionRequest(action=action)
+def parse_task_action(raw: bytes) -> TaskActionRequest:
+    req: TaskActionRequest = _decode(_task_action, raw)
+    return req
+
+
+def parse_list_query(query: Any) -> ListQuery:
+    """``GET /runs`` parameters from a multidict (``request.query``); 400 naming any unknown
+    parameter or bad value."""
+    unknown = sorted({k for k in query if k not in LIST_PARAMETERS})
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in unknown[:10])
+        raise BadRequest(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
+            f"want {', '.join(LIST_PARAMETERS)}"
+        )
+    values = {k: query.getall(k) if k in _REPEATED else query[k] for k in set(query)}
+    try:
+        q: ListQuery = msgspec.convert(values, ListQuery, strict=False)
+    except msgspec.ValidationError as exc:
+        text = explain(exc, ListQuery)
+        if "`$.limit`" in text:
+            text = f"limit must be between 1 and {MAX_LIMIT}, got {str(values['limit'])[:20]!r}"
+        raise BadRequest(f"invalid query: {text}".replace("`$.", "query parameter `")) from None
+    return q
+
+
+def _header(value: str | None, kind: Any, problem: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        checked: str = msgspec.convert(value, kind)
+    except msgspec.ValidationError:
+        raise BadRequest(f"{problem}, got {value[:40]!r}") from None
+    return checked
+
+
+def parse_expected_seq(if_match: str | None) -> int | None:
+    """The revision in an ``If-Match: "<seq>"`` header (quotes optional), None if absent."""
+    text = _header(if_match, IfMatch, 'header If-Match must be "<seq>", a non-negative integer')
+    return None if text is None else int(text.strip('"'))
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """An ``Idempotency-Key`` header: 1–200 visible ASCII characters, None if absent."""
+    problem = "header Idempotency-Key must be 1 to 200 printable ASCII characters"
+    return _header(value, IdempotencyKey, problem)
 
 
 def require_run_id(run_id: str) -> str:
@@ -248,77 +307,76 @@ def require_run_id(run_id: str) -> str:
     return run_id
 
 
-def parse_expected_seq(if_match: str | None) -> int | None:
-    """The revision in an ``If-Match: "<seq>"`` header (quotes optional), None if absent."""
-    if if_match is None:
-        return None
-    text = if_match.strip()
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    if not (text.isascii() and text.isdigit()) or len(text) > 10:
-        raise BadRequest(f'header If-Match must be "<seq>", a non-negative integer, got {if_match[:40]!r}')  # fmt: skip
-    return int(text)
+# -- messages ------------------------------------------------------------------------------------
+
+_AT = re.compile(r" - at `\$([^`]*)`")
+_STEP = re.compile(r"\.([^.\[]+)|\[([^\]]*)\]")
 
 
-def parse_idempotency_key(value: str | None) -> str | None:
-    """An ``Idempotency-Key`` header: 1–200 visible ASCII characters, None if absent."""
-    if value is None:
-        return None
-    if not (0 < len(value) <= 200 and value.isascii() and value.isprintable()):
-        raise BadRequest("header Idempotency-Key must be 1 to 200 printable ASCII characters")
-    return value
+def explain(exc: msgspec.ValidationError, root: Any) -> str:
+    """msgspec's message for ``exc`` with its path (`` - at `$` `` for the root too), plus what
+    it leaves out: the accepted values of an enum or a tag, the known fields of an object."""
+    message = validation_message(exc, root)
+    found = _AT.search(message)
+    if found is None:
+        message, path = f"{message} - at `$`", ""
+    else:
+        path = found.group(1)
+    steps = _STEP.findall(path)
+    if message.startswith("Object contains unknown field"):
+        target = _struct_at(msgspec.inspect.type_info(root), steps)
+        if target is not None:
+            return f"{message} (known: {', '.join(sorted(_fields(target)))})"
+    elif message.startswith("Invalid value") and steps:
+        tags = _tags_at(msgspec.inspect.type_info(root), steps)
+        if tags:
+            return f"{message} (want one of: {', '.join(tags)})"
+    return message
 
 
-_TRUE = {"", "1", "true", "yes"}
-_FALSE = {"0", "false", "no"}
+def _fields(t: Any) -> list[str]:
+    tag = [t.tag_field] if t.tag_field else []
+    return tag + [f.encode_name for f in t.fields]
 
 
-def _multi(query: Any, key: str, enum: type[StrEnum]) -> tuple[Any, ...]:
-    out = []
-    for v in query.getall(key, ()):
-        try:
-            out.append(enum(v))
-        except ValueError:
-            raise BadRequest(
-                f"query parameter {key!r}: unknown value {v[:40]!r}; "
-                f"want one of {', '.join(m.value for m in enum)}"
-            ) from None
-    return tuple(out)
+def _child(t: Any, step: tuple[str, str]) -> Any:
+    mi = msgspec.inspect
+    if isinstance(t, mi.Metadata):
+        t = t.type
+    name, index = step
+    if isinstance(t, mi.UnionType):
+        kids = (_child(u, step) for u in t.types)
+        return next((k for k in kids if k is not None), None)
+    if name and isinstance(t, mi.StructType):
+        return next((f.type for f in t.fields if f.encode_name == name), None)
+    if index and isinstance(t, (mi.VarTupleType, mi.ListType)):
+        return t.item_type
+    if index and isinstance(t, mi.DictType):
+        return t.value_type
+    return None
 
 
-#: The query parameters of ``GET /runs``; any other is refused, so a typo is not ignored.
-LIST_PARAMETERS = ("group", "phase", "result", "lastrun", "order", "limit", "cursor")
+def _walk(t: Any, steps: list[tuple[str, str]]) -> Any:
+    for step in steps:
+        if t is None:
+            return None
+        t = _child(t, step)
+    return t.type if isinstance(t, msgspec.inspect.Metadata) else t
 
 
-def parse_list_query(query: Any) -> ListQuery:
-    """``GET /runs`` parameters from a multidict (``request.query``); 400 naming any unknown
-    parameter."""
-    unknown = sorted({k for k in query if k not in LIST_PARAMETERS})
-    if unknown:
-        names = ", ".join(repr(k[:40]) for k in unknown[:10])
-        raise BadRequest(
-            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
-            f"want {', '.join(LIST_PARAMETERS)}"
-        )
-    last = query.get("lastrun", "false").lower()
-    if last not in _TRUE | _FALSE:
-        raise BadRequest(f"query parameter 'lastrun' must be true or false, got {last[:20]!r}")
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise BadRequest(f"query parameter 'order' must be asc or desc, got {order[:20]!r}")
-    limit_text = query.get("limit")
-    limit = None
-    if limit_text is not None:
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            raise BadRequest(f"query parameter 'limit' must be an integer, got {limit_text[:20]!r}") from None  # fmt: skip
-    return ListQuery(
-        groups=tuple(query.getall("group", ())),
-        phases=_multi(query, "phase", Phase),
-        results=_multi(query, "result", Result),
-        last_run=last in _TRUE,
-        order=order,
-        limit=limit,
-        cursor=query.get("cursor"),
-    )
+def _struct_at(t: Any, steps: list[tuple[str, str]]) -> Any:
+    t = _walk(t, steps)
+    if isinstance(t, msgspec.inspect.UnionType):
+        t = next((u for u in t.types if isinstance(u, msgspec.inspect.StructType)), None)
+    return t if isinstance(t, msgspec.inspect.StructType) else None
+
+
+def _tags_at(t: Any, steps: list[tuple[str, str]]) -> list[str]:
+    """The tags of the tagged union at ``steps[:-1]`` whose tag field is ``steps[-1]``."""
+    parent = _walk(t, steps[:-1])
+    members = parent.types if isinstance(parent, msgspec.inspect.UnionType) else (parent,)
+    return [
+        str(m.tag)
+        for m in members
+        if isinstance(m, msgspec.inspect.StructType) and m.tag_field == steps[-1][0]
+    ]

@@ -26,7 +26,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api.bodies import (
     CreateRequest,
-    parse_body,
     parse_create,
     parse_expected_seq,
     parse_idempotency_key,
@@ -96,7 +95,7 @@ class Handlers:
 
     # ------------------------------------------------------------------------ runs
     async def create_run(self, request: web.Request) -> web.StreamResponse:
-        req = parse_create(parse_body(await request.read()))
+        req = parse_create(await request.read())
         given = request.headers.get(RUN_ID_HEADER)
         if given is not None and is_relayed(request):
             run_id = require_run_id(given)
@@ -121,7 +120,7 @@ class Handlers:
         raise Unavailable("run ids were taken by other producers; retry")
 
     async def _create_here(self, request: web.Request, run_id: str) -> web.Response:
-        req = parse_create(parse_body(await request.read()))
+        req = parse_create(await request.read())
         if isinstance(req, CreateRequest):
             state = await self.service.create(req, run_id)
         else:
@@ -168,7 +167,7 @@ class Handlers:
     async def run_action(self, request: web.Request) -> web.StreamResponse:
         run_id = require_run_id(request.match_info["run_id"])
         expected = parse_expected_seq(request.headers.get("If-Match"))
-        action = parse_run_action(parse_body(await request.read()))
+        action = parse_run_action(await request.read())
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
 
         async def here() -> web.Response:
@@ -181,7 +180,7 @@ class Handlers:
         run_id = require_run_id(request.match_info["run_id"])
         task_id = request.match_info["task_id"]
         expected = parse_expected_seq(request.headers.get("If-Match"))
-        req = parse_task_action(parse_body(await request.read()))
+        req = parse_task_action(await request.read())
         key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
 
         async def here() -> web.Response:

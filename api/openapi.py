@@ -1,21 +1,32 @@
 """The OpenAPI 3.1 document of the API, served at ``/api/v1/openapi.json``.
 
-Written by hand next to the routes; ``tests/unit/test_api_openapi.py`` keeps the two in step
-(every route documented, every documented operation routed) and fuzzes the service from it.
+The paths are written here, next to the routes; every schema comes from the Structs the server
+decodes and renders with (``api.bodies``, ``api.views``, and through them ``events.model``), by
+``msgspec.json.schema_components``. ``tests/unit/test_api_openapi.py`` keeps the document and
+the routes in step and fuzzes the service from it (schemathesis, every check).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from api.bodies import (
+    REQUEST_TYPES,
+    IdempotencyKey,
+    IfMatch,
+    ListQuery,
+    NewRun,
+    RecreateRun,
+    TaskActionRequest,
+)
 from api.console import console_paths
 from api.history import history_paths
-from indexer import DEFAULT_LIMIT, MAX_LIMIT
+from api.views import RESPONSE_TYPES
+from events.model import Name, RunId
 
 __all__ = ["openapi_document"]
-
-_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_NAME = {"type": "string", "minLength": 1}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -46,18 +57,18 @@ _E503 = {
     "content": {"application/json": {"schema": _ref("Error")}},
 }
 _E500 = _error('internal failure; the message is always "internal server error"')
+_REF = "#/components/schemas/{name}"
 _RUN_ID = {
     "name": "run_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9]{16}$"},
-    "description": "run id: 16 decimal digits",
+    "schema": msgspec.json.schema(RunId),
 }
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "pattern": '^"?[0-9]{1,10}"?$'},
+    "schema": msgspec.json.schema(IfMatch),
     "description": 'Optional expected revision, `"<seq>"` as in the run\'s ETag (the `seq` of its '
     "last phase or result change): 409 if the run is no longer at that revision.",
 }
@@ -65,7 +76,7 @@ _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
+    "schema": msgspec.json.schema(IdempotencyKey),
     "description": "Optional client key: a retried request with the same key (same run, same "
     "action) is applied once, whichever API process it reaches.",
 }
@@ -73,256 +84,42 @@ _AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 _HISTORY_ERRORS = {"400": _E400, "401": _E401, "404": _E404, "500": _E500, "503": _E503}
 
 
-def _schemas() -> dict[str, Any]:
-    task_def: dict[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["id", "name"],
-        "properties": {
-            "id": _NAME,
-            "name": _NAME,
-            "depends": {"type": "array", "items": _ref("TaskDepend")},
-            "environment": _STR_MAP,
-            "steps": {"type": "array", "items": {"type": "object"}},
-            "ignore_failure": {"type": "boolean"},
-            "needs_approval": {"type": "boolean"},
-            "skip": {"type": "boolean"},
-        },
-    }
-    config_task = {
-        **task_def,
-        "properties": {**task_def["properties"], "level": {"type": "integer"}},
-    }
-    setup_error = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["message"],
-        "properties": {
-            "message": {"type": "string"},
-            "task_ids": {"type": "array", "items": _NAME},
-        },
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["message"],
-            "properties": {
-                "message": {"type": "string"},
-                "code": {"type": "string", "description": "a machine-readable reason, when any"},
-            },
-        },
-        "TaskDepend": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["task_id"],
-            "properties": {
-                "task_id": _NAME,
-                "conditions": {
-                    "type": "array",
-                    "items": {"enum": ["on_success", "on_failure", "on_skipped"]},
-                },
-            },
-        },
-        "TaskDefinition": task_def,
-        "RunConfigTask": config_task,
-        "SetupError": setup_error,
-        "NewRun": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["group"],
-            "description": "A new run from its tasks. `name` is required unless `setup_errors` "
-            "is given (then it defaults to `Setup Error`). Inconsistent tasks, or setup errors, "
-            "give a run in phase `setuperror` (still 201).",
-            "properties": {
-                "name": _NAME,
-                "group": {"type": "string", "examples": ["/project/p1/branch/main"]},
-                "tasks": {"type": "array", "items": _ref("TaskDefinition")},
-                "environment": _STR_MAP,
-                "static_environment": _STR_MAP,
-                "annotations": _STR_MAP,
-                "setup_errors": {
-                    "type": "array",
-                    "items": {"oneOf": [{"type": "string"}, _ref("SetupError")]},
-                },
-            },
-        },
-        "RecreateRun": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["run_id"],
-            "description": "A new run made from a finished one: successful tasks are kept "
-            "(all renewed with `from_start`), `environment` replaces the old one.",
-            "properties": {
-                "run_id": _RUN_ID["schema"],
-                "from_start": {"type": "boolean"},
-                "environment": _STR_MAP,
-            },
-        },
-        "RunTask": {
-            "type": "object",
-            "required": ["id", "status", "skip", "waiting_approval", "approved", "annotations"],
-            "properties": {
-                "id": {"type": "string"},
-                "status": {
-                    "enum": [
-                        "notstarted",
-                        "skipped",
-                        "cancelled",
-                        "running",
-                        "stopped",
-                        "success",
-                        "failed",
-                    ]
-                },
-                "skip": {"type": "boolean"},
-                "waiting_approval": {"type": "boolean"},
-                "approved": {"type": "boolean"},
-                "annotations": _STR_MAP,
-                "start_time": {"type": ["integer", "null"]},
-                "end_time": {"type": ["integer", "null"]},
-            },
-        },
-        "Run": {
-            "type": "object",
-            "required": ["id", "name", "group", "counter", "phase", "result", "stop", "tasks"],
-            "properties": {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "group": {"type": "string"},
-                "counter": {"type": "integer"},
-                "annotations": _STR_MAP,
-                "phase": _ref("Phase"),
-                "result": _ref("Result"),
-                "stop": {"type": "boolean"},
-                "tasks": {"type": "array", "items": _ref("RunTask")},
-                "enqueue_time": {
-                    "type": ["integer", "null"],
-                    "description": "ms since the epoch",
-                },
-                "start_time": {"type": ["integer", "null"]},
-                "end_time": {"type": ["integer", "null"]},
-            },
-        },
-        "RunConfig": {
-            "type": "object",
-            "required": ["id", "name", "group", "setup_errors", "tasks"],
-            "properties": {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "group": {"type": "string"},
-                "setup_errors": {"type": "array", "items": _ref("SetupError")},
-                "annotations": _STR_MAP,
-                "static_environment": _STR_MAP,
-                "environment": _STR_MAP,
-                "tasks": {"type": "array", "items": _ref("RunConfigTask")},
-                "recreated_from": {"type": ["string", "null"]},
-            },
-        },
-        "RunWithConfig": {
-            "type": "object",
-            "required": ["run", "run_config", "seq"],
-            "properties": {
-                "run": _ref("Run"),
-                "run_config": _ref("RunConfig"),
-                "seq": {
-                    "type": "integer",
-                    "description": "revision: sequence number of the last phase or result change (also the ETag)",
-                },
-            },
-        },
-        "Phase": {"enum": ["setuperror", "queued", "cancelled", "running", "finished"]},
-        "Result": {"enum": ["unknown", "stopped", "success", "failed"]},
-        "RunEntry": {
-            "type": "object",
-            "required": ["id", "group", "phase", "result"],
-            "properties": {
-                "id": {"type": "string"},
-                "group": {"type": "string"},
-                "phase": _ref("Phase"),
-                "result": _ref("Result"),
-            },
-        },
-        "RunPage": {
-            "type": "object",
-            "required": ["runs", "next_cursor"],
-            "properties": {
-                "runs": {"type": "array", "items": _ref("RunEntry")},
-                "next_cursor": {
-                    "type": ["string", "null"],
-                    "description": "null on the last page",
-                },
-            },
-        },
-        "RunActionRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["action_type"],
-            "properties": {"action_type": {"enum": ["start", "cancel", "stop"]}},
-        },
-        "TaskActionRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["action_type"],
-            "description": "`annotations` is required with `setannotations` (it replaces the "
-            "task's annotations) and refused with `approve`.",
-            "properties": {
-                "action_type": {"enum": ["approve", "setannotations"]},
-                "annotations": _STR_MAP,
-            },
-        },
-    }
+def _components() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every request and response schema, generated, and the ``GET /runs`` query parameters
+    (the fields of ``ListQuery``)."""
+    types = (*REQUEST_TYPES, *RESPONSE_TYPES)
+    refs, schemas = msgspec.json.schema_components(types, ref_template=_REF)
+    by_type = dict(zip(types, refs, strict=True))
+    # Unions have no name of their own: name them, so each body is one reference.
+    schemas["CreateRun"] = {"oneOf": [by_type[NewRun], by_type[RecreateRun]]}
+    schemas["TaskActionRequest"] = by_type[TaskActionRequest]
+    for cls in types:
+        rules = getattr(cls, "JSON_SCHEMA_RULES", None)
+        if isinstance(cls, type) and rules is not None:  # what __post_init__ checks beyond
+            schemas[cls.__name__].update(rules)  # the fields
+    # A run is shown in its stored form: the tasks maps of Run and RunConfig as arrays.
+    for name in ("Run", "RunConfig"):
+        tasks = schemas[name]["properties"]["tasks"]
+        tasks.update(type="array", items=tasks.pop("additionalProperties"))
+        tasks.pop("default", None)
+    query = schemas.pop(ListQuery.__name__)
+    return schemas, [_query_parameter(n, s) for n, s in query["properties"].items()]
 
 
-def _runs_paths() -> dict[str, Any]:
-    list_params = [
-        {
-            "name": "group",
-            "in": "query",
-            "schema": {"type": "array", "items": {"type": "string"}},
-            "style": "form",
-            "explode": True,
-            "description": "group prefix, repeatable; `/project/x` matches its branches, `/a/b` never `/a/bc`",
-        },
-        {
-            "name": "phase",
-            "in": "query",
-            "schema": {"type": "array", "items": _ref("Phase")},
-            "style": "form",
-            "explode": True,
-        },
-        {
-            "name": "result",
-            "in": "query",
-            "schema": {"type": "array", "items": _ref("Result")},
-            "style": "form",
-            "explode": True,
-        },
-        {
-            "name": "lastrun",
-            "in": "query",
-            "schema": {"type": "boolean"},
-            "description": "only the last run of each group",
-        },
-        {
-            "name": "cursor",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "`next_cursor` of the previous page (same order)",
-        },
-        {
-            "name": "limit",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 0},
-            "description": f"page size: 0 or absent = {DEFAULT_LIMIT}, above {MAX_LIMIT} = {MAX_LIMIT}",
-        },
-        {
-            "name": "order",
-            "in": "query",
-            "schema": {"enum": ["asc", "desc"]},
-            "description": "by run id; default desc (newest first)",
-        },
-    ]
-    create_body = {"oneOf": [_ref("NewRun"), _ref("RecreateRun")]}
+def _query_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    # A query parameter is absent or a string, never null: drop the null a default of None adds.
+    options = [s for s in schema.get("anyOf", ()) if s != {"type": "null"}]
+    if len(options) == 1:
+        schema = {k: v for k, v in schema.items() if k not in ("anyOf", "default")} | options[0]
+    param: dict[str, Any] = {"name": name, "in": "query", "schema": schema}
+    if "description" in schema:
+        param["description"] = schema["description"]
+    if schema.get("type") == "array":
+        param.update(style="form", explode=True)
+    return param
+
+
+def _runs_paths(list_params: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "/api/v1/runs": {
             "get": {
@@ -346,7 +143,7 @@ def _runs_paths() -> dict[str, Any]:
                 "security": _AUTH,
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": create_body}},
+                    "content": {"application/json": {"schema": _ref("CreateRun")}},
                 },
                 "responses": {
                     "201": _json("the run and its config", _ref("RunWithConfig")),
@@ -410,7 +207,7 @@ def _runs_paths() -> dict[str, Any]:
                         "name": "task_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string"},
+                        "schema": msgspec.json.schema(Name),
                     },
                     _IF_MATCH,
                     _IDEMPOTENCY_KEY,
@@ -504,6 +301,7 @@ def _service_paths() -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     """The whole document (a fresh dict each call)."""
+    schemas, list_params = _components()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -516,13 +314,13 @@ def openapi_document() -> dict[str, Any]:
             "partition, and relayed there.",
         },
         "paths": {
-            **_runs_paths(),
+            **_runs_paths(list_params),
             **history_paths(_HISTORY_ERRORS, _RUN_ID),
             **_service_paths(),
             **console_paths(),
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -55,7 +55,7 @@ from events import (
     recreate,
     split_group,
 )
-from indexer import Page, validate_group
+from indexer import Page
 
 __all__ = ["RUN_ID_TAKEN", "RunService", "check_creatable"]
 
@@ -75,7 +75,6 @@ StateReader = Callable[[str], Awaitable[RunState | None]]
 def check_creatable(req: CreateRequest) -> None:
     """400 unless ``req`` can form a run (checked before any run id is spent)."""
     check_create(group=req.group, tasks=req.tasks, setup_errors=req.setup_errors)
-    validate_group(req.group)  # the index is stricter (no control characters)
 
 
 class RunService:

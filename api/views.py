@@ -1,37 +1,95 @@
-"""Response bodies: runs, configs and index entries as JSON-ready dicts, and JSON responses.
+"""The API's response shapes as msgspec Structs (the OpenAPI components come from them), and
+the functions that render runs, pages and JSON responses.
 
-The run and config forms are the stored forms of ``events.state`` (tasks as arrays, in submission
-order), so the API and the data files agree on one shape; ``seq`` is the run's revision (the
-sequence number of its last phase or result change, also sent as the ``ETag``).
+A run is shown in its stored form (``events.state``): ``Run`` and ``RunConfig`` as declared in
+``events.model``, with their ``tasks`` maps as arrays in submission order (a task carries its
+id), so the API and the data files agree on one shape; ``api.openapi`` documents that one
+difference. ``seq`` is the run's revision (the sequence number of its last phase or result
+change, also sent as the ``ETag``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
+import msgspec
 from aiohttp import web
+from msgspec import UNSET, Meta, Struct, UnsetType
 
-from events import RunState
+from api.bodies import Cursor
+from events import Phase, Result, Run, RunConfig, RunState
+from events.model import Count, RunId
 from events.state import state_to_dict
 from indexer import Page
 
-__all__ = ["etag", "json_response", "page_view", "run_view"]
+__all__ = [
+    "RESPONSE_TYPES",
+    "Error",
+    "RunEntry",
+    "RunPage",
+    "RunWithConfig",
+    "etag",
+    "json_response",
+    "page_view",
+    "run_view",
+]
+
+
+class RunWithConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A run, its config and its revision (``tasks`` of both as arrays, see the module)."""
+
+    run: Run
+    run_config: RunConfig
+    seq: Annotated[
+        Count,
+        Meta(description="revision: sequence number of the last phase or result change (the ETag)"),
+    ]
+
+
+class RunEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A run as the index lists it."""
+
+    id: RunId
+    group: str
+    phase: Phase
+    result: Result
+
+
+class RunPage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One page of a listing; ``next_cursor`` is null on the last page."""
+
+    runs: tuple[RunEntry, ...]
+    next_cursor: Cursor | None
+
+
+class Error(Struct, frozen=True, kw_only=True):
+    """Every error body. A 500 always says ``internal server error``. Other fields may come
+    (``/healthz`` adds its detail): a client ignores what it does not know."""
+
+    message: str
+    code: Annotated[str, Meta(description="a machine-readable reason, when any")] | UnsetType = (
+        UNSET
+    )
+
+
+#: The response types, for the OpenAPI components.
+RESPONSE_TYPES = (RunWithConfig, RunPage, Error)
+
+_encode = msgspec.json.Encoder().encode
 
 
 def run_view(state: RunState) -> dict[str, Any]:
-    """``{"run", "run_config", "seq"}`` of a run state."""
+    """:class:`RunWithConfig` of a run state, as plain JSON values (the stored form)."""
     d = state_to_dict(state)
     return {"run": d["run"], "run_config": d["config"], "seq": state.seq}
 
 
-def page_view(page: Page) -> dict[str, Any]:
-    """``{"runs": [{id, group, phase, result}], "next_cursor"}`` of an index page."""
-    runs = [
-        {"id": e.id_text, "group": e.group, "phase": e.phase.value, "result": e.result.value}
-        for e in page.runs
-    ]
-    return {"runs": runs, "next_cursor": page.next_cursor}
+def page_view(page: Page) -> RunPage:
+    """The :class:`RunPage` of an index page."""
+    runs = tuple(
+        RunEntry(id=e.id_text, group=e.group, phase=e.phase, result=e.result) for e in page.runs
+    )
+    return RunPage(runs=runs, next_cursor=page.next_cursor)
 
 
 def etag(state: RunState) -> str:
@@ -41,7 +99,8 @@ def etag(state: RunState) -> str:
 def json_response(
     body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A response with ``body`` encoded by orjson (``Content-Type: application/json``)."""
+    """A response with ``body`` (JSON values or Structs) encoded by msgspec
+    (``Content-Type: application/json``)."""
     return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+        body=_encode(body), status=status, content_type="application/json", headers=headers
     )

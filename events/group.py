@@ -8,13 +8,20 @@ Runs are numbered per root group (``root_group``).
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
 from urllib.parse import quote
+
+from msgspec import Meta
 
 from events.errors import BadRequest
 
 __all__ = [
+    "GROUP_PATTERN",
+    "MAX_GROUP_LENGTH",
     "ROOT_GROUP_TYPES",
     "SUB_GROUP_TYPES",
+    "Group",
     "group_path",
     "is_group_prefix",
     "project_group",
@@ -26,6 +33,36 @@ __all__ = [
 
 ROOT_GROUP_TYPES = frozenset({"project", "user"})
 SUB_GROUP_TYPES = frozenset({"branch", "tag", "pr"})
+MAX_GROUP_LENGTH = 1024
+
+_CHAR = r"[^/\x00-\x1f\x7f]"  # anything but the separator and control characters
+_NOT_DOT = r"[^/.\x00-\x1f\x7f]"
+#: One path element: not empty, not ``.`` or ``..``, no ``/`` or control character. Written
+#: without look-arounds so that JSON Schema tools (and hypothesis) read it as Python does.
+_NAME = rf"(?:{_NOT_DOT}{_CHAR}*|\.{_NOT_DOT}{_CHAR}*|\.\.{_CHAR}+)"
+#: The one definition of a valid group path, for creation, listing and events alike (the
+#: OpenAPI document carries it as the ``pattern`` of :data:`Group`).
+GROUP_PATTERN = (
+    rf"^/(?:{'|'.join(sorted(ROOT_GROUP_TYPES))})/{_NAME}"
+    rf"(?:/(?:{'|'.join(sorted(SUB_GROUP_TYPES))})/{_NAME})*$"
+)
+_GROUP = re.compile(GROUP_PATTERN)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+#: A group path, as a field type. Only documented here (``extra_json_schema``): the check is
+#: :func:`validate_group`, whose messages say what is wrong, not just which regex failed.
+Group = Annotated[
+    str,
+    Meta(
+        extra_json_schema={
+            "pattern": GROUP_PATTERN,
+            "maxLength": MAX_GROUP_LENGTH,
+            "description": "/<project|user>/<name> then /<branch|tag|pr>/<name> pairs; names "
+            "not empty, '.' or '..', without control characters (URL-path escaped)",
+            "examples": ["/project/p1/branch/main"],
+        }
+    ),
+]
 
 
 def escape_name(name: str) -> str:
@@ -71,22 +108,38 @@ def split_group(path: str) -> list[tuple[str, str]]:
     return list(zip(elems[0::2], elems[1::2], strict=True))
 
 
-def validate_group(path: str) -> None:
-    """Raise ``BadRequest`` with a message saying what is wrong unless ``path`` is a valid group."""
+def validate_group(path: str) -> str:
+    """``path`` if it is a valid group path (:data:`GROUP_PATTERN`, at most
+    ``MAX_GROUP_LENGTH`` characters), else ``BadRequest`` with a message saying what is wrong.
+
+    The one check of group paths: run creation (API and events) and listing prefixes use it."""
+    if len(path) <= MAX_GROUP_LENGTH and _GROUP.fullmatch(path) is not None:
+        return path
+    raise BadRequest(_problem(path))
+
+
+def _problem(path: str) -> str:
+    """What is wrong with ``path``, which does not match :data:`GROUP_PATTERN`."""
+    shown = repr(path[:100])
     if not path:
-        raise BadRequest("group is empty")
+        return "group is empty"
     if not path.startswith("/"):
-        raise BadRequest(f"group {path!r} is not an absolute path")
+        return f"group {shown} is not an absolute path"
+    if len(path) > MAX_GROUP_LENGTH:
+        return f"group of {len(path)} characters is above {MAX_GROUP_LENGTH}"
+    if _CONTROL.search(path) is not None:
+        return f"group {shown} has a control character"
     elems = path[1:].split("/")
     if len(elems) % 2:
-        raise BadRequest(f"group {path!r} must be /<type>/<name> pairs")
+        return f"group {shown} must be /<type>/<name> pairs"
     for i, elem in enumerate(elems):
         if not elem or elem in (".", ".."):
-            raise BadRequest(f"group {path!r} has an empty or relative element")
+            return f"group {shown} has an empty or relative element"
         if i % 2 == 0:
             allowed = ROOT_GROUP_TYPES if i == 0 else SUB_GROUP_TYPES
             if elem not in allowed:
-                raise BadRequest(f"group {path!r}: {elem!r} is not one of {sorted(allowed)}")
+                return f"group {shown}: {elem!r} is not one of {sorted(allowed)}"
+    return f"group {shown} is not /<project|user>/<name>(/<branch|tag|pr>/<name>)*"
 
 
 def root_group(path: str) -> str:

@@ -14,7 +14,6 @@ from indexer.errors import (
     QueryError,
     RunIdOutOfRange,
 )
-from indexer.groups import normalize_query_group, validate_group
 from indexer.index import RunIndex
 from indexer.model import DEFAULT_LIMIT, MAX_LIMIT, IndexStats, Order, Page, RunEntry
 from indexer.query import page_size
@@ -53,9 +52,7 @@ __all__ = [
     "decode_cursor",
     "encode",
     "encode_cursor",
-    "normalize_query_group",
     "page_size",
     "read_header",
     "snapshot",
-    "validate_group",
 ]

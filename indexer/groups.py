@@ -1,8 +1,9 @@
-"""Group paths and the sorted group dictionary.
+"""The sorted group dictionary.
 
-A group path is absolute, ``/``-separated, without empty segments, trailing ``/`` or control
-characters: ``/project/<id>/branch/<name>``. Groups get small integer ids (gid ≥ 1, in order of
-first appearance; 0 means "no run here" in the columns). Beside the id table the dictionary keeps
+Group paths are checked by ``events.validate_group``, the one definition for creation, listing
+and events (``/project/<id>/branch/<name>``); a listing prefix is a valid group path too. Groups
+get small integer ids (gid ≥ 1, in order of first appearance; 0 means "no run here" in the
+columns). Beside the id table the dictionary keeps
 the groups sorted by a key in which ``/`` sorts below every other character, so that every group
 under a prefix, by whole segments, is one contiguous range found by two bisections:
 ``/a/b`` < ``/a/b/x`` < ``/a/b-c``.
@@ -11,46 +12,28 @@ under a prefix, by whole segments, is one contiguous range found by two bisectio
 from __future__ import annotations
 
 import bisect
-import re
 import sys
 from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
+from events import BadRequest, validate_group
 from indexer.errors import BadGroup
 
-__all__ = ["GroupDict", "normalize_query_group", "validate_group"]
+__all__ = ["GroupDict", "checked_group"]
 
-MAX_GROUP_LEN = 1024
 _SEP = "\x00"  # "/" in sort keys: below every character a valid path may contain
 _AFTER_SEP = "\x01"
 
 
-_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def validate_group(path: str) -> str:
-    """Return ``path`` if it is a valid group path of a run, else raise ``BadGroup``."""
-    if (
-        not path.startswith("/")
-        or len(path) > MAX_GROUP_LEN
-        or path.endswith("/")
-        or "//" in path
-        or _BAD_CHAR.search(path) is not None
-    ):
-        raise BadGroup(
-            f"invalid group path {path!r}: want an absolute path like /project/x/branch/main, "
-            "without empty segments, trailing '/' or control characters"
-        )
-    return path
-
-
-def normalize_query_group(path: str) -> str:
-    """A query prefix without its trailing ``/``; the root ``/`` becomes ``""`` (every group)."""
-    if path == "/":
-        return ""
-    return validate_group(path[:-1] if path.endswith("/") else path)
+def checked_group(path: str) -> str:
+    """``path`` if it is a valid group path (``events.validate_group``), else ``BadGroup``
+    with that function's message."""
+    try:
+        return validate_group(path)
+    except BadRequest as exc:
+        raise BadGroup(str(exc)) from None
 
 
 def sort_key(path: str) -> str:
@@ -93,7 +76,7 @@ class GroupDict:
         gid = self._gid_of.get(path)
         if gid is not None:
             return gid
-        validate_group(path)
+        checked_group(path)
         gid = len(self._names)
         self._names.append(path)
         self._gid_of[path] = gid
@@ -118,15 +101,15 @@ class GroupDict:
         return lo, hi
 
     def select(self, prefixes: Iterable[str]) -> npt.NDArray[np.uint32] | None:
-        """Sorted unique gids under any of ``prefixes`` (raw query paths); None means all groups.
+        """Sorted unique gids under any of ``prefixes`` (group paths); None means all groups.
 
-        Raises ``BadGroup`` for an invalid prefix.
+        Raises ``BadGroup`` for a prefix that is not a valid group path.
         """
         prefixes = list(prefixes)
         if len(prefixes) == 1:  # the common case: one contiguous range, already unique
-            lo, hi = self.under(normalize_query_group(prefixes[0]))
+            lo, hi = self.under(checked_group(prefixes[0]))
             return None if lo == 0 and hi == len(self) else self.sorted_gids()[lo:hi]
-        ranges = [self.under(p) for p in {normalize_query_group(p) for p in prefixes}]
+        ranges = [self.under(p) for p in {checked_group(p) for p in prefixes}]
         if not ranges or any(lo == 0 and hi == len(self) for lo, hi in ranges):
             return None
         arr = self.sorted_gids()

@@ -179,8 +179,8 @@ async def test_supplied_setup_errors_give_a_setuperror_run_named_setup_error() -
     [
         (b"", "empty"),
         (b"{not json", "not valid JSON"),
-        (b"[1]", "must be a JSON object"),
-        (b'{"name": "x", "tasks": []}', "'group' is required"),
+        (b"[1]", "Expected `object`, got `array` - at `$`"),
+        (b'{"name": "x", "tasks": []}', "missing required field `group`"),
         (
             b'{"name": "x", "group": "project/p", "tasks": [{"id": "a", "name": "a"}]}',
             "not an absolute path",
@@ -190,8 +190,11 @@ async def test_supplied_setup_errors_give_a_setuperror_run_named_setup_error() -
             "control",
         ),
         (b'{"name": "x", "group": "/project/p"}', "neither tasks nor setup errors"),
-        (b'{"name": "x", "group": "/project/p", "colour": 1}', "unknown field 'colour'"),
-        (b'{"name": 3, "group": "/project/p"}', "'name' must be a string"),
+        (
+            b'{"name": "x", "group": "/project/p", "colour": 1}',
+            "unknown field `colour` - at `$` (known: annotations,",
+        ),
+        (b'{"name": 3, "group": "/project/p"}', "Expected `str`, got `int` - at `$.name`"),
         (b'{"group": "/project/p", "tasks": [{"id": "a", "name": "a"}]}', "'name' is required"),
         (
             b'{"name": "x", "group": "/project/p", "tasks": [{"id": "a", "name": "a"}, 5]}',
@@ -203,7 +206,7 @@ async def test_supplied_setup_errors_give_a_setuperror_run_named_setup_error() -
         ),
         (
             b'{"name": "x", "group": "/project/p", "tasks": [{"id": "a", "name": "a"}], "environment": {"A": 1}}',
-            "'environment'",
+            "Expected `str`, got `int` - at `$.environment[...]`",
         ),
         (b'{"name": "x", "group": "/project/p", "setup_errors": [3]}', "setup_errors[0]"),
     ],
@@ -309,13 +312,23 @@ async def test_list_runs_filters_pages_and_refuses_bad_queries() -> None:
         assert [r["id"][-1] for r in last["runs"]] == ["4", "5"]
         for params, needle in [
             ({"cursor": "!!"}, "cursor"),
-            ({"limit": "x"}, "'limit'"),
-            ({"limit": "-1"}, "negative"),
-            ({"phase": "done"}, "'phase'"),
-            ({"result": "meh"}, "'result'"),
-            ({"order": "up"}, "'order'"),
-            ({"lastrun": "maybe"}, "'lastrun'"),
-            ({"group": "relative"}, "group"),
+            ({"cursor": ""}, "`cursor`"),
+            ({"limit": "x"}, "limit must be between 1 and 100"),
+            ({"limit": "-1"}, "limit must be between 1 and 100"),
+            ({"limit": "0"}, "limit must be between 1 and 100"),
+            ({"limit": "101"}, "limit must be between 1 and 100"),
+            ({"phase": "done"}, "`phase[0]` (want one of: setuperror, queued,"),
+            ({"result": "meh"}, "`result[0]` (want one of: unknown,"),
+            ({"order": "up"}, "`order` (want one of: asc, desc)"),
+            ({"lastrun": "maybe"}, "Expected `bool`, got `str` - at query parameter `lastrun`"),
+            ({"group": "relative"}, "group 'relative' is not an absolute path"),
+            # The same check as creation: no trailing "/", no relative element.
+            ({"group": f"{GROUP}/"}, "must be /<type>/<name> pairs"),
+            ({"group": "/project/../x"}, "must be /<type>/<name> pairs"),
+            ({"group": "/project/p/branch/.."}, "empty or relative element"),
+            ({"group": "/project/p\x01"}, "control character"),
+            ({"group": "/"}, "must be /<type>/<name> pairs"),
+            ({"colour": "x"}, "unknown query parameter 'colour'"),
             ({"cursor": page["next_cursor"], "order": "asc"}, "other sort order"),
         ]:
             assert needle in await error_of(await client.get(RUNS, params=params), 400), params
@@ -355,9 +368,10 @@ async def test_actions_on_unknown_runs_404_and_bad_bodies_400() -> None:
     async with served() as (client, _):
         await error_of(await act(client, "0000000000000077", "start"), 404)
         run_id = (await create(client))["run"]["id"]
-        assert "'action_type'" in await error_of(await act(client, run_id, "launch"), 400)
+        msg = await error_of(await act(client, run_id, "launch"), 400)
+        assert "Invalid enum value 'launch' - at `$.action_type` (want one of: start," in msg
         resp = await client.put(f"{RUNS}/{run_id}/actions", json={"action_type": "start", "x": 1})
-        assert "unknown field 'x'" in await error_of(resp, 400)
+        assert "unknown field `x` - at `$` (known: action_type)" in await error_of(resp, 400)
 
 
 async def test_if_match_gives_409_when_a_concurrent_change_won() -> None:

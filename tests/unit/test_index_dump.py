@@ -100,7 +100,7 @@ def test_compare_reports_differences() -> None:
     a = build(history(20, 3))
     b = build(history(20, 3))
     b.apply(5, a.get(5).group, Phase.CANCELLED, Result.STOPPED, 9)  # type: ignore[union-attr]
-    b.apply(99, "/p/new", Phase.QUEUED, Result.UNKNOWN, 1)
+    b.apply(99, "/project/new", Phase.QUEUED, Result.UNKNOWN, 1)
     diff = compare(a, b)
     assert not diff.equal
     assert (diff.only_in_a, diff.only_in_b, diff.differing) == (0, 1, 1)
@@ -158,12 +158,12 @@ async def test_dumper_policy_lock_and_retention(tmp_path: Path) -> None:
     for e in history(3, 1):  # 9 changes
         ix.apply(*e)
     assert await dumper.once() is None
-    ix.apply(100, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)  # 10th change
+    ix.apply(100, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)  # 10th change
     first = await dumper.once()
     assert first is not None
     assert first.number == 1
     assert first.key == dump_key(1, "dm/")
-    ix.apply(101, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(101, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
     assert await dumper.once() is None
     clock.now += 60
     assert (await dumper.once()) is not None
@@ -188,7 +188,7 @@ async def test_interrupted_dump_falls_back_to_previous(
     ix.mark_offset("runs.phases/0", 90)
     dumper = Dumper(ix, store, asyncio.Lock(), DumpPolicy(keep=1))
     assert (await dumper.once(force=True)) is not None
-    ix.apply(500, "/p/late", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(500, "/project/late", Phase.QUEUED, Result.UNKNOWN, 1)
     ix.mark_offset("runs.phases/0", 91)
     torn.tear_next = True
     with pytest.raises(OSError, match="mid-write"):

@@ -29,10 +29,15 @@ from indexer.model import make_entry
 
 SEGMENTS = ["a", "b", "ab", "a-b", "a.b", "x"]
 segment = st.sampled_from(SEGMENTS)
-group_path = st.lists(segment, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s))
-query_path = st.one_of(
-    group_path, group_path.map(lambda g: g + "/"), st.just("/"), st.sampled_from(["/a", "/x/a"])
+pair = st.tuples(st.sampled_from(["branch", "tag", "pr"]), segment)
+group_path = st.builds(
+    lambda root, name, pairs: "/" + "/".join([root, name, *(e for p in pairs for e in p)]),
+    st.sampled_from(["project", "user"]),
+    segment,
+    st.lists(pair, max_size=2),
 )
+# A listing prefix is a valid group path (events.validate_group), by whole segments.
+query_path = st.one_of(group_path, st.sampled_from(["/project/a", "/user/x"]))
 phase = st.sampled_from(list(Phase))
 result = st.sampled_from(list(Result))
 
@@ -191,12 +196,15 @@ def test_prefix_is_by_whole_segments() -> None:
         return [e.run_id for e in ix.list_runs(groups=qs, order=Order.ASC).runs]
 
     assert ids("/project/x") == [1, 2, 3, 4]
-    assert ids("/project/x/") == [1, 2, 3, 4]
     assert ids("/project/x/branch/a") == [1]
     assert ids("/project/x/branch/a", "/project/xy") == [1, 5]
-    assert ids("/project/x-y", "/project/x/tag") == [3, 6]
-    assert ids("/") == ids() == [1, 2, 3, 4, 5, 6]
+    assert ids("/project/x-y", "/project/x/tag/v1") == [3, 6]
+    assert ids() == [1, 2, 3, 4, 5, 6]
     assert ids("/project/z") == []
+    # A prefix is checked as creation checks a group: no trailing "/", no relative element.
+    for bad in ["/project/x/", "/", "/project/x/tag", "/project/../x", "project/x"]:
+        with pytest.raises(BadGroup):
+            ids(bad)
 
 
 @given(rid=st.integers(1, 10**15), g=group_path, p=phase, r=result)
@@ -210,16 +218,18 @@ def test_fast_entry_constructor_equals_the_dataclass(rid: int, g: str, p: Phase,
 
 def test_update_rules() -> None:
     ix = RunIndex()
-    assert ix.apply(7, "/p/a", Phase.RUNNING, Result.UNKNOWN, 2)
-    assert not ix.apply(7, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)  # older: ignored
-    assert not ix.apply(7, "/p/a", Phase.FINISHED, Result.SUCCESS, 2)  # same seq: ignored
-    assert ix.apply(7, "/p/a", Phase.FINISHED, Result.FAILED, 3)
-    assert ix.get(7) == RunEntry(run_id=7, group="/p/a", phase=Phase.FINISHED, result=Result.FAILED)
+    assert ix.apply(7, "/project/a", Phase.RUNNING, Result.UNKNOWN, 2)
+    assert not ix.apply(7, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)  # older: ignored
+    assert not ix.apply(7, "/project/a", Phase.FINISHED, Result.SUCCESS, 2)  # same seq: ignored
+    assert ix.apply(7, "/project/a", Phase.FINISHED, Result.FAILED, 3)
+    assert ix.get(7) == RunEntry(
+        run_id=7, group="/project/a", phase=Phase.FINISHED, result=Result.FAILED
+    )
     with pytest.raises(ConflictingGroup):
-        ix.apply(7, "/p/b", Phase.FINISHED, Result.SUCCESS, 4)
+        ix.apply(7, "/project/b", Phase.FINISHED, Result.SUCCESS, 4)
     assert ix.get_seq(7) == 3
     assert len(ix.groups) == 1
-    for bad in ["p/a", "/p//a", "/p/a/", "", "/p/\x00"]:
+    for bad in ["p/a", "/project//a", "/project/a/", "", "/project/\x00", "/p/a"]:
         with pytest.raises(BadGroup):
             ix.apply(8, bad, Phase.QUEUED, Result.UNKNOWN, 1)
     assert ix.get(8) is None
@@ -228,22 +238,22 @@ def test_update_rules() -> None:
 
 def test_ids_below_the_first_seen_move_the_base() -> None:
     ix = RunIndex()
-    ix.apply(1_000_000, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
-    ix.apply(10, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
-    ix.apply(500, "/p/b", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(1_000_000, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(10, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(500, "/project/b", Phase.QUEUED, Result.UNKNOWN, 1)
     assert [e.run_id for e in ix.list_runs(order=Order.ASC).runs] == [10, 500, 1_000_000]
-    assert [e.run_id for e in ix.list_runs(groups=["/p/a"]).runs] == [1_000_000, 10]
+    assert [e.run_id for e in ix.list_runs(groups=["/project/a"]).runs] == [1_000_000, 10]
 
 
 def test_far_run_id_is_refused_without_allocating() -> None:
     ix = RunIndex(max_gap=1000)
-    ix.apply(100_000, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(100_000, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
     low = ix.base  # a little below the first id seen, since partitions arrive in any order
     for far in (100_000 + 1001, 10**15, low - 1000):
         with pytest.raises(RunIdOutOfRange):
-            ix.apply(far, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
-    assert ix.apply(100_999, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
-    assert ix.apply(low - 999, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+            ix.apply(far, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert ix.apply(100_999, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    assert ix.apply(low - 999, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
     assert len(ix) == 3
     assert ix.span < 20_000  # nothing allocated for the refused ids
 
@@ -251,7 +261,7 @@ def test_far_run_id_is_refused_without_allocating() -> None:
 def test_page_size_defaults_and_caps() -> None:
     ix = RunIndex()
     for i in range(1, 301):
-        ix.apply(i, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+        ix.apply(i, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
     assert len(ix.list_runs().runs) == 25
     assert len(ix.list_runs(limit=0).runs) == 25
     assert len(ix.list_runs(limit=1000).runs) == 100
@@ -265,13 +275,13 @@ def test_page_size_defaults_and_caps() -> None:
 )
 def test_malformed_cursor_is_a_bad_cursor(cursor: str) -> None:
     ix = RunIndex()
-    ix.apply(1, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(1, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
     with pytest.raises(BadCursor):
         ix.list_runs(order=Order.ASC, cursor=cursor)
 
 
 def test_cursor_of_the_other_order_is_refused() -> None:
     ix = RunIndex()
-    ix.apply(1, "/p/a", Phase.QUEUED, Result.UNKNOWN, 1)
+    ix.apply(1, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)
     with pytest.raises(BadCursor, match="other sort order"):
         ix.list_runs(order=Order.DESC, cursor=encode_cursor(1, Order.ASC))
