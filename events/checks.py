@@ -4,8 +4,9 @@ Two kinds of problems, handled differently on purpose:
 
 * a request that cannot even form a run (no group, a relative or malformed group, neither tasks
   nor setup errors) raises :class:`~events.errors.BadRequest`: the API answers 400;
-* inconsistent tasks (a missing or self dependency, a cycle, duplicate ids or names) are *setup
-  errors*: the run is created in phase ``setuperror`` so the user sees why in the run itself.
+* inconsistent tasks (a missing or self dependency, a cycle, duplicate ids or names, a task and
+  one of its parents both depending on a third task) are *setup errors*: the run is created in
+  phase ``setuperror`` so the user sees why in the run itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from events.errors import BadRequest
 from events.group import validate_group
 from events.model import RunConfigTask, SetupError
 
-__all__ = ["check_create", "check_tasks", "plan_tasks", "task_levels"]
+__all__ = ["check_create", "check_tasks", "plan_tasks", "redundant_dependencies", "task_levels"]
 
 
 def check_create(
@@ -66,7 +67,8 @@ def plan_tasks(tasks: Sequence[RunConfigTask]) -> tuple[dict[str, int], tuple[Se
                 continue
         break
     else:
-        return levels, ()
+        if not redundant_dependencies(tasks):  # () at once unless a task has 2+ dependencies
+            return levels, ()
     errors = check_tasks(tasks)
     if errors:
         return {}, errors
@@ -103,6 +105,58 @@ def check_tasks(tasks: Sequence[RunConfigTask]) -> tuple[SetupError, ...]:
         for cycle in _cycles(by_id):
             listed = ", ".join(repr(by_id[i].name) for i in cycle)
             errors.append(SetupError(message=f"dependency cycle between tasks {listed}", task_ids=cycle))  # fmt: skip
+    if not errors:
+        errors.extend(redundant_dependencies(tasks))
+    return tuple(errors)
+
+
+def _has_join(tasks: Sequence[RunConfigTask]) -> bool:
+    """True when some task has two or more dependencies (only then can one be redundant)."""
+    return any(len(t.depends) > 1 for t in tasks)
+
+
+def redundant_dependencies(tasks: Sequence[RunConfigTask]) -> tuple[SetupError, ...]:
+    """Agola's check: "task X and its parent Y both depend on task Z" (Z is a direct dependency
+    of X and an ancestor of Y, another direct dependency of X) is a setup error naming the three
+    tasks, ``task_ids=(X, Y, Z)``. Only for tasks without missing parents or cycles."""
+    if not _has_join(tasks):
+        return ()
+    by_id = {t.id: t for t in tasks}
+    ancestors: dict[str, frozenset[str]] = {}
+
+    def of(tid: str) -> frozenset[str]:
+        # Iterative (deep graphs): ancestors of a task = its parents and their ancestors.
+        todo = [tid]
+        while todo:
+            cur = todo[-1]
+            if cur in ancestors:
+                todo.pop()
+                continue
+            missing = [d.task_id for d in by_id[cur].depends if d.task_id not in ancestors]
+            if missing:
+                todo.extend(missing)
+                continue
+            acc: set[str] = set()
+            for d in by_id[cur].depends:
+                acc.add(d.task_id)
+                acc |= ancestors[d.task_id]
+            ancestors[cur] = frozenset(acc)
+            todo.pop()
+        return ancestors[tid]
+
+    errors: list[SetupError] = []
+    for t in tasks:
+        if len(t.depends) < 2:
+            continue
+        direct = [d.task_id for d in t.depends]
+        for y in direct:
+            for z in direct:
+                if z != y and z in of(y):
+                    msg = (
+                        f"task {t.name!r} and its parent {by_id[y].name!r} both depend on "
+                        f"task {by_id[z].name!r}"
+                    )
+                    errors.append(SetupError(message=msg, task_ids=(t.id, y, z)))
     return tuple(errors)
 
 

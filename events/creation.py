@@ -16,7 +16,7 @@ from typing import Any
 from msgspec.structs import asdict
 
 from events.catalogue import Event, RunCreated, SetupErrorsReported
-from events.checks import check_create, plan_tasks
+from events.checks import check_create, plan_tasks, redundant_dependencies
 from events.errors import BadRequest
 from events.model import (
     Phase,
@@ -74,13 +74,16 @@ def create_run(event: Event) -> tuple[Run, RunConfig, int] | str:
 
 def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) -> Tasks | None:
     """Config tasks (with their levels), run tasks and the open task count in one pass, or
-    ``None`` unless every task comes after its parents with unique ids, names and parents."""
+    ``None`` unless every task comes after its parents with unique ids, names and parents and
+    none depends on a task through a parent as well (checked only when a task has two or more
+    dependencies: :func:`~events.checks.redundant_dependencies`)."""
     levels: dict[str, int] = {}
     names: set[str] = set()
     config: dict[str, PlannedTask] = {}
     run_tasks: dict[str, RunTask] = {}
     kept = frozenset(kept_tasks) if kept_tasks else ()
     open_tasks = 0
+    joins = False
     for t in tasks:
         tid, name, deps = t.id, t.name, t.depends
         if tid in levels or name in names:
@@ -93,8 +96,10 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
                     return None
                 if parent >= level:
                     level = parent + 1
-            if len(deps) > 1 and len({d.task_id for d in deps}) != len(deps):
-                return None
+            if len(deps) > 1:
+                if len({d.task_id for d in deps}) != len(deps):
+                    return None
+                joins = True
         levels[tid] = level
         names.add(name)
         config[tid] = planned(t, level)
@@ -106,6 +111,8 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
             status = _NOTSTARTED
             open_tasks += 1
         run_tasks[tid] = RunTask(id=tid, status=status, skip=t.skip, annotations={})
+    if joins and redundant_dependencies(tasks):
+        return None  # the general path reports it as a setup error
     return config, run_tasks, open_tasks
 
 

@@ -4,7 +4,7 @@ Agola's rules: ``static_environment``, annotations, name and group are kept; ``e
 replaced by the request's. Successful tasks keep their ids (their logs and workspace archives
 are stored by task id, so children can reuse them) and stay successful (``kept_tasks``); every
 other task, and every descendant of one, gets a new id, with the dependencies rewritten.
-``from_start`` gives every task a new id.
+``from_start`` gives every task a new id. A finished or a cancelled run may be recreated.
 
 New task ids are deterministic, ``uuid5(TASK_ID_NAMESPACE, f"{new_run_id}/{old_task_id}")``, so
 that producing the same recreation twice gives the same event.
@@ -36,7 +36,9 @@ def can_recreate(old: RunState, *, from_start: bool) -> str | None:
     run = old.run
     if run.phase is Phase.SETUPERROR:
         return "run has setup errors"
-    if run.phase is not Phase.FINISHED:
+    # Agola counts cancelled as finished (Phase.IsFinished): a cancelled run is recreated both
+    # ways; its tasks never ran, so from its failed tasks means every task.
+    if run.phase is not Phase.FINISHED and run.phase is not Phase.CANCELLED:
         return f"run is {run.phase}, not finished"
     if not from_start and run.result is Result.SUCCESS:
         return "run succeeded: there are no failed tasks to restart from"

@@ -120,8 +120,22 @@ def test_refusals() -> None:
     queued = applied(None, ev(created(task("a")))).state
     with pytest.raises(CannotRecreate, match="not finished"):
         recreate(queued, new_run_id=NEW, environment={}, from_start=True)
-    cancelled = applied(queued, ev(CancelRequested())).state
-    with pytest.raises(CannotRecreate, match="cancelled, not finished"):
-        recreate(cancelled, new_run_id=NEW, environment={}, from_start=True)
+    running = applied(queued, ev(StartRequested())).state
+    with pytest.raises(CannotRecreate, match="running, not finished"):
+        recreate(running, new_run_id=NEW, environment={}, from_start=True)
     with pytest.raises(BadRequest, match="invalid new run id"):
         recreate(ok, new_run_id="12", environment={}, from_start=True)
+
+
+@pytest.mark.parametrize("from_start", [True, False])
+def test_a_cancelled_run_is_recreated_both_ways(from_start: bool) -> None:
+    # Agola counts cancelled as finished (issue 13): its tasks never ran, so all are renewed.
+    queued = applied(None, ev(created(task("a"), task("b", "a")))).state
+    cancelled = applied(queued, ev(CancelRequested())).state
+    assert cancelled.run.phase is Phase.CANCELLED
+    data = recreate(cancelled, new_run_id=NEW, environment={"E": "1"}, from_start=from_start)
+    assert data.kept_tasks == ()
+    assert data.recreated_from == cancelled.run.id
+    assert {t.id for t in data.tasks}.isdisjoint({"a", "b"})
+    new = applied(None, ev(data, run_id=NEW)).state
+    assert new.run.phase is Phase.QUEUED
