@@ -249,9 +249,27 @@ export function renderRun(root, runId) {
     }
   }
 
+  let again = false;
+  function refresh() {
+    if (reloading) {
+      again = true; // read once more when this read is done: nothing seen is left out
+      return;
+    }
+    reloading = load().finally(() => {
+      reloading = null;
+      if (again && !closed) {
+        again = false;
+        refresh();
+      }
+    });
+  }
+
+  // Phase changes (their seq is the run's revision) and, where the worker publishes them, tasks
+  // becoming ready (task.ready, with a seq of their own): either way the run is read again.
   const unsubscribe = phases.on((event) => {
-    if (event.run_id !== runId || event.data.seq <= seq || reloading) return;
-    reloading = load().finally(() => (reloading = null));
+    if (event.run_id !== runId) return;
+    if (event.type === "run.phase_changed" && event.data.seq <= seq) return;
+    refresh();
   });
   root.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   load();

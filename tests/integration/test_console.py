@@ -161,7 +161,14 @@ async def test_the_console_in_a_real_browser(
     tmp_path: Path,
     browser: WebDriver,
 ) -> None:
-    s = make_settings(unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects")
+    # The scheduler off: the test starts runs itself, from the API and from the page.
+    s = make_settings(
+        unique,
+        kafka_bootstrap,
+        etcd_endpoint,
+        f"file://{tmp_path}/objects",
+        max_running_per_group=0,
+    )
     await prepare_topics(s)
     worker = Worker(s, tmp_path / "worker.log").start()
     url = f"http://127.0.0.1:{s.web_port}"
@@ -296,7 +303,12 @@ async def test_the_console_with_an_api_token(
     it, the phase stream included (fetch(), since an EventSource cannot send it)."""
     token = "console-secret"
     s = make_settings(
-        unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects", api_token=token
+        unique,
+        kafka_bootstrap,
+        etcd_endpoint,
+        f"file://{tmp_path}/objects",
+        api_token=token,
+        max_running_per_group=0,
     )
     await prepare_topics(s)
     worker = Worker(s, tmp_path / "worker.log").start()
