@@ -43,6 +43,8 @@ def make_settings(
         "topic_dlq": f"{unique}.dlq",
         "partitions": partitions,
         "checkpoint_interval": 0.5,
+        # Tests start runs themselves; the scheduler's own tests turn it on.
+        "max_running_per_group": 0,
         "web_port": free_port(),
         "log_format": "json",
     }
