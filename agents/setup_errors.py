@@ -1,77 +1,187 @@
-"""The setup-error agent: a report on ``runs.setup-errors`` becomes a run in phase ``setuperror``.
+"""The creation agent: runs asked for without a run id get one from the sequence, exactly once.
 
-A webhook receiver that cannot parse a project's config cannot know how many runs it defines, so
-it reports once, without a run id::
+Two input topics, one agent (docs/events.md, "Creating a run without a run id"):
 
-    {"id": "<unique report id>", "group": "/project/p1/branch/main", "name": "Setup Error",
-     "static_environment": {...}, "annotations": {...},
-     "errors": [{"message": "...", "task_ids": []}], "at": <ms since epoch>}
+* ``runs.requests``: a :class:`~events.requests.RunRequest`, what ``POST /runs`` takes plus the
+  producer's ``request_id`` → a ``run.created`` (event id ``<run id>.created``);
+* ``runs.setup-errors``: a :class:`~events.requests.SetupErrorReport` from a webhook receiver
+  that could not parse a project's config (and so cannot know how many runs it defines) → a
+  ``run.setup_errors_reported`` (event id ``<run id>.reported``); its ``id`` is the request id,
+  else the record's topic, partition and offset.
 
-The agent allocates a run id and appends a ``run.setup_errors_reported`` event to ``runs.events``.
-Exactly once: the report id → run id mapping is stored in etcd with a create-only transaction, and
-the event id is derived from the run id, so a report processed twice (crash before the offset
-commit) maps to the same run and the same event, which the reducer ignores the second time. A
-report without an id uses its topic, partition and offset as id. A malformed report goes to the
-dead-letter topic with its bytes.
+For each request the agent checks that it can form a run (the reducer's own creation rules, so no
+id is spent on a request the materializer would refuse), maps the request id to a run id with a
+create-only etcd key (a retried request, or one processed again after a crash, gets the same run
+id and the same event id, which the reducer applies once), appends the event to ``runs.events``,
+then replies on ``runs.replies`` (key = request id) with a
+:class:`~events.requests.RequestReply`: ``created`` with the run id, or ``refused`` with the reason.
+A request that cannot be read also goes to the dead-letter topic with its bytes, key and
+timestamp (no reply when not even its request id can be read).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from agents import keys, metrics
 from agents.config import Settings
 from agents.materializer import DeadLetter
-from agents.pipeline import dead_letter_headers
+from agents.outbox import dead_letter_headers
 from agents.producer import EventProducer
 from datamanager import IdAllocator
 from datamanager.keys import sequence_key
-from events import format_run_id
-from events.catalogue import Event, EventType
-from events.codec import decode
-from events.errors import DecodeError, DecodeReason
+from events import BadRequest, format_run_id, validate_group
+from events.catalogue import Event, Payload, RunCreated, SetupErrorsReported, make_event
+from events.creation import create_run
+from events.errors import DecodeReason, validation_message
+from events.requests import (
+    MAX_REQUEST_ID,
+    ReplyOutcome,
+    RequestReply,
+    RunRequest,
+    SetupErrorReport,
+)
 
-__all__ = ["SetupErrorService", "parse_report"]
+__all__ = [
+    "Creation",
+    "CreationService",
+    "Refused",
+    "SetupErrorService",
+    "encode_reply",
+    "read_report",
+    "read_request",
+]
 
-log = logging.getLogger("runstream.setup_errors")
+log = logging.getLogger("runstream.creation")
 
-_FIELDS = ("group", "name", "static_environment", "annotations", "errors", "counter")
+_requests = msgspec.json.Decoder(RunRequest)
+_reports = msgspec.json.Decoder(SetupErrorReport)
+_encode = msgspec.json.Encoder().encode
+_REQUEST_ID = re.compile("[!-~]+")  # events.requests.RequestId
+#: The reason of a dead letter whose request was well-formed but cannot form a run.
+BAD_REQUEST = "bad_request"
 
 
-def parse_report(raw: bytes, *, run_id: str, fallback_id: str, now_ms: int) -> tuple[str, Event]:
-    """(report id, ``run.setup_errors_reported`` event for ``run_id``). Raises ``DecodeError``
-    (``invalid_json`` or ``schema``) naming what is wrong; validation is the events codec's."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Creation:
+    """One request, read and checked: what to create once its run id is known."""
+
+    request_id: str
+    etcd_key: str  # request id → run id, create-only
+    data: Payload  # RunCreated or SetupErrorsReported
+    suffix: str  # the event id is "<run id>.<suffix>"
+    at: int | None  # the event time; None: when handled
+
+    def event(self, run_id: str, now_ms: int) -> Event:
+        at = now_ms if self.at is None else self.at
+        return make_event(self.data, id=f"{run_id}.{self.suffix}", run_id=run_id, at=at)
+
+
+class Refused(Exception):
+    """A request that is not created: ``reason`` is a dead-letter reason code; ``request_id``
+    is ``None`` when not even the request id could be read (then nobody can be replied to)."""
+
+    def __init__(self, reason: str, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.request_id = reason, message, request_id
+
+
+def read_request(raw: bytes) -> Creation:
+    """A creation request of ``runs.requests``. Raises :class:`Refused`."""
+    try:
+        req: RunRequest = _requests.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = validation_message(exc, RunRequest)
+        raise _refused(DecodeReason.SCHEMA, message, raw, "request_id") from None
+    except msgspec.DecodeError as exc:
+        raise Refused(DecodeReason.INVALID_JSON, str(exc), None) from None
+    data = RunCreated(
+        name=req.name,
+        group=req.group,
+        tasks=req.tasks,
+        environment=req.environment,
+        static_environment=req.static_environment,
+        annotations=req.annotations,
+        setup_errors=req.setup_errors,
+    )
+    creation = Creation(
+        request_id=req.request_id,
+        etcd_key=keys.run_request_key(req.request_id),
+        data=data,
+        suffix="created",
+        at=req.at,
+    )
+    return _checked(creation)
+
+
+def read_report(raw: bytes, *, fallback_id: str) -> Creation:
+    """A setup-error report of ``runs.setup-errors`` (``fallback_id`` when it has no ``id``).
+    Raises :class:`Refused`."""
+    try:
+        rep: SetupErrorReport = _reports.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = validation_message(exc, SetupErrorReport)
+        raise _refused(DecodeReason.SCHEMA, message, raw, "id", fallback_id) from None
+    except msgspec.DecodeError as exc:
+        raise Refused(DecodeReason.INVALID_JSON, str(exc), None) from None
+    report_id = rep.id if rep.id is not None else fallback_id
+    data = SetupErrorsReported(
+        group=rep.group,
+        errors=rep.errors,
+        name=rep.name,
+        static_environment=rep.static_environment,
+        annotations=rep.annotations,
+        counter=rep.counter,
+    )
+    creation = Creation(
+        request_id=report_id,
+        etcd_key=keys.setup_report_key(report_id),
+        data=data,
+        suffix="reported",
+        at=rep.at,
+    )
+    return _checked(creation)
+
+
+def _refused(
+    reason: str, message: str, raw: bytes, field: str, fallback: str | None = None
+) -> Refused:
+    """A refusal naming the request id when the document has a readable one."""
     try:
         doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(DecodeReason.INVALID_JSON, str(exc)) from None
-    if type(doc) is not dict:
-        raise DecodeError(DecodeReason.SCHEMA, "a setup-error report is a JSON object")
-    report_id = doc.get("id", fallback_id)
-    if type(report_id) is not str or not report_id or len(report_id) > 200:
-        raise DecodeError(
-            DecodeReason.SCHEMA, "id must be a non-empty string of at most 200 characters"
-        )
-    unknown = set(doc) - {*_FIELDS, "id", "at"}
-    if unknown:
-        raise DecodeError(DecodeReason.SCHEMA, f"unknown fields: {', '.join(sorted(unknown))}")
-    envelope = {
-        "type": EventType.SETUP_ERRORS_REPORTED.value,
-        "version": 1,
-        "id": f"{run_id}.reported",
-        "run_id": run_id,
-        "at": doc.get("at", now_ms),
-        "data": {k: doc[k] for k in _FIELDS if k in doc},
-    }
-    return report_id, decode(orjson.dumps(envelope))
+    except orjson.JSONDecodeError:
+        return Refused(reason, message, None)
+    rid = doc.get(field, fallback) if type(doc) is dict else None
+    ok = type(rid) is str and len(rid) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(rid)
+    return Refused(reason, message, rid if ok else None)
 
 
-class SetupErrorService:
-    """Registers the setup-error agent on ``app``."""
+def _checked(creation: Creation) -> Creation:
+    """``creation`` if the materializer will create its run (the reducer's own rules, checked
+    on a stand-in id), else :class:`Refused` — before any run id is spent on it."""
+    made = create_run(creation.event(format_run_id(1), 0))
+    if isinstance(made, str):
+        raise Refused(BAD_REQUEST, made, creation.request_id)
+    try:
+        validate_group(creation.data.group)  # type: ignore[union-attr]  # both payloads have one
+    except BadRequest as exc:  # the index is stricter than the run (as for POST /runs)
+        raise Refused(BAD_REQUEST, str(exc), creation.request_id) from None
+    return creation
+
+
+def encode_reply(reply: RequestReply) -> bytes:
+    return _encode(reply)
+
+
+class CreationService:
+    """Registers the creation agent on ``app`` for ``runs.requests`` and ``runs.setup-errors``."""
 
     def __init__(self, app: Any, settings: Settings, resources: Any) -> None:
         self.app = app
@@ -80,12 +190,20 @@ class SetupErrorService:
         self._ids: IdAllocator | None = None
         self._producer: EventProducer | None = None
         topics = app.runstream_topics
-        app.agent(topics.setup_errors, name="runstream.setup_errors")(self._agent)
+        app.agent(topics.setup_errors, name="runstream.setup_errors")(self._reports_agent)
+        app.agent(topics.requests, name="runstream.requests")(self._requests_agent)
 
-    async def _agent(self, stream: Any) -> None:
+    async def _reports_agent(self, stream: Any) -> None:
         async for event in stream.events():
-            msg = event.message
-            await self.handle(msg.value, msg.partition, msg.offset, msg.headers)
+            await self.handle_message(self.settings.topic_setup_errors, event.message)
+
+    async def _requests_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            await self.handle_message(self.settings.topic_requests, event.message)
+
+    async def handle_message(self, topic: str, msg: Any) -> None:
+        ts = None if msg.timestamp is None else round(msg.timestamp * 1000)
+        await self.handle(topic, msg.value, msg.partition, msg.offset, key=msg.key, timestamp=ts)
 
     async def _deps(self) -> tuple[IdAllocator, EventProducer, Any]:
         kv = await self.resources.kv()
@@ -96,26 +214,36 @@ class SetupErrorService:
             await self._producer.start()
         return self._ids, self._producer, kv
 
-    async def handle(self, raw: bytes, partition: int, offset: int, headers: Any) -> None:
-        ids, producer, kv = await self._deps()
-        fallback = f"{self.settings.topic_setup_errors}/{partition}/{offset}"
+    async def handle(
+        self,
+        topic: str,
+        raw: bytes,
+        partition: int,
+        offset: int,
+        *,
+        key: bytes | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Create the run of one request (idempotent per request id) and reply."""
         try:
-            # Validate before allocating: a malformed report must not use up a run id.
-            report_id, _ = parse_report(
-                raw, run_id=format_run_id(1), fallback_id=fallback, now_ms=0
-            )
-        except DecodeError as exc:
-            await self._dead(raw, partition, offset, exc)
+            if topic == self.settings.topic_setup_errors:
+                creation = read_report(raw, fallback_id=f"{topic}/{partition}/{offset}")
+            else:
+                creation = read_request(raw)
+        except Refused as exc:
+            await self._refuse(topic, raw, partition, offset, exc, key, timestamp)
             return
-        run_id = await self._run_id_for(kv, ids, report_id)
-        _, event = parse_report(
-            raw, run_id=format_run_id(run_id), fallback_id=fallback, now_ms=int(time.time() * 1000)
-        )
+        ids, producer, kv = await self._deps()
+        run_id = format_run_id(await self._run_id_for(kv, ids, creation.etcd_key))
+        event = creation.event(run_id, int(time.time() * 1000))
         await producer.append([event])
-        log.info("setup errors reported", extra={"report_id": report_id, "run_id": event.run_id})
+        await self._reply(creation.request_id, ReplyOutcome.CREATED, run_id=run_id)
+        log.info(
+            "run created for a request",
+            extra={"request_id": creation.request_id, "run_id": run_id, "topic": topic},
+        )
 
-    async def _run_id_for(self, kv: Any, ids: IdAllocator, report_id: str) -> int:
-        key = keys.setup_report_key(report_id)
+    async def _run_id_for(self, kv: Any, ids: IdAllocator, key: str) -> int:
         for _ in range(10):
             got = await kv.get(key)
             if got is not None:
@@ -126,13 +254,56 @@ class SetupErrorService:
                 is not None
             ):
                 return candidate
-        raise RuntimeError(f"could not map report {report_id} to a run id")
+        raise RuntimeError(f"could not map request {key} to a run id")
 
-    async def _dead(self, raw: bytes, partition: int, offset: int, exc: DecodeError) -> None:
+    async def _reply(
+        self, request_id: str, outcome: ReplyOutcome, *, run_id: str | None = None, reason: str = ""
+    ) -> None:
+        reply = RequestReply(
+            request_id=request_id,
+            outcome=outcome,
+            run_id=run_id,
+            reason=reason,
+            at=int(time.time() * 1000),
+        )
+        await self.app.producer.send_and_wait(
+            self.settings.topic_replies,
+            request_id.encode(),
+            encode_reply(reply),
+            partition=None,
+            timestamp=None,
+            headers=None,
+        )
+
+    async def _refuse(
+        self,
+        topic: str,
+        raw: bytes,
+        partition: int,
+        offset: int,
+        exc: Refused,
+        key: bytes | None,
+        timestamp: int | None,
+    ) -> None:
         dl = DeadLetter(reason=str(exc.reason), message=exc.message, offset=offset, raw=raw)
         metrics.DEAD_LETTERS.labels(dl.reason).inc()
-        hdrs = dead_letter_headers(dl, self.settings.topic_setup_errors, partition)
+        hdrs = dead_letter_headers(dl, topic, partition, timestamp_ms=timestamp)
         await self.app.producer.send_and_wait(
-            self.settings.topic_dlq, None, raw, partition=None, timestamp=None, headers=hdrs
+            self.settings.topic_dlq, key, raw, partition=None, timestamp=None, headers=hdrs
         )
-        log.warning("malformed setup-error report", extra={"error": exc.message, "offset": offset})
+        if exc.request_id is not None:
+            await self._reply(exc.request_id, ReplyOutcome.REFUSED, reason=exc.message)
+        log.warning(
+            "request refused",
+            extra={
+                "topic": topic,
+                "request_id": exc.request_id,
+                "reason": str(exc.reason),
+                "error": exc.message,
+                "offset": offset,
+            },
+        )
+
+
+#: The name the worker registers it under (it began as the setup-error agent).
+SetupErrorService = CreationService
