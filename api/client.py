@@ -1,4 +1,5 @@
-"""The Python client of the HTTP API (httpx): ``AsyncClient`` and ``Client``.
+"""The Python client of the HTTP API (httpx): ``AsyncClient``, written once, and ``Client``, its
+blocking facade (each method runs the async one on a private event loop).
 
 Every non-2xx answer raises the ``api.errors`` class of its status (``BadRequest`` 400,
 ``Unauthorized`` 401, ``NotFound`` 404, ``Conflict`` 409, ``Gone`` 410, ``PayloadTooLarge`` 413,
@@ -20,9 +21,19 @@ no event is lost or repeated. A cursor the log no longer retains raises ``Gone``
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+import functools
+import threading
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
@@ -112,6 +123,11 @@ class AsyncClient:
         result: dict[str, Any] = await self._do(Call("GET", f"/api/v1/runs/{run_id}"))
         return result
 
+    async def run_history(self, run_id: str) -> dict[str, Any]:
+        """``{"run_id", "events"}``: every event judged for the run, in log order."""
+        result: dict[str, Any] = await self._do(Call("GET", f"/api/v1/runs/{run_id}/history"))
+        return result
+
     async def list_runs(
         self,
         *,
@@ -167,7 +183,7 @@ class AsyncClient:
 
     async def watch(
         self, after: str | None = None, *, reconnect: bool = True, retry_delay: float = 1.0
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Phase changes after cursor ``after`` (None: from now on), forever (see the module
         docstring). With ``reconnect=False`` it ends when the connection does."""
         last = after
@@ -198,13 +214,76 @@ class AsyncClient:
                     yield item
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Client, P], T]:
+    """The blocking form of an ``AsyncClient`` method: the same signature and result, run on
+    the client's private event loop."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._async, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+def _blocking_iter(
+    method: Callable[Concatenate[AsyncClient, P], AsyncGenerator[T, None]],
+) -> Callable[Concatenate[Client, P], Iterator[T]]:
+    """The blocking form of an ``AsyncClient`` async generator: one item per step of the loop;
+    leaving the iteration closes the async generator (and its connection)."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        items = method(self._async, *args, **kwargs)
+
+        async def step() -> T:
+            return await anext(items)
+
+        try:
+            while True:
+                try:
+                    item = self._run(step())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            self._run(items.aclose())
+
+    functools.update_wrapper(call, method)
+    return call
+
+
 class Client:
-    """The blocking twin of :class:`AsyncClient` (same methods, same errors)."""
+    """The blocking facade of :class:`AsyncClient`: the same methods, errors, 503 retries and
+    ``watch`` semantics, because every call *is* the async client's, run on a private event
+    loop in a background thread (so it works from any thread, with or without a running loop
+    of its own). Use ``with Client(url) as c:`` or call ``close()``."""
 
     def __init__(
         self, base_url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0
     ) -> None:
-        self._http = httpx.Client(base_url=base_url, headers=auth_headers(token), timeout=timeout)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="runstream-client", daemon=True
+        )
+        self._thread.start()
+
+        async def make() -> AsyncClient:  # httpx binds its pool to the loop that uses it
+            return AsyncClient(base_url, token=token, timeout=timeout)
+
+        self._async = self._run(make())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted (Ctrl-C): do not leave the call running
+            raise
 
     def __enter__(self) -> Client:
         return self
@@ -213,137 +292,22 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connections and stop the loop's thread; idempotent."""
+        if self._loop.is_closed():
+            return
+        self._run(self._async.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
-    def _do(self, call: Call) -> Any:
-        call = with_retry_key(call)
-        for attempt in range(RETRIES + 1):
-            try:
-                response = self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    content=content_of(call),
-                    headers=headers_of(call),
-                )
-            except httpx.TransportError as exc:
-                raise Unreachable(f"{call.method} {call.path}: {exc!r}") from exc
-            if response.status_code != 503 or attempt == RETRIES:
-                break
-            time.sleep(retry_delay(attempt, response.headers.get("Retry-After")))
-        return body_of(response)
-
-    def create_run(
-        self,
-        *,
-        group: str,
-        name: str | None = None,
-        tasks: Sequence[Mapping[str, Any]] = (),
-        environment: Mapping[str, str] | None = None,
-        static_environment: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-        setup_errors: Sequence[str | Mapping[str, Any]] = (),
-    ) -> dict[str, Any]:
-        call = Calls.create(
-            group=group, name=name, tasks=tasks, environment=environment,
-            static_environment=static_environment, annotations=annotations, setup_errors=setup_errors,
-        )  # fmt: skip
-        result: dict[str, Any] = self._do(call)
-        return result
-
-    def recreate_run(
-        self, run_id: str, *, from_start: bool = False, environment: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = self._do(Calls.recreate(run_id, from_start, environment))
-        return result
-
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._do(Call("GET", f"/api/v1/runs/{run_id}"))
-        return result
-
-    def list_runs(
-        self,
-        *,
-        groups: Iterable[str] = (),
-        phases: Iterable[str] = (),
-        results: Iterable[str] = (),
-        last_run: bool = False,
-        order: str = "desc",
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> dict[str, Any]:
-        call = Calls.list(groups, phases, results, last_run, order, limit, cursor)
-        result: dict[str, Any] = self._do(call)
-        return result
-
-    def start(
-        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
-    ) -> None:
-        self._do(Calls.run_action(run_id, "start", expected_seq, idempotency_key))
-
-    def cancel(
-        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
-    ) -> None:
-        self._do(Calls.run_action(run_id, "cancel", expected_seq, idempotency_key))
-
-    def stop(
-        self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
-    ) -> None:
-        self._do(Calls.run_action(run_id, "stop", expected_seq, idempotency_key))
-
-    def approve_task(
-        self,
-        run_id: str,
-        task_id: str,
-        *,
-        expected_seq: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> None:
-        self._do(
-            Calls.task_action(
-                run_id, task_id, {"action_type": "approve"}, expected_seq, idempotency_key
-            )
-        )
-
-    def set_task_annotations(
-        self,
-        run_id: str,
-        task_id: str,
-        annotations: Mapping[str, str],
-        *,
-        expected_seq: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> None:
-        body = {"action_type": "setannotations", "annotations": dict(annotations)}
-        self._do(Calls.task_action(run_id, task_id, body, expected_seq, idempotency_key))
-
-    def watch(
-        self, after: str | None = None, *, reconnect: bool = True, retry_delay: float = 1.0
-    ) -> Iterator[WatchEvent]:
-        """See :meth:`AsyncClient.watch`."""
-        last = after
-        while True:
-            try:
-                for item in self._watch_once(last):
-                    last = item.cursor
-                    yield item
-            except (httpx.TransportError, Unreachable):
-                if not reconnect:
-                    raise
-            if not reconnect:
-                return
-            time.sleep(retry_delay)
-
-    def _watch_once(self, after: str | None) -> Iterator[WatchEvent]:
-        headers = {"Accept": "text/event-stream"}
-        if after is not None:
-            headers["Last-Event-ID"] = after
-        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
-        with self._http.stream("GET", "/api/v1/runs/events", headers=headers, timeout=timeout) as response:  # fmt: skip
-            if not response.is_success:
-                raise error_from_response(response.status_code, response.read())
-            parser = SseParser()
-            for line in response.iter_lines():
-                item = parser.feed(line)
-                if item is not None:
-                    yield item
+    create_run = _blocking(AsyncClient.create_run)
+    recreate_run = _blocking(AsyncClient.recreate_run)
+    get_run = _blocking(AsyncClient.get_run)
+    run_history = _blocking(AsyncClient.run_history)
+    list_runs = _blocking(AsyncClient.list_runs)
+    start = _blocking(AsyncClient.start)
+    cancel = _blocking(AsyncClient.cancel)
+    stop = _blocking(AsyncClient.stop)
+    approve_task = _blocking(AsyncClient.approve_task)
+    set_task_annotations = _blocking(AsyncClient.set_task_annotations)
+    watch = _blocking_iter(AsyncClient.watch)

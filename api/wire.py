@@ -1,4 +1,5 @@
-"""What both clients share, without I/O: request building, error parsing, the SSE line parser."""
+"""The client's parts without I/O: request building, error parsing, retry timing, the SSE line
+parser (``api.client.AsyncClient`` does the I/O; ``Client`` runs it)."""
 
 from __future__ import annotations
 

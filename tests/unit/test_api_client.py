@@ -24,10 +24,12 @@ from api import (
     PayloadTooLarge,
     ServerError,
     Unauthorized,
+    Unavailable,
     Unreachable,
 )
 from api.client import AsyncClient, Client
 from api.commands import add_runs_commands
+from api.wire import RETRIES, retry_delay
 from events import Phase, PhaseChanged, Result, make_event
 from tests.unit.test_api_support import GROUP, new_run, served, task
 
@@ -36,9 +38,40 @@ def url_of(client: Any) -> str:
     return str(client.server.make_url("")).rstrip("/")
 
 
-async def test_async_client_round_trip_and_each_error_class_with_the_server_message() -> None:
+class SyncInAThread:
+    """``Client`` (the blocking facade) driven from a test's event loop: every call in a worker
+    thread, so the loop keeps serving the requests."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url, self.options = url, options
+
+    async def __aenter__(self) -> SyncInAThread:
+        self.client = await asyncio.to_thread(Client, self.url, **self.options)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.client.close)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+def open_client(kind: str, url: str, **options: Any) -> Any:
+    return AsyncClient(url, **options) if kind == "async" else SyncInAThread(url, **options)
+
+
+both = pytest.mark.parametrize("kind", ["async", "sync"])
+
+
+@both
+async def test_client_round_trip_and_each_error_class_with_the_server_message(kind: str) -> None:
     async with served(api_token="tok", max_body_bytes=4096) as (tc, fakes):
-        async with AsyncClient(url_of(tc), token="tok") as c:
+        async with open_client(kind, url_of(tc), token="tok") as c:
             body = await c.create_run(name="b", group=GROUP, tasks=[task("a")])
             run_id = body["run"]["id"]
             assert (await c.get_run(run_id))["run"]["phase"] == "queued"
@@ -61,7 +94,7 @@ async def test_async_client_round_trip_and_each_error_class_with_the_server_mess
             with pytest.raises(ServerError) as err:
                 await c.get_run(run_id)
             assert (err.value.status, err.value.message) == (500, INTERNAL_MESSAGE)
-        async with AsyncClient(url_of(tc)) as anonymous:
+        async with open_client(kind, url_of(tc)) as anonymous:
             with pytest.raises(Unauthorized):
                 await anonymous.cancel(run_id)
 
@@ -83,7 +116,10 @@ async def test_sync_client_errors_carry_status_and_message() -> None:
         assert exc.message == "run cannot be restarted: run has setup errors"
 
 
-async def test_a_body_that_is_not_json_gives_the_status_and_the_start_of_the_body() -> None:
+@both
+async def test_a_body_that_is_not_json_gives_the_status_and_the_start_of_the_body(
+    kind: str,
+) -> None:
     async def html(request: web.Request) -> web.Response:
         return web.Response(status=502, text="<html>bad gateway " + "x" * 1000, content_type="text/html")  # fmt: skip
 
@@ -93,7 +129,10 @@ async def test_a_body_that_is_not_json_gives_the_status_and_the_start_of_the_bod
     app = web.Application()
     app.router.add_get("/api/v1/runs/{run_id}", html)
     app.router.add_post("/api/v1/runs", plain404)
-    async with TestServer(app) as server, AsyncClient(str(server.make_url("")).rstrip("/")) as c:
+    async with (
+        TestServer(app) as server,
+        open_client(kind, str(server.make_url("")).rstrip("/")) as c,
+    ):
         with pytest.raises(ServerError) as err:
             await c.get_run("0000000000000001")
         assert err.value.status == 502
@@ -104,8 +143,9 @@ async def test_a_body_that_is_not_json_gives_the_status_and_the_start_of_the_bod
             await c.create_run(group=GROUP, name="x")
 
 
-async def test_no_answer_at_all_is_unreachable() -> None:
-    async with AsyncClient("http://127.0.0.1:9", timeout=2) as c:
+@both
+async def test_no_answer_at_all_is_unreachable(kind: str) -> None:
+    async with open_client(kind, "http://127.0.0.1:9", timeout=2) as c:
         with pytest.raises(Unreachable) as err:
             await c.get_run("0000000000000001")
     assert err.value.retriable
@@ -152,6 +192,53 @@ async def test_sync_watch_resumes_too() -> None:
             return out
 
         assert await asyncio.to_thread(follow) == ["1", "2", "3"]
+        fakes.feed.truncate(3)
+
+        def expired() -> None:
+            with Client(url_of(tc)) as c:
+                for _ in c.watch("1"):
+                    pass
+
+        with pytest.raises(Gone):
+            await asyncio.to_thread(expired)
+
+
+def test_retry_delay_backs_off_within_bounds_and_honours_retry_after() -> None:
+    assert [retry_delay(a, None) for a in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+    assert retry_delay(40, None) == 2.0
+    assert retry_delay(0, "3") == 3.0
+    assert retry_delay(0, "60") == 4.0  # a server's wish is capped
+    assert retry_delay(3, "soon") == 0.8
+
+
+@both
+async def test_503_is_retried_with_the_same_idempotency_key_then_given_up(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("api.client.retry_delay", lambda attempt, after: 0.0)  # count, not wait
+    seen: list[tuple[str, str | None]] = []
+
+    async def busy(request: web.Request) -> web.Response:
+        seen.append((request.method, request.headers.get("Idempotency-Key")))
+        if len(seen) % 3 and request.match_info["run_id"] != "0000000000000009":
+            return web.json_response({"message": "no owner"}, status=503, headers={"Retry-After": "0"})  # fmt: skip
+        if request.match_info["run_id"] == "0000000000000009":
+            return web.json_response({"message": "rebalance, for good"}, status=503)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_put("/api/v1/runs/{run_id}/actions", busy)
+    app.router.add_get("/api/v1/runs/{run_id}", busy)
+    async with TestServer(app) as server, open_client(kind, str(server.make_url(""))) as c:
+        await c.start("0000000000000001")  # two 503s, then 204
+        assert [m for m, _ in seen] == ["PUT"] * 3
+        keys = {k for _, k in seen}
+        assert len(keys) == 1
+        assert None not in keys  # an action carries a key, the same one on every retry
+        seen.clear()
+        with pytest.raises(Unavailable, match="for good"):
+            await c.get_run("0000000000000009")
+        assert len(seen) == RETRIES + 1  # bounded
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -202,8 +289,9 @@ def test_every_runs_command_has_help() -> None:
         assert done.value.code == 0
 
 
-async def test_client_retry_with_an_idempotency_key_is_applied_once() -> None:
-    async with served() as (tc, fakes), AsyncClient(url_of(tc)) as c:
+@both
+async def test_client_retry_with_an_idempotency_key_is_applied_once(kind: str) -> None:
+    async with served() as (tc, fakes), open_client(kind, url_of(tc)) as c:
         run_id = (await c.create_run(name="b", group=GROUP, tasks=[task("a")]))["run"]["id"]
         await c.start(run_id, idempotency_key="attempt-1")
         await c.start(run_id, idempotency_key="attempt-1")  # a retry after a lost answer
