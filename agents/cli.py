@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from agents.config import Settings, add_flags, markdown_table
+from api.commands import Target
 
 if TYPE_CHECKING:
     from agents.dlq import Selection
@@ -26,10 +27,27 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
     from agents.logs import setup_logging
-    from agents.replay import replay
+    from agents.replay import remove_target, replay, target_exists
 
     settings = Settings.from_args(args)
     setup_logging(settings.log_level, settings.log_format)
+
+    async def prepare() -> bool:
+        if args.target is None or not await target_exists(settings, args.target):
+            return True
+        if not args.force:
+            print(
+                f"runstream: error: replay target '{args.target}' exists already (replaying into "
+                "it would add nothing); choose another --target, or --force to remove it and "
+                "replay again",
+                file=sys.stderr,
+            )
+            return False
+        await remove_target(settings, args.target)
+        return True
+
+    if not asyncio.run(prepare()):
+        return 1
     report = asyncio.run(
         replay(settings, target=args.target, progress=settings.progress, jobs=args.jobs)
     )
@@ -46,7 +64,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     import time
 
     from agents.logs import setup_logging
-    from agents.replay import live_offsets, replay, verify
+    from agents.replay import live_offsets, remove_target, replay, verify
 
     settings = Settings.from_args(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -58,7 +76,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             await replay(
                 settings, target=target, until=until, progress=settings.progress, jobs=args.jobs
             )
-        report = await verify(settings, target=target)
+        try:
+            report = await verify(settings, target=target)
+        finally:
+            if not args.target and not args.keep:  # our own copy: remove it
+                await remove_target(settings, target)
         print(
             f"live: {report.live_runs:,} runs, digest {report.live_digest}\n"
             f"rebuilt ({target}): {report.rebuilt_runs:,} runs, digest {report.rebuilt_digest}"
@@ -246,6 +268,68 @@ def _add_dlq_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         p.set_defaults(func=_cmd_dlq)
 
 
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    add_flags(parser, ("url", "api_token", "partitions"))
+
+
+def _client_target(args: argparse.Namespace) -> Target:
+    s = Settings.from_args(args)
+    return Target(s.url, s.api_token, s.partitions)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Append one task.status_changed event to the events topic, as an executor would."""
+    import asyncio
+    import time
+    import uuid
+
+    from agents.producer import EventProducer
+    from events import TaskStatus, TaskStatusChanged, format_run_id, make_event, parse_run_id
+
+    settings = Settings.from_args(args)
+    try:
+        run_id = format_run_id(parse_run_id(args.run_id))
+        status = TaskStatus(args.status)
+    except ValueError as exc:
+        raise ValueError(f"runs report: {exc}") from None
+    event = make_event(
+        TaskStatusChanged(task_id=args.task_id, status=status),
+        id=args.event_id or uuid.uuid4().hex,
+        run_id=run_id,
+        at=int(time.time() * 1000),
+    )
+
+    async def send() -> None:
+        async with EventProducer(settings.kafka, settings.topic_events) as producer:
+            await producer.append([event])
+
+    asyncio.run(send())
+    print(f"reported: run {run_id} task {args.task_id} {status} (event {event.id})")
+    return 0
+
+
+def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from events import TaskStatus
+
+    p = runs.add_parser(
+        "report",
+        help="report a task's status as an executor does (appends task.status_changed)",
+        description="Append a task.status_changed event for RUN's task TASK to the events topic "
+        "(what an executor's script does when a task starts or ends). It does not wait for the "
+        "apply: `runstream runs get RUN` or `runs history RUN` shows the outcome.",
+    )
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("task_id", metavar="TASK")
+    p.add_argument("status", metavar="STATUS", choices=[s.value for s in TaskStatus],
+                   help="one of: " + ", ".join(s.value for s in TaskStatus))  # fmt: skip
+    p.add_argument(
+        "--event-id",
+        help="the event's id (default: a fresh one); the same id again is applied once",
+    )
+    add_flags(p, ("kafka", "topic_events", "log_level"))
+    p.set_defaults(func=_cmd_report)
+
+
 def _replay_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
@@ -278,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
         "under replay/<target> (object storage) and <etcd prefix>replay/<target>/ (etcd).",
     )
     rp.add_argument("--target", default=None, help="name of the rebuild (default: a timestamp)")
+    rp.add_argument(
+        "--force",
+        action="store_true",
+        help="when --target exists already, remove it first and replay again (else: refuse)",
+    )
     _replay_flags(rp)
     rp.set_defaults(func=_cmd_replay)
 
@@ -288,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
         "existing --target), compare run by run, name every run that differs; exit 1 if any.",
     )
     vf.add_argument("--target", default=None, help="compare with this existing replay instead")
+    vf.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the replay/verify-<time> copy it makes (removed from storage and etcd by default)",
+    )
     _replay_flags(vf)
     vf.set_defaults(func=_cmd_verify)
 
@@ -296,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     from api.commands import add_runs_commands
 
     add_index_commands(sub)
-    add_runs_commands(sub)
+    runs = add_runs_commands(sub, flags=_client_flags, target=_client_target)
+    _add_report_command(runs)
     _add_dlq_commands(sub)
     add_storage_commands(sub)
 

@@ -11,6 +11,7 @@ checkpoints by content hash and names every run that differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import time
@@ -35,7 +36,15 @@ from agents.resources import storage_url
 from agents.runtime import tune_gc
 from datamanager import DataManager, EtcdKv
 
-__all__ = ["ReplayReport", "VerifyReport", "live_offsets", "replay", "verify"]
+__all__ = [
+    "ReplayReport",
+    "VerifyReport",
+    "live_offsets",
+    "remove_target",
+    "replay",
+    "target_exists",
+    "verify",
+]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -75,6 +84,38 @@ def _datamanager(settings: Settings, *, target: str | None) -> tuple[DataManager
     kv = EtcdKv(settings.etcd, prefix=prefix)
     base = f"replay/{target}" if target else RUNDATA_BASE
     return DataManager(store, kv, base=base, max_file_size=settings.max_file_size), kv
+
+
+async def target_exists(settings: Settings, target: str) -> bool:
+    """True when replay ``target`` holds anything: an etcd key under its prefix or an object
+    under ``replay/<target>/``."""
+    dm, kv = _datamanager(settings, target=target)
+    try:
+        if await kv.get_prefix(""):
+            return True
+        async for _ in dm.store.list(f"replay/{target}/"):
+            return True
+        return False
+    finally:
+        await kv.close()
+
+
+async def remove_target(settings: Settings, target: str) -> int:
+    """Delete replay ``target``: its objects and its etcd keys. Returns how many were removed;
+    idempotent (a missing target removes nothing)."""
+    dm, kv = _datamanager(settings, target=target)
+    removed = 0
+    try:
+        keys = [info.key async for info in dm.store.list(f"replay/{target}/")]
+        for key in keys:
+            with contextlib.suppress(ost.NotExist):
+                await dm.store.delete(key)
+            removed += 1
+        for key, _ in await kv.get_prefix(""):
+            removed += await kv.delete(key)
+    finally:
+        await kv.close()
+    return removed
 
 
 async def replay(

@@ -1,7 +1,12 @@
-"""The ``runstream runs`` commands: create, get, list, watch, start, cancel, stop, recreate.
+"""The ``runstream runs`` commands: create, get, history, list, watch, start, cancel, stop,
+recreate.
 
-``add_runs_commands(subparsers)`` adds them to the ``runstream`` parser (``agents.cli``). Each
-prints a table, or JSON with ``--json``; errors print the server's message and exit 1.
+``add_runs_commands(subparsers, ...)`` adds them to the ``runstream`` parser (``agents.cli``),
+which hands over its configuration: ``flags`` adds the settings' flags (``--url``,
+``--api-token``) and ``target`` reads the API's URL, token and partition count from the settings
+(``agents.config``; ``api/`` may not import ``agents/``). Without them (tests, other parsers) the
+commands take ``--url`` / ``--token`` (env ``RUNSTREAM_URL`` / ``RUNSTREAM_API_TOKEN``). Each prints
+a table, or JSON with ``--json``; errors print the server's message and exit 1.
 """
 
 from __future__ import annotations
@@ -11,16 +16,30 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from api.client import DEFAULT_URL, Client
 from api.errors import ApiError
 
-__all__ = ["add_runs_commands", "run_command"]
+__all__ = ["Target", "add_runs_commands", "run_command"]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the commands send their requests: the API's base URL, its token, and the
+    partition count of the log (``watch --from-start`` builds its cursor from it)."""
+
+    url: str
+    token: str = ""
+    partitions: int | None = None
+
+
+Flags = Callable[[argparse.ArgumentParser], None]
+Resolve = Callable[[argparse.Namespace], Target]
+
+
+def _own_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
         default=os.environ.get("RUNSTREAM_URL", DEFAULT_URL),
@@ -31,6 +50,10 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("RUNSTREAM_API_TOKEN", ""),
         help="API token for writes (env RUNSTREAM_API_TOKEN)",
     )
+
+
+def _own_target(args: argparse.Namespace) -> Target:
+    return Target(args.url, args.token)
 
 
 def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -106,8 +129,35 @@ def _list(c: Client, args: argparse.Namespace) -> None:
     _emit(args, page, table)
 
 
+def _history(c: Client, args: argparse.Namespace) -> None:
+    def table(body: Any, out: TextIO) -> None:
+        rows = [
+            (
+                f"{e['offset']}:{e['index']}",
+                e["outcome"],
+                e["type"],
+                e["event_id"],
+                e["reason"] or ("" if e["seq"] is None else f"revision {e['seq']}"),
+            )
+            for e in body["events"]
+        ]
+        _table(["OFFSET", "OUTCOME", "TYPE", "EVENT ID", "REVISION / REASON"], rows, out)
+
+    _emit(args, c.run_history(args.run_id), table)
+
+
+def from_start_cursor(partitions: int) -> str:
+    """The phase stream's cursor before the first event of every partition."""
+    return ".".join(["v1", *("0" * partitions)])
+
+
 def _watch(c: Client, args: argparse.Namespace) -> None:
-    for item in c.watch(args.after):
+    after = args.after
+    if args.from_start:
+        if args.target.partitions is None:
+            raise SystemExit("runs watch --from-start needs the partition count (runstream's --partitions)")  # fmt: skip
+        after = from_start_cursor(args.target.partitions)
+    for item in c.watch(after):
         if args.json:
             print(json.dumps({"cursor": item.cursor, "event": item.event}), file=args.out, flush=True)  # fmt: skip
         else:
@@ -127,10 +177,25 @@ def _action(name: str) -> Callable[[Client, argparse.Namespace], None]:
     return run
 
 
-def add_runs_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``runs`` with its subcommands to a ``runstream`` parser's subparsers."""
-    runs = subparsers.add_parser("runs", help="create, read, list, watch and act on runs (HTTP API)")  # fmt: skip
-    sub = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
+def add_runs_commands(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    *,
+    flags: Flags | None = None,
+    target: Resolve | None = None,
+) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Add ``runs`` with its subcommands to a ``runstream`` parser's subparsers; returns the
+    subparsers of ``runs`` (for commands that live elsewhere, e.g. ``runs report``).
+    ``flags``/``target``: the configuration's flags and how to read the target from the parsed
+    arguments (default: ``--url`` and ``--token`` of their own)."""
+    runs = subparsers.add_parser(
+        "runs",
+        help="create, read, list, watch and act on runs (HTTP API)",
+        description="The HTTP API from the shell. The API's URL: --url or RUNSTREAM_URL "
+        "(default: this configuration's worker, http://127.0.0.1:<RUNSTREAM_WEB_PORT>).",
+    )
+    sub: argparse._SubParsersAction = runs.add_subparsers(  # type: ignore[type-arg]
+        dest="runs_command", required=True, metavar="COMMAND"
+    )
 
     p = sub.add_parser("create", help="create a run from its tasks")
     p.add_argument("--file", help="JSON body (name, group, tasks, ...); '-' reads stdin")
@@ -144,6 +209,10 @@ def add_runs_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("run_id")
     p.set_defaults(runs_fn=lambda c, a: _emit(a, c.get_run(a.run_id), _print_run))
 
+    p = sub.add_parser("history", help="every event applied to or refused for a run, in order")
+    p.add_argument("run_id")
+    p.set_defaults(runs_fn=_history)
+
     p = sub.add_parser("list", help="list runs from the index")
     p.add_argument("--group", action="append", help="group prefix (repeatable)")
     p.add_argument("--phase", action="append", help="phase (repeatable)")
@@ -156,6 +225,7 @@ def add_runs_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
 
     p = sub.add_parser("watch", help="follow phase changes (server-sent events), resuming on drops")  # fmt: skip
     p.add_argument("--after", help="cursor of the last event seen")
+    p.add_argument("--from-start", action="store_true", help="from the beginning of the log (every phase change still in it)")  # fmt: skip
     p.add_argument("--count", type=int, help="stop after this many events")
     p.set_defaults(runs_fn=_watch)
 
@@ -172,15 +242,18 @@ def add_runs_commands(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.set_defaults(runs_fn=_recreate)
 
     for action in sub.choices.values():
-        _common(action)
-    runs.set_defaults(func=run_command)
+        action.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        (flags or _own_flags)(action)
+    runs.set_defaults(func=run_command, runs_target=target or _own_target)
+    return sub
 
 
 def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run the parsed ``runs`` subcommand; 0 on success, 1 on an API error (message printed)."""
     args.out = out or sys.stdout
+    args.target = args.runs_target(args)
     try:
-        with Client(args.url, token=args.token or None) as client:
+        with Client(args.target.url, token=args.target.token or None) as client:
             args.runs_fn(client, args)
     except ApiError as exc:
         print(f"error ({exc.status}): {exc.message}", file=sys.stderr)

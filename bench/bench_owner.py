@@ -36,7 +36,7 @@ def creation(i: int) -> Event:
 
 async def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     env = os.environ
-    s3 = f"s3://{env['RUNSTREAM_S3_BUCKET']}?endpoint={env['RUNSTREAM_S3_ENDPOINT']}"
+    s3 = env["RUNSTREAM_STORAGE"]  # deploy/local env: s3://<bucket>?endpoint=...
     s = make_settings(
         uuid.uuid4().hex[:8],
         env["RUNSTREAM_KAFKA_BOOTSTRAP"],

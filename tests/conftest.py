@@ -131,6 +131,9 @@ def etcd_endpoint() -> Iterator[str]:
 def s3_endpoint() -> Iterator[S3Endpoint]:
     """A real S3 server (SeaweedFS locally) with credentials that work."""
     url = _env("RUNSTREAM_TEST_S3", "RUNSTREAM_S3_ENDPOINT")
+    storage = _env("RUNSTREAM_STORAGE") or ""
+    if url is None and "endpoint=" in storage:  # what deploy/local env exports
+        url = storage.split("endpoint=", 1)[1].split("&", 1)[0]
     ak = _env("RUNSTREAM_S3_ACCESS_KEY") or "runstream"
     sk = _env("RUNSTREAM_S3_SECRET_KEY") or "runstream-secret"
     container: Any = None

@@ -55,8 +55,53 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert {("worker",), ("replay",), ("verify",), ("index", "dump"), ("config",)} <= set(commands)
     assert {("dlq", "list"), ("dlq", "show"), ("dlq", "redrive")} <= set(commands)
     assert {("storage", "ls"), ("storage", "cat")} <= set(commands)
+    assert {("runs", "report"), ("runs", "history"), ("runs", "watch")} <= set(commands)
     for path in commands:
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args([*path, "--help"])
         assert exit_.value.code == 0
         assert "usage: runstream" in capsys.readouterr().out
+
+
+def test_one_set_of_port_variables_moves_the_services_and_points_runstream_at_them() -> None:
+    env = {"RUNSTREAM_KAFKA_PORT": "19092", "RUNSTREAM_ETCD_PORT": "12379", "RUNSTREAM_WEB_PORT": "16066"}  # fmt: skip
+    s = Settings.from_env(env)
+    assert (s.kafka, s.etcd, s.web_port, s.url) == (
+        "127.0.0.1:19092",
+        "127.0.0.1:12379",
+        16066,
+        "http://127.0.0.1:16066",
+    )
+    # The settings' own variables and flags still win over the derived defaults.
+    env["RUNSTREAM_KAFKA_BOOTSTRAP"] = "k:1"
+    env["RUNSTREAM_URL"] = "http://api:1"
+    assert (Settings.from_env(env).kafka, Settings.from_env(env).url) == ("k:1", "http://api:1")
+    args = build_parser().parse_args(["runs", "get", "1", "--url", "http://flag:2"])
+    assert Settings.from_args(args, env).url == "http://flag:2"
+    # Without any variable: the documented defaults.
+    d = Settings.from_env({})
+    assert (d.kafka, d.etcd, d.url) == ("127.0.0.1:9092", "127.0.0.1:2379", "http://127.0.0.1:6066")
+
+
+def test_every_setting_is_declared_once_as_a_field() -> None:
+    from dataclasses import fields
+
+    from agents.config import OPTIONS
+
+    assert [o.field for o in OPTIONS] == [f.name for f in fields(Settings)]
+    assert len({o.env for o in OPTIONS}) == len(OPTIONS)
+    assert len({o.flag for o in OPTIONS}) == len(OPTIONS)
+    assert Settings(partitions=7, url="http://x:1").partitions == 7  # keyword construction
+
+
+def test_the_runs_commands_read_their_url_and_token_through_the_settings() -> None:
+    from agents.cli import _client_target
+
+    env = {"RUNSTREAM_WEB_PORT": "7001", "RUNSTREAM_API_TOKEN": "t0k"}
+    args = build_parser().parse_args(["runs", "list"])
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, env, clear=True):
+        target = _client_target(args)
+    assert (target.url, target.token, target.partitions) == ("http://127.0.0.1:7001", "t0k", 4)
