@@ -219,4 +219,18 @@ def test_reports_are_judged_alike_by_the_decoder_and_the_schema(doc: Any) -> Non
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: f"{s['type']}.v{s['version']}")
 def test_every_golden_sample_is_valid_for_its_own_schema(sample: dict[str, Any]) -> None:
     _validator(f"{sample['type']}.v{sample['version']}.json").validate(sample)
-    assert RECORD.is_valid(sample) and RECORD.is_valid([sample, sample])
+    assert RECORD.is_valid(sample)
+    assert RECORD.is_valid([sample, sample])
+
+
+async def test_the_api_serves_the_asyncapi_document_it_is_given() -> None:
+    from tests.unit.test_api_support import served
+
+    doc = asyncapi_document(Settings(topic_events="w.events"))
+    async with served(asyncapi=doc, api_token="t") as (client, _):
+        got = await client.get("/api/v1/asyncapi.json", headers={"Authorization": "Bearer t"})
+        assert got.status == 200
+        assert await got.json() == orjson.loads(orjson.dumps(doc))
+        assert (await client.get("/api/v1/asyncapi.json")).status == 401
+    async with served() as (client, _):
+        assert (await client.get("/api/v1/asyncapi.json")).status == 404

@@ -1,0 +1,134 @@
+"""A producer in another language, configured only as docs/events.md says: Debian's kcat
+(librdkafka) creates a run through the creation topic, reads the run id it was given, reports
+every task's status (key = run id, ``-X partitioner=murmur2_random``) and reads the phase
+changes back. The run finishes; nothing lands in the dead-letter topic.
+
+kcat is installed by the project's set-up (``deploy/local up``, ``.ci/run``); without it this
+test fails — a missing tool never passes as a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import Worker, make_settings, prepare_topics, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(240)]
+
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+
+
+def kcat(*args: str, stdin: str | None = None) -> str:
+    assert KCAT is not None, "kcat is missing: apt-get install -y kafkacat (deploy/local up does)"
+    done = subprocess.run(
+        [KCAT, *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def produce(bootstrap: str, topic: str, lines: list[tuple[str, dict[str, object]]]) -> None:
+    """``key<TAB>json`` lines, as the guide's kcat example sends them."""
+    text = "".join(f"{key}\t{json.dumps(doc, separators=(',', ':'))}\n" for key, doc in lines)
+    kcat("-P", "-b", bootstrap, "-t", topic, "-K", "\\t", "-X", "partitioner=murmur2_random", stdin=text)  # fmt: skip
+
+
+def consume(bootstrap: str, topic: str) -> list[tuple[str, dict[str, object]]]:
+    """Every record of ``topic`` so far, as (key, JSON value)."""
+    out = kcat("-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%s\n")
+    records = []
+    for line in out.splitlines():
+        key, _, value = line.partition("\t")
+        records.append((key, json.loads(value)))
+    return records
+
+
+async def test_a_kcat_producer_runs_a_run_from_the_guide_alone(
+    kafka_bootstrap: str, etcd_endpoint: str, unique: str, tmp_path: Path
+) -> None:
+    assert KCAT is not None, "kcat is missing: apt-get install -y kafkacat (deploy/local up does)"
+    s = make_settings(unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects")
+    await prepare_topics(s)
+    # The scheduler off: the producer starts the run itself (docs/events.md, step 3).
+    worker = Worker(s, tmp_path / "w.log", {"RUNSTREAM_MAX_RUNNING_PER_GROUP": "0"}).start()
+    b = s.kafka
+    try:
+
+        async def healthy() -> bool:
+            try:
+                async with httpx.AsyncClient() as h:
+                    got = await h.get(f"http://127.0.0.1:{s.web_port}/healthz")
+                    return got.status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_until(healthy, within=90, what="/healthz to answer 200")
+        request_id = f"kcat-{unique}"
+        request = {
+            "request_id": request_id,
+            "name": "build",
+            "group": f"/project/{unique}/branch/main",
+            "tasks": [
+                {"id": "compile", "name": "compile"},
+                {"id": "test", "name": "test", "depends": [{"task_id": "compile"}]},
+            ],
+        }
+        # 1. Ask for a run, twice (a producer's retry): one run id.
+        await asyncio.to_thread(produce, b, s.topic_requests, [(request_id, request)] * 2)
+
+        # 2. Read the run id it was given.
+        async def replied() -> bool:
+            mine = [
+                v
+                for k, v in await asyncio.to_thread(consume, b, s.topic_replies)
+                if k == request_id
+            ]
+            return len(mine) == 2
+
+        await wait_until(replied, within=60, what="two replies to the request")
+        replies = [v for k, v in consume(b, s.topic_replies) if k == request_id]
+        assert {r["outcome"] for r in replies} == {"created"}
+        (run_id,) = {r["run_id"] for r in replies}
+        assert isinstance(run_id, str)
+
+        # 3. Start it and report every task's status: key = run id, murmur2.
+        def event(eid: str, kind: str, at: int, data: dict[str, object]) -> tuple[str, dict[str, object]]:  # fmt: skip
+            doc = {"type": kind, "version": 1, "id": eid, "run_id": run_id, "at": at, "data": data}
+            return run_id, doc
+
+        t0 = 1_780_000_000_000
+        statuses = [("compile", "running"), ("compile", "success"), ("test", "running"), ("test", "success")]  # fmt: skip
+        events = [event("start", "run.start_requested", t0, {})] + [
+            event(f"{tid}.{st}", "task.status_changed", t0 + i + 1, {"task_id": tid, "status": st})
+            for i, (tid, st) in enumerate(statuses)
+        ]
+        await asyncio.to_thread(produce, b, s.topic_events, events)
+
+        # 4. Read the phase changes back until the run is in a final phase.
+        def changes() -> list[dict[str, object]]:
+            return [
+                v["data"]  # type: ignore[misc]
+                for k, v in consume(b, s.topic_phases)
+                if k == run_id and v["type"] == "run.phase_changed"
+            ]
+
+        async def final() -> bool:
+            got = await asyncio.to_thread(changes)
+            return bool(got) and got[-1]["phase"] in ("finished", "cancelled", "setuperror")
+
+        await wait_until(final, within=60, what="the run to reach a final phase")
+        assert [(c["seq"], c["phase"], c["result"]) for c in changes()] == [
+            (1, "queued", "unknown"),
+            (2, "running", "unknown"),
+            (3, "finished", "success"),
+        ]
+        assert consume(b, s.topic_dlq) == []
+    finally:
+        worker.stop()
