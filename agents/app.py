@@ -24,7 +24,7 @@ def self_url(settings: Settings) -> str:
 
 
 class Topics:
-    """The four runstream topics; values and keys are raw bytes, never faust Records."""
+    """The runstream topics; values and keys are raw bytes, never faust Records."""
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
         def raw(name: str) -> Any:
@@ -42,6 +42,8 @@ class Topics:
         self.setup_errors = raw(settings.topic_setup_errors)
         self.phases = raw(settings.topic_phases)
         self.dlq = raw(settings.topic_dlq)
+        self.requests = raw(settings.topic_requests)
+        self.replies = raw(settings.topic_replies)
 
 
 def create_app(settings: Settings) -> faust.App:

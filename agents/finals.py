@@ -39,6 +39,15 @@ class FinalIds:
     def add(self, run_id: int) -> None:
         self._recent.add(run_id)
 
+    def bounds(self) -> tuple[int, int] | None:
+        """(lowest, highest) id of the set; ``None`` when it is empty."""
+        arr, recent = self._sorted, self._recent
+        if not arr.size and not recent:
+            return None
+        lows = [int(arr[0])] if arr.size else []
+        highs = [int(arr[-1])] if arr.size else []
+        return min(lows + list(recent)), max(highs + list(recent))
+
     def compact(self) -> None:
         """Merge the recent ids into the sorted array (done before every checkpoint)."""
         if self._recent:

@@ -9,6 +9,7 @@ __all__ = [
     "CHECKPOINT_SECONDS",
     "DEAD_LETTERS",
     "EVENTS",
+    "EVENTS_REJECTED",
     "INDEX_RUNS",
     "PARTITIONS_OWNED",
     "PHASE_CHANGES",
@@ -20,6 +21,11 @@ EVENTS = Counter(
     "runstream_events_total",
     "Events seen by the materializer, by outcome",
     ["outcome"],  # applied, duplicate, rejected
+)
+EVENTS_REJECTED = Counter(
+    "runstream_events_rejected_total",
+    "Events the materializer refused, by reason code (agents.admission.RefusalCode)",
+    ["reason"],
 )
 DEAD_LETTERS = Counter(
     "runstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"]

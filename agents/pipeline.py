@@ -132,7 +132,14 @@ class MaterializerService:
                     msg = event.message
                     owner = self.owned.get(msg.partition)
                     if owner is not None:  # else revoked meanwhile: the new owner reads it
-                        await owner.handle(msg.offset, msg.value, msg.headers, event)
+                        await owner.handle(
+                            msg.offset,
+                            msg.value,
+                            msg.headers,
+                            event,
+                            key=msg.key,
+                            timestamp_ms=_millis(msg.timestamp),
+                        )
                 for owner in list(self.owned.values()):
                     await owner.after_batch()
         except asyncio.CancelledError:
@@ -163,6 +170,11 @@ class MaterializerService:
                 await dm.collect_garbage(partition_name(self.settings.topic_events, p))
             except Exception:
                 log.exception("garbage collection failed; will retry", extra={"partition": p})
+
+
+def _millis(timestamp: float | None) -> int | None:
+    """Faust's record timestamp (seconds, float) as Kafka's milliseconds."""
+    return None if timestamp is None else round(timestamp * 1000)
 
 
 # ------------------------------------------------------------------------------- adapters

@@ -99,7 +99,7 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the four topics when missing; refuse to run when ``runs.events`` and
+    """Create the runstream topics when missing; refuse to run when ``runs.events`` and
     ``runs.phases`` differ in partitions (phase changes go to the partition of the same number).
     Then check the input topics' settings (:func:`topic_warnings`)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, client_id="runstream-admin")
@@ -110,6 +110,8 @@ async def ensure_topics(settings: Settings) -> None:
             settings.topic_setup_errors,
             settings.topic_phases,
             settings.topic_dlq,
+            settings.topic_requests,
+            settings.topic_replies,
         ]
         existing = set(await admin.list_topics())
         missing = [

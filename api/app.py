@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 
 from api.console import add_console_routes
@@ -26,6 +29,7 @@ def create_api(
     max_body_bytes: int = 1 << 20,
     heartbeat: float = 15.0,
     relay_timeout: float = 30.0,
+    asyncapi: Mapping[str, Any] | None = None,
 ) -> web.Application:
     """The application serving ``/api/v1/...``, ``/healthz``, ``/metrics`` and the OpenAPI
     document at ``/api/v1/openapi.json``.
@@ -33,7 +37,8 @@ def create_api(
     ``api_token``: when non-empty, every request but /healthz and /metrics needs
     ``Authorization: Bearer <api_token>`` (401). ``max_body_bytes``: larger request bodies get
     413. ``heartbeat``: seconds between SSE keepalives. ``relay_timeout``: seconds a relayed
-    request may take at the run's owner.
+    request may take at the run's owner. ``asyncapi``: the AsyncAPI document of the topics,
+    served at ``/api/v1/asyncapi.json`` (the agents build it from their settings).
     """
     app = web.Application(
         client_max_size=max_body_bytes,
@@ -62,6 +67,13 @@ def create_api(
     r.add_put(f"{PREFIX}/runs/{{run_id}}/actions", h.run_action)
     r.add_put(f"{PREFIX}/runs/{{run_id}}/tasks/{{task_id}}/actions", h.task_action)
     r.add_get(f"{PREFIX}/openapi.json", openapi, allow_head=False)
+    if asyncapi is not None:  # the topics' document (agents.asyncapi: api does not know them)
+        topics = dict(asyncapi)
+
+        async def asyncapi_json(request: web.Request) -> web.Response:
+            return json_response(topics)
+
+        r.add_get(f"{PREFIX}/asyncapi.json", asyncapi_json, allow_head=False)
     r.add_get("/healthz", h.healthz, allow_head=False)
     r.add_get("/metrics", h.metrics, allow_head=False)
     add_console_routes(r)  # /ui/: the console, static files (no run data, no token needed)

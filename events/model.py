@@ -52,7 +52,9 @@ RunId = Annotated[
     Meta(
         min_length=16,
         max_length=16,
-        pattern="^[0-9]*[1-9][0-9]*$",
+        # No "$": Python's matches before a final newline ("000000000000001\n" would pass).
+        # Sixteen digits from the start of a 16-character string is the whole string.
+        pattern="^(?!0{16})[0-9]{16}",
         description="16 decimal digits, not all zero (events.ids)",
     ),
 ]

@@ -41,6 +41,8 @@ def make_settings(
         "topic_setup_errors": f"{unique}.setup-errors",
         "topic_phases": f"{unique}.phases",
         "topic_dlq": f"{unique}.dlq",
+        "topic_requests": f"{unique}.requests",
+        "topic_replies": f"{unique}.replies",
         "partitions": partitions,
         "checkpoint_interval": 0.5,
         # Tests start runs themselves; the scheduler's own tests turn it on.
