@@ -1,7 +1,9 @@
 """Decode + apply throughput of ``events`` on realistic event bytes, against plain orjson.loads.
 
-The stream: runs created with 3–10 tasks in a chain (each with environment and a step), each
-then started, every task reported running then success (one run in eight has a failing task),
+The stream: runs created with 3–10 tasks in a chain (each with environment and a step), one run
+in four with a conditional tail (an ``on_failure`` cleanup, an ``on_skipped`` report, a deploy
+that needs approval), each then started; an executor follows the ready tasks the reducer derives
+(reporting each running then success; in one run in eight some fail) and what waits is approved,
 so most records are ~200-byte task events. Like the materializer, the loop keeps only active
 runs in memory (a run reaching a final phase is dropped). Both figures are measured in this
 process on the same bytes; the ratio is what to compare across machines.
@@ -30,6 +32,7 @@ from agents.producer import partition_for
 from agents.runtime import tune_gc
 from agents.workload import generate
 from events import (
+    DependCondition,
     Event,
     Payload,
     Phase,
@@ -37,7 +40,9 @@ from events import (
     RunCreated,
     RunState,
     StartRequested,
+    TaskApproved,
     TaskDepend,
+    TaskReady,
     TaskStatus,
     TaskStatusChanged,
     apply,
@@ -53,6 +58,74 @@ from events.reducer import Applied
 FINAL = frozenset(p for p in Phase if p.is_final())
 
 
+def _run_tasks(rnd: random.Random, n: int) -> tuple[RunConfigTask, ...]:
+    """A chain of 3–10 tasks; one run in four also has a conditional tail: ``cleanup`` on the
+    chain's failure, ``report`` when ``cleanup`` was skipped, ``deploy`` after an approval."""
+    ntasks = rnd.randint(3, 10)
+    tids = [f"{rnd.getrandbits(128):032x}" for _ in range(ntasks)]
+    tasks = [
+        RunConfigTask(
+            id=tid,
+            name=f"task-{i}",
+            depends=(TaskDepend(task_id=tids[i - 1]),) if i else (),
+            environment={"GOFLAGS": "-mod=vendor"},
+            steps=({"type": "run", "command": f"make step{i}"},),
+        )
+        for i, tid in enumerate(tids)
+    ]
+    if n % 4 == 0:
+        last = tids[-1]
+        on = DependCondition
+        tasks += [
+            RunConfigTask(
+                id="cleanup",
+                name="cleanup",
+                depends=(TaskDepend(task_id=last, conditions=(on.ON_FAILURE,)),),
+            ),
+            RunConfigTask(
+                id="report",
+                name="report",
+                depends=(TaskDepend(task_id="cleanup", conditions=(on.ON_SKIPPED,)),),
+            ),
+            RunConfigTask(
+                id="deploy", name="deploy", depends=(TaskDepend(task_id=last),), needs_approval=True
+            ),
+        ]
+    return tuple(tasks)
+
+
+def _executed(
+    rnd: random.Random, rid: str, created: RunCreated, fail: bool, at: int
+) -> list[bytes]:
+    """The run's events as an executor following the ready stream writes them (and someone
+    approving what waits): the reducer itself says what is ready, so every event applies."""
+    raws: list[bytes] = []
+    state: RunState | None = None
+    ready: list[str] = []
+
+    def send(data: Payload) -> None:
+        nonlocal state
+        e = make_event(data, id=f"{rid}.e{len(raws):04d}", run_id=rid, at=at + 7 * len(raws))
+        out = apply(state, e)
+        assert isinstance(out, Applied), out
+        state = out.state
+        ready.extend(d.data.task_id for d in out.derived if isinstance(d.data, TaskReady))
+        raws.append(encode(e))
+
+    send(created)
+    send(StartRequested())
+    while state is not None and not state.run.phase.is_final():
+        waiting = [t for t, rt in state.run.tasks.items() if rt.waiting_approval]
+        if waiting:
+            send(TaskApproved(task_id=waiting[0]))
+            continue
+        tid = ready.pop(0)
+        send(TaskStatusChanged(task_id=tid, status=TaskStatus.RUNNING))
+        failing = fail and rnd.random() < 0.3
+        send(TaskStatusChanged(task_id=tid, status=TaskStatus.FAILED if failing else TaskStatus.SUCCESS))  # fmt: skip
+    return raws
+
+
 def make_stream(runs: int, seed: int = 7) -> list[bytes]:
     """Encoded events of ``runs`` runs, interleaved a little as a partition would see them."""
     rnd = random.Random(seed)
@@ -60,37 +133,15 @@ def make_stream(runs: int, seed: int = 7) -> list[bytes]:
     at = 1_764_292_658_000
     for n in range(1, runs + 1):
         rid = format_run_id(n)
-        ntasks = rnd.randint(3, 10)
-        tids = [f"{rnd.getrandbits(128):032x}" for _ in range(ntasks)]
-        tasks = tuple(
-            RunConfigTask(
-                id=tid,
-                name=f"task-{i}",
-                depends=(TaskDepend(task_id=tids[i - 1]),) if i else (),
-                environment={"GOFLAGS": "-mod=vendor"},
-                steps=({"type": "run", "command": f"make step{i}"},),
-            )
-            for i, tid in enumerate(tids)
-        )
         created = RunCreated(
             name="build",
             group=project_group(f"p{n % 97}", branch="main"),
-            tasks=tasks,
+            tasks=_run_tasks(rnd, n),
             static_environment={"CI": "true", "COMMIT": f"{rnd.getrandbits(160):040x}"},
             annotations={"run_type": "project", "ref": "refs/heads/main"},
         )
-        evs: list[Payload] = [created, StartRequested()]
-        fail_at = rnd.randrange(ntasks) if n % 8 == 0 else -1
-        for i, tid in enumerate(tids):
-            evs.append(TaskStatusChanged(task_id=tid, status=TaskStatus.RUNNING))
-            end = TaskStatus.FAILED if i == fail_at else TaskStatus.SUCCESS
-            evs.append(TaskStatusChanged(task_id=tid, status=end))
-            if end is TaskStatus.FAILED:
-                break
-        raws = []
-        for k, data in enumerate(evs):
-            at += 7
-            raws.append(encode(make_event(data, id=f"{rid}.e{k:04d}", run_id=rid, at=at)))
+        raws = _executed(rnd, rid, created, fail=n % 8 == 0, at=at)
+        at += 7 * len(raws)
         per_run.append(raws)
     # interleave runs four at a time, as concurrent runs share a partition
     out: list[bytes] = []

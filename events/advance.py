@@ -33,7 +33,7 @@ from events.model import (
     TaskStatus,
 )
 
-__all__ = ["Graph", "graph_of", "judge_at_start", "judge_children", "parents_ended"]
+__all__ = ["GRAPHS", "Graph", "graph_of", "judge_at_start", "judge_children", "parents_ended"]
 
 _NOTSTARTED = TaskStatus.NOTSTARTED
 _SKIPPED = TaskStatus.SKIPPED
@@ -56,36 +56,68 @@ class Graph:
 
     def __init__(self, config: RunConfig) -> None:
         tasks = config.tasks
-        self.order = {tid: i for i, tid in enumerate(tasks)}
-        self.levels = {tid: t.level for tid, t in tasks.items()}
-        self.approval = frozenset(tid for tid, t in tasks.items() if t.needs_approval)
+        order: dict[str, int] = {}
+        levels: dict[str, int] = {}
+        approval: list[str] = []
         parents: dict[str, tuple[tuple[str, frozenset[TaskStatus]], ...]] = {}
         children: dict[str, list[str]] = {}
-        for tid, t in tasks.items():
-            parents[tid] = tuple(
-                (d.task_id, frozenset(_ACCEPTS[c] for c in d.conditions) or _ON_SUCCESS)
-                for d in t.depends
-            )
-            for d in t.depends:
-                children.setdefault(d.task_id, []).append(tid)
+        topological = True  # every task after its parents (the usual order): no sort needed
+        for i, (tid, t) in enumerate(tasks.items()):
+            order[tid] = i
+            levels[tid] = t.level
+            if t.needs_approval:
+                approval.append(tid)
+            deps = t.depends
+            if not deps:
+                parents[tid] = ()
+                continue
+            parents[tid] = tuple((d.task_id, _accepted(d.conditions)) for d in deps)
+            for d in deps:
+                pid = d.task_id
+                if pid not in order:
+                    topological = False
+                if pid in children:
+                    children[pid].append(tid)
+                else:
+                    children[pid] = [tid]
+        self.order = order
+        self.levels = levels
+        self.approval = frozenset(approval)
         self.parents = parents
         self.children = {tid: tuple(c) for tid, c in children.items()}
-        self.by_level = tuple(sorted(tasks, key=lambda tid: (tasks[tid].level, self.order[tid])))
+        self.by_level = (
+            tuple(tasks)
+            if topological
+            else tuple(sorted(tasks, key=lambda tid: (levels[tid], order[tid])))
+        )
 
 
-_graphs: dict[int, tuple[RunConfig, Graph]] = {}
+_accepts_of: dict[tuple[DependCondition, ...], frozenset[TaskStatus]] = {}
+
+
+def _accepted(conditions: tuple[DependCondition, ...]) -> frozenset[TaskStatus]:
+    """The parent statuses a dependency with ``conditions`` accepts (shared per conditions)."""
+    hit = _accepts_of.get(conditions)
+    if hit is None:
+        hit = frozenset(_ACCEPTS[c] for c in conditions) or _ON_SUCCESS
+        _accepts_of[conditions] = hit
+    return hit
+
+
+#: graph_of's cache: id(config) → (config, graph); hot paths read it directly.
+GRAPHS: dict[int, tuple[RunConfig, Graph]] = {}
 
 
 def graph_of(config: RunConfig) -> Graph:
     """The graph of ``config`` (cached by object: the entry holds the config, so its id is not
     reused while cached; the cache is emptied when it holds ``_CACHE_MAX`` configs)."""
-    hit = _graphs.get(id(config))
+    hit = GRAPHS.get(id(config))
     if hit is not None and hit[0] is config:
         return hit[1]
     graph = Graph(config)
-    if len(_graphs) >= _CACHE_MAX:
-        _graphs.clear()
-    _graphs[id(config)] = (config, graph)
+    if len(GRAPHS) >= _CACHE_MAX:
+        GRAPHS.clear()
+    GRAPHS[id(config)] = (config, graph)
     return graph
 
 

@@ -42,7 +42,14 @@ from collections.abc import Mapping
 from msgspec import Struct
 from msgspec.structs import replace
 
-from events.advance import Graph, graph_of, judge_at_start, judge_children, parents_ended
+from events.advance import (
+    GRAPHS,
+    Graph,
+    graph_of,
+    judge_at_start,
+    judge_children,
+    parents_ended,
+)
 from events.catalogue import (
     Event,
     EventType,
@@ -249,7 +256,8 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     if old in _FINISHED or new is old or new is _NOTSTARTED:
         return Rejected(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
     config = state.config
-    graph = graph_of(config)
+    hit = GRAPHS.get(id(config))  # graph_of, inlined (every task event needs the graph)
+    graph = hit[1] if hit is not None and hit[0] is config else graph_of(config)
     if old is _NOTSTARTED:
         if not parents_ended(run.tasks, graph, tid):
             return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
