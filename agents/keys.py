@@ -13,6 +13,7 @@ __all__ = [
     "RUNDATA_BASE",
     "RUN_ID_SEQUENCE",
     "index_dump_lock",
+    "run_request_key",
     "scheduler_slots_key",
     "scheduler_slots_prefix",
     "setup_report_key",
@@ -34,6 +35,11 @@ def index_dump_lock() -> str:
 def setup_report_key(report_id: str) -> str:
     """etcd key mapping a setup-error report to the run id allocated for it (exactly-once)."""
     return f"agents/setup-reports/{report_id}"
+
+
+def run_request_key(request_id: str) -> str:
+    """etcd key mapping a creation request (``runs.requests``) to the run id allocated for it."""
+    return f"agents/run-requests/{request_id}"
 
 
 def scheduler_slots_prefix() -> str:

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from agents.admission import Admission
 from agents.finals import FinalIds
 from agents.history import HISTORY, HistoryLog, Pending, decode_history, merged
 from agents.ports import PartitionOpener, PartitionStore
@@ -37,7 +38,7 @@ from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
 from events.codec import decode_record, decode_state, encode_state
 from events.errors import DecodeError
-from events.reducer import Applied, apply
+from events.reducer import Applied, Rejected, apply
 from events.state import RunState
 
 __all__ = [
@@ -143,6 +144,8 @@ class PartitionMaterializer:
         self._writing: Snapshot | None = None
         # Writes waiting for their apply (agents.owner shares its own here).
         self.waiters = Waiters()
+        # The run ids it admits and the refusals it reports (agents.admission).
+        self.admission = Admission.of(partition, self.active, self.finals)
         self.history = HistoryLog()  # every judged event per run (agents.history)
         self._position = (0, 0)  # (record offset, index in the record) of the event applied
 
@@ -235,20 +238,17 @@ class PartitionMaterializer:
         if state is None and parse_run_id(run_id) in self.finals:
             out.rejected += 1  # a final run never changes again
             self.history.note(event, *self._position, Judged.REFUSED, reason="run is final")
-            log.debug(
-                "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": "run is final"}
-            )
+            self.admission.refused(event, "run is final")
             if waiters and event.id in waiters:
                 waiters.resolve(event.id, ApplyOutcome("rejected", None, f"run {run_id} is final"))
             return
-        result = apply(state, event)
+        far = None if state is not None else self.admission.far(event)
+        result = apply(state, event) if far is None else Rejected(reason=far, state=None)
         if not isinstance(result, Applied):
             out.rejected += 1
             if state is not None:  # an unknown run has no history
                 self.history.note(event, *self._position, Judged.REFUSED, reason=result.reason)
-            log.debug(
-                "rejected", extra={"run_id": run_id, "event_id": event.id, "reason": result.reason}
-            )
+            self.admission.refused(event, result.reason)
             if waiters and event.id in waiters:
                 waiters.resolve(event.id, ApplyOutcome("rejected", result.state, result.reason))
             return
@@ -262,6 +262,7 @@ class PartitionMaterializer:
         new = result.state
         if state is None:
             self.history.created(run_id)
+            self.admission.created(parse_run_id(run_id))
         self.history.note(event, *self._position, Judged.APPLIED, seq=new.seq)
         if new.run.phase in _FINAL_PHASES:
             self.active.pop(run_id, None)

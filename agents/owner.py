@@ -224,9 +224,19 @@ class PartitionOwner:
         )
 
     # --------------------------------------------------------------------------- applying
-    async def handle(self, offset: int, value: bytes, headers: Headers, record: Held) -> None:
+    async def handle(
+        self,
+        offset: int,
+        value: bytes,
+        headers: Headers,
+        record: Held,
+        *,
+        key: bytes | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         """Apply one record of this partition (waits until loaded). A record that arrives once
-        the owner is closed or dead is dropped unacknowledged: the next owner reads it."""
+        the owner is closed or dead is dropped unacknowledged: the next owner reads it. ``key``
+        and ``timestamp_ms`` are the record's: a dead letter keeps them."""
         if not self._settled.is_set():
             await self._settled.wait()
         pm = self.pm
@@ -252,7 +262,9 @@ class PartitionOwner:
                 if self._waiters:
                     dl = out.dead
                     self._waiters.resolve_dead(dl.raw, f"{dl.reason}: {dl.message}")
-                await self._outbox.dead_letter(out.dead, headers)
+                await self._outbox.dead_letter(
+                    out.dead, headers, key=key, timestamp_ms=timestamp_ms
+                )
         finally:
             self._idle.set()
 

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from agents import keys
 from agents.app import self_url
+from agents.asyncapi import asyncapi_document
 from agents.config import Settings
 from agents.counters import RunNumbers
 from agents.health import LagMonitor, readiness
@@ -146,7 +147,10 @@ class ApiServer:
             counters=RunNumbers(resources),
         )
         self.app = create_api(
-            deps, api_token=settings.api_token, max_body_bytes=settings.max_body_bytes
+            deps,
+            api_token=settings.api_token,
+            max_body_bytes=settings.max_body_bytes,
+            asyncapi=asyncapi_document(settings),
         )
 
     async def run(self) -> None:
