@@ -5,6 +5,7 @@ Batched data files (``datafile``), manifests and checkpoints fenced by an etcd p
 (``lock``). Only ``datamanager.etcd`` imports aetcd; everything else talks to the ``Kv`` port.
 """
 
+from datamanager.counters import Counters
 from datamanager.errors import (
     CorruptData,
     DataManagerError,
@@ -14,7 +15,6 @@ from datamanager.errors import (
     NotExist,
     StorageError,
 )
-from datamanager.counters import Counters
 from datamanager.etcd import EtcdKv
 from datamanager.gc import GcReport
 from datamanager.kv import Kv, KvValue
