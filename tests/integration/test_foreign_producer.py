@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agents.config import Settings
 from tests.harness import Worker, make_settings, prepare_topics, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(240)]
@@ -54,7 +55,9 @@ async def test_a_kcat_producer_runs_a_run_from_the_guide_alone(
     kafka_bootstrap: str, etcd_endpoint: str, unique: str, tmp_path: Path
 ) -> None:
     assert KCAT is not None, "kcat is missing: apt-get install -y kafkacat (deploy/local up does)"
-    s = make_settings(unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects")
+    s = make_settings(
+        unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects", partitions=8
+    )
     await prepare_topics(s)
     # The scheduler off: the producer starts the run itself (docs/events.md, step 3).
     worker = Worker(s, tmp_path / "w.log", {"RUNSTREAM_MAX_RUNNING_PER_GROUP": "0"}).start()
@@ -70,65 +73,70 @@ async def test_a_kcat_producer_runs_a_run_from_the_guide_alone(
                 return False
 
         await wait_until(healthy, within=90, what="/healthz to answer 200")
-        request_id = f"kcat-{unique}"
-        request = {
-            "request_id": request_id,
-            "name": "build",
-            "group": f"/project/{unique}/branch/main",
-            "tasks": [
-                {"id": "compile", "name": "compile"},
-                {"id": "test", "name": "test", "depends": [{"task_id": "compile"}]},
-            ],
-        }
-        # 1. Ask for a run, twice (a producer's retry): one run id.
-        await asyncio.to_thread(produce, b, s.topic_requests, [(request_id, request)] * 2)
-
-        # 2. Read the run id it was given.
-        async def replied() -> bool:
-            mine = [
-                v
-                for k, v in await asyncio.to_thread(consume, b, s.topic_replies)
-                if k == request_id
-            ]
-            return len(mine) == 2
-
-        await wait_until(replied, within=60, what="two replies to the request")
-        replies = [v for k, v in consume(b, s.topic_replies) if k == request_id]
-        assert {r["outcome"] for r in replies} == {"created"}
-        (run_id,) = {r["run_id"] for r in replies}
-        assert isinstance(run_id, str)
-
-        # 3. Start it and report every task's status: key = run id, murmur2.
-        def event(eid: str, kind: str, at: int, data: dict[str, object]) -> tuple[str, dict[str, object]]:  # fmt: skip
-            doc = {"type": kind, "version": 1, "id": eid, "run_id": run_id, "at": at, "data": data}
-            return run_id, doc
-
-        t0 = 1_780_000_000_000
-        statuses = [("compile", "running"), ("compile", "success"), ("test", "running"), ("test", "success")]  # fmt: skip
-        events = [event("start", "run.start_requested", t0, {})] + [
-            event(f"{tid}.{st}", "task.status_changed", t0 + i + 1, {"task_id": tid, "status": st})
-            for i, (tid, st) in enumerate(statuses)
-        ]
-        await asyncio.to_thread(produce, b, s.topic_events, events)
-
-        # 4. Read the phase changes back until the run is in a final phase.
-        def changes() -> list[dict[str, object]]:
-            return [
-                v["data"]  # type: ignore[misc]
-                for k, v in consume(b, s.topic_phases)
-                if k == run_id and v["type"] == "run.phase_changed"
-            ]
-
-        async def final() -> bool:
-            got = await asyncio.to_thread(changes)
-            return bool(got) and got[-1]["phase"] in ("finished", "cancelled", "setuperror")
-
-        await wait_until(final, within=60, what="the run to reach a final phase")
-        assert [(c["seq"], c["phase"], c["result"]) for c in changes()] == [
-            (1, "queued", "unknown"),
-            (2, "running", "unknown"),
-            (3, "finished", "success"),
-        ]
+        # Two runs on 8 partitions: a wrong partitioner (librdkafka's default) puts both runs'
+        # events where their runs live only once in 64 tries, so this test catches it.
+        runs = [await run_one(b, s, f"kcat-{unique}-{n}", f"/project/{unique}/branch/b{n}") for n in (1, 2)]  # fmt: skip
+        assert len(set(runs)) == 2
         assert consume(b, s.topic_dlq) == []
     finally:
         worker.stop()
+
+
+async def run_one(b: str, s: Settings, request_id: str, group: str) -> str:
+    """One run, as docs/events.md's kcat walk-through does it; returns its run id."""
+    request = {
+        "request_id": request_id,
+        "name": "build",
+        "group": group,
+        "tasks": [
+            {"id": "compile", "name": "compile"},
+            {"id": "test", "name": "test", "depends": [{"task_id": "compile"}]},
+        ],
+    }
+    # 1. Ask for a run, twice (a producer's retry): one run id.
+    await asyncio.to_thread(produce, b, s.topic_requests, [(request_id, request)] * 2)
+
+    # 2. Read the run id it was given.
+    def replies() -> list[dict[str, object]]:
+        return [v for k, v in consume(b, s.topic_replies) if k == request_id]
+
+    async def replied() -> bool:
+        return len(await asyncio.to_thread(replies)) == 2
+
+    await wait_until(replied, within=60, what="two replies to the request")
+    assert {r["outcome"] for r in replies()} == {"created"}
+    (run_id,) = {r["run_id"] for r in replies()}
+    assert isinstance(run_id, str)
+
+    # 3. Start it and report every task's status: key = run id, murmur2.
+    def event(eid: str, kind: str, at: int, data: dict[str, object]) -> tuple[str, dict[str, object]]:  # fmt: skip
+        doc = {"type": kind, "version": 1, "id": eid, "run_id": run_id, "at": at, "data": data}
+        return run_id, doc
+
+    t0 = 1_780_000_000_000
+    statuses = [("compile", "running"), ("compile", "success"), ("test", "running"), ("test", "success")]  # fmt: skip
+    events = [event("start", "run.start_requested", t0, {})] + [
+        event(f"{tid}.{st}", "task.status_changed", t0 + i + 1, {"task_id": tid, "status": st})
+        for i, (tid, st) in enumerate(statuses)
+    ]
+    await asyncio.to_thread(produce, b, s.topic_events, events)
+
+    # 4. Read the phase changes back until the run is in a final phase.
+    def changes() -> list[dict[str, object]]:
+        return [
+            v["data"]  # type: ignore[misc]
+            for k, v in consume(b, s.topic_phases)
+            if k == run_id and v["type"] == "run.phase_changed"
+        ]
+
+    async def final() -> bool:
+        got = await asyncio.to_thread(changes)
+        return bool(got) and got[-1]["phase"] in ("finished", "cancelled", "setuperror")
+
+    await wait_until(final, within=60, what=f"run {run_id} to reach a final phase")
+    assert [(c["seq"], c["phase"], c["result"]) for c in changes()] == [
+        (1, "queued", "unknown"),
+        (2, "running", "unknown"),
+        (3, "finished", "success"),
+    ]
+    return run_id
