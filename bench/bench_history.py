@@ -36,14 +36,14 @@ import httpx
 from agents.history import HISTORY
 from agents.materializer import partition_name
 from agents.resources import Resources
-from events import TaskAnnotationsSet, format_run_id
+from events import Event, TaskAnnotationsSet, format_run_id
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
 from tests.integration.test_pipeline import produce
 from tests.unit.test_events_support import created, ev, task
 
 
-def workload(runs: int, per_run: int) -> list:
-    out = []
+def workload(runs: int, per_run: int) -> list[Event]:
+    out: list[Event] = []
     for n in range(1, runs + 1):
         r = format_run_id(n)
         out.append(ev(created(task("build"), task("test", "build")), run_id=r))
