@@ -9,11 +9,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LIBRARY_LOGGERS", "JsonFormatter", "quiet_libraries", "setup_logging"]
+__all__ = [
+    "LIBRARY_LOGGERS",
+    "PAYLOAD_LOGGERS",
+    "JsonFormatter",
+    "quiet_libraries",
+    "setup_logging",
+]
 
 #: Loggers of the client libraries whose lines a CLI command keeps off its output (not the
 #: worker's: there they are part of the service's log).
 LIBRARY_LOGGERS = ("aiokafka", "kafka", "botocore", "boto3", "urllib3", "s3transfer")
+#: Loggers whose debug output holds the bytes of records (and so run environments).
+PAYLOAD_LOGGERS = ("aiokafka", "kafka", "faust.transport")
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -46,6 +54,10 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The Kafka client's debug lines carry record payloads — a run's environment, which may hold
+    # secrets — so they stay off even at --log-level debug (no log line carries those values).
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
 
 
 def quiet_libraries(level: str) -> None:
@@ -57,5 +69,5 @@ def quiet_libraries(level: str) -> None:
     """
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(
-            logging.NOTSET if level.lower() == "debug" else logging.CRITICAL + 1
+            logging.INFO if level.lower() == "debug" else logging.CRITICAL + 1
         )

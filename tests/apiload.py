@@ -111,6 +111,22 @@ async def report(executor: EventProducer, run_id: str, task: str, status: TaskSt
     await executor.append([make_event(data, id=f"exec-{run_id}-{n}", run_id=run_id, at=1_780_000_000_000 + n)])  # fmt: skip
 
 
+def task_of(run: dict[str, Any], task_id: str) -> dict[str, Any]:
+    task: dict[str, Any] = next(t for t in run["tasks"] if t["id"] == task_id)
+    return task
+
+
+async def until(cl: Cluster, run_id: str, cond: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:  # fmt: skip
+    """The run (read through random workers) once ``cond(run)`` holds; the last read otherwise."""
+    got: dict[str, Any] = {}
+    for _ in range(300):
+        got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
+        if cond(got["run"]):
+            break
+        await asyncio.sleep(0.1)
+    return got
+
+
 async def one_run(cl: Cluster, executor: EventProducer, group: str, problems: list[str]) -> str:
     """One run's life through random workers; every 2xx is checked at once by a read from
     another random worker (read-your-writes across workers). Returns the recreated run's id."""
@@ -123,30 +139,32 @@ async def one_run(cl: Cluster, executor: EventProducer, group: str, problems: li
             problems.append(what)
 
     created = await cl.call(
-        "create", "", lambda c: c.create_run(group=group, name="ci", tasks=TASKS)
+        "create",
+        "",
+        lambda c: c.create_run(
+            group=group, name="ci", tasks=TASKS, environment={"DEPLOY_TOKEN": SECRET}
+        ),
     )
     run_id = created["run"]["id"]
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
     expect(got == created, f"{run_id}: read after create differs")
     # One key per logical action: a retry after a 503 (outcome unknown) is the same event.
-    await cl.call("start", run_id, lambda c: c.start(run_id, idempotency_key=key()))
+    k = key()
+    await cl.call("start", run_id, lambda c: c.start(run_id, idempotency_key=k))
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
     expect(got["run"]["phase"] == "running", f"{run_id}: started but reads {got['run']['phase']}")
+    # The executor runs the ready root task; deploy then waits for its approval.
+    await report(executor, run_id, "build", TaskStatus.RUNNING, 0)
+    await report(executor, run_id, "build", TaskStatus.SUCCESS, 1)
+    got = await until(cl, run_id, lambda run: task_of(run, "deploy")["waiting_approval"])
     k = key()
     await cl.call("approve", run_id, lambda c: c.approve_task(run_id, "deploy", idempotency_key=k))
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
-    deploy = next(t for t in got["run"]["tasks"] if t["id"] == "deploy")
+    deploy = task_of(got["run"], "deploy")
     expect(deploy["approved"], f"{run_id}: approved but reads {deploy}")
-    for n, (task, status) in enumerate(
-        [("build", TaskStatus.RUNNING), ("build", TaskStatus.SUCCESS),
-         ("deploy", TaskStatus.RUNNING), ("deploy", TaskStatus.SUCCESS)]
-    ):  # fmt: skip
-        await report(executor, run_id, task, status, n)
-    for _ in range(300):
-        got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
-        if got["run"]["phase"] == "finished":
-            break
-        await asyncio.sleep(0.1)
+    await report(executor, run_id, "deploy", TaskStatus.RUNNING, 2)
+    await report(executor, run_id, "deploy", TaskStatus.SUCCESS, 3)
+    got = await until(cl, run_id, lambda run: run["phase"] == "finished")
     expect(got["run"]["phase"] == "finished", f"{run_id}: never finished")
     try:
         k = key()

@@ -112,3 +112,23 @@ def test_a_cli_command_prints_no_aiokafka_line_when_kafka_is_unreachable() -> No
         timeout=120,
     )
     assert b'"logger":"aiokafka' in loud.stderr
+
+
+def test_kafka_client_debug_lines_stay_off_even_at_debug_level() -> None:
+    """aiokafka's debug lines hold record payloads (run environments may hold secrets)."""
+    from agents.logs import PAYLOAD_LOGGERS, setup_logging
+
+    saved = {n: logging.getLogger(n).level for n in PAYLOAD_LOGGERS}
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    try:
+        setup_logging("debug", "json")
+        assert logging.getLogger("runstream.pipeline").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("aiokafka.conn").isEnabledFor(logging.INFO)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]
