@@ -29,8 +29,23 @@ def three_workers(unique: str, kafka: str, etcd: str, tmp_path: Path) -> list[Wo
     ]
 
 
+async def owned(cl: Cluster, w: Worker) -> float:
+    async with httpx.AsyncClient() as h:
+        for line in (await h.get(f"{cl.url(w)}/metrics")).text.splitlines():
+            if line.startswith("runstream_partitions_owned "):
+                return float(line.split()[1])
+    return 0.0
+
+
 async def settled(cl: Cluster) -> None:
-    await wait_until(cl.healthy, within=120, what="every worker's /healthz to answer 200")
+    """Every worker ready and owning partitions: the group has settled with all three."""
+
+    async def all_own() -> bool:
+        if not await cl.healthy():
+            return False
+        return all([await owned(cl, w) > 0 for w in cl.workers])
+
+    await wait_until(all_own, within=120, what="every worker ready, owning partitions")
 
 
 async def run_load(cl: Cluster, s_kafka: str, topic: str, group: str, runs: int, problems: list[str]) -> list[str]:  # fmt: skip
