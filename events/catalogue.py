@@ -163,13 +163,19 @@ class TaskAnnotationsSet(Struct, frozen=True, kw_only=True, forbid_unknown_field
     annotations: Mapping[str, str]
 
 
-class PhaseChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Derived: the run's phase or result changed. ``seq`` goes up by one per run, from 1."""
+class PhaseChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):  # fmt: skip
+    """Derived: the run's phase or result changed. ``seq`` goes up by one per run, from 1.
+
+    The first change (seq 1) also carries the run's ``name`` and ``counter``, so the index can
+    list them; later ones omit both (and so does every change written before they existed:
+    ``omit_defaults`` keeps those bytes as they were)."""
 
     group: str
     phase: Phase
     result: Result
     seq: Annotated[int, Meta(ge=1)]
+    name: Annotated[str, Meta(description="the run's name; only at seq 1")] = ""
+    counter: Annotated[Count, Meta(description="the run's number; only at seq 1, 0 = none")] = 0
 
 
 class TaskReady(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -207,7 +207,17 @@ def _commit(
 
 
 def _phase_event(run: Run, seq: int, at: int) -> Event:
-    data = PhaseChanged(group=run.group, phase=run.phase, result=run.result, seq=seq)
+    if seq == 1:  # the first change names the run for the index (listings show name and number)
+        data = PhaseChanged(
+            group=run.group,
+            phase=run.phase,
+            result=run.result,
+            seq=1,
+            name=run.name,
+            counter=run.counter,
+        )
+    else:
+        data = PhaseChanged(group=run.group, phase=run.phase, result=run.result, seq=seq)
     rid = run.id
     return PhaseChangedEvent(version=1, id=f"{rid}.phase.{seq}", run_id=rid, at=at, data=data)
 

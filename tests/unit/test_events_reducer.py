@@ -83,7 +83,9 @@ def test_created_is_queued_with_tasks_levels_and_first_phase_event() -> None:
     assert d.type is EventType.PHASE_CHANGED
     assert d.id == f"{RUN}.phase.1"
     assert (d.run_id, d.at) == (RUN, 5000)
-    assert d.data == PhaseChanged(group=GROUP, phase=Phase.QUEUED, result=Result.UNKNOWN, seq=1)
+    assert d.data == PhaseChanged(
+        group=GROUP, phase=Phase.QUEUED, result=Result.UNKNOWN, seq=1, name="build"
+    )  # the first change names the run for the index
 
 
 def test_created_with_setup_errors_is_setuperror_without_tasks() -> None:

@@ -22,6 +22,13 @@ changed, and nothing else did:
 * extra runs 256, 266, ..., 326 (kind 5: stop twice): the second stop is accepted and changes
   nothing but the id window; the tasks not started are ``skipped``.
 
+Re-derived again, deliberately, for issue 13's listing entries (``record.py --rederive``; the
+records and ``states.jsonl.zst`` are byte for byte what they were): every run's first
+``run.phase_changed`` (seq 1, 314 of them, one per run) gained the run's ``name`` in its data, and
+the 24 of those runs whose creation carried a counter gained ``counter`` too. Nothing else
+changed: every other derived event (later phase changes, ``task.ready``), every state, every
+rejection and dead letter is the same bytes (``PhaseChanged`` omits both fields when empty).
+
 The log: ``agents.workload.generate`` (seeded) plus runs that exercise what the workload does
 not: approvals, task annotations, setup errors reported by the webhook receiver and found by the
 checks (cycles, missing parents), refused creations (bad groups), recreations with kept tasks,
