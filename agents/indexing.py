@@ -77,7 +77,14 @@ class IndexFollower:
                 continue
             try:
                 changed = self.index.apply(
-                    parse_run_id(ev.run_id), data.group, data.phase, data.result, phase_seq(ev)
+                    parse_run_id(ev.run_id),
+                    data.group,
+                    data.phase,
+                    data.result,
+                    phase_seq(ev),
+                    at=ev.at,
+                    name=data.name,
+                    counter=data.counter,
                 )
             except (IndexerError, ValueError) as exc:
                 log.error(

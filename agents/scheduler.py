@@ -82,11 +82,21 @@ class GroupView:
 
     ``phases``: run id → phase as seen in the index, for the group's queued and running runs and
     for every slot holder (``None``: the index has not seen that run yet). ``slots``: the run ids
-    holding a running slot, as stored in etcd (authoritative)."""
+    holding a running slot, as stored in etcd (authoritative). ``created``: run id → (counter,
+    enqueue seconds) as the index has them, the creation order (absent or 0 = unknown)."""
 
     group: str
     phases: Mapping[int, Phase | None]
     slots: frozenset[int] = frozenset()
+    created: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+
+    def age(self, run_id: int) -> tuple[int, int, int]:
+        """The sort key of "oldest first": the run number (dense and increasing in creation
+        order across every process, where run ids come in blocks per process and are only
+        roughly ordered), then the enqueue time, then the id. A run without a number (indexed
+        from phase changes older than numbers) sorts first: it was created before them."""
+        counter, enqueued = self.created.get(run_id, (0, 0))
+        return counter, enqueued, run_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,8 +114,9 @@ class GroupPlan:
 
 
 def plan(view: GroupView, max_running: int) -> GroupPlan:
-    """Agola's rule for one group: the oldest (lowest id) queued runs start while fewer than
-    ``max_running`` of the group's runs hold a slot or run. Pure; ``max_running`` ≥ 1.
+    """Agola's rule for one group: the oldest queued runs (first created, :meth:`GroupView.age`)
+    start while fewer than ``max_running`` of the group's runs hold a slot or run. Pure;
+    ``max_running`` ≥ 1.
 
     * a slot holder seen in a final phase frees its slot;
     * runs running without a slot (a manual start) count against the cap too;
@@ -114,7 +125,9 @@ def plan(view: GroupView, max_running: int) -> GroupPlan:
     kept = frozenset(r for r in view.slots if view.phases.get(r) not in _FINAL)
     running = {r for r, p in view.phases.items() if p is Phase.RUNNING}
     free = max_running - len(kept | running)
-    queued = sorted(r for r, p in view.phases.items() if p is Phase.QUEUED and r not in kept)
+    queued = sorted(
+        (r for r, p in view.phases.items() if p is Phase.QUEUED and r not in kept), key=view.age
+    )
     new = tuple(queued[: max(0, free)])
     again = tuple(sorted(r for r in kept if view.phases.get(r) in (Phase.QUEUED, None)))
     return GroupPlan(group=view.group, slots=kept | set(new), new=new, starts=new + again)
@@ -198,9 +211,11 @@ class Scheduler:
                 stored[s.group] = s
         index = self.index()
         phases: dict[str, dict[int, Phase | None]] = {}
-        for run_id, group, phase in active_runs(index):
+        created: dict[str, dict[int, tuple[int, int]]] = {}
+        for run_id, group, phase, made in active_runs(index):
             if group in stored or self.mine(group):
                 phases.setdefault(group, {})[run_id] = phase
+                created.setdefault(group, {})[run_id] = made
         out = []
         for group in sorted(set(phases) | set(stored)):
             seen = phases.get(group, {})
@@ -208,7 +223,8 @@ class Scheduler:
             for r in slots - seen.keys():
                 entry = index.get(r)
                 seen[r] = None if entry is None else entry.phase
-            out.append(GroupView(group=group, phases=seen, slots=slots))
+            ages = created.get(group, {})
+            out.append(GroupView(group=group, phases=seen, slots=slots, created=ages))
         self._stored = stored
         return out
 

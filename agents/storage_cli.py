@@ -107,6 +107,11 @@ def _dump_lines(key: str, data: bytes) -> Iterator[dict[str, Any]]:
                 "phase": str(e.phase),
                 "result": str(e.result),
                 "seq": index.get_seq(e.run_id),
+                "name": e.name,
+                "counter": e.counter,
+                "enqueue_time": e.enqueue_time,
+                "start_time": e.start_time,
+                "end_time": e.end_time,
             },
         }
 

@@ -1,10 +1,18 @@
 """The in-memory run index: columnar arrays over dense run ids, plus per-group posting lists.
 
-Layout. Run ids are dense (an etcd sequence), so a run lives in slot ``run_id - base`` of three
-numpy columns: ``gid`` (uint32, 0 = no run), ``pr`` (uint8, phase and result codes) and ``seq``
-(uint32, the per-run sequence number of the last applied update). Each group keeps the sorted
-slots of its runs (``Postings``), so one group's page is a bisection and a slice. That is
-13 bytes a run plus spare capacity, against hundreds for a dict of Python objects.
+Layout. Run ids are dense (an etcd sequence), so a run lives in slot ``run_id - base`` of numpy
+columns: ``gid`` (uint32, 0 = no run), ``pr`` (uint8, phase and result codes), ``seq`` (uint32,
+the per-run sequence number of the last applied update), and the run's facts for listings:
+``counter`` (uint32, its number in its root group), ``nid`` (uint32, an id in the run-name
+dictionary, 0 = unknown) and ``enq``, ``start``, ``end`` (uint32 seconds since the Unix epoch,
+0 = unknown; good until 2106). Each group keeps the sorted slots of its runs (``Postings``), so
+one group's page is a bisection and a slice. That is 33 bytes a run plus spare capacity, against
+hundreds for a dict of Python objects.
+
+Facts come from the phase changes: the first one (seq 1) names the run, its counter and its
+enqueue time; a change to ``running`` its start, one to a final phase its end. Each fact is
+written once, whatever the order updates arrive in (an older update still fills a fact a newer
+one did not carry), so replays and redeliveries give the same columns.
 """
 
 from __future__ import annotations
@@ -20,13 +28,18 @@ from events import Phase, Result
 from indexer.errors import ConflictingGroup, RunIdOutOfRange
 from indexer.groups import GroupDict
 from indexer.model import IndexStats, Order, Page, RunEntry, make_entry, pr_code, pr_decode
+from indexer.names import NameDict
 from indexer.postings import Postings
 
 __all__ = ["DEFAULT_MAX_GAP", "MAX_SPAN", "RunIndex"]
 
 MAX_SPAN = 2**32 - 2  # slots are uint32 in the posting lists
-DEFAULT_MAX_GAP = 1 << 24  # 16M ids ≈ 150 MB of columns
+DEFAULT_MAX_GAP = 1 << 24  # 16M ids ≈ 550 MB of columns
 _MAX_SEQ = 2**32 - 1
+_MAX_U32 = 2**32 - 1
+#: Every per-slot column, uint8 ``pr`` aside all uint32.
+COLUMNS = ("gid", "pr", "seq", "counter", "nid", "enq", "start", "end")
+_FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 _T = TypeVar("_T", bound=np.generic)
 _START_SLACK = 4096  # first id seen is rarely the lowest: partitions are read in any order
 
@@ -48,6 +61,12 @@ class RunIndex:
         self.gid: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
         self.pr: npt.NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
         self.seq: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.counter: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.nid: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.enq: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.start: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.end: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self.names = NameDict()
         self.postings: list[Postings] = [Postings()]  # index 0 unused (gid 0 = no run)
         self.count = 0
         self.changes = 0
@@ -63,8 +82,12 @@ class RunIndex:
         pr: npt.NDArray[np.uint8],
         seq: npt.NDArray[np.uint32],
         offsets: dict[str, int],
+        facts: dict[str, npt.NDArray[np.uint32]] | None = None,
+        run_names: list[str] | None = None,
     ) -> RunIndex:
-        """An index over ready columns (a decoded dump): gid i+1 is ``sorted_names[i]``.
+        """An index over ready columns (a decoded dump): gid i+1 is ``sorted_names[i]``, nid i+1
+        is ``run_names[i]``; ``facts`` holds the columns ``counter``, ``nid``, ``enq``,
+        ``start``, ``end`` (all zero when None: a version 1 dump).
 
         The posting lists come from one stable sort of the gid column, so building them is
         bulk work, not a loop over runs. The arrays are adopted, not copied.
@@ -74,6 +97,10 @@ class RunIndex:
         ng = len(sorted_names)
         index.base, index.span = (base, len(gid)) if len(gid) else (0, 0)
         index.gid, index.pr, index.seq = gid, pr, seq
+        for col in COLUMNS[3:]:
+            arr = facts[col] if facts is not None else np.zeros(len(gid), dtype=np.uint32)
+            setattr(index, col, arr)
+        index.names = NameDict(run_names or ())
         # Sorting narrow keys lets numpy use its radix sort.
         keys = gid.astype(np.uint16) if ng < 1 << 16 else gid
         order = np.argsort(keys, kind="stable").astype(np.uint32)
@@ -86,18 +113,38 @@ class RunIndex:
 
     # ----------------------------------------------------------------- writes
 
-    def apply(self, run_id: int, group: str, phase: Phase, result: Result, seq: int) -> bool:
-        """Record that run ``run_id`` of ``group`` is now in ``phase``/``result`` as of ``seq``.
+    def apply(
+        self,
+        run_id: int,
+        group: str,
+        phase: Phase,
+        result: Result,
+        seq: int,
+        *,
+        at: int = 0,
+        name: str = "",
+        counter: int = 0,
+    ) -> bool:
+        """Record that run ``run_id`` of ``group`` is now in ``phase``/``result`` as of ``seq``,
+        a change made at ``at`` (milliseconds since the Unix epoch; 0 = unknown) that names the
+        run ``name`` with number ``counter`` (as the seq-1 change does; "" and 0 = not said).
 
-        Applied only if ``seq`` is greater than the stored one (or the run is new); returns
-        whether anything changed. Idempotent and tolerant of any arrival order.
+        Phase and result are applied only if ``seq`` is greater than the stored one (or the run
+        is new); the facts (name, counter, enqueue time at seq 1, start time on ``running``, end
+        time on a final phase) fill those still unknown, whatever the seq. Returns whether
+        anything changed. Idempotent and tolerant of any arrival order.
         Raises ``BadGroup`` (invalid path), ``ConflictingGroup`` (the run is indexed under another
         group; nothing changes), ``RunIdOutOfRange`` (beyond ``max_gap``; nothing changes),
-        ``ValueError`` (seq or run id out of range),
+        ``ValueError`` (seq, counter, time or run id out of range; nothing changes),
         ``KeyError`` (a phase or result this version cannot store).
         """
         if not 0 <= seq <= _MAX_SEQ:
             raise ValueError(f"seq {seq} out of range 0..{_MAX_SEQ}")
+        if not 0 <= counter <= _MAX_U32:
+            raise ValueError(f"counter {counter} out of range 0..{_MAX_U32}")
+        secs = at // 1000
+        if not 0 <= secs <= _MAX_U32:
+            raise ValueError(f"time {at} ms out of range (1970 to 2106)")
         if run_id < 1:
             raise ValueError(f"run id {run_id} must be positive")
         code = pr_code(phase, result)
@@ -111,16 +158,40 @@ class RunIndex:
             self.gid[slot] = gid
             self.count += 1
         else:
-            if seq <= int(self.seq[slot]):
-                return False
-            if self.groups.name(cur) != group:
+            same_group = self.groups.name(cur) == group
+            if seq <= int(self.seq[slot]):  # old news, but it may still carry a fact
+                filled = same_group and self._facts(slot, phase, seq, secs, name, counter)
+                self.changes += filled
+                return filled
+            if not same_group:
                 raise ConflictingGroup(
                     f"run {run_id} is indexed under {self.groups.name(cur)!r}, not {group!r}"
                 )
+        self._facts(slot, phase, seq, secs, name, counter)
         self.pr[slot] = code
         self.seq[slot] = seq
         self.changes += 1
         return True
+
+    def _facts(self, slot: int, phase: Phase, seq: int, secs: int, name: str, counter: int) -> bool:
+        """Fill the facts of ``slot`` still unknown; whether any was."""
+        changed = False
+        if name and not self.nid[slot]:
+            self.nid[slot] = self.names.add(name)
+            changed = True
+        if counter and not self.counter[slot]:
+            self.counter[slot] = counter
+            changed = True
+        if secs:
+            for col, holds in (
+                (self.enq, seq == 1),
+                (self.start, phase is Phase.RUNNING),
+                (self.end, phase in _FINAL_PHASES),
+            ):
+                if holds and not col[slot]:
+                    col[slot] = secs
+                    changed = True
+        return changed
 
     def mark_offset(self, source: str, next_offset: int) -> None:
         """Record that every record of ``source`` (e.g. ``"runs.phases/3"``) before
@@ -155,10 +226,10 @@ class RunIndex:
     def _grow(self, span: int) -> None:
         cap = len(self.gid)
         if span > cap:
-            new_cap = min(MAX_SPAN, max(span, cap + (cap >> 3) + 4096))
-            self.gid = _resized(self.gid, new_cap)
-            self.pr = _resized(self.pr, new_cap)
-            self.seq = _resized(self.seq, new_cap)
+            # 1/16 spare: eight columns make a copy cheap next to the memory it would idle.
+            new_cap = min(MAX_SPAN, max(span, cap + (cap >> 4) + 4096))
+            for col in COLUMNS:
+                setattr(self, col, _resized(getattr(self, col), new_cap))
         self.span = span
 
     def _rebase(self, new_base: int) -> None:
@@ -166,13 +237,11 @@ class RunIndex:
         span = self.span + delta
         if span > MAX_SPAN:
             raise RunIdOutOfRange(f"run id {new_base} is too far below the lowest id {self.base}")
-        gid, pr, seq = self.gid, self.pr, self.seq
-        self.gid = np.zeros(span, dtype=np.uint32)
-        self.pr = np.zeros(span, dtype=np.uint8)
-        self.seq = np.zeros(span, dtype=np.uint32)
-        self.gid[delta:] = gid[: self.span]
-        self.pr[delta:] = pr[: self.span]
-        self.seq[delta:] = seq[: self.span]
+        for col in COLUMNS:
+            old = getattr(self, col)
+            new = np.zeros(span, dtype=old.dtype)
+            new[delta:] = old[: self.span]
+            setattr(self, col, new)
         for p in self.postings:
             p.shift(delta)
         self.base, self.span = new_base, span
@@ -188,7 +257,17 @@ class RunIndex:
         if gid == 0:
             return None
         phase, result = pr_decode(int(self.pr[slot]))
-        return make_entry(run_id, self.groups.name(gid), phase, result)
+        return make_entry(
+            run_id,
+            self.groups.name(gid),
+            phase,
+            result,
+            self.names.names[int(self.nid[slot])],
+            int(self.counter[slot]),
+            _millis(int(self.enq[slot])),
+            _millis(int(self.start[slot])),
+            _millis(int(self.end[slot])),
+        )
 
     def get_seq(self, run_id: int) -> int | None:
         """The seq of the last update applied to ``run_id``, or None if unknown."""
@@ -236,14 +315,16 @@ class RunIndex:
     def memory_bytes(self) -> int:
         """Bytes held by the index: column buffers (with spare capacity), posting lists
         (shared load buffers counted once) and the group dictionary."""
-        size = self.gid.nbytes + self.pr.nbytes + self.seq.nbytes + sys.getsizeof(self.postings)
+        size: int = sum(getattr(self, col).nbytes for col in COLUMNS)
+        size += sys.getsizeof(self.postings)
         shared: dict[int, int] = {}
         for p in self.postings:
             size += p.own_bytes()
             base = p.buf.base
             if isinstance(base, np.ndarray):
                 shared[id(base)] = base.nbytes
-        return size + sum(shared.values()) + self.groups.memory_bytes()
+        size += sum(shared.values()) + self.groups.memory_bytes()
+        return size + self.names.memory_bytes()
 
     def stats(self) -> IndexStats:
         """Runs, groups, span, bytes held, changes applied and offsets covered."""
@@ -255,6 +336,10 @@ class RunIndex:
             changes=self.changes,
             offsets=self.offsets,
         )
+
+
+def _millis(secs: int) -> int | None:
+    return secs * 1000 if secs else None
 
 
 def _resized(arr: npt.NDArray[_T], cap: int) -> npt.NDArray[_T]:

@@ -104,9 +104,10 @@ def iter_runs(
         yield from entries
 
 
-def active_runs(index: RunIndex) -> Iterator[tuple[int, str, Phase]]:
-    """``(run id, group, phase)`` of every queued or running run, in id order: one vectorized
-    scan of the phase column (the scheduler's view; about a millisecond a million runs)."""
+def active_runs(index: RunIndex) -> Iterator[tuple[int, str, Phase, tuple[int, int]]]:
+    """``(run id, group, phase, (counter, enqueue seconds))`` of every queued or running run, in
+    id order: one vectorized scan of the phase column (the scheduler's view; about a millisecond
+    a million runs). The pair is the run's creation order within its root group (0 = unknown)."""
     active = np.zeros(256, dtype=np.bool_)
     for r in RESULT_CODES:
         active[pr_code(Phase.QUEUED, r)] = active[pr_code(Phase.RUNNING, r)] = True
@@ -116,8 +117,9 @@ def active_runs(index: RunIndex) -> Iterator[tuple[int, str, Phase]]:
     ids = (slots + index.base).tolist()
     gids = index.gid[slots].tolist()
     codes = index.pr[slots].tolist()
-    for run_id, g, c in zip(ids, gids, codes, strict=True):
-        yield run_id, names[g], _PHASE_OF[c]
+    created = zip(index.counter[slots].tolist(), index.enq[slots].tolist(), strict=True)
+    for run_id, g, c, made in zip(ids, gids, codes, created, strict=True):
+        yield run_id, names[g], _PHASE_OF[c], made
 
 
 def _pr_mask(
@@ -262,6 +264,7 @@ def _last_runs(
 
 def _entries(index: RunIndex, slots: Slots) -> tuple[RunEntry, ...]:
     names = index.groups.names
+    run_names = index.names.names
     codes = index.pr[slots].tolist()
     return tuple(
         map(
@@ -270,5 +273,15 @@ def _entries(index: RunIndex, slots: Slots) -> tuple[RunEntry, ...]:
             [names[g] for g in index.gid[slots].tolist()],
             [_PHASE_OF[c] for c in codes],
             [_RESULT_OF[c] for c in codes],
+            [run_names[n] for n in index.nid[slots].tolist()],
+            index.counter[slots].tolist(),
+            _millis(index.enq[slots]),
+            _millis(index.start[slots]),
+            _millis(index.end[slots]),
         )
     )
+
+
+def _millis(secs: npt.NDArray[np.uint32]) -> list[int | None]:
+    """Stored seconds as milliseconds, None where unknown (0)."""
+    return [s * 1000 if s else None for s in secs.tolist()]

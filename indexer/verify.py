@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.index import RunIndex
+from indexer.index import COLUMNS, RunIndex
 
 __all__ = ["IndexDiff", "compare"]
 
@@ -28,18 +28,35 @@ class IndexDiff:
         return self.only_in_a == 0 and self.only_in_b == 0 and self.differing == 0
 
 
+_FACTS = COLUMNS[3:]
+
+
 def _columns(
-    ix: RunIndex, ranks: dict[str, int]
+    ix: RunIndex, ranks: dict[str, int], name_ranks: dict[str, int]
 ) -> tuple[
-    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.uint32]
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.uint8],
+    npt.NDArray[np.uint32],
+    npt.NDArray[np.int64],
 ]:
+    """Ids, group ranks, pr codes, seqs and the facts (one row per run; names by rank)."""
     slots = np.flatnonzero(ix.gid[: ix.span])
     rank_of = np.array([-1] + [ranks[n] for n in ix.groups.names[1:]], dtype=np.int64)
+    name_of = np.array([-1] + [name_ranks[n] for n in ix.names.names[1:]], dtype=np.int64)
+    facts = np.stack(
+        [
+            name_of[ix.nid[slots]] if col == "nid" else getattr(ix, col)[slots].astype(np.int64)
+            for col in _FACTS
+        ],
+        axis=1,
+    )
     return (
         slots.astype(np.int64) + ix.base,
         rank_of[ix.gid[slots]],
         ix.pr[slots],
         ix.seq[slots],
+        facts,
     )
 
 
@@ -47,13 +64,16 @@ def compare(
     a: RunIndex, b: RunIndex, *, with_seq: bool = True, max_examples: int = 10
 ) -> IndexDiff:
     """Differences between ``a`` and ``b``: runs only in one, and runs whose group, phase,
-    result (and seq, unless ``with_seq`` is False) differ. Bulk work, fine at millions of runs."""
+    result, name, counter, times (and seq, unless ``with_seq`` is False) differ. Bulk work,
+    fine at millions of runs."""
     names = sorted(set(a.groups.names[1:]) | set(b.groups.names[1:]))
     ranks = {n: i for i, n in enumerate(names)}
-    ida, ga, pa, sa = _columns(a, ranks)
-    idb, gb, pb, sb = _columns(b, ranks)
+    run_names = sorted(set(a.names.names[1:]) | set(b.names.names[1:]))
+    name_ranks = {n: i for i, n in enumerate(run_names)}
+    ida, ga, pa, sa, fa = _columns(a, ranks, name_ranks)
+    idb, gb, pb, sb, fb = _columns(b, ranks, name_ranks)
     _, ia, ib = np.intersect1d(ida, idb, assume_unique=True, return_indices=True)
-    bad = (ga[ia] != gb[ib]) | (pa[ia] != pb[ib])
+    bad = (ga[ia] != gb[ib]) | (pa[ia] != pb[ib]) | (fa[ia] != fb[ib]).any(axis=1)
     if with_seq:
         bad |= sa[ia] != sb[ib]
     only_a = np.setdiff1d(ida, idb, assume_unique=True)

@@ -201,6 +201,9 @@ class Fakes:
                 data.phase,  # type: ignore[union-attr]
                 data.result,  # type: ignore[union-attr]
                 data.seq,  # type: ignore[union-attr]
+                at=d.at,
+                name=data.name,  # type: ignore[union-attr]
+                counter=data.counter,  # type: ignore[union-attr]
             )
             self.feed.publish(d)
         self.published = len(self.owners.derived)

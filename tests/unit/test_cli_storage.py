@@ -57,7 +57,8 @@ def _objects() -> dict[str, bytes]:
         created_at=1.5,
     )
     index = RunIndex()
-    index.apply(1, "/project/p/branch/main", Phase.RUNNING, Result.UNKNOWN, 4)
+    index.apply(1, "/project/p/branch/main", Phase.RUNNING, Result.UNKNOWN, 4, at=7_000)
+    index.apply(1, "/project/p/branch/main", Phase.QUEUED, Result.UNKNOWN, 1, at=5_000, name="ci", counter=2)  # fmt: skip
     index.apply(3, "/user/u", Phase.FINISHED, Result.FAILED, 9)
     index.mark_offset("runs.phases/0", 17)
     return {
@@ -150,8 +151,8 @@ def test_cat_index_dump_prints_header_then_runs(
     assert head["runs"] == 2
     assert head["offsets"] == {"runs.phases/0": 17}
     assert runs == [
-        {"key": f"{1:016d}", "value": {"group": "/project/p/branch/main", "phase": "running", "result": "unknown", "seq": 4}},
-        {"key": f"{3:016d}", "value": {"group": "/user/u", "phase": "finished", "result": "failed", "seq": 9}},
+        {"key": f"{1:016d}", "value": {"group": "/project/p/branch/main", "phase": "running", "result": "unknown", "seq": 4, "name": "ci", "counter": 2, "enqueue_time": 5_000, "start_time": 7_000, "end_time": None}},
+        {"key": f"{3:016d}", "value": {"group": "/user/u", "phase": "finished", "result": "failed", "seq": 9, "name": "", "counter": 0, "enqueue_time": None, "start_time": None, "end_time": None}},
     ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -94,6 +95,41 @@ def test_unknown_version_is_reported() -> None:
     blob[4] = 9
     with pytest.raises(BadDump, match="unsupported dump format version 9"):
         read_header(bytes(blob))
+
+
+V1_DUMP = Path(__file__).parent.parent / "golden" / "index-v1" / "dump-v1.rsix"
+
+
+def test_a_version_1_dump_still_decodes_and_is_what_version_1_writers_wrote() -> None:
+    """``dump-v1.rsix`` was written by the version 1 code (before names, counters and times):
+    ``build(history(50, 7))``, offset ``runs.phases/0`` 150, created 2026-12-01."""
+    blob = V1_DUMP.read_bytes()
+    back, header = decode(blob)
+    ix = build(history(50, 7))
+    assert header.version == 1
+    assert (header.runs, header.offsets, header.run_names, header.fact_widths) == (50, {"runs.phases/0": 150}, 0, {})  # fmt: skip
+    assert compare(ix, back).equal  # no facts on either side: history() has none
+    assert all(e.name == "" and e.enqueue_time is None for e in back.entries())
+    # Writing version 1 still gives the old bytes, for readers not upgraded yet.
+    ix.mark_offset("runs.phases/0", 150)
+    assert encode(snapshot(ix), version=1, now=datetime(2026, 12, 1, tzinfo=UTC)) == blob
+
+
+def test_version_2_holds_the_facts_and_compare_sees_them() -> None:
+    ix = RunIndex()
+    ix.apply(3, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1, at=5_000, name="ci\n1", counter=9)
+    ix.apply(3, "/project/a", Phase.RUNNING, Result.UNKNOWN, 2, at=7_000)
+    ix.apply(4, "/project/a", Phase.FINISHED, Result.SUCCESS, 3, at=2**32 * 1000 - 1)
+    back, header = decode(encode(snapshot(ix)))
+    assert header.version == 2
+    assert (header.run_names, header.fact_widths["counter"]) == (1, 1)
+    assert back.get(4).end_time == (2**32 - 1) * 1000  # type: ignore[union-attr]  # the last second held
+    assert list(back.entries()) == list(ix.entries())
+    assert back.get(3).name == "ci\n1"  # type: ignore[union-attr]
+    old, _ = decode(encode(snapshot(ix), version=1))
+    diff = compare(ix, old)
+    assert (diff.differing, diff.only_in_a, diff.only_in_b) == (2, 0, 0)  # the facts are gone
+    assert compare(ix, old, with_seq=False).differing == 2
 
 
 def test_compare_reports_differences() -> None:

@@ -273,3 +273,46 @@ def test_a_stale_view_cannot_start_a_second_run_of_the_group() -> None:
         assert report.started == [format_run_id(5)]  # the granted one again: a duplicate
 
     asyncio.run(go())
+
+
+# ------------------------------------------------------------------------------ creation order
+def test_the_oldest_is_the_first_created_not_the_lowest_id() -> None:
+    # Run ids come in blocks per process: run 9 (process A) was created before run 3 (process B).
+    made = {9: (1, 100), 3: (2, 100), 5: (3, 99)}
+    p = GroupView(group=G1, phases={3: Q, 5: Q, 9: Q}, created=made)
+    assert plan(p, 1).new == (9,)
+    assert plan(p, 2).new == (9, 3)
+    assert plan(p, 3).new == (9, 3, 5)
+
+
+def test_runs_without_a_number_come_first_by_enqueue_time_then_id() -> None:
+    # Indexed from phase changes older than run numbers: created before every numbered run.
+    made = {1: (5, 10), 2: (0, 30), 3: (0, 20), 4: (0, 20)}
+    p = GroupView(group=G1, phases={1: Q, 2: Q, 3: Q, 4: Q}, created=made)
+    assert plan(p, 4).new == (3, 4, 2, 1)
+    # Not in the index's facts at all: by id, as before numbers existed.
+    assert plan(view({7: Q, 3: Q, 5: Q}), 2).new == (3, 5)
+
+
+def test_a_tick_starts_by_the_counter_the_index_holds() -> None:
+    async def go() -> None:
+        world, kv = World(), MemoryKv()
+        viewer = Viewer(world)
+        at = 1_780_000_000_000
+        # Created in the order 20, 11, 12 (run numbers 1, 2, 3) by two processes.
+        for counter, rid in enumerate((20, 11, 12), start=1):
+            world.change(rid, G1, Q)
+            viewer.index.apply(rid, G1, Q, Result.UNKNOWN, 1, at=at + counter, counter=counter)
+        viewer.seen = [len(h) for h in world.history]
+        s = scheduler(world, viewer, kv, 1, {G1})
+        order = []
+        for _ in range(3):
+            report = await s.once()
+            assert len(report.started) == 1
+            order += report.started
+            rid = parse_run_id(report.started[0])
+            world.change(rid, G1, F)
+            viewer.catch_up()
+        assert order == [format_run_id(r) for r in (20, 11, 12)]
+
+    asyncio.run(go())
