@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from api.client import DEFAULT_URL, Client
@@ -114,6 +115,13 @@ def _recreate(c: Client, args: argparse.Namespace) -> None:
     _emit(args, c.recreate_run(args.run_id, from_start=args.from_start, environment=env), _print_run)  # fmt: skip
 
 
+def _when(millis: int | None) -> str:
+    """A listing time (UTC, to the second, as the index keeps it); "" when unknown."""
+    if millis is None:
+        return ""
+    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _list(c: Client, args: argparse.Namespace) -> None:
     page = c.list_runs(
         groups=args.group or (), phases=args.phase or (), results=args.result or (),
@@ -121,8 +129,20 @@ def _list(c: Client, args: argparse.Namespace) -> None:
     )  # fmt: skip
 
     def table(body: Any, out: TextIO) -> None:
-        rows = [(r["id"], r["phase"], r["result"], r["group"]) for r in body["runs"]]
-        _table(["ID", "PHASE", "RESULT", "GROUP"], rows, out)
+        rows = [
+            (
+                r["id"],
+                f"#{r['counter']}" if r.get("counter") else "",
+                r.get("name", ""),
+                r["phase"],
+                r["result"],
+                r["group"],
+                *(_when(r.get(k)) for k in ("enqueue_time", "start_time", "end_time")),
+            )
+            for r in body["runs"]
+        ]
+        head = ["ID", "#", "NAME", "PHASE", "RESULT", "GROUP", "ENQUEUED", "STARTED", "ENDED"]
+        _table(head, rows, out)
         if body["next_cursor"]:
             print(f"next page: --cursor {body['next_cursor']}", file=out)
 

@@ -295,8 +295,10 @@ async def test_get_returns_the_source_once_it_caught_up() -> None:
 
 async def test_list_runs_filters_pages_and_refuses_bad_queries() -> None:
     async with served() as (client, fakes):
+        fakes.now = 1_780_000_000_000
         for i in range(5):
-            await create(client, new_run(group=f"{GROUP}{i % 2}"))
+            await create(client, new_run(group=f"{GROUP}{i % 2}", name=f"build-{i}"))
+            fakes.now += 1_500  # the index keeps seconds: 1.5 s apart shows as 1 or 2
         fakes.materialize()
         await client.put(f"{RUNS}/0000000000000005/actions", json={"action_type": "start"})
         fakes.materialize()
@@ -307,7 +309,19 @@ async def test_list_runs_filters_pages_and_refuses_bad_queries() -> None:
         assert [r["id"][-1] for r in rest["runs"]] == ["1"]
         assert rest["next_cursor"] is None
         running = await json_of(await client.get(RUNS, params={"phase": "running"}), 200)
-        assert running["runs"] == [{"id": "0000000000000005", "group": f"{GROUP}0", "phase": "running", "result": "unknown"}]  # fmt: skip
+        assert running["runs"] == [
+            {
+                "id": "0000000000000005",
+                "group": f"{GROUP}0",
+                "phase": "running",
+                "result": "unknown",
+                "name": "build-4",
+                "counter": 0,  # no run numbers in these fakes (tests/unit/test_counters.py)
+                "enqueue_time": 1_780_000_006_000,  # created at ...006.000
+                "start_time": 1_780_000_007_000,  # started at ...007.500, to the second
+                "end_time": None,
+            }
+        ]
         last = await json_of(await client.get(RUNS, params={"lastrun": "true", "order": "asc"}), 200)  # fmt: skip
         assert [r["id"][-1] for r in last["runs"]] == ["4", "5"]
         for params, needle in [

@@ -270,8 +270,12 @@ async def test_cli_create_get_list_start_recreate(tmp_path: Path, capsys: pytest
         assert (await asyncio.to_thread(cli, url, "start", run_id))[0] == 0
         fakes.materialize()
         code, out = await asyncio.to_thread(cli, url, "list", "--group", GROUP)
-        assert out.splitlines()[0].split() == ["ID", "PHASE", "RESULT", "GROUP"]
-        assert f"{run_id}  running" in out
+        head = ["ID", "#", "NAME", "PHASE", "RESULT", "GROUP", "ENQUEUED", "STARTED", "ENDED"]
+        assert out.splitlines()[0].split() == head
+        row = out.splitlines()[1]
+        assert row.startswith(run_id)
+        assert "  build  running  unknown  " in row
+        assert row.count(":") == 4  # enqueue and start times, HH:MM:SS; no end yet
         code, _ = await asyncio.to_thread(cli, url, "recreate", run_id)
         assert code == 1
         assert "run cannot be restarted: run is running, not finished" in capsys.readouterr().err
