@@ -42,6 +42,13 @@ def run_request_key(request_id: str) -> str:
     return f"agents/run-requests/{request_id}"
 
 
+def request_number_key(request_key: str) -> str:
+    """etcd key holding the run number taken for the request whose run id is at
+    ``request_key`` (:func:`run_request_key`, :func:`setup_report_key`): a retried request keeps
+    its number. A prefix of its own, since a request id may contain "/"."""
+    return "agents/request-numbers/" + request_key.removeprefix("agents/")
+
+
 def scheduler_slots_prefix() -> str:
     """etcd prefix of the scheduler's running slots, one key per group (``agents.scheduler``)."""
     return "agents/scheduler/slots/"

@@ -12,7 +12,9 @@ Two input topics, one agent (docs/events.md, "Creating a run without a run id"):
 For each request the agent checks that it can form a run (the reducer's own creation rules, so no
 id is spent on a request the materializer would refuse), maps the request id to a run id with a
 create-only etcd key (a retried request, or one processed again after a crash, gets the same run
-id and the same event id, which the reducer applies once), appends the event to ``runs.events``,
+id and the same event id, which the reducer applies once), takes the run's number
+(``datamanager.Counters``, per root group, as ``POST /runs`` does) and binds it to the request with
+a second create-only key (so a retry sends the very same event), appends the event to ``runs.events``,
 then replies on ``runs.replies`` (key = request id) with a
 :class:`~events.requests.RequestReply`: ``created`` with the run id, or ``refused`` with the reason.
 A request that cannot be read also goes to the dead-letter topic with its bytes, key and
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -32,12 +34,13 @@ import orjson
 
 from agents import keys, metrics
 from agents.config import Settings
+from agents.counters import RunNumbers
 from agents.materializer import DeadLetter
 from agents.outbox import dead_letter_headers
 from agents.producer import EventProducer
 from datamanager import IdAllocator
 from datamanager.keys import sequence_key
-from events import BadRequest, format_run_id, validate_group
+from events import BadRequest, format_run_id, split_group, validate_group
 from events.catalogue import Event, Payload, RunCreated, SetupErrorsReported, make_event
 from events.creation import create_run
 from events.errors import DecodeReason, validation_message
@@ -183,10 +186,13 @@ def encode_reply(reply: RequestReply) -> bytes:
 class CreationService:
     """Registers the creation agent on ``app`` for ``runs.requests`` and ``runs.setup-errors``."""
 
-    def __init__(self, app: Any, settings: Settings, resources: Any) -> None:
+    def __init__(
+        self, app: Any, settings: Settings, resources: Any, numbers: RunNumbers | None = None
+    ) -> None:
         self.app = app
         self.settings = settings
         self.resources = resources
+        self.numbers = numbers if numbers is not None else RunNumbers(resources)
         self._ids: IdAllocator | None = None
         self._producer: EventProducer | None = None
         topics = app.runstream_topics
@@ -235,6 +241,7 @@ class CreationService:
             return
         ids, producer, kv = await self._deps()
         run_id = format_run_id(await self._run_id_for(kv, ids, creation.etcd_key))
+        creation = await self._numbered(kv, creation, run_id)
         event = creation.event(run_id, int(time.time() * 1000))
         await producer.append([event])
         await self._reply(creation.request_id, ReplyOutcome.CREATED, run_id=run_id)
@@ -255,6 +262,39 @@ class CreationService:
             ):
                 return candidate
         raise RuntimeError(f"could not map request {key} to a run id")
+
+    async def _numbered(self, kv: Any, creation: Creation, run_id: str) -> Creation:
+        """``creation`` with its run number: the one bound to the request if any, else the next
+        of its root group, bound now. Taken last, when only the append is left. Once bound, a
+        number belongs to the request: a failed append is retried with the same run id, event id
+        and number (the message is handled again), so it is neither given back nor voided. Not
+        bound (etcd failed, or another handler of the same request bound one first): given back
+        when nobody took a later one, else voided, as ``POST /runs`` does. A report that carries
+        its own counter (a producer numbering its runs) keeps it."""
+        data = creation.data
+        if data.counter:  # type: ignore[union-attr]  # both payloads have one
+            return creation
+        key = keys.request_number_key(creation.etcd_key)
+        got = await kv.get(key)
+        if got is None:
+            root = "/{}/{}".format(*split_group(data.group)[0])  # type: ignore[union-attr]
+            number = await self.numbers.next(root)
+            try:
+                bound = await kv.compare_and_swap(key, str(number).encode(), mod_revision=None)
+            except BaseException:
+                await self._unused(root, number, run_id, "outcome unknown")
+                raise
+            if bound is not None:
+                return replace(creation, data=msgspec.structs.replace(data, counter=number))
+            await self._unused(root, number, run_id, "the request was numbered by another handler")
+            got = await kv.get(key)
+            if got is None:
+                raise RuntimeError(f"request number {key} vanished")
+        return replace(creation, data=msgspec.structs.replace(data, counter=int(got.value)))
+
+    async def _unused(self, root: str, number: int, run_id: str, reason: str) -> None:
+        if not await self.numbers.give_back(root, number):
+            await self.numbers.void(root, number, run_id=run_id, reason=reason)
 
     async def _reply(
         self, request_id: str, outcome: ReplyOutcome, *, run_id: str | None = None, reason: str = ""
