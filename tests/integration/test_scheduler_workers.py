@@ -4,7 +4,11 @@ worker killed mid-way; every queued run starts; run numbers are dense per root g
 The test is the executor: it finishes whatever run it finds running (read at the owner, so
 linearizable) by reporting its one task running then successful. The cap is checked from the
 runs' own start and end times (set by the owner from the start and the last task event): sorted
-by start, no run of a group may start before N earlier ones ended.
+by start, no run of a group may start before N earlier ones ended. With N = 1 the runs of a group
+also start in the order they were created, although each group's creations alternate between the
+workers, whose ids come from two blocks (so a newer run can have the lower id: the scheduler
+orders by run number, not by id); each creation waits until both workers' indexes list the run,
+so a scheduler never sees a newer queued run without the older ones.
 """
 
 from __future__ import annotations
@@ -98,11 +102,19 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
         async with EventProducer(base.kafka, base.topic_events) as executor:
 
             async def create(i: int) -> None:
-                c = clients[alive[i % len(alive)]]
+                # Each group's creations alternate between the workers (ids from two blocks).
+                c = clients[alive[(i // 2) % len(alive)]]
                 group = groups[i % 2]
                 made = await _retrying(lambda: c.create_run(group=group, name="ci", tasks=TASKS))
                 assert made["run"]["phase"] == "queued"
-                created.append(made["run"]["id"])
+                rid = made["run"]["id"]
+                created.append(rid)
+
+                async def listed() -> bool:
+                    pages = [await clients[a].list_runs(groups=[group]) for a in alive]
+                    return all(rid in {r["id"] for r in p["runs"]} for p in pages)
+
+                await wait_until(listed, within=60, what=f"run {rid} in every index")
 
             async def execute() -> None:
                 """Finish every run found running; check the cap on what is seen."""
@@ -132,7 +144,8 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
 
             for i in range(8):  # creations interleaved with finishes, through both workers
                 await create(i)
-                await execute()
+                if i >= 5:  # runs pile up first: a newer, lower id waits beside an older one
+                    await execute()
             workers[1].kill()  # SIGKILL: its partitions (and groups) move to the first worker
             alive[:] = [0]
             for i in range(8, 12):
@@ -153,6 +166,10 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
             assert max_overlap(mine) <= n, f"{g}: more than {n} runs ran at once"
         # Run numbers: one sequence for the project, dense, in creation order.
         assert [runs[r]["counter"] for r in created] == list(range(1, len(created) + 1))
+        if n == 1:  # one at a time: started in creation order (whatever the ids' order)
+            for g in groups:
+                mine = [r for r in created if runs[r]["group"] == g]
+                assert sorted(mine, key=lambda r: runs[r]["start_time"]) == mine
     finally:
         for w in workers:
             w.stop()
