@@ -54,6 +54,7 @@ log = logging.getLogger("runstream.materializer")
 
 ACTIVE, FINAL, META = "active", "final", "meta"
 _CREATED = EventType.RUN_CREATED
+_APPLIED = Judged.APPLIED
 _FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 FINAL_IDS = "final-ids"
 ENCODE_SLICE = 500  # runs encoded between two yields to the event loop during a checkpoint
@@ -211,9 +212,33 @@ class PartitionMaterializer:
         if misrouted is not None:
             out.dead = DeadLetter(reason="misrouted", message=misrouted, offset=offset, raw=raw)
             return out
+        # The usual event (of an active run, applied, the run not final after it) is handled in
+        # this loop with local names; every other case goes through _apply_event / _judged.
+        active, dirty, note, waiters = self.active, self._dirty, self.history.note, self.waiters
+        applied = 0
         for index, event in enumerate(events):
-            self._position = (offset, index)
-            self._apply_event(event, out)
+            run_id = event.run_id
+            state = active.get(run_id)
+            if state is not None:
+                result = apply(state, event)
+                if isinstance(result, Applied) and not result.duplicate:
+                    new = result.state
+                    if new.run.phase not in _FINAL_PHASES:
+                        applied += 1
+                        note(event, offset, index, _APPLIED, seq=new.seq)
+                        active[run_id] = new
+                        dirty[run_id] = new
+                        if waiters and event.id in waiters:
+                            waiters.resolve(event.id, ApplyOutcome("applied", new))
+                        if result.derived:
+                            self._emit(result.derived, out)
+                        continue
+                self._position = (offset, index)
+                self._judged(event, state, result, out)
+            else:
+                self._position = (offset, index)
+                self._apply_event(event, out)
+        out.applied += applied
         self.pending_events += len(events)
         return out
 
@@ -229,9 +254,10 @@ class PartitionMaterializer:
         return None
 
     def _apply_event(self, event: Event, out: Outcome) -> None:
-        # Once per event: ``in _FINAL_PHASES`` replaces the ``Phase.is_final()`` call (same
-        # set), the suppression keys are only built while there is something to suppress, and
-        # the waiters are only looked at while a write waits (``if waiters:`` is a dict's length).
+        """Apply ``event`` of a run that is not active here (a creation, a final or unknown run)."""
+        # ``in _FINAL_PHASES`` replaces the ``Phase.is_final()`` call (same set), the suppression
+        # keys are only built while there is something to suppress, and the waiters are only
+        # looked at while a write waits (``if waiters:`` is a dict's length).
         run_id = event.run_id
         waiters = self.waiters
         state = self.active.get(run_id)
@@ -244,6 +270,13 @@ class PartitionMaterializer:
             return
         far = None if state is not None else self.admission.far(event)
         result = apply(state, event) if far is None else Rejected(reason=far, state=None)
+        self._judged(event, state, result, out)
+
+    def _judged(self, event: Event, state: RunState | None, result: Applied | Rejected, out: Outcome) -> None:  # fmt: skip
+        """Account for ``result``, what applying ``event`` to ``state`` gave (``apply_record``
+        handles the usual applied event itself, with the same effects)."""
+        run_id = event.run_id
+        waiters = self.waiters
         if not isinstance(result, Applied):
             out.rejected += 1
             if state is not None:  # an unknown run has no history
@@ -274,9 +307,11 @@ class PartitionMaterializer:
             self._dirty[run_id] = new
         if waiters and event.id in waiters:
             waiters.resolve(event.id, ApplyOutcome("applied", new))
-        derived = result.derived
-        if not derived:
-            return
+        if result.derived:
+            self._emit(result.derived, out)
+
+    def _emit(self, derived: tuple[Event, ...], out: Outcome) -> None:
+        """Add ``derived`` to the record's output, but those already on ``runs.phases``."""
         suppress = self._suppress
         if not suppress:  # the usual case: nothing was emitted before a recovery
             out.derived.extend(derived)

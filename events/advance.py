@@ -15,8 +15,8 @@ The rules, applied by the reducer while a run is running and not stopping:
 * a task not started may only be reported started or ended once it is ready.
 
 These functions work on a fresh ``dict`` of the run's tasks, which they change in place; the
-graph of a run config (parents with the statuses they accept, children, level order) is built once
-per config object and cached.
+graph of a run config (children, the tasks needing approval; positions and level order on first
+use) is built once per config object and cached; a task's parents are read from its ``depends``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from msgspec.structs import replace
 from events.model import (
     FINISHED_TASK_STATUSES,
     DependCondition,
+    PlannedTask,
     RunConfig,
     RunTask,
     TaskStatus,
@@ -45,51 +46,60 @@ _ACCEPTS = {
 }
 _ON_SUCCESS = frozenset({TaskStatus.SUCCESS})
 _CACHE_MAX = 1 << 16
-_NO_IDS: tuple[str, ...] = ()
+_NO_IDS: list[str] = []  # never changed
 
 
 class Graph:
-    """What advancing a run needs from its config, derived once: each task's parents with the
-    statuses each dependency accepts, its children, its position, and the tasks in level order."""
+    """What advancing a run needs from its config, derived once: the tasks that need approval, the
+    roots, each task's children, and (on first use) positions and the tasks in level order. A
+    task's parents are its config's ``depends``."""
 
-    __slots__ = ("approval", "by_level", "children", "levels", "order", "parents")
+    __slots__ = ("_by_level", "_order", "approval", "children", "roots", "tasks")
 
     def __init__(self, config: RunConfig) -> None:
+        # Built once per run (at its start), in one pass over the dependencies; what only fan-outs
+        # and runs with ended tasks at their start need (positions, level order) waits for use.
         tasks = config.tasks
-        order: dict[str, int] = {}
-        levels: dict[str, int] = {}
         approval: list[str] = []
-        parents: dict[str, tuple[tuple[str, frozenset[TaskStatus]], ...]] = {}
+        roots: list[str] = []
         children: dict[str, list[str]] = {}
-        topological = True  # every task after its parents (the usual order): no sort needed
-        for i, (tid, t) in enumerate(tasks.items()):
-            order[tid] = i
-            levels[tid] = t.level
+        for tid, t in tasks.items():
             if t.needs_approval:
                 approval.append(tid)
             deps = t.depends
             if not deps:
-                parents[tid] = ()
+                roots.append(tid)
                 continue
-            parents[tid] = tuple((d.task_id, _accepted(d.conditions)) for d in deps)
             for d in deps:
-                pid = d.task_id
-                if pid not in order:
-                    topological = False
-                if pid in children:
-                    children[pid].append(tid)
+                kids = children.get(d.task_id)
+                if kids is None:
+                    children[d.task_id] = [tid]
                 else:
-                    children[pid] = [tid]
-        self.order = order
-        self.levels = levels
+                    kids.append(tid)
+        self.tasks: Mapping[str, PlannedTask] = tasks
         self.approval = frozenset(approval)
-        self.parents = parents
-        self.children = {tid: tuple(c) for tid, c in children.items()}
-        self.by_level = (
-            tuple(tasks)
-            if topological
-            else tuple(sorted(tasks, key=lambda tid: (levels[tid], order[tid])))
-        )
+        self.roots = roots
+        #: Each task's children, in run-config order (never changed after this).
+        self.children: dict[str, list[str]] = children
+        self._order: dict[str, int] | None = None
+        self._by_level: tuple[str, ...] | None = None
+
+    @property
+    def order(self) -> dict[str, int]:
+        """Each task's position in the run config."""
+        order = self._order
+        if order is None:
+            order = self._order = {tid: i for i, tid in enumerate(self.tasks)}
+        return order
+
+    @property
+    def by_level(self) -> tuple[str, ...]:
+        """The tasks by level (a parent's is lower), in run-config order within a level."""
+        by_level = self._by_level
+        if by_level is None:
+            tasks, order = self.tasks, self.order
+            by_level = self._by_level = tuple(sorted(tasks, key=lambda tid: (tasks[tid].level, order[tid])))  # fmt: skip
+        return by_level
 
 
 _accepts_of: dict[tuple[DependCondition, ...], frozenset[TaskStatus]] = {}
@@ -104,27 +114,29 @@ def _accepted(conditions: tuple[DependCondition, ...]) -> frozenset[TaskStatus]:
     return hit
 
 
-#: graph_of's cache: id(config) → (config, graph); hot paths read it directly.
-GRAPHS: dict[int, tuple[RunConfig, Graph]] = {}
+#: graph_of's cache: run id (``config.id``) → (config, graph); hot paths read it directly. Keyed
+#: by the run id, whose hash a string keeps, and checked by identity of the config: another config
+#: object of the same run (a state read back, a test) only rebuilds the entry.
+GRAPHS: dict[str, tuple[RunConfig, Graph]] = {}
 
 
 def graph_of(config: RunConfig) -> Graph:
-    """The graph of ``config`` (cached by object: the entry holds the config, so its id is not
-    reused while cached; the cache is emptied when it holds ``_CACHE_MAX`` configs)."""
-    hit = GRAPHS.get(id(config))
+    """The graph of ``config`` (cached per run id for this config object; the cache is emptied
+    when it holds ``_CACHE_MAX`` runs)."""
+    hit = GRAPHS.get(config.id)
     if hit is not None and hit[0] is config:
         return hit[1]
     graph = Graph(config)
     if len(GRAPHS) >= _CACHE_MAX:
         GRAPHS.clear()
-    GRAPHS[id(config)] = (config, graph)
+    GRAPHS[config.id] = (config, graph)
     return graph
 
 
 def parents_ended(tasks: Mapping[str, RunTask], graph: Graph, tid: str) -> bool:
     """True when every parent of ``tid`` has a finished status (always for a root task)."""
-    for pid, _ in graph.parents[tid]:  # noqa: SIM110 - all() of a generator is slower here (hot path)
-        if tasks[pid].status not in _FINISHED:
+    for d in graph.tasks[tid].depends:  # noqa: SIM110 - all() of a generator is slower here (hot path)
+        if tasks[d.task_id].status not in _FINISHED:
             return False
     return True
 
@@ -138,11 +150,12 @@ def _judge(
     if t.status is not _NOTSTARTED or t.waiting_approval or tid in ready:
         return None
     holds = True
-    for pid, accepted in graph.parents[tid]:
-        status = tasks[pid].status
+    for d in graph.tasks[tid].depends:
+        status = tasks[d.task_id].status
         if status not in _FINISHED:
             return None
-        if status not in accepted:
+        conditions = d.conditions
+        if status not in (_accepted(conditions) if conditions else _ON_SUCCESS):
             holds = False
     if not holds:
         tasks[tid] = replace(t, status=_SKIPPED, end_time=at)
@@ -159,10 +172,51 @@ def judge_children(
 ) -> tuple[list[str], int]:
     """After task ``ended`` ended: judge its children whose parents have all ended, cascading
     skips. Returns the tasks that became ready (in run-config order) and how many were skipped."""
-    todo = list(graph.children.get(ended, _NO_IDS))
+    # _judge, written out inline (once per task end: the hot path of most runs).
+    children = graph.children
+    todo = list(children.get(ended, _NO_IDS))
+    ready: list[str] = []
+    skipped = 0
+    config = graph.tasks
+    while todo:
+        tid = todo.pop()
+        t = tasks[tid]
+        if t.status is not _NOTSTARTED or t.waiting_approval or tid in ready:
+            continue
+        holds = True
+        for d in config[tid].depends:
+            status = tasks[d.task_id].status
+            if status not in _FINISHED:
+                break
+            conditions = d.conditions
+            if status not in (_accepted(conditions) if conditions else _ON_SUCCESS):
+                holds = False
+        else:  # every parent has ended: judged now
+            if not holds:
+                tasks[tid] = replace(t, status=_SKIPPED, end_time=at)
+                skipped += 1
+                todo.extend(children.get(tid, _NO_IDS))
+            elif tid in graph.approval and not t.approved:
+                tasks[tid] = replace(t, waiting_approval=True)
+            else:
+                ready.append(tid)
+    if len(ready) > 1:
+        ready.sort(key=graph.order.__getitem__)
+    return ready, skipped
+
+
+def judge_at_start(tasks: dict[str, RunTask], graph: Graph, at: int) -> tuple[list[str], int]:
+    """When the run starts: judge every task whose parents have all ended (the root tasks, and
+    children of kept or ``skip`` tasks), skips cascading. Returns the ready tasks (in run-config
+    order) and how many were skipped."""
+    for t in tasks.values():
+        if t.status is not _NOTSTARTED:
+            return _judge_all(tasks, graph, at)
+    # The usual run (nothing ended yet): only the roots can be due; skips cascade to children.
     ready: list[str] = []
     skipped = 0
     children = graph.children
+    todo = graph.roots[::-1]
     while todo:
         tid = todo.pop()
         if _judge(tasks, graph, tid, at, ready):
@@ -173,10 +227,9 @@ def judge_children(
     return ready, skipped
 
 
-def judge_at_start(tasks: dict[str, RunTask], graph: Graph, at: int) -> tuple[list[str], int]:
-    """When the run starts: judge every task whose parents have all ended (the root tasks, and
-    children of kept or ``skip`` tasks), in level order so that skips cascade in one pass.
-    Returns the ready tasks (in run-config order) and how many were skipped."""
+def _judge_all(tasks: dict[str, RunTask], graph: Graph, at: int) -> tuple[list[str], int]:
+    """:func:`judge_at_start` when some task has ended already: every task, in level order, so
+    that skips cascade in one pass."""
     ready: list[str] = []
     skipped = 0
     for tid in graph.by_level:

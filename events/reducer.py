@@ -42,14 +42,7 @@ from collections.abc import Mapping
 from msgspec import Struct
 from msgspec.structs import replace
 
-from events.advance import (
-    GRAPHS,
-    Graph,
-    graph_of,
-    judge_at_start,
-    judge_children,
-    parents_ended,
-)
+from events.advance import GRAPHS, graph_of, judge_at_start, judge_children
 from events.catalogue import (
     Event,
     EventType,
@@ -65,6 +58,7 @@ from events.creation import create_run
 from events.model import (
     FINISHED_TASK_STATUSES,
     Phase,
+    PlannedTask,
     Result,
     Run,
     RunConfig,
@@ -184,11 +178,10 @@ def _commit(
     open_tasks: int,
     *mid: Run,
     ready: list[str] | None = None,
-    graph: Graph | None = None,
 ) -> Applied:
     """The new state with ``event`` remembered, one ``run.phase_changed`` per phase/result change
     from ``state.run`` through the intermediate runs ``mid`` to ``run``, then one ``task.ready``
-    per task of ``ready`` (whose levels ``graph`` holds)."""
+    per task of ``ready``."""
     seq = state.seq
     derived: tuple[Event, ...] = ()
     prev = state.run
@@ -199,8 +192,7 @@ def _commit(
         prev = r
     ready_seq = state.ready_seq
     if ready:
-        assert graph is not None
-        derived = (*derived, *_ready_events(run.id, graph, ready, ready_seq, event.at))
+        derived = (*derived, *_ready_events(run.id, state.config.tasks, ready, ready_seq, event.at))
         ready_seq += len(ready)
     new = _state(state, event.id, run, seq, open_tasks, state.config, ready_seq)
     return _applied(new, derived, False)
@@ -222,15 +214,22 @@ def _phase_event(run: Run, seq: int, at: int) -> Event:
     return PhaseChangedEvent(version=1, id=f"{rid}.phase.{seq}", run_id=rid, at=at, data=data)
 
 
-def _ready_events(rid: str, graph: Graph, ready: list[str], seq: int, at: int) -> list[Event]:
-    """One ``task.ready`` per task of ``ready``, numbered from ``seq + 1``."""
-    levels = graph.levels
+def _ready_events(
+    rid: str, tasks: Mapping[str, PlannedTask], ready: list[str], seq: int, at: int
+) -> tuple[Event, ...]:
+    """One ``task.ready`` per task of ``ready`` (``tasks``: the run config's), numbered from
+    ``seq + 1``."""
+    if len(ready) == 1:  # the usual case (a chain): no list to build
+        tid = ready[0]
+        seq += 1
+        data = TaskReady(task_id=tid, level=tasks[tid].level, seq=seq)
+        return (TaskReadyEvent(version=1, id=f"{rid}.ready.{seq}", run_id=rid, at=at, data=data),)  # fmt: skip
     out: list[Event] = []
     for tid in ready:
         seq += 1
-        data = TaskReady(task_id=tid, level=levels[tid], seq=seq)
+        data = TaskReady(task_id=tid, level=tasks[tid].level, seq=seq)
         out.append(TaskReadyEvent(version=1, id=f"{rid}.ready.{seq}", run_id=rid, at=at, data=data))  # fmt: skip
-    return out
+    return tuple(out)
 
 
 def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool, at: int) -> None:
@@ -251,7 +250,8 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
 
 
 def _task_status(state: RunState, event: Event) -> Outcome:
-    # The hot path (most events): the phase check of _commit is done for the one possible change.
+    # The hot path (most events): the phase check of _commit is done for the one possible change,
+    # and _state and _applied are written out inline (a call costs as much as a line here).
     run = state.run
     if run.phase is not _RUNNING:
         if run.phase in _FINAL_PHASES:  # apply() leaves this check to us
@@ -266,12 +266,13 @@ def _task_status(state: RunState, event: Event) -> Outcome:
     if old in _FINISHED or new is old or new is _NOTSTARTED:
         return Rejected(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
     config = state.config
-    hit = GRAPHS.get(id(config))  # graph_of, inlined (every task event needs the graph)
-    graph = hit[1] if hit is not None and hit[0] is config else graph_of(config)
-    if old is _NOTSTARTED:
-        if not parents_ended(run.tasks, graph, tid):
-            return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
-        if not task.approved and new in _EXECUTED and tid in graph.approval:
+    if old is _NOTSTARTED:  # parents_ended and the approval check, inlined (no graph needed)
+        planned = config.tasks[tid]
+        current = run.tasks
+        for d in planned.depends:
+            if current[d.task_id].status not in _FINISHED:
+                return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
+        if planned.needs_approval and not task.approved and new in _EXECUTED:
             return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
     at = event.at
     open_tasks = state.open_tasks
@@ -283,29 +284,48 @@ def _task_status(state: RunState, event: Event) -> Outcome:
             tasks[tid] = replace(task, status=new, end_time=at, waiting_approval=False)
         else:
             tasks[tid] = replace(task, status=new, end_time=at)
-        if tid in graph.children and not run.stop:
-            ready, skipped = judge_children(tasks, graph, tid, at)
-            open_tasks -= skipped
+        if not run.stop:
+            hit = GRAPHS.get(run.id)  # graph_of, inlined
+            graph = hit[1] if hit is not None and hit[0] is config else graph_of(config)
+            if tid in graph.children:
+                ready, skipped = judge_children(tasks, graph, tid, at)
+                open_tasks -= skipped
     else:
         tasks[tid] = replace(task, status=new, start_time=at)
     failed = new is _FAILED_TASK and not config.tasks[tid].ignore_failure
+    seq = state.seq
+    derived: tuple[Event, ...] = ()
     if failed or open_tasks == 0 or run.result is not _UNKNOWN:
         changes: dict[str, object] = {}
         _settle(run, changes, open_tasks, failed, at)
         new_run = replace(run, tasks=tasks, **changes)
-    else:
+        if new_run.phase is not run.phase or new_run.result is not run.result:
+            seq += 1
+            derived = (_phase_event(new_run, seq, at),)
+    else:  # neither phase nor result can change
         new_run = replace(run, tasks=tasks)
-    seq = state.seq
     ready_seq = state.ready_seq
-    derived: tuple[Event, ...] = ()
-    if new_run.phase is not run.phase or new_run.result is not run.result:
-        seq += 1
-        derived = (_phase_event(new_run, seq, at),)
     if ready:
-        derived = (*derived, *_ready_events(run.id, graph, ready, ready_seq, at))
+        ready_events = _ready_events(run.id, config.tasks, ready, ready_seq, at)
+        derived = (*derived, *ready_events) if derived else ready_events
         ready_seq += len(ready)
-    new_state = _state(state, event.id, new_run, seq, open_tasks, config, ready_seq)
-    return _applied(new_state, derived, False)
+    recent = state.recent_ids  # _state, inlined
+    if len(recent) < ID_GENERATION:
+        recent = (*recent, event.id)
+        older = state.older_ids
+    else:
+        older = frozenset(recent)
+        recent = (event.id,)
+    new_state = RunState(
+        run=new_run,
+        config=config,
+        seq=seq,
+        recent_ids=recent,
+        older_ids=older,
+        open_tasks=open_tasks,
+        ready_seq=ready_seq,
+    )
+    return Applied(state=new_state, derived=derived)
 
 
 def _start(state: RunState, event: Event) -> Outcome:
@@ -321,9 +341,9 @@ def _start(state: RunState, event: Event) -> Outcome:
     changes: dict[str, object] = {}
     _settle(run, changes, open_tasks, False, at)  # result and stop are those of ``running``
     if not changes:
-        return _commit(state, event, running, open_tasks, ready=ready, graph=graph)
+        return _commit(state, event, running, open_tasks, ready=ready)
     done = replace(running, **changes)
-    return _commit(state, event, done, open_tasks, running, ready=ready, graph=graph)
+    return _commit(state, event, done, open_tasks, running, ready=ready)
 
 
 def _cancel(state: RunState, event: Event) -> Outcome:
@@ -373,8 +393,7 @@ def _task_approved(state: RunState, event: Event) -> Outcome:
         return Rejected(reason=f"task {task.id!r} is not waiting for approval", state=state)
     # Only a task of a running run that is not stopping waits for approval: now it is ready.
     tasks = {**run.tasks, task.id: replace(task, approved=True, waiting_approval=False)}
-    graph = graph_of(state.config)
-    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks, ready=[task.id], graph=graph)  # fmt: skip
+    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks, ready=[task.id])
 
 
 def _task_annotations(state: RunState, event: Event) -> Outcome:
