@@ -1,4 +1,5 @@
-"""The compact run index: run id → group path, phase, result; listings; dumps to object storage."""
+"""The compact run index: run id → group path, phase, result, name, counter and times; listings;
+dumps to object storage."""
 
 from indexer.cursor import decode_cursor, encode_cursor
 from indexer.dump import FORMAT_VERSION, DumpHeader, Snapshot, decode, encode, read_header, snapshot
