@@ -16,17 +16,20 @@ the oracle). Anything else that differs is *diverged*. The verdict passes only w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents import keys
 from agents.config import Settings
 from agents.indexing import build_index
-from agents.inspect import decode_states, materialized_states, phase_changes, read_topic
+from agents.inspect import decode_states, materialized_states, read_topic
 from agents.materializer import phase_seq
 from agents.resources import Resources
 from events import parse_run_id
-from events.catalogue import Event
-from events.codec import encode
+from events.catalogue import Event, TaskReady
+from events.codec import decode_record, encode
+from events.errors import DecodeError
 from events.state import RunState
 from indexer import DumpStore, RunIndex, compare
 from tests.oracle import Oracle
@@ -109,24 +112,44 @@ def tally_states(got: dict[str, bytes], oracle: Oracle, t: Tally) -> None:
         t.example(f"state: run {rid} lacks {sorted(expect - have)}, extra {sorted(have - expect)}")
 
 
+def _ready_seq(event: Event) -> int:
+    data = event.data
+    return data.seq if isinstance(data, TaskReady) else -1
+
+
+def derived_events(records: dict[int, list[tuple[int, bytes | None, bytes, Any]]]) -> list[Event]:
+    """Every derived event (``run.phase_changed``, ``task.ready``) of ``runs.phases`` records."""
+    out: list[Event] = []
+    for p in sorted(records):
+        for _, _, value, _ in records[p]:
+            with contextlib.suppress(DecodeError):
+                out.extend(e for e in decode_record(value) if phase_seq(e) >= 0 or _ready_seq(e) >= 0)  # fmt: skip
+    return out
+
+
 def tally_phases(stream: list[Event], oracle: Oracle, t: Tally) -> None:
-    by_run: dict[str, list[Event]] = {}
-    for ev in stream:
-        by_run.setdefault(ev.run_id, []).append(ev)
-    for rid in oracle.derived.keys() | by_run.keys():
-        want = [encode(e) for e in oracle.derived.get(rid, [])]
-        evs = by_run.get(rid, [])
-        seqs = [phase_seq(e) for e in evs]
-        expected = set(range(1, len(want) + 1))
-        missing = expected - set(seqs)
-        t.lost += len(missing)
-        repeats = len(seqs) - len(set(seqs)) + len(set(seqs) - expected)
-        t.duplicated += repeats
-        if missing or repeats:
-            t.example(f"phases: run {rid} seqs {seqs}, want 1..{len(want)}")
-        elif seqs != sorted(seqs) or [encode(e) for e in evs] != want:
-            t.diverged += 1
-            t.example(f"phases: run {rid} out of order or different from the oracle: {seqs}")
+    """Per run and per kind of derived event (phase changes, ready tasks): seq 1..n exactly once,
+    in order, byte for byte the oracle's."""
+    for kind, seq_of in (("phases", phase_seq), ("ready", _ready_seq)):
+        by_run: dict[str, list[Event]] = {}
+        for ev in stream:
+            if seq_of(ev) >= 0:
+                by_run.setdefault(ev.run_id, []).append(ev)
+        wanted = {rid: [e for e in evs if seq_of(e) >= 0] for rid, evs in oracle.derived.items()}
+        for rid in {r for r, evs in wanted.items() if evs} | by_run.keys():
+            want = [encode(e) for e in wanted.get(rid, [])]
+            evs = by_run.get(rid, [])
+            seqs = [seq_of(e) for e in evs]
+            expected = set(range(1, len(want) + 1))
+            missing = expected - set(seqs)
+            t.lost += len(missing)
+            repeats = len(seqs) - len(set(seqs)) + len(set(seqs) - expected)
+            t.duplicated += repeats
+            if missing or repeats:
+                t.example(f"{kind}: run {rid} seqs {seqs}, want 1..{len(want)}")
+            elif seqs != sorted(seqs) or [encode(e) for e in evs] != want:
+                t.diverged += 1
+                t.example(f"{kind}: run {rid} out of order or different from the oracle: {seqs}")
 
 
 async def tally_index(s: Settings, resources: Resources, oracle: Oracle, t: Tally) -> None:
@@ -164,7 +187,7 @@ async def verify_pipeline(
     t = Tally()
     dm = await resources.datamanager()
     tally_states(await materialized_states(dm, s.topic_events, range(s.partitions)), oracle, t)
-    tally_phases(phase_changes(await read_topic(s.kafka, s.topic_phases)), oracle, t)
+    tally_phases(derived_events(await read_topic(s.kafka, s.topic_phases)), oracle, t)
     if index:
         await tally_index(s, resources, oracle, t)
     return t

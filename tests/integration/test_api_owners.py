@@ -106,10 +106,16 @@ async def test_a_worker_killed_mid_load_costs_retries_never_a_false_answer(
         await settled(cl)
         problems: list[str] = []
         load = asyncio.ensure_future(
-            run_load(cl, s.kafka, s.topic_events, f"/project/{unique}/branch/main", 30, problems)
+            run_load(cl, s.kafka, s.topic_events, f"/project/{unique}/branch/main", 40, problems)
         )
-        await asyncio.sleep(3.0)
-        assert not load.done(), "the load ended before the kill: make it longer"
+        # Kill once the load is well under way (a few runs through), not at a fixed time.
+        for _ in range(600):
+            if len([a for a in cl.answers if a.op == "create"]) >= 8 or load.done():
+                break
+            await asyncio.sleep(0.1)
+        if load.done():
+            load.result()  # an error of the load itself shows here
+            raise AssertionError("the load ended before the kill: make it longer")
         workers[0].kill()
         await load
         no_false_answers(cl, problems)

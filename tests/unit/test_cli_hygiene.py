@@ -122,6 +122,8 @@ def test_kafka_client_debug_lines_stay_off_even_at_debug_level() -> None:
     root = logging.getLogger()
     saved_root = (root.level, list(root.handlers))
     try:
+        for name in PAYLOAD_LOGGERS:  # as in a fresh worker process
+            logging.getLogger(name).setLevel(logging.NOTSET)
         setup_logging("debug", "json")
         assert logging.getLogger("runstream.pipeline").isEnabledFor(logging.DEBUG)
         assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
