@@ -59,24 +59,31 @@ async def test_rebalance_mid_checkpoint(
             load = Load(s)
             moments: dict[str, float] = {}
 
+            leaving: list[asyncio.Task[None]] = []
+
+            async def leave_mid_checkpoint() -> None:
+                # The load goes on meanwhile, so checkpoints keep coming: wait for one under
+                # way, then SIGTERM the newcomer (in a thread: its last checkpoint goes through
+                # the proxy on this event loop).
+                await asyncio.wait_for(in_checkpoint.wait(), timeout=60)
+                await asyncio.to_thread(stack.workers[1].stop)
+                moments["left"] = time.monotonic()
+
             async def rebalance(chunk: int) -> None:
-                if chunk == 30:  # the newcomer must own partitions before it can leave them
+                if chunk == 8:
+                    await asyncio.wait_for(in_checkpoint.wait(), timeout=60)
+                    stack.start_worker()  # joins while the first is mid-checkpoint
+                    moments["joined"] = time.monotonic()
+                elif chunk == 30:  # the newcomer must own partitions before it can leave them
                     deadline = time.monotonic() + 120
                     while "partition loaded" not in stack.workers[1].log_text():
                         assert time.monotonic() < deadline, "the second worker never joined"
                         await asyncio.sleep(0.3)
-                if chunk in (8, 30):
-                    await asyncio.wait_for(in_checkpoint.wait(), timeout=60)
-                if chunk == 8:
-                    stack.start_worker()  # joins while the first is mid-checkpoint
-                    moments["joined"] = time.monotonic()
-                elif chunk == 30:
-                    # leaves (SIGTERM) mid-checkpoint; waited for in a thread, since its last
-                    # checkpoint goes through the proxy on this event loop
-                    await asyncio.to_thread(stack.workers[1].stop)
-                    moments["left"] = time.monotonic()
+                    leaving.append(asyncio.ensure_future(leave_mid_checkpoint()))
 
             await load.drive(generate(seed=71, runs=3000), after_chunk=rebalance, pause=0.15)
+            await asyncio.gather(*leaving)
+            assert "left" in moments, "the newcomer never left"
             fenced = stack.logs().count("fenced: another owner claimed")
             note = f"S3 PUTs delayed 0.4 s; joined and left mid-checkpoint; {fenced} fenced"
             await conclude(
