@@ -117,6 +117,20 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def wait_healthy(url: str, *, within: float = 90) -> None:
+    """Wait (bounded) until the worker at ``url`` answers ``/healthz`` with 200."""
+    import httpx
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient() as h:
+                return (await h.get(f"{url}/healthz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_until(healthy, within=within, what="/healthz to answer 200")
+
+
 async def caught_up(s: Settings, resources: Resources) -> bool:
     """True when every partition's checkpoint covers the whole of the events topic."""
     ends = await end_offsets(s.kafka, s.topic_events)

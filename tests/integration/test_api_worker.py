@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agents.producer import EventProducer
@@ -13,7 +12,7 @@ from api.client import AsyncClient
 from api.errors import BadRequest, NotFound
 from events.catalogue import TaskStatusChanged, make_event
 from events.model import TaskStatus
-from tests.harness import Worker, make_settings, prepare_topics, wait_until
+from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(240)]
 
@@ -31,15 +30,7 @@ async def test_the_api_of_a_real_worker(
     worker = Worker(s, tmp_path / "w.log").start()
     url = f"http://127.0.0.1:{s.web_port}"
     try:
-
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as h:
-                    return (await h.get(f"{url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, within=90, what="/healthz to answer 200")
+        await wait_healthy(url)
         async with AsyncClient(url) as client:
             seen: list = []
 
@@ -121,15 +112,7 @@ async def test_an_oversize_creation_is_413_and_leaves_no_trace(
     worker = Worker(s, tmp_path / "w.log").start()
     url = f"http://127.0.0.1:{s.web_port}"
     try:
-
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as h:
-                    return (await h.get(f"{url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, within=90, what="/healthz to answer 200")
+        await wait_healthy(url)
         group = f"/project/{unique}/branch/big"
         # ~80 KB of body becomes a larger event (task levels, defaults): above the 64 KiB limit.
         tasks = [{"id": f"t{i}", "name": f"task {i}", "steps": [{"run": "x" * 60}]} for i in range(800)]  # fmt: skip

@@ -26,7 +26,7 @@ from agents.producer import EventProducer
 from api.client import AsyncClient
 from events.catalogue import TaskStatusChanged, make_event
 from events.model import TaskStatus
-from tests.harness import Worker, make_settings, prepare_topics, wait_until
+from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]
 
@@ -176,15 +176,7 @@ async def test_the_console_in_a_real_browser(
     shots = tmp_path / "screenshots"
     shots.mkdir()
     try:
-
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as h:
-                    return (await h.get(f"{url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, within=120, what="/healthz to answer 200")
+        await wait_healthy(url, within=120)
         async with AsyncClient(url) as client:
             pipeline = (await client.create_run(group=f"{group}/branch/main", name="pipeline", tasks=PIPELINE, environment={"DEPLOY_KEY": "s3cr3t-value"}, annotations={"commit": "4f2a9c1"}))["run"]  # fmt: skip
             lint = (await client.create_run(group=f"{group}/branch/dev", name="lint", tasks=LINT))["run"]  # fmt: skip
@@ -315,15 +307,7 @@ async def test_the_console_with_an_api_token(
     url = f"http://127.0.0.1:{s.web_port}"
     group = f"/project/{unique}"
     try:
-
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as h:
-                    return (await h.get(f"{url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, within=120, what="/healthz to answer 200")
+        await wait_healthy(url, within=120)
         async with AsyncClient(url, token=token) as client:
             run = (await client.create_run(group=f"{group}/branch/main", name="ci", tasks=LINT))["run"]  # fmt: skip
             browser.get(f"{url}/ui/#/runs?group={group}")

@@ -15,11 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agents.config import Settings
-from tests.harness import Worker, make_settings, prepare_topics, wait_until
+from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(240)]
 
@@ -63,16 +62,7 @@ async def test_a_kcat_producer_runs_a_run_from_the_guide_alone(
     worker = Worker(s, tmp_path / "w.log", {"RUNSTREAM_MAX_RUNNING_PER_GROUP": "0"}).start()
     b = s.kafka
     try:
-
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as h:
-                    got = await h.get(f"http://127.0.0.1:{s.web_port}/healthz")
-                    return got.status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, within=90, what="/healthz to answer 200")
+        await wait_healthy(f"http://127.0.0.1:{s.web_port}")
         # Two runs on 8 partitions: a wrong partitioner (librdkafka's default) puts both runs'
         # events where their runs live only once in 64 tries, so this test catches it.
         runs = [await run_one(b, s, f"kcat-{unique}-{n}", f"/project/{unique}/branch/b{n}") for n in (1, 2)]  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Worker, make_settings, prepare_topics, wait_until
+from tests.harness import Worker, make_settings, prepare_topics, wait_healthy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(240)]
 
@@ -24,15 +24,7 @@ async def test_sigterm_with_open_event_streams_ends_them_and_exits(
     worker = Worker(s, tmp_path / "w.log").start()
     url = f"http://127.0.0.1:{s.web_port}"
     try:
-
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as h:
-                    return (await h.get(f"{url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, within=90, what="/healthz to answer 200")
+        await wait_healthy(url)
         opened = asyncio.Event()
         ended: list[bool] = []
 
