@@ -40,8 +40,14 @@ from agents.outbox import dead_letter_headers
 from agents.producer import EventProducer
 from datamanager import IdAllocator
 from datamanager.keys import sequence_key
-from events import BadRequest, format_run_id, split_group, validate_group
-from events.catalogue import Event, Payload, RunCreated, SetupErrorsReported, make_event
+from events import BadRequest, counter_root, format_run_id, validate_group
+from events.catalogue import (
+    Event,
+    Payload,
+    SetupErrorsReported,
+    make_event,
+    run_created,
+)
 from events.creation import create_run
 from events.errors import DecodeReason, validation_message
 from events.requests import (
@@ -105,15 +111,7 @@ def read_request(raw: bytes) -> Creation:
         raise _refused(DecodeReason.SCHEMA, message, raw, "request_id") from None
     except msgspec.DecodeError as exc:
         raise Refused(DecodeReason.INVALID_JSON, str(exc), None) from None
-    data = RunCreated(
-        name=req.name,
-        group=req.group,
-        tasks=req.tasks,
-        environment=req.environment,
-        static_environment=req.static_environment,
-        annotations=req.annotations,
-        setup_errors=req.setup_errors,
-    )
+    data = run_created(req)
     creation = Creation(
         request_id=req.request_id,
         etcd_key=keys.run_request_key(req.request_id),
@@ -277,7 +275,7 @@ class CreationService:
         key = keys.request_number_key(creation.etcd_key)
         got = await kv.get(key)
         if got is None:
-            root = "/{}/{}".format(*split_group(data.group)[0])  # type: ignore[union-attr]
+            root = counter_root(data.group)  # type: ignore[union-attr]
             number = await self.numbers.next(root)
             try:
                 bound = await kv.compare_and_swap(key, str(number).encode(), mod_revision=None)

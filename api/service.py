@@ -51,9 +51,10 @@ from events import (
     apply,
     can_recreate,
     check_create,
+    counter_root,
     make_event,
     recreate,
-    split_group,
+    run_created,
 )
 from indexer import Page
 
@@ -110,16 +111,7 @@ class RunService:
         ``setuperror`` when its tasks are inconsistent or it carries setup errors. 409
         ``run_id_taken`` when a run with that id exists already."""
         check_creatable(req)
-        data = RunCreated(
-            name=req.name,
-            group=req.group,
-            tasks=req.tasks,
-            environment=req.environment,
-            static_environment=req.static_environment,
-            annotations=req.annotations,
-            setup_errors=req.setup_errors,
-        )
-        return await self._create(run_id, data)
+        return await self._create(run_id, run_created(req))
 
     async def recreate(self, req: RecreateRequest, run_id: str, read_any: StateReader) -> RunState:
         """Run ``run_id`` made from run ``req.run_id`` (DESIGN.md's recreation rules); the old
@@ -144,7 +136,7 @@ class RunService:
             raise BadRequest(check.reason)
         # The run number is taken last, when only the append and the owner's judgement are left
         # (datamanager.counters: a number a failed creation kept is given back or voided).
-        counters, root = self.deps.counters, "/{}/{}".format(*split_group(data.group)[0])
+        counters, root = self.deps.counters, counter_root(data.group)
         if counters is not None:
             try:
                 number = await counters.next(root)

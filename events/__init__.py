@@ -22,6 +22,7 @@ from events.catalogue import (
     TaskReady,
     TaskStatusChanged,
     make_event,
+    run_created,
 )
 from events.checks import check_create, check_tasks, task_levels
 from events.codec import (
@@ -35,6 +36,7 @@ from events.codec import (
 )
 from events.errors import BadRequest, CannotRecreate, DecodeError, DecodeReason, EventsError
 from events.group import (
+    counter_root,
     is_group_prefix,
     project_group,
     root_group,
@@ -103,6 +105,7 @@ __all__ = [
     "can_recreate",
     "check_create",
     "check_tasks",
+    "counter_root",
     "decode",
     "decode_record",
     "decode_state",
@@ -118,6 +121,7 @@ __all__ = [
     "recreate",
     "recreated_task_id",
     "root_group",
+    "run_created",
     "split_group",
     "task_levels",
     "user_group",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Protocol
 
 from msgspec import Meta, Struct
 
@@ -117,6 +117,39 @@ class RunCreated(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     recreated_from: RunId | None = None
     kept_tasks: tuple[Name, ...] = ()
     counter: Count = 0
+
+
+class CreationFields(Protocol):
+    """What a creation request gives a new run (``POST /runs``'s body, a ``runs.requests``
+    record): read-only, so any Struct with these fields or properties fits."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def tasks(self) -> tuple[RunConfigTask, ...]: ...
+    @property
+    def environment(self) -> Mapping[str, str]: ...
+    @property
+    def static_environment(self) -> Mapping[str, str]: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
+    @property
+    def setup_errors(self) -> tuple[SetupError, ...]: ...
+
+
+def run_created(req: CreationFields) -> RunCreated:
+    """The ``run.created`` payload of a creation request (no recreation, no run number yet)."""
+    return RunCreated(
+        name=req.name,
+        group=req.group,
+        tasks=req.tasks,
+        environment=req.environment,
+        static_environment=req.static_environment,
+        annotations=req.annotations,
+        setup_errors=req.setup_errors,
+    )
 
 
 class SetupErrorsReported(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -22,6 +22,7 @@ __all__ = [
     "ROOT_GROUP_TYPES",
     "SUB_GROUP_TYPES",
     "Group",
+    "counter_root",
     "group_path",
     "is_group_prefix",
     "project_group",
@@ -145,6 +146,12 @@ def _problem(path: str) -> str:
 def root_group(path: str) -> str:
     """The root group's name (project or user id): runs are counted per root group."""
     return split_group(path)[0][1]
+
+
+def counter_root(path: str) -> str:
+    """The root group ``/<project|user>/<id>`` of a valid group path: runs are numbered per it."""
+    kind, name = split_group(path)[0]
+    return f"/{kind}/{name}"
 
 
 def is_group_prefix(prefix: str, path: str) -> bool:
