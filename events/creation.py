@@ -11,9 +11,10 @@ goes through the general checks of ``events.checks`` with the same outcome.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from msgspec.structs import asdict
+from msgspec.structs import fields
 
 from events.catalogue import Event, RunCreated, SetupErrorsReported
 from events.checks import check_create, plan_tasks, redundant_dependencies
@@ -34,6 +35,9 @@ __all__ = ["create_run"]
 _NOTSTARTED = TaskStatus.NOTSTARTED
 _SKIPPED = TaskStatus.SKIPPED
 _SUCCESS = TaskStatus.SUCCESS
+#: The annotations of every new run task: one shared empty map (``events.model``: nothing mutates
+#: the maps of a state), not a new dict per task.
+_NO_ANNOTATIONS: dict[str, str] = {}
 
 Tasks = tuple[dict[str, PlannedTask], dict[str, RunTask], int]
 
@@ -110,7 +114,7 @@ def _build_tasks(tasks: tuple[RunConfigTask, ...], kept_tasks: tuple[str, ...]) 
         else:
             status = _NOTSTARTED
             open_tasks += 1
-        run_tasks[tid] = RunTask(id=tid, status=status, skip=t.skip, annotations={})
+        run_tasks[tid] = RunTask(id=tid, status=status, skip=t.skip, annotations=_NO_ANNOTATIONS)
     if joins and redundant_dependencies(tasks):
         return None  # the general path reports it as a setup error
     return config, run_tasks, open_tasks
@@ -120,9 +124,25 @@ def planned(t: RunConfigTask, level: int) -> PlannedTask:
     """The task of a run config for the submitted ``t``, at ``level``."""
     if type(t) is PlannedTask and t.level == level:
         return t
-    fields = asdict(t)
-    fields["level"] = level
-    return PlannedTask(**fields)
+    return _plan(t, level)
+
+
+def _planner() -> Callable[[RunConfigTask, int], PlannedTask]:
+    """``_plan(t, level)``: ``PlannedTask(<every field of RunConfigTask>=t.<field>, level=level)``,
+    written out from the declared fields. A creation builds one per task, and keyword arguments
+    read straight from ``t`` cost 40 % of ``PlannedTask(**asdict(t), level=level)``; generating
+    the call keeps the fields declared in one place (``events.model``), as dataclasses do."""
+    names = [f.name for f in fields(RunConfigTask)]
+    assert {f.name for f in fields(PlannedTask)} == {*names, "level"}, "PlannedTask adds only level"
+    args = ", ".join(f"{n}=t.{n}" for n in names)
+    namespace: dict[str, Any] = {"PlannedTask": PlannedTask}
+    source = f"def _plan(t, level):\n    return PlannedTask({args}, level=level)\n"
+    exec(source, namespace)  # the source is made of the declared field names only
+    plan: Callable[[RunConfigTask, int], PlannedTask] = namespace["_plan"]
+    return plan
+
+
+_plan = _planner()
 
 
 def _general(data: RunCreated, errors: tuple[Any, ...]) -> tuple[Tasks, tuple[Any, ...]] | str:
@@ -149,7 +169,9 @@ def _general(data: RunCreated, errors: tuple[Any, ...]) -> tuple[Tasks, tuple[An
             else:
                 status = _NOTSTARTED
                 open_tasks += 1
-            run_tasks[t.id] = RunTask(id=t.id, status=status, skip=t.skip, annotations={})
+            run_tasks[t.id] = RunTask(
+                id=t.id, status=status, skip=t.skip, annotations=_NO_ANNOTATIONS
+            )
     return (tasks, run_tasks, open_tasks), errors
 
 
