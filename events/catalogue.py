@@ -35,6 +35,7 @@ from msgspec import Meta, Struct
 
 from events.model import (
     Count,
+    EnvelopeRunId,
     Millis,
     Name,
     Phase,
@@ -259,7 +260,7 @@ class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_f
     type: ClassVar[EventType]
     version: int
     id: Name
-    run_id: RunId
+    run_id: EnvelopeRunId  # its digits are checked by events.codec
     at: Millis
     data: Payload
 

@@ -26,7 +26,8 @@ import msgspec
 
 from events.catalogue import CURRENT_VERSIONS, EVENT_TYPES, AnyEvent, Event, EventType
 from events.errors import DecodeError, DecodeReason, validation_message
-from events.model import RunConfigTask
+from events.ids import RUN_ID_WIDTH, is_run_id
+from events.model import RUN_ID_PATTERN, RunConfigTask
 from events.state import RunState, state_from_dict, state_to_dict, state_to_json
 from events.upcast import upcast
 
@@ -56,13 +57,19 @@ _MsgspecDecodeError = msgspec.DecodeError
 _KINDS = {k.value: k for k in EventType}
 _KNOWN = ", ".join(_KINDS)
 _CURRENT = dict(CURRENT_VERSIONS)
+_ZERO_ID = "0" * RUN_ID_WIDTH
+#: What msgspec would say if the envelope's run id were checked with its pattern (model.RunId).
+_BAD_RUN_ID = f"Expected `str` matching regex '{RUN_ID_PATTERN}' - at `$.run_id`"
 
 
 def decode(raw: bytes) -> Event:
     """One event from its envelope bytes. Raises ``DecodeError``."""
     try:
         event: Event = _event.decode(raw)
-        return event
+        rid = event.run_id  # the envelope's run id: its length is checked, its digits here
+        if rid.isdigit() and rid.isascii() and rid != _ZERO_ID:
+            return event
+        raise DecodeError(DecodeReason.SCHEMA, _BAD_RUN_ID)
     except _ValidationError:
         pass
     except _MsgspecDecodeError as exc:
@@ -86,13 +93,20 @@ def decode_record(raw: bytes, *, max_size: int = DEFAULT_MAX_RECORD_SIZE) -> lis
     except _MsgspecDecodeError as exc:
         raise DecodeError(DecodeReason.INVALID_JSON, str(exc)) from None
     else:
-        return list(out) if isinstance(out, list) else [out]
+        commit = isinstance(out, list)
+        events: list[Event] = list(out) if isinstance(out, list) else [out]
+        for i, event in enumerate(events):
+            rid = event.run_id  # as in decode
+            if not (rid.isdigit() and rid.isascii() and rid != _ZERO_ID):
+                where = f"commit event {i}: " if commit else ""
+                raise DecodeError(DecodeReason.SCHEMA, where + _BAD_RUN_ID)
+        return events
     obj = _parse(raw)
     if type(obj) is not list:
         return [_diagnose(obj)]
     if not obj:
         raise DecodeError(DecodeReason.SCHEMA, "a commit holds at least one event")
-    events: list[Event] = []
+    events = []
     for i, item in enumerate(obj):
         try:
             events.append(_diagnose(item))
@@ -128,9 +142,11 @@ def _diagnose(obj: Any) -> Event:
             obj = {**obj, "version": _CURRENT[kind], "data": upcast(kind, version, data)}
     try:
         event: Event = _event.decode(_encode(obj))
-        return event
     except _ValidationError as exc:
         raise DecodeError(DecodeReason.SCHEMA, validation_message(exc, root)) from None
+    if not is_run_id(event.run_id):
+        raise DecodeError(DecodeReason.SCHEMA, _BAD_RUN_ID)
+    return event
 
 
 def decode_task(obj: Any) -> RunConfigTask:

@@ -43,6 +43,9 @@ RUN_IDS = st.integers(1, 10**16 - 1).map(format_run_id)
 def strategy(t: Any) -> st.SearchStrategy[Any]:
     """Values of msgspec type info ``t`` that satisfy its constraints."""
     if isinstance(t, mi.Metadata):
+        # The one pattern: run ids (the envelope's is checked by the codec: extra_json_schema).
+        if "pattern" in (t.extra_json_schema or {}):
+            return RUN_IDS
         return strategy(t.type)
     if isinstance(t, mi.StrType):
         if t.pattern is not None:  # the one pattern: run ids
