@@ -247,6 +247,9 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
     if result is not _UNKNOWN and open_tasks == 0:
         changes["phase"] = Phase.FINISHED
         changes["end_time"] = at
+        # A finished run never advances again: its graph leaves the cache now, not with the
+        # next 65,536 runs' (GRAPHS would otherwise keep that many finished runs' configs alive).
+        GRAPHS.pop(run.id, None)
 
 
 def _task_status(state: RunState, event: Event) -> Outcome:
