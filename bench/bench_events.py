@@ -171,6 +171,49 @@ def decode_apply(stream: list[bytes]) -> int:
     return applied
 
 
+def breakdown(stream: list[bytes], repeat: int) -> None:
+    """Where decode + apply goes, per kind of event: each event's decode and its apply (to the
+    state it met in the stream) timed apart, best of ``repeat``; the share is of the summed
+    time, amortized per event of the whole stream."""
+    states: dict[str, RunState] = {}
+    pairs: dict[str, list[tuple[bytes, Event, RunState | None]]] = {}
+    for raw in stream:
+        ev = decode(raw)
+        before = states.get(ev.run_id)
+        out = apply(before, ev)
+        kind = str(ev.type)
+        if isinstance(ev.data, TaskStatusChanged):
+            kind += f" → {ev.data.status}"
+        pairs.setdefault(kind, []).append((raw, ev, before))
+        if isinstance(out, Applied):
+            if out.state.run.phase in FINAL:
+                states.pop(ev.run_id, None)
+            else:
+                states[ev.run_id] = out.state
+    rows = []
+    for kind, items in pairs.items():
+        raws = [r for r, _, _ in items]
+        args = [(b, e) for _, e, b in items]
+        best_d = best_a = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for r in raws:
+                decode(r)
+            best_d = min(best_d, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for b, e in args:
+                apply(b, e)
+            best_a = min(best_a, time.perf_counter() - t0)
+        rows.append((kind, len(items), best_d, best_a))
+    total = sum(d + a for _, _, d, a in rows)
+    n = len(stream)
+    print(f"  {'per kind':38} {'events':>7} {'decode µs':>10} {'apply µs':>9} {'µs/event of stream':>19} {'share':>6}")  # fmt: skip
+    for kind, count, d, a in sorted(rows, key=lambda r: -(r[2] + r[3])):
+        print(f"  {kind:38} {count:7} {1e6 * d / count:10.2f} {1e6 * a / count:9.2f} "
+              f"{1e6 * (d + a) / n:19.2f} {100 * (d + a) / total:5.0f}%")  # fmt: skip
+    print(f"  {'sum':38} {n:7} {'':10} {'':9} {1e6 * total / n:19.2f}")
+
+
 def create_only(stream: list[bytes]) -> int:
     for raw in stream:
         apply(None, decode(raw))
@@ -260,6 +303,7 @@ def main() -> None:
     print(f"  of which run.created : {1e6 * best_create / len(created):.1f} µs per creation "
           f"({len(created)} events, {100 * best_create / best_apply:.0f}% of the time)")  # fmt: skip
     print(f"  other events (est.)  : {1e6 * (best_apply - best_create) / others:.2f} µs/event")
+    breakdown(stream, args.repeat)
     print(f"target 350,000 events/s: {'met' if rate_apply >= 350_000 else 'NOT met'}; "
           f"aim 500,000: {'met' if rate_apply >= 500_000 else 'NOT met'}")  # fmt: skip
     if args.mat_runs:
