@@ -52,7 +52,7 @@ from events.catalogue import (
     TaskApproved,
     TaskReady,
     TaskReadyEvent,
-    TaskStatusChanged,
+    TaskStatusChangedEvent,
 )
 from events.creation import create_run
 from events.model import (
@@ -75,7 +75,6 @@ _FAILED_TASK = TaskStatus.FAILED
 _FINISHED = FINISHED_TASK_STATUSES
 _EXECUTED = frozenset({TaskStatus.RUNNING, TaskStatus.SUCCESS, TaskStatus.FAILED})
 _RUN_CREATED = EventType.RUN_CREATED
-_TASK_STATUS_CHANGED = EventType.TASK_STATUS_CHANGED
 _NOTSTARTED = TaskStatus.NOTSTARTED
 _NO_IDS: frozenset[str] = frozenset()
 
@@ -111,7 +110,7 @@ def apply(state: RunState | None, event: Event) -> Outcome:
     run = state.run
     if event.run_id != run.id:
         return Rejected(reason=f"event for run {event.run_id} applied to run {run.id}", state=state)
-    if kind is _TASK_STATUS_CHANGED:  # most events: skip the table and the final-phase check
+    if type(event) is TaskStatusChangedEvent:  # most events: no table, no final-phase check
         return _task_status(state, event)
     handler = _HANDLERS.get(kind)
     if handler is None:
@@ -252,7 +251,7 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
         GRAPHS.pop(run.id, None)
 
 
-def _task_status(state: RunState, event: Event) -> Outcome:
+def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Outcome:
     # The hot path (most events): the phase check of _commit is done for the one possible change,
     # and _state and _applied are written out inline (a call costs as much as a line here).
     run = state.run
@@ -260,7 +259,7 @@ def _task_status(state: RunState, event: Event) -> Outcome:
         if run.phase in _FINAL_PHASES:  # apply() leaves this check to us
             return Rejected(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
         return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
-    data: TaskStatusChanged = event.data  # type: ignore[assignment]
+    data = event.data
     tid, new = data.task_id, data.status
     task = run.tasks.get(tid)
     if task is None:
@@ -386,7 +385,8 @@ def _stop(state: RunState, event: Event) -> Outcome:
 
 def _task_approved(state: RunState, event: Event) -> Outcome:
     run = state.run
-    data: TaskApproved = event.data  # type: ignore[assignment]
+    data = event.data
+    assert isinstance(data, TaskApproved)  # the table routes task.approved here
     task = run.tasks.get(data.task_id)
     if task is None:
         return Rejected(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
@@ -401,7 +401,8 @@ def _task_approved(state: RunState, event: Event) -> Outcome:
 
 def _task_annotations(state: RunState, event: Event) -> Outcome:
     run = state.run
-    data: TaskAnnotationsSet = event.data  # type: ignore[assignment]
+    data = event.data
+    assert isinstance(data, TaskAnnotationsSet)  # the table routes task.annotations_set here
     task = run.tasks.get(data.task_id)
     if task is None:
         return Rejected(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
@@ -417,7 +418,6 @@ _FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 _HANDLERS = {
     EventType.RUN_CREATED: _exists,
     EventType.SETUP_ERRORS_REPORTED: _exists,
-    EventType.TASK_STATUS_CHANGED: _task_status,
     EventType.START_REQUESTED: _start,
     EventType.CANCEL_REQUESTED: _cancel,
     EventType.STOP_REQUESTED: _stop,
