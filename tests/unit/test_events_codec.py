@@ -97,6 +97,25 @@ def test_commit_with_one_bad_event_is_rejected_whole() -> None:
     assert "commit event 1" in str(info.value)
 
 
+@pytest.mark.parametrize("run_id", ["000000000000004a", "0" * 16, "١" * 16, "+000000000000042"])
+def test_the_envelopes_run_id_is_checked_by_the_codec_as_its_pattern_says(run_id: str) -> None:
+    """The envelope's run id is checked in the codec, not by msgspec's regular expression: the
+    same verdict and the same message, alone, in a commit (naming the event) and on the
+    diagnosing path."""
+    message = "Expected `str` matching regex '^(?!0{16})[0-9]{16}' - at `$.run_id`"
+    raw = orjson.dumps(envelope(run_id=run_id))
+    for decoder in (decode, decode_record):
+        with pytest.raises(DecodeError) as info:
+            decoder(raw)
+        assert (info.value.reason, info.value.message) == (DecodeReason.SCHEMA, message)
+    with pytest.raises(DecodeError) as info:
+        decode_record(orjson.dumps([envelope(), envelope(run_id=run_id)]))
+    assert info.value.message == f"commit event 1: {message}"
+    with pytest.raises(DecodeError) as info:  # another field is bad too: the diagnosing path
+        decode_record(orjson.dumps(envelope(run_id=run_id, version=2)))
+    assert info.value.reason is DecodeReason.UNSUPPORTED_VERSION
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
