@@ -10,7 +10,6 @@ import logging
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agents import metrics
 from agents.materializer import DeadLetter
 from agents.ports import LogSender, RecordMeta
 from events.catalogue import Event
@@ -94,7 +93,7 @@ class Outbox:
         self._pending: list[Awaitable[RecordMeta]] = []
 
     async def phase_change(self, ev: Event) -> None:
-        metrics.PHASE_CHANGES.inc()
+        """Queue ``ev`` for ``runs.phases`` (the caller counts it in ``PHASE_CHANGES``)."""
         self._pending.append(
             await self._sender.send(
                 self._phases_topic,

@@ -113,6 +113,9 @@ class PartitionOwner:
         self._last_checkpoint = clock()
         self._seek_checked = False
         self._skipping_to: int | None = None
+        # Counts of the records handled since the last batch ended, published to the metrics
+        # once per batch: a Prometheus increment per record costs more than the bookkeeping.
+        self._tally = _Tally()
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -242,22 +245,30 @@ class PartitionOwner:
         pm = self.pm
         if pm is None or self.closed or self.dead:
             return
-        if await self._needs_seek(pm, offset):
+        if (not self._seek_checked or self._skipping_to is not None) and await self._needs_seek(
+            pm, offset
+        ):
             return
-        metrics.RECORDS.inc()
+        tally = self._tally
+        tally.records += 1
         out = pm.apply_record(offset, value)
         if out.skipped:
             record.ack()  # below the checkpoint we started from: safe to commit now
             return
         self._held.append(record)
-        _count(out)
+        tally.applied += out.applied
+        if out.duplicates or out.rejected or out.dead is not None:
+            tally.add(out)
         if not out.derived and out.dead is None:
             return
         # Until its sends are queued, a snapshot must not cover this record (see _idle).
         self._idle.clear()
         try:
-            for d in out.derived:
-                await self._outbox.phase_change(d)
+            if out.derived:
+                tally.phase_changes += len(out.derived)
+                phase_change = self._outbox.phase_change
+                for d in out.derived:
+                    await phase_change(d)
             if out.dead is not None:
                 if self._waiters:
                     dl = out.dead
@@ -307,8 +318,10 @@ class PartitionOwner:
         return None
 
     async def after_batch(self) -> None:
-        """After each batch of records: start a due checkpoint, and wait for the one in flight
-        only when another checkpoint's worth of events piled up behind it (bounded memory)."""
+        """After each batch of records: publish the batch's counts, start a due checkpoint, and
+        wait for the one in flight only when another checkpoint's worth of events piled up
+        behind it (bounded memory)."""
+        self._tally.flush()
         self.maybe_checkpoint()
         task, pm = self._checkpoint_task, self.pm
         if (
@@ -428,6 +441,7 @@ class PartitionOwner:
         if self.closed:
             return
         self.closed = True
+        self._tally.flush()
         self._waiters.fail_all(f"partition {self.partition} revoked")
         self._settled.set()
         if self._load_task is not None:
@@ -443,16 +457,45 @@ class PartitionOwner:
                     await self._checkpoint_task
 
 
-def _count(out: Outcome) -> None:
-    if out.applied:
-        metrics.EVENTS.labels("applied").inc(out.applied)
-    if out.duplicates:
-        metrics.EVENTS.labels("duplicate").inc(out.duplicates)
-    if out.rejected:
-        metrics.EVENTS.labels("rejected").inc(out.rejected)
-    if out.dead is not None:
-        metrics.DEAD_LETTERS.labels(out.dead.reason).inc()
-        log.warning(
-            "dead letter",
-            extra={"reason": out.dead.reason, "error": out.dead.message, "offset": out.dead.offset},
-        )
+class _Tally:
+    """What the records of one batch did, until :meth:`flush` adds it to the metrics."""
+
+    __slots__ = ("applied", "duplicates", "phase_changes", "records", "rejected")
+
+    def __init__(self) -> None:
+        self.records = self.applied = self.duplicates = self.rejected = self.phase_changes = 0
+
+    def add(self, out: Outcome) -> None:
+        """The rarer outcomes of ``out`` (``applied`` is counted by the caller)."""
+        self.duplicates += out.duplicates
+        self.rejected += out.rejected
+        if out.dead is not None:
+            metrics.DEAD_LETTERS.labels(out.dead.reason).inc()
+            log.warning(
+                "dead letter",
+                extra={
+                    "reason": out.dead.reason,
+                    "error": out.dead.message,
+                    "offset": out.dead.offset,
+                },
+            )
+
+    def flush(self) -> None:
+        if self.records:
+            _RECORDS.inc(self.records)
+        if self.applied:
+            _APPLIED.inc(self.applied)
+        if self.duplicates:
+            _DUPLICATE.inc(self.duplicates)
+        if self.rejected:
+            _REJECTED.inc(self.rejected)
+        if self.phase_changes:
+            _PHASE_CHANGES.inc(self.phase_changes)
+        self.records = self.applied = self.duplicates = self.rejected = self.phase_changes = 0
+
+
+_RECORDS = metrics.RECORDS
+_APPLIED = metrics.EVENTS.labels("applied")
+_DUPLICATE = metrics.EVENTS.labels("duplicate")
+_REJECTED = metrics.EVENTS.labels("rejected")
+_PHASE_CHANGES = metrics.PHASE_CHANGES
