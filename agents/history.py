@@ -2,34 +2,49 @@
 
 The materializer notes one entry per event it judged for an existing run (applied, duplicate,
 refused; ``api.history.HistoryEntry``). Entries wait in memory until the next checkpoint, which
-stores each touched run's whole history as one value of the ``history`` datatype (key = run id,
-value = one JSON entry per line), atomically with the state and the log offsets. So:
+appends each touched run's new entries as one *chunk* of the ``history`` datatype, atomically
+with the state and the log offsets. A chunk's key is ``<run id>/<offset>``, the log offset of
+its first entry, so a run's chunks sort together and in log order, and a checkpoint writes only
+new objects: the datamanager keeps appended entries in files of their own
+(``PartitionWriter.checkpoint``'s ``appends``) and folds them into the sorted files every few
+checkpoints, instead of rewriting every touched run's whole history at every checkpoint. So:
 
 * a restart loses nothing and records nothing twice: entries of records the checkpoint covers are
-  stored, the others are noted again when the tail is applied again;
+  stored, the others are noted again when the tail is applied again (a chunk written twice by a
+  retried checkpoint has the same key and value);
 * ``runstream replay`` rebuilds the histories (it runs the same materializer over the log);
-* a read is one point read of one value (plus what is pending in memory), never a partition scan.
-
-Appending to a stored history needs its old value: it is kept in memory for runs that are active
-(``known``) — a run created here starts empty — and read back from storage only for a run this
-worker has not seen since it loaded the partition (a late event for a finished run, or the first
-event of an active run after a restart).
+* a read is one range read of the run's chunks (plus what is pending in memory), never a
+  partition scan; a value stored by the version before chunks (key = the bare run id, the whole
+  history) is read the same way, as the run's first chunk.
 
 Storage cost: about 120 bytes per event before the data file's compression (see
-``bench/bench_history.py``); a run's value is rewritten at each checkpoint that touched it.
+``bench/bench_history.py``); each entry is written once, and rewritten only when its files are
+folded.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable
+from typing import Protocol
 
 import msgspec
 
 from api.history import HistoryEntry, Outcome
 from events.catalogue import Event
 
-__all__ = ["HISTORY", "HistoryLog", "Pending", "decode_history", "encode_entries"]
+__all__ = [
+    "HISTORY",
+    "HistoryLog",
+    "HistoryStore",
+    "Pending",
+    "chunk_key",
+    "chunk_range",
+    "decode_history",
+    "encode_entries",
+    "merged",
+    "stored_history",
+]
 
 HISTORY = "history"  # the datatype
 ENCODE_SLICE = 500  # runs encoded between two yields to the event loop
@@ -50,14 +65,35 @@ def decode_history(raw: bytes) -> list[HistoryEntry]:
     return [_decoder.decode(line) for line in raw.splitlines() if line]
 
 
+def chunk_key(run_id: str, offset: int) -> str:
+    """The key of the chunk of ``run_id``'s history whose first entry is at log ``offset``."""
+    return f"{run_id}/{offset:020d}"
+
+
+def chunk_range(run_id: str) -> tuple[str, str]:
+    """``(lo, hi)``: every key of ``run_id``'s chunks (and its pre-chunk value, key = the run
+    id) is in ``lo <= key < hi`` ("/" sorts just before "0"; run ids are fixed-width digits)."""
+    return run_id, run_id + "0"
+
+
+class HistoryStore(Protocol):
+    """What reading stored histories needs (``datamanager.PartitionWriter``)."""
+
+    async def get_range(self, datatype: str, lo: str, hi: str) -> list[tuple[str, bytes]]: ...
+
+
+async def stored_history(store: HistoryStore, run_id: str) -> list[HistoryEntry]:
+    """The entries of ``run_id`` that checkpoints stored, in log order (raises what
+    ``get_range`` raises, ``msgspec.DecodeError`` on corrupt data)."""
+    chunks = await store.get_range(HISTORY, *chunk_range(run_id))
+    return merged([e for _, raw in chunks for e in decode_history(raw)], [])
+
+
 class HistoryLog:
-    """Pending entries and the known stored values of one partition's runs. Not thread-safe;
-    one event loop."""
+    """Pending entries of one partition's runs. Not thread-safe; one event loop."""
 
     def __init__(self) -> None:
         self.pending: Pending = {}
-        # run id → its stored value as of the last checkpoint (b"" for a run created since).
-        self.known: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ noting (hot path)
     def note(
@@ -86,10 +122,6 @@ class HistoryLog:
         else:
             got.append(entry)
 
-    def created(self, run_id: str) -> None:
-        """Run ``run_id`` was just created here: it has no stored history to read back."""
-        self.known.setdefault(run_id, b"")
-
     # ------------------------------------------------------------------ checkpoints
     def take(self) -> Pending:
         """The pending entries, out of the log (for a snapshot)."""
@@ -101,36 +133,15 @@ class HistoryLog:
         for run_id, entries in taken.items():
             self.pending[run_id] = entries + self.pending.get(run_id, [])
 
-    async def values(
-        self, taken: Pending, stored: Callable[[str], Awaitable[bytes]]
-    ) -> dict[str, bytes]:
-        """The new stored value of every run in ``taken``: its old value (known, else
-        ``stored(run_id)``, b"" when absent) followed by the new entries."""
+    @staticmethod
+    async def chunks(taken: Pending) -> dict[str, bytes]:
+        """One chunk per run of ``taken``: key (``chunk_key``) → its encoded entries."""
         out: dict[str, bytes] = {}
         for i, (run_id, entries) in enumerate(taken.items(), 1):
-            old = self.known.get(run_id)
-            if old is None:
-                old = await stored(run_id)
-            out[run_id] = old + encode_entries(entries)
+            out[chunk_key(run_id, entries[0].offset)] = encode_entries(entries)
             if i % ENCODE_SLICE == 0:
                 await asyncio.sleep(0)
         return out
-
-    def committed(self, values: Mapping[str, bytes], keep: Callable[[str], bool]) -> None:
-        """``values`` are stored now: remember those of runs ``keep`` says are still active
-        (or have entries pending), forget the others (finished: storage has them)."""
-        known = self.known
-        for run_id, value in values.items():
-            if keep(run_id) or run_id in self.pending:
-                known[run_id] = value
-            else:
-                known.pop(run_id, None)
-
-    def forget_final(self, run_ids: Iterable[str]) -> None:
-        """Runs that finished with nothing pending: their value need not stay in memory."""
-        for run_id in run_ids:
-            if run_id not in self.pending:
-                self.known.pop(run_id, None)
 
     # ------------------------------------------------------------------ reading
     def in_memory(self, run_id: str, writing: Pending | None) -> list[HistoryEntry]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from agents.admission import Admission
 from agents.finals import FinalIds
-from agents.history import HISTORY, HistoryLog, Pending, decode_history, merged
+from agents.history import HISTORY, HistoryLog, Pending, merged, stored_history
 from agents.ports import PartitionOpener, PartitionStore
 from agents.producer import partition_for
 from agents.waiters import ApplyOutcome, Waiters
@@ -294,7 +294,6 @@ class PartitionMaterializer:
         out.applied += 1
         new = result.state
         if state is None:
-            self.history.created(run_id)
             self.admission.created(parse_run_id(run_id))
         self.history.note(event, *self._position, Judged.APPLIED, seq=new.seq)
         if new.run.phase in _FINAL_PHASES:
@@ -359,15 +358,14 @@ class PartitionMaterializer:
         }
         if snap.final_ids is not None:
             puts[META] = {FINAL_IDS: snap.final_ids}
-        histories = await self.history.values(snap.history, self._stored_history)
-        if histories:
-            puts[HISTORY] = histories
+        chunks = await self.history.chunks(snap.history)
         offsets = {
             offsets_key(self.topic, self.partition): snap.covered,
             offsets_key(self.phases_topic, self.partition): phases_offset,
         }
-        await self.writer.checkpoint(puts, {ACTIVE: list(snap.finished)}, offsets)
-        self.history.committed(histories, keep=self.active.__contains__)
+        await self.writer.checkpoint(
+            puts, {ACTIVE: list(snap.finished)}, offsets, appends={HISTORY: chunks}
+        )
         self._writing = None
         self.checkpointed_offset = snap.covered
         self.phases_offset = phases_offset
@@ -395,28 +393,18 @@ class PartitionMaterializer:
         except NotExist:
             return None
 
-    async def _stored_history(self, run_id: str) -> bytes:
-        try:
-            return await self.writer.get(HISTORY, run_id)
-        except NotExist:
-            return b""
-
     async def read_history(self, run_id: str) -> list[HistoryEntry] | None:
         """Every event judged for run ``run_id`` so far, in log order (``None``: no such run).
         Linearizable like :meth:`read_run`: it includes what is not checkpointed yet."""
         while True:
-            known = self.history.known.get(run_id)
-            if known is not None:
-                stored = known
-                break
-            # A value read from one manifest; if a checkpoint swapped in meanwhile, the entries
+            # Chunks read from one manifest; if a checkpoint swapped in meanwhile, the entries
             # it stored are no longer in memory: read again from the new manifest.
             manifest = self.writer.manifest
-            stored = await self._stored_history(run_id)
+            stored = await stored_history(self.writer, run_id)
             if self.writer.manifest is manifest:
                 break
         writing = self._writing.history if self._writing is not None else None
-        entries = merged(decode_history(stored), self.history.in_memory(run_id, writing))
+        entries = merged(stored, self.history.in_memory(run_id, writing))
         if not entries and await self.read_run(run_id) is None:
             return None
         return entries

@@ -36,14 +36,21 @@ class PartitionStore(Protocol):
         """Raises ``datamanager.errors.NotExist``."""
         ...
 
+    async def get_range(self, datatype: str, lo: str, hi: str) -> list[tuple[str, bytes]]:
+        """Entries with ``lo <= id < hi`` in id order, appended ones included."""
+        ...
+
     async def checkpoint(
         self,
         puts: Mapping[str, Mapping[str, bytes]],
         deletes: Mapping[str, Iterable[str]],
         offsets: Mapping[str, int],
+        *,
+        appends: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> object:
         """Raises ``Fenced`` (the handle is dead) or a storage / etcd error (retry with the same
-        changes)."""
+        changes). ``appends``: entries of append-only datatypes (written once, never rewritten
+        by the checkpoint that adds them)."""
         ...
 
 

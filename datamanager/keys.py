@@ -64,6 +64,15 @@ def manifest_key(base: str, partition: str, seq: int, token: str) -> str:
     return f"{manifests_prefix(base, partition)}{_seq(seq)}-{token}.json"
 
 
+TAIL_SUFFIX = ".tail"
+
+
+def tail_datatype(datatype: str) -> str:
+    """The datatype that holds the appended files of ``datatype`` (``PartitionWriter.checkpoint``'s
+    ``appends``) until they are folded into its sorted files."""
+    return f"{check_name('datatype', datatype)}{TAIL_SUFFIX}"
+
+
 def data_prefix(base: str, partition: str) -> str:
     return f"{base}/{check_name('partition', partition)}/data/"
 

@@ -9,7 +9,10 @@ materializer calls)::
     writer.manifest.offsets, writer.manifest.seq        # where to resume the log
     await writer.checkpoint(puts={"run": {id: bytes}}, deletes={"run": [id]},
                             offsets={"runs.events/3": next_offset})      # -> Manifest
+    await writer.checkpoint(puts={}, deletes={}, offsets={...},
+                            appends={"log": {id: bytes}})   # new files only, folded later
     await writer.get("run", id)          # bytes, raises NotExist
+    await writer.get_range("log", lo, hi)  # [(id, bytes)] with lo <= id < hi, appended too
     async for id, value in writer.iterate("run"): ...
     await writer.load("run")             # list[(id, bytes)], fast bulk snapshot load
     await dm.collect_garbage("runs.events-3")
@@ -55,6 +58,7 @@ class DataManager:
         keep_manifests: int = 3,
         gc_grace: float = 600.0,
         io_concurrency: int = 8,
+        max_tail_files: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if keep_manifests < 1:
@@ -67,6 +71,7 @@ class DataManager:
         self.keep_manifests = keep_manifests
         self.gc_grace = gc_grace
         self.io_concurrency = io_concurrency
+        self.max_tail_files = max(1, max_tail_files)
         self.clock = clock
         self.index_cache = IndexCache()
 
@@ -159,6 +164,9 @@ class PartitionWriter:
     async def get(self, datatype: str, entry_id: str) -> bytes:
         return await self._snapshot.get(datatype, entry_id)
 
+    async def get_range(self, datatype: str, lo: str, hi: str) -> list[tuple[str, bytes]]:
+        return await self._snapshot.get_range(datatype, lo, hi)
+
     def iterate(self, datatype: str) -> AsyncIterator[tuple[str, bytes]]:
         return self._snapshot.iterate(datatype)
 
@@ -173,15 +181,27 @@ class PartitionWriter:
         puts: Mapping[str, Mapping[str, bytes]],
         deletes: Mapping[str, Iterable[str]],
         offsets: Mapping[str, int],
+        *,
+        appends: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> Manifest:
         """Write the changes and offsets as the partition's next manifest (steps: data files,
         manifest, compare-and-swap). Returns the new manifest.
 
+        ``appends``: entries of append-only datatypes (a log: each id written once, never
+        deleted). They are written as new files of their own, listed under
+        ``keys.tail_datatype(datatype)``, so a checkpoint costs what it adds, not a rewrite of the
+        files the ids fall into; once ``max_tail_files`` are listed, the checkpoint folds them
+        (and its own) into the datatype's sorted files. Read them with :meth:`get_range`.
+        Writing the same id again (a retried checkpoint) must give the same value.
+
         Raises ``Fenced`` if the pointer moved since ``open_partition`` (this writer is dead),
         ``EtcdUnavailable`` / ``StorageError`` (retriable: call again with the same changes),
-        ``ValueError`` if an id is both put and deleted.
+        ``ValueError`` if an id is both put and deleted, or a datatype both changed and appended.
         """
         changes = combine(puts, deletes)
+        added = {dt: entries for dt, entries in (appends or {}).items() if entries}
+        if both := set(added) & set(changes):
+            raise ValueError(f"datatypes both changed and appended: {sorted(both)}")
         async with self._lock:
             if self.fenced:
                 raise Fenced(f"{self.partition}: this writer was fenced")
@@ -196,6 +216,8 @@ class PartitionWriter:
             for datatype, dt_changes in sorted(changes.items()):
                 keys.check_name("datatype", datatype)
                 files[datatype] = await self._write_datatype(datatype, dt_changes, seq, token, meta)
+            for datatype, entries in sorted(added.items()):
+                await self._append(files, datatype, entries, seq, token, meta)
             new = Manifest(
                 partition=self.partition,
                 seq=seq,
@@ -237,6 +259,36 @@ class PartitionWriter:
             self.fenced = True
             raise Fenced(f"{self.partition}: the pointer moved; another owner took the partition")
 
+    async def _append(
+        self,
+        files: dict[str, tuple[FileRef, ...]],
+        datatype: str,
+        entries: Mapping[str, bytes],
+        seq: int,
+        token: str,
+        meta: Mapping[str, Any],
+    ) -> None:
+        """Step 1 for one append-only datatype: new files for ``entries`` under its tail, or,
+        when the tail is full, the tail's entries and these folded into its sorted files."""
+        tail = keys.tail_datatype(datatype)
+        listed = self.manifest.files.get(tail, ())
+        if len(listed) < self.dm.max_tail_files:
+            new = await self._write_datatype(tail, dict(entries), seq, token, meta, fresh=True)
+            files[tail] = listed + new
+            return
+        sem = asyncio.Semaphore(self.dm.io_concurrency)
+
+        async def read(ref: FileRef) -> list[tuple[str, bytes]]:
+            async with sem:
+                return await self._snapshot.read_file(ref)
+
+        folded: dict[str, bytes | None] = {}
+        for part in await asyncio.gather(*(read(ref) for ref in listed)):
+            folded.update(part)
+        folded.update(entries)
+        files[datatype] = await self._write_datatype(datatype, folded, seq, token, meta)
+        files.pop(tail, None)
+
     async def _write_datatype(
         self,
         datatype: str,
@@ -244,9 +296,12 @@ class PartitionWriter:
         seq: int,
         token: str,
         meta: Mapping[str, Any],
+        *,
+        fresh: bool = False,
     ) -> tuple[FileRef, ...]:
-        """Step 1 for one datatype: rewrite the touched files; return the new file list."""
-        old = self.manifest.files.get(datatype, ())
+        """Step 1 for one datatype: rewrite the touched files; return the new file list.
+        ``fresh``: write ``changes`` as new files only (the appended files of a tail)."""
+        old = () if fresh else self.manifest.files.get(datatype, ())
         plan = assign(old, changes)
         sem = asyncio.Semaphore(self.dm.io_concurrency)
         counter = iter(range(1_000_000))

@@ -9,12 +9,13 @@ concurrently and decodes them in a thread.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import ost
-from datamanager import datafile
+from datamanager import datafile, keys
 from datamanager.errors import CorruptData, NotExist, StorageError
 from datamanager.manifest import FileRef, Manifest
 
@@ -86,6 +87,33 @@ class Snapshot:
         if value is None:
             raise NotExist(f"{datatype} {entry_id!r}")
         return value
+
+    async def get_range(self, datatype: str, lo: str, hi: str) -> list[tuple[str, bytes]]:
+        """Every entry with ``lo <= id < hi``, in id order, from the sorted files of
+        ``datatype`` and from its appended files (``keys.tail_datatype``); an id in more than
+        one file (a retried append) is given once. Reads only the blocks whose id range meets
+        ``[lo, hi)``. Raises ``CorruptData``, ``StorageError``."""
+        found: dict[str, bytes] = {}
+        for dt in (datatype, keys.tail_datatype(datatype)):
+            for ref in self.manifest.files.get(dt, ()):
+                if ref.last_id < lo or ref.first_id >= hi:
+                    continue
+                for block in await self._index(ref):
+                    if block.last_id < lo or block.first_id >= hi:
+                        continue
+                    ids, values = await self._block(ref, block)
+                    start = bisect.bisect_left(ids, lo)
+                    for i in range(start, len(ids)):
+                        if ids[i] >= hi:
+                            break
+                        found[ids[i]] = values[i]
+        return sorted(found.items())
+
+    async def _block(self, ref: FileRef, block: datafile.BlockRef) -> tuple[list[str], list[bytes]]:
+        data = await storage_call(
+            ref.key, lambda: self.store.read(ref.key, block.offset, block.length)
+        )
+        return datafile.decode_block(data, block.crc)
 
     async def _index(self, ref: FileRef) -> list[datafile.BlockRef]:
         blocks = self._indexes.get(ref.key)

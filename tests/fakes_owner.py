@@ -105,6 +105,7 @@ class Checkpointed:
     puts: dict[str, dict[str, bytes]]
     deletes: dict[str, list[str]]
     offsets: dict[str, int]
+    appends: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -165,18 +166,25 @@ class FakeWriter:
         except KeyError:
             raise NotExist(f"{datatype}/{entry_id}") from None
 
+    async def get_range(self, datatype: str, lo: str, hi: str) -> list[tuple[str, bytes]]:
+        return sorted((k, v) for k, v in self._entries.get(datatype, {}).items() if lo <= k < hi)
+
     async def checkpoint(
         self,
         puts: Mapping[str, Mapping[str, bytes]],
         deletes: Mapping[str, Iterable[str]],
         offsets: Mapping[str, int],
+        *,
+        appends: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> Manifest:
         dm = self._dm
+        appended = {dt: dict(e) for dt, e in (appends or {}).items() if e}
         dm.calls.append(
             Checkpointed(
                 puts={dt: dict(e) for dt, e in puts.items()},
                 deletes={dt: list(ids) for dt, ids in deletes.items()},
                 offsets=dict(offsets),
+                appends=appended,
             )
         )
         dm.entered.set()
@@ -191,7 +199,7 @@ class FakeWriter:
         for dt, ids in deletes.items():
             for i in ids:
                 part.entries.get(dt, {}).pop(i, None)
-        for dt, e in puts.items():
+        for dt, e in [*puts.items(), *appended.items()]:
             part.entries.setdefault(dt, {}).update(e)
         part.offsets.update(offsets)
         part.seq += 1

@@ -221,3 +221,39 @@ async def test_random_checkpoints_match_a_dict_model(
         if step == 6:
             writer = await dm.open_partition(P)
         await assert_state(dm, model)
+
+
+async def test_appends_write_new_files_only_and_fold_when_the_tail_is_full(
+    any_storage: ost.ObjectStorage, kv: EtcdKv
+) -> None:
+    dm = DataManager(
+        any_storage, kv, base="rundata", max_file_size=1 << 20, block_size=4096, max_tail_files=3
+    )
+    writer = await dm.open_partition(P, claim=True)
+    model: dict[str, bytes] = {}
+    for n in range(7):  # 7 checkpoints of 3 chunks each: the 4th folds the 3 tail files
+        chunk = {f"{rid(i)}/{n:020d}": run(i, n) for i in (1, 5, 9)}
+        model.update(chunk)
+        before = {r.key for refs in writer.manifest.files.values() for r in refs}
+        manifest = await writer.checkpoint({}, {}, {"t/3": n}, appends={"log": chunk})
+        tail = manifest.files.get("log.tail", ())
+        assert len(tail) <= 3
+        if n % 4 != 3:  # an append: the files listed before are all kept, one file is added
+            now = {r.key for refs in manifest.files.values() for r in refs}
+            assert before <= now
+            assert len(now - before) == 1
+        else:  # the tail was full: folded into the sorted files, the tail is empty
+            assert tail == ()
+            assert sum(r.count for r in manifest.files["log"]) == len(model)
+        for i in (1, 5, 9):
+            want = sorted((k, v) for k, v in model.items() if k.startswith(rid(i) + "/"))
+            assert await writer.get_range("log", rid(i), rid(i) + "0") == want
+        assert await writer.get_range("log", rid(2), rid(5)) == []
+    # A retried checkpoint appends the same ids with the same values: each is read once.
+    again = {f"{rid(5)}/{6:020d}": model[f"{rid(5)}/{6:020d}"]}
+    await writer.checkpoint({}, {}, {"t/3": 7}, appends={"log": again})
+    reader = await dm.read_partition(P)
+    got = await reader.get_range("log", rid(5), rid(5) + "0")
+    assert got == sorted((k, v) for k, v in model.items() if k.startswith(rid(5) + "/"))
+    with pytest.raises(ValueError, match="both changed and appended"):
+        await writer.checkpoint({"log": {"x": b"1"}}, {}, {}, appends={"log": {"y": b"2"}})

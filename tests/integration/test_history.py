@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 
-from agents.history import decode_history
+from agents.history import HISTORY, stored_history
 from agents.materializer import PartitionMaterializer
 from agents.replay import _datamanager, replay
 from agents.resources import Resources
@@ -107,8 +107,9 @@ async def test_history_after_a_restart_and_a_replay_equals_the_oracles(
                 dm, topic=s.topic_events, partition=p, phases_topic=s.topic_phases,
                 max_event_bytes=s.max_event_bytes, claim=False,
             )  # fmt: skip
-            for run_id, raw in await pm.writer.load("history"):
-                rebuilt[run_id] = plain(decode_history(raw))
+            stored = [k for dt in (HISTORY, f"{HISTORY}.tail") for k, _ in await pm.writer.load(dt)]
+            for run_id in sorted({key.split("/")[0] for key in stored}):
+                rebuilt[run_id] = plain(await stored_history(pm.writer, run_id))
     finally:
         await kv.close()
     assert rebuilt == want

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from agents.history import HISTORY, decode_history
+from agents.history import HISTORY, decode_history, stored_history
 from api.history import HistoryEntry
 from events import (
     Event,
@@ -28,6 +28,11 @@ pytestmark = pytest.mark.timeout(30)
 def plain(entries: list[HistoryEntry] | None) -> list[tuple[str, str, str, str, int | None]]:
     assert entries is not None
     return [(e.event_id, e.type, str(e.outcome), e.reason, e.seq) for e in entries]
+
+
+async def stored_of(rig: Rig, run_id: str) -> list[HistoryEntry]:
+    """What the checkpoints stored of the run's history, read as a fresh owner would."""
+    return await stored_history(await rig.dm.open_partition(NAME), run_id)
 
 
 def workload() -> list[Event]:
@@ -82,7 +87,7 @@ async def test_history_after_a_checkpoint_and_a_restart_equals_the_oracles() -> 
         positions = [(e.offset, e.index) for e in got]
         assert positions == sorted(set(positions))
     assert await again.checkpoint() == "ok"
-    stored = decode_history(rig.dm.entries(NAME, HISTORY)[rid(1)])
+    stored = await stored_of(rig, rid(1))
     assert plain(stored) == want[rid(1)]
     # The first three events were one record: offsets 0, indexes 0..2.
     first = await again.history(rid(1))
@@ -128,7 +133,7 @@ async def test_a_failed_checkpoint_keeps_the_entries_for_the_next() -> None:
         rig.append(e)
     await rig.feed()
     assert await rig.owner.checkpoint() == "ok"
-    stored = decode_history(rig.dm.entries(NAME, HISTORY)[rid(4)])
+    stored = await stored_of(rig, rid(4))
     assert plain(stored) == oracle.history(events)[rid(4)]
 
 
@@ -140,14 +145,37 @@ async def test_a_late_event_for_a_finished_run_appends_to_its_stored_history() -
         rig.append(e)
     await rig.feed()
     assert await rig.owner.checkpoint() == "ok"
-    # A fresh owner knows nothing of run 5 but its final id: the late refusal reads the stored
-    # history back before appending to it.
+    # A fresh owner knows nothing of run 5 but its final id: the late refusal is appended to
+    # the stored history as a chunk of its own, without reading it back.
     again = rig.new_owner()
     await again.load()
     late = ev(StopRequested(), run_id=rid(5))
     rig.log.append("runs.events", 0, encode(late))
     await rig.feed(again)
     assert await again.checkpoint() == "ok"
-    stored = decode_history(rig.dm.entries(NAME, HISTORY)[rid(5)])
+    stored = await stored_of(rig, rid(5))
     assert plain(stored) == oracle.history([*events, late])[rid(5)]
     assert plain(await again.history(rid(5)))[-1][2:4] == ("refused", "run is final")
+
+
+async def test_a_checkpoint_appends_only_the_new_entries_of_a_run() -> None:
+    rig = Rig()
+    await rig.owner.load()
+    events = script(6)
+    for e in events[:2]:
+        rig.append(e)
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "ok"
+    for e in events[2:]:
+        rig.append(e)
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "ok"
+    first, second = (call.appends.get(HISTORY, {}) for call in rig.dm.calls)
+    assert HISTORY not in rig.dm.calls[1].puts  # the history is never rewritten...
+    # ...each checkpoint appends one chunk of the run: the entries it did not store before.
+    assert [len(decode_history(v)) for v in first.values()] == [2]
+    assert [len(decode_history(v)) for v in second.values()] == [len(events) - 2]
+    assert set(first).isdisjoint(second)
+    want = oracle.history(events)[rid(6)]
+    assert plain(await stored_of(rig, rid(6))) == want
+    assert plain(await rig.owner.history(rid(6))) == want
