@@ -7,7 +7,8 @@ No Faust here (STYLE.md point 5): ``agents.owner.PartitionOwner`` feeds records 
 State of a partition (in the datamanager, one checkpoint per partition):
 
 * ``active``: run id → encoded ``RunState`` for runs not in a final phase (held in memory);
-* ``final``: run id → encoded ``RunState`` of runs in a final phase (only on storage);
+* ``final``: run id → encoded ``RunState`` of runs in a final phase (only on storage; written
+  once, appended: ``PartitionWriter.checkpoint``'s ``appends``);
 * ``meta/final-ids``: the compact set of final run ids (``agents.finals``);
 * the manifest's offsets: the next ``runs.events`` offset to apply and the ``runs.phases`` end
   offset at checkpoint time (recovery scans ``runs.phases`` from there so that phase changes
@@ -352,20 +353,20 @@ class PartitionMaterializer:
         :meth:`restore` on failure to keep the changes for the next try. Records may be applied
         while this runs (the snapshot was taken out of the live state by :meth:`prepare`).
         """
-        puts: dict[str, dict[str, bytes]] = {
-            ACTIVE: await _encoded(snap.dirty),
-            FINAL: await _encoded(snap.finished),
-        }
+        puts: dict[str, dict[str, bytes]] = {ACTIVE: await _encoded(snap.dirty)}
         if snap.final_ids is not None:
             puts[META] = {FINAL_IDS: snap.final_ids}
-        chunks = await self.history.chunks(snap.history)
+        # A final run's state and a history chunk are written once: appended as new files, never
+        # merged into (and rewriting) the files their ids fall into at every checkpoint.
+        appends = {
+            FINAL: await _encoded(snap.finished),
+            HISTORY: await self.history.chunks(snap.history),
+        }
         offsets = {
             offsets_key(self.topic, self.partition): snap.covered,
             offsets_key(self.phases_topic, self.partition): phases_offset,
         }
-        await self.writer.checkpoint(
-            puts, {ACTIVE: list(snap.finished)}, offsets, appends={HISTORY: chunks}
-        )
+        await self.writer.checkpoint(puts, {ACTIVE: list(snap.finished)}, offsets, appends=appends)
         self._writing = None
         self.checkpointed_offset = snap.covered
         self.phases_offset = phases_offset

@@ -36,6 +36,7 @@ import httpx
 from agents.history import HISTORY
 from agents.materializer import partition_name
 from agents.resources import Resources
+from datamanager.keys import tail_datatype
 from events import Event, TaskAnnotationsSet, format_run_id
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
 from tests.integration.test_pipeline import produce
@@ -109,9 +110,10 @@ async def main(args: argparse.Namespace) -> None:
             worker.stop()
     dm = await resources.datamanager()
     snap = await dm.read_partition(partition_name(s.topic_events, 0))
-    values = await snap.load(HISTORY)
+    values = await snap.load(HISTORY)  # the appended files not folded yet included
+    datatypes = (HISTORY, tail_datatype(HISTORY))
     raw = sum(len(v) for _, v in values)
-    files = sum(f.size for f in snap.manifest.files.get(HISTORY, ()))
+    files = sum(f.size for dt in datatypes for f in snap.manifest.files.get(dt, ()))
     n_events = len(events)
     print(
         f"{args.runs} runs x {args.events} events, {args.reads} reads each (sequential, loopback)"

@@ -73,6 +73,11 @@ def tail_datatype(datatype: str) -> str:
     return f"{check_name('datatype', datatype)}{TAIL_SUFFIX}"
 
 
+def untailed(datatype: str) -> str:
+    """The datatype whose appended files ``datatype`` lists (itself if it is no tail)."""
+    return datatype.removesuffix(TAIL_SUFFIX)
+
+
 def data_prefix(base: str, partition: str) -> str:
     return f"{base}/{check_name('partition', partition)}/data/"
 

@@ -72,21 +72,25 @@ class Snapshot:
         self._concurrency = read_concurrency
 
     async def get(self, datatype: str, entry_id: str) -> bytes:
-        """The value of ``entry_id``. Raises ``NotExist``, ``CorruptData``, ``StorageError``."""
-        ref = self.manifest.file_for(datatype, entry_id)
-        if ref is None:
-            raise NotExist(f"{datatype} {entry_id!r}")
-        block = datafile.find_block(await self._index(ref), entry_id)
-        if block is None:
-            raise NotExist(f"{datatype} {entry_id!r}")
-        data = await storage_call(
-            ref.key, lambda: self.store.read(ref.key, block.offset, block.length)
-        )
-        ids, values = datafile.decode_block(data, block.crc)
-        value = datafile.lookup(ids, values, entry_id)
+        """The value of ``entry_id``, appended ones included (the newest file that holds it).
+        Raises ``NotExist``, ``CorruptData``, ``StorageError``."""
+        for ref in reversed(self.manifest.files.get(keys.tail_datatype(datatype), ())):
+            if ref.first_id <= entry_id <= ref.last_id:
+                value = await self._lookup(ref, entry_id)
+                if value is not None:
+                    return value
+        found = self.manifest.file_for(datatype, entry_id)
+        value = None if found is None else await self._lookup(found, entry_id)
         if value is None:
             raise NotExist(f"{datatype} {entry_id!r}")
         return value
+
+    async def _lookup(self, ref: FileRef, entry_id: str) -> bytes | None:
+        block = datafile.find_block(await self._index(ref), entry_id)
+        if block is None:
+            return None
+        ids, values = await self._block(ref, block)
+        return datafile.lookup(ids, values, entry_id)
 
     async def get_range(self, datatype: str, lo: str, hi: str) -> list[tuple[str, bytes]]:
         """Every entry with ``lo <= id < hi``, in id order, from the sorted files of
@@ -126,14 +130,28 @@ class Snapshot:
         return blocks
 
     async def iterate(self, datatype: str) -> AsyncIterator[tuple[str, bytes]]:
-        """Every entry of ``datatype`` in id order, one data file in memory at a time."""
+        """Every entry of ``datatype`` in id order, one data file in memory at a time (all of
+        them at once while appended files are not folded yet)."""
+        if self.manifest.files.get(keys.tail_datatype(datatype)):
+            for entry in await self.load(datatype):
+                yield entry
+            return
         for ref in self.manifest.files.get(datatype, ()):
             for entry in await self.read_file(ref):
                 yield entry
 
     async def load(self, datatype: str) -> list[tuple[str, bytes]]:
-        """Every entry of ``datatype`` in id order, read concurrently (snapshot loading)."""
-        refs = self.manifest.files.get(datatype, ())
+        """Every entry of ``datatype`` in id order, appended ones included, read concurrently
+        (snapshot loading)."""
+        tail = self.manifest.files.get(keys.tail_datatype(datatype), ())
+        base = await self._load_files(self.manifest.files.get(datatype, ()))
+        if not tail:
+            return base
+        merged = dict(base)
+        merged.update(await self._load_files(tail))  # in order: a newer file wins
+        return sorted(merged.items())
+
+    async def _load_files(self, refs: tuple[FileRef, ...]) -> list[tuple[str, bytes]]:
         sem = asyncio.Semaphore(self._concurrency)
 
         async def one(ref: FileRef) -> list[tuple[str, bytes]]:
@@ -146,8 +164,10 @@ class Snapshot:
         return [entry for part in parts for entry in part]
 
     async def load_all(self) -> dict[str, list[tuple[str, bytes]]]:
-        """Every datatype of the partition (``load`` for each)."""
-        return {dt: await self.load(dt) for dt in self.manifest.datatypes()}
+        """Every datatype of the partition (``load`` for each; appended files under their
+        datatype)."""
+        names = {keys.untailed(dt) for dt in self.manifest.datatypes()}
+        return {dt: await self.load(dt) for dt in sorted(names)}
 
     async def read_file(self, ref: FileRef) -> list[tuple[str, bytes]]:
         data = await storage_call(ref.key, lambda: self.store.read(ref.key))

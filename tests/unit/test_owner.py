@@ -338,8 +338,8 @@ async def test_applying_goes_on_while_a_checkpoint_is_written() -> None:
     assert len(rig.phase_keys()) == len(set(rig.phase_keys()))
     assert sorted(rig.sent_ids()) == sorted(d.id for ds in oracle.derived.values() for d in ds)
     # The first checkpoint wrote run 1 only; the second, runs 2 and 3 only.
-    assert set(rig.dm.calls[0].puts[FINAL]) == {rid(1)}
-    assert set(rig.dm.calls[1].puts[FINAL]) == {rid(2), rid(3)}
+    assert set(rig.dm.calls[0].appends[FINAL]) == {rid(1)}
+    assert set(rig.dm.calls[1].appends[FINAL]) == {rid(2), rid(3)}
 
 
 async def test_a_run_finished_during_a_checkpoint_is_read_back_meanwhile() -> None:
