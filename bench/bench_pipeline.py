@@ -1,7 +1,10 @@
 """Pipeline figures (issue 5), each beside a baseline measured in the same run.
 
 1. End-to-end ingest of a pre-filled ``runs.events`` by one worker process (consume → apply →
-   emit → checkpoint), beside a bare aiokafka consumer reading the same topic.
+   emit → checkpoint), beside a bare aiokafka consumer reading the same topic and beside Faust's
+   own ceiling: a Faust agent in a process of its own that consumes the same topic as the
+   materializer does (``noack_take``) and only acks (the figure a foreign producer's one event
+   per record is held to, DESIGN.md).
 2. Object writes per 1,000 events at that load.
 3. Cold replay from the log (``runstream replay``), beside the same bare consumer.
 4. Warm restart of a worker whose partitions hold ``--warm-runs`` runs (default 1,000,000): time
@@ -18,12 +21,14 @@ import argparse
 import asyncio
 import functools
 import re
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -152,7 +157,64 @@ async def wait_metric(
             return now - started, now - (first or started)
         if not worker.alive():
             raise RuntimeError(f"worker died; see {worker.log_path}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # /metrics costs the worker a few ms: do not poll it much faster
+
+
+def faust_ceiling(s: Settings, records: int) -> tuple[float, float]:
+    """(records/s, CPU µs per record) of a Faust agent that only acks, over the whole topic, in a
+    process of its own (``--faust-ceiling``); timed from its first batch."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--faust-ceiling", s.topic_events, str(records), s.kafka],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    ).stdout
+    m = re.search(r"^FAUST_CEILING ([0-9.]+) ([0-9.]+)$", out, re.M)
+    if m is None:
+        raise RuntimeError(f"no figure from the Faust ceiling process: {out[-2000:]}")
+    return float(m.group(1)), float(m.group(2))
+
+
+def _faust_ceiling_process(topic_name: str, total: int, kafka: str) -> None:
+    """The Faust agent of :func:`faust_ceiling`: prints its figure and exits."""
+    import os
+
+    import faust
+
+    app = faust.App(
+        f"rs-ceiling-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{kafka}",
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        stream_wait_empty=False,
+    )
+    topic = app.topic(
+        topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    seen = {"n": 0, "t0": 0.0, "c0": 0.0}
+
+    def cpu() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    async def agent(stream: Any) -> None:  # a faust Stream (noack_take is not in StreamT)
+        async for batch in stream.noack_take(2000, within=0.005):  # as agents.pipeline
+            if not seen["n"]:
+                seen["t0"], seen["c0"] = time.perf_counter(), cpu()
+            for event in batch:
+                event.ack()
+            seen["n"] += len(batch)
+            if seen["n"] >= total:
+                dt, dc = time.perf_counter() - seen["t0"], cpu() - seen["c0"]
+                print(f"FAUST_CEILING {seen['n'] / dt:.1f} {dc / seen['n'] * 1e6:.1f}", flush=True)
+                os._exit(0)
+
+    app.agent(topic)(agent)
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--web-port", str(free_port())]
+    app.main()
 
 
 async def count_objects(resources: Resources, s: Settings) -> int:
@@ -216,6 +278,7 @@ async def main(args: argparse.Namespace) -> None:
     records = sum((await end_offsets(s.kafka, s.topic_events)).values())
     n, secs = await bare_consume(s)
     bare_rec_s = n / secs
+    ceiling_rec_s, ceiling_cpu = faust_ceiling(s, records)
     print(
         f"\nworkload: {len(events):,} events in {records:,} records (commits of ~{len(events) / records:.0f} events)"
     )
@@ -256,6 +319,9 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(
         f"  ratio worker/bare records : {records / e2e / bare_rec_s:>12.3f}   (target: >= 20,000 events/s)"
+    )
+    print(
+        f"Faust's ceiling (acks only): {ceiling_rec_s:>12,.0f} records/s  ({ceiling_cpu:.0f} µs CPU a record); worker/ceiling records: {records / e2e / ceiling_rec_s:.3f}"
     )
     print(
         f"  checkpoint caught up      : {checkpoint_lag:>12.2f} s after the last record was applied"
@@ -301,6 +367,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--faust-ceiling":
+        _faust_ceiling_process(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
