@@ -92,16 +92,13 @@ class Outbox:
         self._partition = partition
         self._pending: list[Awaitable[RecordMeta]] = []
 
-    async def phase_change(self, ev: Event) -> None:
-        """Queue ``ev`` for ``runs.phases`` (the caller counts it in ``PHASE_CHANGES``)."""
+    async def phase_changes(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` (the derived events of one record) for ``runs.phases``, in order,
+        one record each, as one batch: a send per record costs more than the batch's appends
+        (the caller counts them in ``PHASE_CHANGES``)."""
+        records = [(ev.run_id.encode(), encode(ev)) for ev in events]
         self._pending.append(
-            await self._sender.send(
-                self._phases_topic,
-                ev.run_id.encode(),
-                encode(ev),
-                partition=self._partition,
-                headers=None,
-            )
+            await self._sender.send_batch(self._phases_topic, self._partition, records)
         )
 
     async def dead_letter(

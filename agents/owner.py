@@ -266,9 +266,7 @@ class PartitionOwner:
         try:
             if out.derived:
                 tally.phase_changes += len(out.derived)
-                phase_change = self._outbox.phase_change
-                for d in out.derived:
-                    await phase_change(d)
+                await self._outbox.phase_changes(out.derived)
             if out.dead is not None:
                 if self._waiters:
                     dl = out.dead

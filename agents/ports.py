@@ -86,6 +86,14 @@ class LogSender(Protocol):
         resolves once the broker acknowledged it, or raises: then the record was not written."""
         ...
 
+    async def send_batch(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> Awaitable[RecordMeta]:
+        """Queue ``(key, value)`` records, in this order, for one partition (no headers).
+        Raises when they cannot be queued; the awaitable resolves to where the *last* one was
+        stored once the broker acknowledged them all, or raises: then some may be missing."""
+        ...
+
 
 class LogReader(Protocol):
     """Reads the log outside the consumer group (``agents.kafka``)."""

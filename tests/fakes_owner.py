@@ -89,6 +89,23 @@ class FakeLog:
         fut.set_result(FakeMeta(topic, p, self.append(topic, p, value)))
         return fut
 
+    async def send_batch(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> Awaitable[FakeMeta]:
+        if self.room is not None:
+            self.blocked.set()
+            await self.room.wait()
+        fut: asyncio.Future[FakeMeta] = asyncio.get_running_loop().create_future()
+        if self.fail_sends:
+            fut.set_exception(SendFailed("not acknowledged"))
+            return fut
+        offset = -1
+        for key, value in records:
+            self.sent.append(Sent(topic, key, value, partition, []))
+            offset = self.append(topic, partition, value)
+        fut.set_result(FakeMeta(topic, partition, offset))
+        return fut
+
     # LogReader
     async def end_offsets(self, topic: str) -> Mapping[int, int]:
         return {p: len(self.records.get((topic, p), [])) for p in range(self.partitions)}
