@@ -57,7 +57,8 @@ Pending = dict[str, list[HistoryEntry]]
 
 
 def encode_entries(entries: Iterable[HistoryEntry]) -> bytes:
-    return b"".join(_encoder.encode(e) + b"\n" for e in entries)
+    """One JSON entry per line, each ending with a newline."""
+    return _encoder.encode_lines(entries)
 
 
 def decode_history(raw: bytes) -> list[HistoryEntry]:
