@@ -71,6 +71,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
         # Dead letters carry the original record, which can be as large as the broker allows.
         producer_max_request_size=16 << 20,
+        # A record's phase changes go out as one batch (agents.pipeline); a batch that fills up
+        # makes the next one wait for the broker's answer, so let one hold a large commit's
+        # (the broker's default limit per batch is 1 MiB).
+        producer_max_batch_size=512 << 10,
         consumer_max_fetch_size=16 << 20,
         # Internal changelog topics are not used: state lives in the datamanager, not in tables.
         topic_disable_leader=True,
