@@ -22,6 +22,7 @@ log = logging.getLogger("runstream.outbox")
 
 Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None
 TRUNCATED_DEAD_LETTER = 64 << 10
+BATCH_FROM = 16  # phase changes of one record sent as one batch from this many
 
 
 #: The headers runstream adds to a dead letter, and what each holds (docs/events.md, AsyncAPI).
@@ -94,8 +95,22 @@ class Outbox:
 
     async def phase_changes(self, events: Sequence[Event]) -> None:
         """Queue ``events`` (the derived events of one record) for ``runs.phases``, in order,
-        one record each, as one batch: a send per record costs more than the batch's appends
-        (the caller counts them in ``PHASE_CHANGES``)."""
+        one record each (the caller counts them in ``PHASE_CHANGES``). Many of them (a commit's)
+        go as one batch: a send per record costs more than the batch's appends. A few (one event
+        per record) go one by one, into the producer's open batch: a batch of their own per
+        record would wait for the broker's answer to the one before."""
+        if len(events) < BATCH_FROM:
+            for ev in events:
+                self._pending.append(
+                    await self._sender.send(
+                        self._phases_topic,
+                        ev.run_id.encode(),
+                        encode(ev),
+                        partition=self._partition,
+                        headers=None,
+                    )
+                )
+            return
         records = [(ev.run_id.encode(), encode(ev)) for ev in events]
         self._pending.append(
             await self._sender.send_batch(self._phases_topic, self._partition, records)
