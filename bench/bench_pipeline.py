@@ -166,11 +166,12 @@ def faust_ceiling(s: Settings, records: int) -> tuple[float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--faust-ceiling", s.topic_events, str(records), s.kafka],
         check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # a Faust worker logs what is printed
         text=True,
         timeout=900,
     ).stdout
-    m = re.search(r"^FAUST_CEILING ([0-9.]+) ([0-9.]+)$", out, re.M)
+    m = re.search(r"FAUST_CEILING ([0-9.]+) ([0-9.]+)", out)
     if m is None:
         raise RuntimeError(f"no figure from the Faust ceiling process: {out[-2000:]}")
     return float(m.group(1)), float(m.group(2))
@@ -186,6 +187,7 @@ def _faust_ceiling_process(topic_name: str, total: int, kafka: str) -> None:
         f"rs-ceiling-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{kafka}",
         store="memory://",
+        datadir=tempfile.mkdtemp(prefix="rs-ceiling-"),
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
