@@ -30,7 +30,14 @@ from api.errors import (
 )
 from api.views import json_response
 
-__all__ = ["REQUESTS", "REQUEST_SECONDS", "auth_middleware", "error_middleware"]
+__all__ = [
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "SERVER_TIMING",
+    "auth_middleware",
+    "error_middleware",
+    "server_timing",
+]
 
 log = logging.getLogger("runstream.api")
 
@@ -46,6 +53,10 @@ REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
 )
+#: Every answer says how long this worker took for it (W3C Server-Timing, ``app;dur=<ms>``); a
+#: relayed answer also carries the owner's own time as ``owner;dur=<ms>`` (``api.relay``), so a
+#: caller or a benchmark can tell the owner's decision from what the hop added, per request.
+SERVER_TIMING = "Server-Timing"
 #: Paths a probe or a scraper reads without the API token (they carry no run data).
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 
@@ -94,10 +105,31 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("internal error in %s %s", request.method, request.path)
         response = error_response(500, INTERNAL_MESSAGE)
+    elapsed = time.perf_counter() - started
     route = _route(request)
     REQUESTS.labels(request.method, route, str(response.status)).inc()
-    REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+    REQUEST_SECONDS.labels(request.method, route).observe(elapsed)
+    if not response.prepared:  # an event stream has sent its headers long ago
+        mine = f"app;dur={elapsed * 1000:.3f}"
+        given = response.headers.get(SERVER_TIMING)
+        response.headers[SERVER_TIMING] = f"{given}, {mine}" if given else mine
     return response
+
+
+def server_timing(value: str, name: str) -> float | None:
+    """Seconds of metric ``name`` in a ``Server-Timing`` value (``None``: absent or malformed)."""
+    for metric in value.split(","):
+        parts = metric.strip().split(";")
+        if parts[0] != name:
+            continue
+        for param in parts[1:]:
+            key, _, dur = param.strip().partition("=")
+            if key == "dur":
+                try:
+                    return float(dur) / 1000
+                except ValueError:
+                    return None
+    return None
 
 
 def auth_middleware(api_token: str, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:  # fmt: skip

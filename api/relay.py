@@ -6,16 +6,24 @@ A relayed request carries ``RELAY_HEADER``; a worker that receives a relayed req
 does not own answers 503 itself instead of relaying again, so a stale ownership map ends in one
 503 and a retry, never in a cycle. The caller's ``Authorization`` goes along unchanged: the hop
 never changes what the caller may do.
+
+What the hop costs is measured per request: the owner's answer says how long the owner took
+(``Server-Timing: app;dur=…``, ``api.middleware``), and ``runstream_api_relay_seconds`` records
+the rest of the relay's time — connection, sending, the owner's HTTP parsing and queueing,
+reading the answer back. The answer passed on carries the owner's time as ``owner;dur=…``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Histogram
 
 from api.errors import Unavailable
+from api.middleware import SERVER_TIMING, server_timing
 
 __all__ = ["RELAY_HEADER", "RUN_ID_HEADER", "STATE_TYPE", "Relay", "is_relayed"]
 
@@ -31,6 +39,14 @@ STATE_TYPE = "application/vnd.runstream.state+json"
 
 _FORWARD = ("Authorization", "Content-Type", "If-Match", "Idempotency-Key", "Accept")
 _BACK = ("ETag", "Location", "Retry-After", "Content-Type")
+
+RELAY_SECONDS = Histogram(
+    "runstream_api_relay_seconds",
+    "Time a relayed request spent in the hop to the owner beyond the owner's own handling "
+    "(the owner's Server-Timing): connection, sending, the owner's HTTP parsing and queueing, "
+    "reading the answer",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
 
 
 def is_relayed(request: web.Request) -> bool:
@@ -74,6 +90,7 @@ class Relay:
         out[RELAY_HEADER] = self.self_url or "unknown"
         out.update(headers or {})
         url = owner_url.rstrip("/") + (path if path is not None else request.path_qs)
+        started = time.perf_counter()
         try:
             async with self._http().request(
                 method or request.method,
@@ -84,6 +101,10 @@ class Relay:
             ) as answer:
                 content = await answer.read()
                 back = {h: answer.headers[h] for h in _BACK if h in answer.headers}
+                owner_took = server_timing(answer.headers.get(SERVER_TIMING, ""), "app")
+                if owner_took is not None:
+                    RELAY_SECONDS.observe(max(0.0, time.perf_counter() - started - owner_took))
+                    back[SERVER_TIMING] = f"owner;dur={owner_took * 1000:.3f}"
                 return answer.status, back, content
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("relay to the owner failed", extra={"owner": owner_url, "error": repr(exc)})

@@ -221,3 +221,34 @@ async def test_the_client_retries_503_then_succeeds() -> None:
             with pytest.raises(Unavailable):
                 await c.get_run(run_id)  # bounded: it gives up
         assert port
+
+
+async def test_answers_say_how_long_the_owner_and_the_hop_took() -> None:
+    from api.middleware import server_timing
+
+    async with pair() as p:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            async with http.post(p.url_a + RUNS, json=new_run()) as r:  # id 1: decided at A
+                timing = r.headers["Server-Timing"]
+                assert r.status == 201
+                assert timing.startswith("app;dur=")
+                assert server_timing(timing, "owner") is None
+            async with http.post(p.url_a + RUNS, json=new_run()) as r:  # id 2: relayed to B
+                timing = r.headers["Server-Timing"]
+                owner, here = server_timing(timing, "owner"), server_timing(timing, "app")
+                assert r.status == 201
+                assert owner is not None
+                assert here is not None
+                assert 0 <= owner <= here  # B's time is inside A's
+
+
+def test_server_timing_values_are_read_leniently() -> None:
+    from api.middleware import server_timing
+
+    assert server_timing("owner;dur=2.5, app;dur=4", "owner") == 0.0025
+    assert server_timing("owner;dur=2.5, app;dur=4", "app") == 0.004
+    assert server_timing("app;desc=x", "app") is None
+    assert server_timing("app;dur=x", "app") is None
+    assert server_timing("", "app") is None
