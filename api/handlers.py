@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api.bodies import (
     CreateRequest,
+    RecreateRequest,
     parse_create,
     parse_expected_seq,
     parse_idempotency_key,
@@ -99,7 +100,9 @@ class Handlers:
         given = request.headers.get(RUN_ID_HEADER)
         if given is not None and is_relayed(request):
             run_id = require_run_id(given)
-            return await self._at_owner(request, run_id, lambda: self._create_here(request, run_id))
+            return await self._at_owner(
+                request, run_id, lambda: self._create_here(request, req, run_id)
+            )
         if isinstance(req, CreateRequest):
             check_creatable(req)  # 400 before any id is spent
         for _ in range(CREATE_ATTEMPTS):
@@ -108,7 +111,7 @@ class Handlers:
                 response = await self._at_owner(
                     request,
                     run_id,
-                    functools.partial(self._create_here, request, run_id),
+                    functools.partial(self._create_here, request, req, run_id),
                     headers={RUN_ID_HEADER: run_id},
                 )
             except Conflict as exc:
@@ -119,8 +122,9 @@ class Handlers:
                 return response
         raise Unavailable("run ids were taken by other producers; retry")
 
-    async def _create_here(self, request: web.Request, run_id: str) -> web.Response:
-        req = parse_create(await request.read())
+    async def _create_here(
+        self, request: web.Request, req: CreateRequest | RecreateRequest, run_id: str
+    ) -> web.Response:
         if isinstance(req, CreateRequest):
             state = await self.service.create(req, run_id)
         else:
