@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -53,6 +55,10 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=f"kafka://{settings.kafka}",
         store="memory://",
+        # Faust makes its data directory (for table stores, unused: store is memory) at start;
+        # by default "<app id>-data" in the working directory, which left one empty folder per
+        # app id in wherever a worker or a test ran.
+        datadir=str(Path(tempfile.gettempdir()) / f"runstream-faust-{settings.app_id}"),
         web_enabled=False,
         # Every member announces this URL in the group metadata, and the assignor hands every
         # member the map URL → partitions: the API relays a request to its run's owner with it.
