@@ -85,10 +85,12 @@ async def restart_local(name: str) -> None:
         "up",
         name,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    assert await asyncio.wait_for(proc.wait(), timeout=240) == 0, f"deploy/local up {name}"
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+    said = out.decode(errors="replace").strip().splitlines()[-5:]
+    assert proc.returncode == 0, f"deploy/local up {name} exited {proc.returncode}: {said}"
 
 
 @dataclass
