@@ -57,6 +57,18 @@ class S:
     )
 
 
+def _ready(s, tid, level, at):
+    s.rseq += 1
+    data = TaskReady(task_id=tid, level=level, seq=s.rseq)
+    return TaskReadyEvent(version=1, id=f"{s.id}.ready.{s.rseq}", run_id=s.id, at=at, data=data)
+
+
+def _phase(s, phase, result, at):
+    s.seq += 1
+    data = PhaseChanged(group="g", phase=phase, result=result, seq=s.seq)
+    return PhaseChangedEvent(version=1, id=f"{s.id}.phase.{s.seq}", run_id=s.id, at=at, data=data)
+
+
 def fold(stream):
     states = {}
     n = 0
@@ -77,23 +89,9 @@ def fold(stream):
                 s.end[i] = ev.at
                 s.open -= 1
                 for c in s.children.get(i, ()):
-                    s.rseq += 1
-                    TaskReadyEvent(
-                        version=1,
-                        id=f"{s.id}.ready.{s.rseq}",
-                        run_id=s.id,
-                        at=ev.at,
-                        data=TaskReady(task_id=s.tasks[c].id, level=1, seq=s.rseq),
-                    )
+                    _ready(s, s.tasks[c].id, 1, ev.at)
                 if s.open == 0:
-                    s.seq += 1
-                    PhaseChangedEvent(
-                        version=1,
-                        id=f"{s.id}.phase.{s.seq}",
-                        run_id=s.id,
-                        at=ev.at,
-                        data=PhaseChanged(group="g", phase="finished", result="success", seq=s.seq),
-                    )
+                    _phase(s, "finished", "success", ev.at)
                     del states[ev.run_id]
                     n += 1
                     continue
@@ -114,38 +112,18 @@ def fold(stream):
                     ch.setdefault(s.index[dd.task_id], []).append(i)
             s.children = ch
             s.open = len(s.tasks)
-            s.seq = 1
+            s.seq = 0
             s.rseq = 0
             s.recent = [ev.id]
             s.phase = "queued"
-            PhaseChangedEvent(
-                version=1,
-                id=f"{s.id}.phase.1",
-                run_id=s.id,
-                at=ev.at,
-                data=PhaseChanged(group="g", phase="queued", result="unknown", seq=1),
-            )
+            _phase(s, "queued", "unknown", ev.at)
             states[ev.run_id] = s
         elif k is START:
             s = states[ev.run_id]
             s.phase = "running"
-            s.seq += 1
             s.recent.append(ev.id)
-            PhaseChangedEvent(
-                version=1,
-                id=f"{s.id}.phase.{s.seq}",
-                run_id=s.id,
-                at=ev.at,
-                data=PhaseChanged(group="g", phase="running", result="unknown", seq=s.seq),
-            )
-            s.rseq += 1
-            TaskReadyEvent(
-                version=1,
-                id=f"{s.id}.ready.{s.rseq}",
-                run_id=s.id,
-                at=ev.at,
-                data=TaskReady(task_id=s.tasks[0].id, level=0, seq=s.rseq),
-            )
+            _phase(s, "running", "unknown", ev.at)
+            _ready(s, s.tasks[0].id, 0, ev.at)
         else:
             s = states.get(ev.run_id)
             if s is not None:
