@@ -88,7 +88,7 @@ async def restart_local(name: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=660)  # deploy/local waits up to 600 s for Kafka
     said = out.decode(errors="replace").strip().splitlines()[-5:]
     assert proc.returncode == 0, f"deploy/local up {name} exited {proc.returncode}: {said}"
 
