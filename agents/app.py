@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import tempfile
 from pathlib import Path
@@ -11,7 +12,22 @@ import faust
 
 from agents.config import Settings
 
-__all__ = ["Topics", "create_app", "self_url"]
+__all__ = ["FETCH_MAX_WAIT_MS", "Topics", "consumer_fetcher", "create_app", "self_url"]
+
+log = logging.getLogger("runstream.app")
+
+#: How long the broker may hold a fetch of the worker's consumer open while none of the
+#: partitions in it has a new record. Faust fixes aiokafka's ``fetch_max_wait_ms`` at 1,500 ms,
+#: and aiokafka sends no fetch for a partition while a fetch to its broker is in flight: once
+#: the records of a busy partition wait more than its prefetch backoff (100 ms: an event-loop
+#: hiccup) to be handed to Faust, the next fetch goes out for the *idle* partitions of that broker
+#: alone, and the busy one is fetched again only when the broker gives up on it. Every write then
+#: waited ~1.5 s for its apply (bench/bench_api.py: bursts of 1.41-1.52 s applies, p99 of a
+#: creation 1.5-1.7 s in about half the phases). 200 ms bounds that wait; an idle worker sends
+#: 5 empty fetches a second for it. Not lower without finding out why: at 50 ms a partition taken
+#: over after a kill never caught up (tests/integration/test_api_owners.py, 2 of 2 runs; 200 ms
+#: and 1,500 ms passed every run).
+FETCH_MAX_WAIT_MS = 200
 
 
 def self_url(settings: Settings) -> str:
@@ -87,5 +103,23 @@ def create_app(settings: Settings) -> faust.App:
     )
     app.runstream_settings = settings  # type: ignore[attr-defined]
     app.runstream_topics = Topics(app, settings)  # type: ignore[attr-defined]
+    app.on_partitions_assigned.connect(_short_fetch_wait)  # type: ignore[arg-type]
 
     return app
+
+
+async def _short_fetch_wait(app: faust.App, *_: Any, **__: Any) -> None:
+    """``FETCH_MAX_WAIT_MS`` on the consumer's fetcher (Faust has no setting for it; the fetcher
+    reads the value for every fetch it sends, and exists once the consumer has partitions)."""
+    fetcher = consumer_fetcher(app)
+    if fetcher is None:
+        log.warning("the Kafka consumer's fetcher was not found: fetches wait up to 1.5 s")
+        return
+    fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+
+
+def consumer_fetcher(app: faust.App) -> Any:
+    """aiokafka's fetcher inside the app's consumer (``None`` when not started or not found)."""
+    thread = getattr(app.consumer, "_thread", None)
+    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    return fetcher if hasattr(fetcher, "_fetch_max_wait_ms") else None
