@@ -23,11 +23,10 @@ log = logging.getLogger("runstream.app")
 #: hiccup) to be handed to Faust, the next fetch goes out for the *idle* partitions of that broker
 #: alone, and the busy one is fetched again only when the broker gives up on it. Every write then
 #: waited ~1.5 s for its apply (bench/bench_api.py: bursts of 1.41-1.52 s applies, p99 of a
-#: creation 1.5-1.7 s in about half the phases). 200 ms bounds that wait; an idle worker sends
-#: 5 empty fetches a second for it. Not lower without finding out why: at 50 ms a partition taken
-#: over after a kill never caught up (tests/integration/test_api_owners.py, 2 of 2 runs; 200 ms
-#: and 1,500 ms passed every run).
-FETCH_MAX_WAIT_MS = 200
+#: creation 1.5-1.7 s in about half the phases). 50 ms bounds that wait; an idle worker sends
+#: 20 empty fetches a second for it. (Short waits once made a partition taken over before its
+#: first commit never catch up: the owner now seeks to its checkpoint, see agents.owner.load.)
+FETCH_MAX_WAIT_MS = 50
 
 
 def self_url(settings: Settings) -> str:

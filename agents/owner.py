@@ -56,6 +56,10 @@ __all__ = [
 
 log = logging.getLogger("runstream.owner")
 
+#: Seconds without a record, while catching up, before the owner reads again from its next
+#: offset (``PartitionOwner.keep_catching_up``).
+CATCH_UP_STALL = 5.0
+
 CheckpointResult = Literal["ok", "fenced", "failed", "crashed", "nothing"]
 
 
@@ -111,8 +115,10 @@ class PartitionOwner:
         self._load_task: asyncio.Task[None] | None = None
         self._checkpoint_task: asyncio.Task[CheckpointResult] | None = None
         self._last_checkpoint = clock()
-        self._seek_checked = False
+        # Records are read from the checkpoint's offset (see load): the first one must be there.
         self._skipping_to: int | None = None
+        self._start_offset = 0  # the loaded checkpoint's next offset
+        self._last_record = clock()  # when a record last came (the catch-up watchdog)
         # Counts of the records handled since the last batch ended, published to the metrics
         # once per batch: a Prometheus increment per record costs more than the bookkeeping.
         self._tally = _Tally()
@@ -211,8 +217,22 @@ class PartitionOwner:
             return
         pm.waiters = self._waiters
         self.catch_up_to = ends.get(p, 0)
+        # Read on from the checkpoint, whatever offset Kafka has for the group: the committed
+        # offset may lag the checkpoint (acks go to Kafka after it) or be ahead of it (the
+        # object storage was restored), and the consumer's position may have passed records
+        # never delivered: Faust drops a batch fetched while a rebalance stopped its flow and
+        # seeks back to the committed offsets, which aiokafka skips for a partition that has
+        # none, so a partition taken over before its first commit never got its records
+        # (tests/integration/test_api_owners.py, with short fetch waits). Every record before
+        # the one at the checkpoint's offset is dropped (a stale fetch) or, below the
+        # checkpoint, acknowledged.
+        self._skipping_to = pm.next_offset
+        await self._hooks.seek(p, pm.next_offset)
+        if self.closed:
+            return
+        self._start_offset = pm.next_offset
         self.pm = pm
-        self._last_checkpoint = self._clock()
+        self._last_checkpoint = self._last_record = self._clock()
         self._settled.set()
         log.info(
             "partition loaded",
@@ -245,16 +265,19 @@ class PartitionOwner:
         pm = self.pm
         if pm is None or self.closed or self.dead:
             return
-        if (not self._seek_checked or self._skipping_to is not None) and await self._needs_seek(
-            pm, offset
-        ):
-            return
+        self._last_record = self._clock()
+        if offset < pm.next_offset or self._skipping_to is not None:
+            if offset < self._start_offset:
+                record.ack()  # below the checkpoint we started from: safe to commit now
+                return
+            if offset != self._skipping_to:
+                # Applied already (fetched again after a seek; its first copy is held), or a
+                # record fetched before the seek, which comes again after the one skipped to.
+                return
+            self._skipping_to = None
         tally = self._tally
         tally.records += 1
         out = pm.apply_record(offset, value)
-        if out.skipped:
-            record.ack()  # below the checkpoint we started from: safe to commit now
-            return
         self._held.append(record)
         tally.applied += out.applied
         if out.duplicates or out.rejected or out.dead is not None:
@@ -277,30 +300,31 @@ class PartitionOwner:
         finally:
             self._idle.set()
 
-    async def _needs_seek(self, pm: PartitionMaterializer, offset: int) -> bool:
-        """True when the record must be dropped because Kafka is ahead of the checkpoint (say
-        the object storage was wiped): the first record after loading shows it; seek back once."""
-        if self._skipping_to is not None:
-            if offset != self._skipping_to:
-                return True
-            self._skipping_to = None
-            return False
-        if self._seek_checked:
-            return False
-        self._seek_checked = True
-        if offset <= pm.next_offset:
-            return False
-        log.error(
-            "Kafka's committed offset is ahead of the checkpoint; seeking back",
+    async def keep_catching_up(self) -> None:
+        """Called by the wiring's timer: while catching up, if no record came for
+        ``CATCH_UP_STALL`` seconds, read again from the next offset to apply. Catching up
+        means records are there to read, so silence means the consumer's position went past
+        records it never delivered (``load`` explains how); this keeps such a partition from
+        answering 503 for ever if it happens another way."""
+        pm = self.pm
+        if pm is None or self.serving or self.closed or self.dead:
+            return
+        if self._clock() - self._last_record < CATCH_UP_STALL:
+            return
+        log.warning(
+            "catching up stalled: no record came; reading again from the next offset",
             extra={
                 "partition": self.partition,
-                "offset": offset,
-                "checkpoint_offset": pm.next_offset,
+                "next_offset": pm.next_offset,
+                "catch_up_to": self.catch_up_to,
             },
         )
+        self._last_record = self._clock()
         self._skipping_to = pm.next_offset
-        await self._hooks.seek(self.partition, pm.next_offset)
-        return True
+        try:
+            await self._hooks.seek(self.partition, pm.next_offset)
+        except Exception:  # revoked meanwhile, or the consumer is stopping: the next tick retries
+            log.exception("seek failed", extra={"partition": self.partition})
 
     # ------------------------------------------------------------------------ checkpoints
     def maybe_checkpoint(self) -> asyncio.Task[CheckpointResult] | None:

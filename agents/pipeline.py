@@ -39,6 +39,7 @@ TAKE_MAX = 2000
 TAKE_WITHIN = 0.005
 GC_EVERY = 60.0
 REVOKE_TIMEOUT = 10.0  # a last checkpoint at revocation, bounded
+FLOW_WAIT = 30.0  # a seek waits at most this for Faust to resume its flow after a rebalance
 
 
 class MaterializerService:
@@ -113,7 +114,12 @@ class MaterializerService:
 
     # ------------------------------------------------------------------ the owner's hooks
     async def seek(self, partition: int, offset: int) -> None:
-        await self.app.consumer.seek(TP(self.settings.topic_events, partition), offset)
+        consumer: Any = self.app.consumer  # Faust's Consumer (ConsumerT lacks the flow's state)
+        if not consumer.flow_active:
+            # Not while a rebalance has the flow stopped: Faust then drops a batch it fetched and
+            # seeks back to the committed offsets, which would undo this seek.
+            await asyncio.wait_for(consumer.can_resume_flow.wait(), FLOW_WAIT)
+        await consumer.seek(TP(self.settings.topic_events, partition), offset)
 
     async def crash(self, exc: BaseException) -> None:
         log.error("materializer lost a send; stopping the worker", extra={"error": str(exc)})
@@ -156,6 +162,7 @@ class MaterializerService:
     async def _tick(self) -> None:
         for owner in list(self.owned.values()):
             owner.maybe_checkpoint()
+            await owner.keep_catching_up()
         await self._maybe_collect_garbage()
 
     async def _maybe_collect_garbage(self) -> None:

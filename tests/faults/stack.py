@@ -88,7 +88,8 @@ async def restart_local(name: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=660)  # deploy/local waits up to 600 s for Kafka
+    # deploy/local waits up to 600 s for Kafka (it recovers its log after a kill).
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=660)
     said = out.decode(errors="replace").strip().splitlines()[-5:]
     assert proc.returncode == 0, f"deploy/local up {name} exited {proc.returncode}: {said}"
 

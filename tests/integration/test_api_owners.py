@@ -85,6 +85,8 @@ async def test_any_worker_reads_its_own_writes_through_the_owner(
         # The requests really were spread: each worker answered, and relayed some.
         async with httpx.AsyncClient() as h:
             for w in workers:
+                # The short fetch wait reached the real consumer (agents.app).
+                assert "fetcher was not found" not in w.log_text()
                 text = (await h.get(f"{cl.url(w)}/metrics")).text
                 assert "runstream_api_relayed_total" in text, w.log_text()[-2000:]
     finally:

@@ -11,6 +11,7 @@ import pytest
 
 from agents.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
 from agents.owner import (
+    CATCH_UP_STALL,
     ApplyOutcome,
     NotServing,
     OwnerConfig,
@@ -167,18 +168,78 @@ async def test_phase_changes_already_on_the_phases_topic_are_not_sent_again() ->
     assert await again.checkpoint() == "ok"
 
 
-async def test_kafka_ahead_of_the_checkpoint_seeks_back_once() -> None:
-    rig = await loaded()
-    rig.append(creation(1))
-    rig.append(creation(2))
-    record = FakeRecord(1)
-    await rig.owner.handle(1, rig.log.values(TOPIC)[1], None, record)  # offset 0 never came
+async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_comes() -> None:
+    rig = Rig()
+    for n in (1, 2, 3, 4):
+        rig.append(creation(n))
+    values = rig.log.values(TOPIC)
+    first = rig.new_owner()
+    await first.load()
+    for offset in range(2):  # offsets 0 and 1 applied and checkpointed by a first owner
+        await first.handle(offset, values[offset], None, FakeRecord(offset))
+    assert await first.checkpoint() == "ok"
+    rig.hooks.seeks.clear()
+    owner = rig.new_owner()
+    await owner.load()
+    # The consumer is told to read from the checkpoint, whatever Kafka committed.
+    assert rig.hooks.seeks == [(0, 2)]
+    assert owner.pm is not None
+    # A record fetched before the seek, past the checkpoint's offset (say Kafka's committed
+    # offset was ahead of it): dropped, not acknowledged; it comes again after the seek.
+    stale = FakeRecord(3)
+    await owner.handle(3, values[3], None, stale)
+    assert (owner.pm.next_offset, stale.acks, owner.held) == (2, 0, 0)
+    assert rid(4) not in owner.pm.active
+    # Below the checkpoint (Kafka's committed offset lagged it): acknowledged, not applied.
+    below = FakeRecord(0)
+    await owner.handle(0, values[0], None, below)
+    assert (owner.pm.next_offset, below.acks, owner.held) == (2, 1, 0)
+    # The record at the checkpoint's offset is applied once; a copy of it fetched again is not
+    # (and is not acknowledged: the first copy's checkpoint does that).
+    again = FakeRecord(2)
+    await owner.handle(2, values[2], None, FakeRecord(2))
+    await owner.handle(2, values[2], None, again)
+    assert (owner.pm.next_offset, again.acks, owner.held) == (3, 0, 1)
+    await owner.handle(3, values[3], None, FakeRecord(3))
+    assert owner.serving
+    assert owner.held == 2
+    assert await owner.read(rid(4)) is not None
+
+
+async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> None:
+    now = [100.0]
+    rig = Rig()
+    for n in (1, 2, 3):
+        rig.append(creation(n))
+    owner = PartitionOwner(
+        0,
+        config=CONFIG,
+        datamanager=rig.dm,
+        reader=rig.log,
+        sender=rig.log,
+        hooks=rig.hooks,
+        clock=lambda: now[0],
+    )
+    await owner.load()
     assert rig.hooks.seeks == [(0, 0)]
-    assert rig.owner.pm is not None
-    assert rig.owner.pm.next_offset == 0
-    await rig.feed()  # the consumer re-reads from 0
-    assert rig.owner.pm.next_offset == 2
-    assert await rig.owner.read(rid(1)) is not None
+    assert owner.catch_up_to == 3
+    await owner.handle(0, rig.log.values(TOPIC)[0], None, FakeRecord(0))
+    now[0] += CATCH_UP_STALL - 0.1
+    await owner.keep_catching_up()
+    assert rig.hooks.seeks == [(0, 0)]  # records came recently: nothing to do
+    now[0] += 0.2
+    await owner.keep_catching_up()  # silence while behind: read again from offset 1
+    assert rig.hooks.seeks == [(0, 0), (0, 1)]
+    # Records fetched before that seek are dropped until offset 1 comes again.
+    await owner.handle(2, rig.log.values(TOPIC)[2], None, FakeRecord(2))
+    assert owner.pm is not None
+    assert owner.pm.next_offset == 1
+    for offset in (1, 2):
+        await owner.handle(offset, rig.log.values(TOPIC)[offset], None, FakeRecord(offset))
+    assert owner.serving
+    now[0] += 60
+    await owner.keep_catching_up()  # serving: silence is just no writes
+    assert rig.hooks.seeks == [(0, 0), (0, 1)]
 
 
 # ------------------------------------------------------------------------------ checkpoints
