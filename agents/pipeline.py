@@ -119,7 +119,10 @@ class MaterializerService:
             # Not while a rebalance has the flow stopped: Faust then drops a batch it fetched and
             # seeks back to the committed offsets, which would undo this seek.
             await asyncio.wait_for(consumer.can_resume_flow.wait(), FLOW_WAIT)
-        await consumer.seek(TP(self.settings.topic_events, partition), offset)
+        # In the consumer's thread (seek_wait), where aiokafka runs: Faust's plain seek changes
+        # aiokafka's fetcher from this thread, and a fetch being drained there crashed the worker
+        # (KeyError in aiokafka's fetched_records).
+        await consumer.seek_wait({TP(self.settings.topic_events, partition): offset})
 
     async def crash(self, exc: BaseException) -> None:
         log.error("materializer lost a send; stopping the worker", extra={"error": str(exc)})
