@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -209,6 +210,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> float:
+    """CPU seconds every process of this machine spent so far (Linux /proc/stat: all but idle
+    and iowait), to see how much of the machine one creation takes, load and services included."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids() -> dict[str, int]:
+    """The local stack's processes (``deploy/local``'s pid files), to split the machine's CPU."""
+    run = Path(os.environ.get("RUNSTREAM_STATE_DIR", Path(__file__).resolve().parent.parent / "var")) / "run"  # fmt: skip
+    pids = {}
+    for name in ("kafka", "etcd", "s3"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((run / f"{name}.pid").read_text())
+            cpu_seconds(pid)  # alive
+            pids[name] = pid
+    return pids
+
+
 def write_sums(url: str) -> dict[tuple[str, str], float]:
     """``(stage, "sum" | "count")`` → value of the owner's ``runstream_api_write_seconds``."""
     sums: dict[tuple[str, str], float] = {}
@@ -285,7 +305,10 @@ def median(values: list[float]) -> float:
 def creation_round(owner: str, other: str, pids: dict[str, int], body: bytes, secs: float, c: int) -> dict[str, Any]:  # fmt: skip
     """One round of the creation phases: at the owner, through the non-owner, both at once."""
     cpu_o, cpu_n, sums = cpu_seconds(pids[owner]), cpu_seconds(pids[other]), write_sums(owner)
+    services = service_pids()
+    busy, svc = machine_busy(), {k: cpu_seconds(pid) for k, pid in services.items()}
     at_owner = drive(owner, "POST", "/api/v1/runs", body, secs, c, 201)
+    busy2, svc2 = machine_busy(), {k: cpu_seconds(pid) for k, pid in services.items()}
     cpu_o2, cpu_n2, sums2 = cpu_seconds(pids[owner]), cpu_seconds(pids[other]), write_sums(owner)
     relayed = drive(other, "POST", "/api/v1/runs", body, secs, c, 201)
     cpu_o3, cpu_n3 = cpu_seconds(pids[owner]), cpu_seconds(pids[other])
@@ -300,6 +323,9 @@ def creation_round(owner: str, other: str, pids: dict[str, int], body: bytes, se
         # CPU seconds per creation: the owner's own (direct), and both workers' for a relayed one.
         "cpu_owner": (cpu_o2 - cpu_o + cpu_n2 - cpu_n) / n_owner,
         "cpu_owner_alone": (cpu_o2 - cpu_o) / n_owner,
+        # Every process of the machine (load, Kafka, etcd, both workers) per creation.
+        "cpu_machine": (busy2 - busy) / n_owner,
+        "cpu_services": {k: (svc2[k] - svc[k]) / n_owner for k in svc},
         "cpu_relay_owner": (cpu_o3 - cpu_o2) / n_relay,
         "cpu_relay_other": (cpu_n3 - cpu_n2) / n_relay,
     }
@@ -312,6 +338,17 @@ def print_round(i: int, r: dict[str, Any], c: int, base: dict[str, Any]) -> None
         f"    owner's CPU per creation {r['cpu_owner_alone'] * 1000:.2f} ms "
         f"(both workers {r['cpu_owner'] * 1000:.2f} ms); at the owner, {r['stages']}"
     )
+    cores = os.cpu_count() or 1
+    print(
+        f"    the whole machine's CPU per creation (load, Kafka, etcd, workers) "
+        f"{r['cpu_machine'] * 1000:.2f} ms: {cores} cores at that cost serve at most "
+        f"{cores / max(r['cpu_machine'], 1e-9):,.0f} req/s"
+    )
+    known = r["cpu_owner"] + sum(r["cpu_services"].values())
+    parts = [f"workers {r['cpu_owner'] * 1000:.2f}"]
+    parts += [f"{k} {v * 1000:.2f}" for k, v in r["cpu_services"].items()]
+    parts.append(f"load client and the rest {(r['cpu_machine'] - known) * 1000:.2f}")
+    print(f"      of which (ms): {', '.join(parts)}")
     print(line(f"POST /runs through the non-owner (c={c})", r["relay"], base))
     print(
         f"    relay adds per request (non-owner's time − owner's, Server-Timing): "
@@ -404,6 +441,7 @@ def main() -> None:
         hop99 = [r["relay"]["hop_p99_ms"] for r in rounds]
         cpu = [r["cpu_owner_alone"] * 1000 for r in rounds]
         cpu_relay = [(r["cpu_relay_other"] + r["cpu_relay_owner"]) * 1000 for r in rounds]
+        machine = [r["cpu_machine"] * 1000 for r in rounds]
         best = max(rounds, key=lambda r: r["owner"]["rps"])["owner"]
         print(
             f"summary over {len(rounds)} rounds (median; best round): POST at the owner "
@@ -411,7 +449,9 @@ def main() -> None:
             f"(best {best['rps']:,.0f} req/s, p99 {best['p99_ms']:.1f} ms); owner's CPU per "
             f"creation {median(cpu):.2f} ms (min {min(cpu):.2f}); a relayed creation costs "
             f"{median(cpu_relay):.2f} ms of CPU over both workers; relay adds p99 "
-            f"{median(hop99):.2f} ms (min {min(hop99):.2f})"
+            f"{median(hop99):.2f} ms (min {min(hop99):.2f}); the machine's CPU per creation "
+            f"{median(machine):.2f} ms, so its {os.cpu_count()} cores serve at most "
+            f"{(os.cpu_count() or 1) * 1000 / median(machine):,.0f} creations/s"
         )
         owner_ok = median(rps) >= 1500 and median(p99) <= 60
         print(
