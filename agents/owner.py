@@ -300,16 +300,17 @@ class PartitionOwner:
         finally:
             self._idle.set()
 
-    async def keep_catching_up(self) -> None:
-        """Called by the wiring's timer: while catching up, if no record came for
-        ``CATCH_UP_STALL`` seconds, read again from the next offset to apply. Catching up
-        means records are there to read, so silence means the consumer's position went past
-        records it never delivered (``load`` explains how); this keeps such a partition from
-        answering 503 for ever if it happens another way."""
+    async def keep_catching_up(self, agent_waiting: float) -> None:
+        """Called by the wiring's timer, with how long the agent has been waiting for records
+        (0 while it is busy): while catching up, if the agent waited ``CATCH_UP_STALL`` seconds
+        and no record of this partition came meanwhile, read again from the next offset to
+        apply. Catching up means records are there to read, so an agent left waiting means the
+        consumer's position went past records it never delivered (``load`` explains how); this
+        keeps such a partition from answering 503 for ever if it happens another way."""
         pm = self.pm
         if pm is None or self.serving or self.closed or self.dead:
             return
-        if self._clock() - self._last_record < CATCH_UP_STALL:
+        if agent_waiting < CATCH_UP_STALL or self._clock() - self._last_record < CATCH_UP_STALL:
             return
         log.warning(
             "catching up stalled: no record came; reading again from the next offset",

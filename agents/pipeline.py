@@ -66,6 +66,7 @@ class MaterializerService:
         self._reader = _KafkaReader(settings.kafka)
         self._sender = _FaustSender(app)
         self._last_gc = time.monotonic()
+        self._waiting_since: float | None = time.monotonic()  # the agent awaits records since
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
@@ -138,6 +139,7 @@ class MaterializerService:
     async def _agent(self, stream: Any) -> None:
         try:
             async for batch in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN):
+                self._waiting_since = None
                 for event in batch:
                     msg = event.message
                     owner = self.owned.get(msg.partition)
@@ -152,6 +154,7 @@ class MaterializerService:
                         )
                 for owner in list(self.owned.values()):
                     await owner.after_batch()
+                self._waiting_since = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -163,9 +166,11 @@ class MaterializerService:
 
     # ----------------------------------------------------------------------- the timer
     async def _tick(self) -> None:
+        since = self._waiting_since
+        waiting = 0.0 if since is None else time.monotonic() - since
         for owner in list(self.owned.values()):
             owner.maybe_checkpoint()
-            await owner.keep_catching_up()
+            await owner.keep_catching_up(waiting)
         await self._maybe_collect_garbage()
 
     async def _maybe_collect_garbage(self) -> None:

@@ -225,10 +225,13 @@ async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> 
     assert owner.catch_up_to == 3
     await owner.handle(0, rig.log.values(TOPIC)[0], None, FakeRecord(0))
     now[0] += CATCH_UP_STALL - 0.1
-    await owner.keep_catching_up()
-    assert rig.hooks.seeks == [(0, 0)]  # records came recently: nothing to do
+    await owner.keep_catching_up(agent_waiting=60)
+    assert rig.hooks.seeks == [(0, 0)]  # a record came recently: nothing to do
     now[0] += 0.2
-    await owner.keep_catching_up()  # silence while behind: read again from offset 1
+    await owner.keep_catching_up(agent_waiting=0)
+    assert rig.hooks.seeks == [(0, 0)]  # the agent is busy (say, waiting for a checkpoint)
+    await owner.keep_catching_up(agent_waiting=CATCH_UP_STALL)
+    # Behind, no record, and the agent left waiting: read again from offset 1.
     assert rig.hooks.seeks == [(0, 0), (0, 1)]
     # Records fetched before that seek are dropped until offset 1 comes again.
     await owner.handle(2, rig.log.values(TOPIC)[2], None, FakeRecord(2))
@@ -238,7 +241,7 @@ async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> 
         await owner.handle(offset, rig.log.values(TOPIC)[offset], None, FakeRecord(offset))
     assert owner.serving
     now[0] += 60
-    await owner.keep_catching_up()  # serving: silence is just no writes
+    await owner.keep_catching_up(agent_waiting=60)  # serving: silence is just no writes
     assert rig.hooks.seeks == [(0, 0), (0, 1)]
 
 
