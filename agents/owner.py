@@ -119,6 +119,7 @@ class PartitionOwner:
         self._skipping_to: int | None = None
         self._start_offset = 0  # the loaded checkpoint's next offset
         self._last_record = clock()  # when a record last came (the catch-up watchdog)
+        self._warned_ahead = False
         # Counts of the records handled since the last batch ended, published to the metrics
         # once per batch: a Prometheus increment per record costs more than the bookkeeping.
         self._tally = _Tally()
@@ -273,6 +274,22 @@ class PartitionOwner:
             if offset != self._skipping_to:
                 # Applied already (fetched again after a seek; its first copy is held), or a
                 # record fetched before the seek, which comes again after the one skipped to.
+                if (
+                    self._skipping_to is not None
+                    and offset > self._skipping_to
+                    and not self._warned_ahead
+                ):
+                    self._warned_ahead = True
+                    log.warning(
+                        "records past the checkpoint came first (Kafka's committed offset is "
+                        "ahead of it, say the object storage was wiped); reading from the "
+                        "checkpoint's offset",
+                        extra={
+                            "partition": self.partition,
+                            "offset": offset,
+                            "checkpoint_offset": self._skipping_to,
+                        },
+                    )
                 return
             self._skipping_to = None
         tally = self._tally

@@ -5,6 +5,7 @@ apply (applied, duplicate, rejected, dead, moved)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 
 import pytest
@@ -168,7 +169,9 @@ async def test_phase_changes_already_on_the_phases_topic_are_not_sent_again() ->
     assert await again.checkpoint() == "ok"
 
 
-async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_comes() -> None:
+async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_comes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rig = Rig()
     for n in (1, 2, 3, 4):
         rig.append(creation(n))
@@ -187,7 +190,9 @@ async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_
     # A record fetched before the seek, past the checkpoint's offset (say Kafka's committed
     # offset was ahead of it): dropped, not acknowledged; it comes again after the seek.
     stale = FakeRecord(3)
-    await owner.handle(3, values[3], None, stale)
+    with caplog.at_level(logging.WARNING, logger="runstream.owner"):
+        await owner.handle(3, values[3], None, stale)
+    assert "records past the checkpoint came first" in caplog.text
     assert (owner.pm.next_offset, stale.acks, owner.held) == (2, 0, 0)
     assert rid(4) not in owner.pm.active
     # Below the checkpoint (Kafka's committed offset lagged it): acknowledged, not applied.
