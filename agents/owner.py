@@ -274,22 +274,8 @@ class PartitionOwner:
             if offset != self._skipping_to:
                 # Applied already (fetched again after a seek; its first copy is held), or a
                 # record fetched before the seek, which comes again after the one skipped to.
-                if (
-                    self._skipping_to is not None
-                    and offset > self._skipping_to
-                    and not self._warned_ahead
-                ):
-                    self._warned_ahead = True
-                    log.warning(
-                        "records past the checkpoint came first (Kafka's committed offset is "
-                        "ahead of it, say the object storage was wiped); reading from the "
-                        "checkpoint's offset",
-                        extra={
-                            "partition": self.partition,
-                            "offset": offset,
-                            "checkpoint_offset": self._skipping_to,
-                        },
-                    )
+                if self._skipping_to is not None and offset > self._skipping_to:
+                    self._warn_ahead(offset, self._skipping_to)
                 return
             self._skipping_to = None
         tally = self._tally
@@ -316,6 +302,21 @@ class PartitionOwner:
                 )
         finally:
             self._idle.set()
+
+    def _warn_ahead(self, offset: int, checkpoint_offset: int) -> None:
+        """Once per owner: records past the checkpoint came before the one at its offset."""
+        if self._warned_ahead:
+            return
+        self._warned_ahead = True
+        log.warning(
+            "records past the checkpoint came first (Kafka's committed offset is ahead of it, "
+            "say the object storage was wiped); reading from the checkpoint's offset",
+            extra={
+                "partition": self.partition,
+                "offset": offset,
+                "checkpoint_offset": checkpoint_offset,
+            },
+        )
 
     async def keep_catching_up(self, agent_waiting: float) -> None:
         """Called by the wiring's timer, with how long the agent has been waiting for records
