@@ -49,12 +49,25 @@ class RefusalCode(StrEnum):
     TASK_TRANSITION = "task_transition"  # a task status change that is not allowed
     APPROVAL = "approval"  # approval: not waiting, already approved, or still waiting
     NOT_ALLOWED = "not_allowed"  # a derived type sent by a producer, or the wrong run
+    TASK_NOT_READY = "task_not_ready"  # a claim or report for a task not ready (parents, stop)
+    TASK_HELD = "task_held"  # a claim or report for a task another executor holds
+    LEASE_LAPSED = "lease_lapsed"  # an executor whose lease lapsed reports for the task it lost
+    STALE_RELEASE = "stale_release"  # a release for an attempt that is over (applied once)
     OTHER = "other"  # a reason this version does not classify (tests keep it unused)
 
 
 # (what the reducer's reason contains, code), first match wins; creations are classified first.
 _RULES = (
     ("before its creation", RefusalCode.UNKNOWN_RUN),
+    # The reasons of issue 20 name executors and tasks: matched before the rules below, whose
+    # words an executor id could contain.
+    ("stale release of task", RefusalCode.STALE_RELEASE),
+    (" is held by executor ", RefusalCode.TASK_HELD),
+    (": its lease lapsed", RefusalCode.LEASE_LAPSED),
+    ("cannot be claimed: it ended", RefusalCode.TASK_TRANSITION),
+    ("without a holder: not ready to claim", RefusalCode.TASK_NOT_READY),
+    ("is not ready: a parent", RefusalCode.TASK_NOT_READY),
+    ("is stopping: task", RefusalCode.TASK_NOT_READY),
     ("final", RefusalCode.RUN_FINAL),
     ("has no task", RefusalCode.UNKNOWN_TASK),
     ("cannot go from", RefusalCode.TASK_TRANSITION),

@@ -31,11 +31,13 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Protocol
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from events.model import (
     Count,
     EnvelopeRunId,
+    ExecutorId,
+    Lease,
     Millis,
     Name,
     Phase,
@@ -44,10 +46,12 @@ from events.model import (
     RunId,
     SetupError,
     TaskStatus,
+    Timeout,
 )
 
 __all__ = [
     "CURRENT_VERSIONS",
+    "DEFAULT_LEASE_MS",
     "EVENT_TYPES",
     "PAYLOAD_TYPES",
     "SETUP_ERROR_RUN_NAME",
@@ -59,6 +63,7 @@ __all__ = [
     "Payload",
     "PhaseChanged",
     "PhaseChangedEvent",
+    "ReleaseReason",
     "RunCreated",
     "RunCreatedEvent",
     "SetupErrorsReported",
@@ -71,10 +76,15 @@ __all__ = [
     "TaskAnnotationsSetEvent",
     "TaskApproved",
     "TaskApprovedEvent",
+    "TaskClaimed",
+    "TaskClaimedEvent",
     "TaskReady",
     "TaskReadyEvent",
+    "TaskReleased",
+    "TaskReleasedEvent",
     "TaskStatusChanged",
     "TaskStatusChangedEvent",
+    "decision_id",
     "make_event",
 ]
 
@@ -91,6 +101,8 @@ class EventType(StrEnum):
     TASK_STATUS_CHANGED = "task.status_changed"
     TASK_APPROVED = "task.approved"
     TASK_ANNOTATIONS_SET = "task.annotations_set"
+    TASK_CLAIMED = "task.claimed"
+    TASK_RELEASED = "task.released"
     PHASE_CHANGED = "run.phase_changed"
     TASK_READY = "task.ready"
 
@@ -118,6 +130,7 @@ class RunCreated(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     recreated_from: RunId | None = None
     kept_tasks: tuple[Name, ...] = ()
     counter: Count = 0
+    timeout_ms: Timeout | UnsetType = UNSET  # the run's own timeout (issue 20); UNSET: none
 
 
 class CreationFields(Protocol):
@@ -174,14 +187,65 @@ class CancelRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class StopRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Stop a running run (sets its stop flag)."""
+    """Stop a running run (sets its stop flag). ``reason`` says why when the run service asked
+    (``timeout``: the run ran past its own timeout); absent when a person or a producer asked."""
+
+    reason: Annotated[str, Meta(max_length=200)] | UnsetType = UNSET
 
 
 class TaskStatusChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An executor reports a task's new status."""
+    """An executor reports a task's new status. ``executor_id`` names the executor: a report for
+    a task another executor holds is refused, and one for an unclaimed ready task claims it. A
+    report without it is accepted only for a task no executor holds."""
 
     task_id: Name
     status: TaskStatus
+    executor_id: ExecutorId | UnsetType = UNSET
+
+
+#: The lease of a claim that does not give one (and of a task claimed by a report).
+DEFAULT_LEASE_MS = 30_000
+
+
+class TaskClaimed(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Executor ``executor_id`` takes ready task ``task_id``: the first claim wins, the others are
+    refused naming the holder. The claim holds while the executor heartbeats at least every
+    ``lease_ms`` (``runs.heartbeats``); a claim by the holder again only renews its lease."""
+
+    task_id: Name
+    executor_id: ExecutorId
+    lease_ms: Lease = DEFAULT_LEASE_MS
+
+
+class ReleaseReason(StrEnum):
+    """Why the run service took a task from its executor."""
+
+    EXECUTOR_LOST = "executor_lost"  # the executor's lease lapsed: retried while retries remain
+    TIMEOUT = "timeout"  # the task ran (or was held) past its timeout: it fails
+
+
+class TaskReleased(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A decision the partition's owner took from time (never from a clock in the reducer):
+    attempt ``attempt`` of task ``task_id``, held by ``executor_id`` ("" when no executor claimed
+    it), is taken back. ``executor_lost``: back to ready while the task has retries left (the
+    executor is refused for it from then on), else ``failed``; ``timeout``: ``failed``. Its id is
+    :func:`decision_id`, so an owner that appends it twice has it applied once; a release that
+    no longer matches the task (another attempt, another holder, ended) is refused."""
+
+    task_id: Name
+    executor_id: Annotated[str, Meta(max_length=200)]
+    attempt: Annotated[int, Meta(ge=1)]
+    reason: ReleaseReason
+
+
+def decision_id(run_id: str, kind: str, task_id: str = "", attempt: int = 0) -> str:
+    """The deterministic id of an event the owner appends from a decision on time:
+    ``<run>.release.<attempt>.<task>`` (``kind`` = ``release``, both reasons share it: a task's
+    attempt is released once) or ``<run>.timeout`` (the run's own timeout: ``kind`` =
+    ``timeout``)."""
+    if kind == "timeout":
+        return f"{run_id}.timeout"
+    return f"{run_id}.{kind}.{attempt}.{task_id}"
 
 
 class TaskApproved(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -230,6 +294,8 @@ Payload = (
     | TaskStatusChanged
     | TaskApproved
     | TaskAnnotationsSet
+    | TaskClaimed
+    | TaskReleased
     | PhaseChanged
     | TaskReady
 )
@@ -243,6 +309,8 @@ PAYLOAD_TYPES: Mapping[EventType, type[Payload]] = {
     EventType.TASK_STATUS_CHANGED: TaskStatusChanged,
     EventType.TASK_APPROVED: TaskApproved,
     EventType.TASK_ANNOTATIONS_SET: TaskAnnotationsSet,
+    EventType.TASK_CLAIMED: TaskClaimed,
+    EventType.TASK_RELEASED: TaskReleased,
     EventType.PHASE_CHANGED: PhaseChanged,
     EventType.TASK_READY: TaskReady,
 }
@@ -314,6 +382,18 @@ class TaskAnnotationsSetEvent(Event, tag="task.annotations_set", frozen=True, kw
     data: TaskAnnotationsSet
 
 
+class TaskClaimedEvent(Event, tag="task.claimed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.TASK_CLAIMED
+    version: Literal[1]
+    data: TaskClaimed
+
+
+class TaskReleasedEvent(Event, tag="task.released", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+    type: ClassVar[EventType] = EventType.TASK_RELEASED
+    version: Literal[1]
+    data: TaskReleased
+
+
 class PhaseChangedEvent(Event, tag="run.phase_changed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
     type: ClassVar[EventType] = EventType.PHASE_CHANGED
     version: Literal[1]
@@ -336,6 +416,8 @@ AnyEvent = (
     | TaskStatusChangedEvent
     | TaskApprovedEvent
     | TaskAnnotationsSetEvent
+    | TaskClaimedEvent
+    | TaskReleasedEvent
     | PhaseChangedEvent
     | TaskReadyEvent
 )
@@ -352,6 +434,8 @@ EVENT_TYPES: Mapping[EventType, type[AnyEvent]] = {
         TaskStatusChangedEvent,
         TaskApprovedEvent,
         TaskAnnotationsSetEvent,
+        TaskClaimedEvent,
+        TaskReleasedEvent,
         PhaseChangedEvent,
         TaskReadyEvent,
     )

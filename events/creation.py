@@ -188,6 +188,7 @@ def _config(
         environment=data.environment,
         tasks=tasks,
         recreated_from=data.recreated_from,
+        timeout_ms=data.timeout_ms,
     )
 
 

@@ -6,7 +6,8 @@
 * ``event.json``: any event (the tagged union on ``type``); ``record.json``: what one Kafka record
   of ``runs.events`` holds, an event or a commit (a non-empty JSON array of events);
 * ``run-request.json``, ``setup-error-report.json``, ``request-reply.json``: the creation requests
-  and their replies (``events.requests``).
+  and their replies (``events.requests``);
+* ``heartbeat.json``: an executor's heartbeat on ``runs.heartbeats`` (``events.executors``).
 
 A schema file of an older version is never rewritten: it describes what old records hold (the
 codec upcasts them). :func:`dumps` is the one byte form, so a checked-in copy compares exactly.
@@ -23,6 +24,7 @@ import orjson
 
 from events.catalogue import CURRENT_VERSIONS, EVENT_TYPES, AnyEvent, EventType
 from events.codec import Commit
+from events.executors import Heartbeat
 from events.requests import RequestReply, RunRequest, SetupErrorReport
 
 __all__ = ["DIALECT", "components", "dumps", "event_schema_name", "json_schemas", "wire_types"]
@@ -51,6 +53,7 @@ def _documents() -> dict[str, tuple[Any, str]]:
     docs["run-request.json"] = (RunRequest, "a creation request on runs.requests")
     docs["setup-error-report.json"] = (SetupErrorReport, "a report on runs.setup-errors")
     docs["request-reply.json"] = (RequestReply, "a reply on runs.replies")
+    docs["heartbeat.json"] = (Heartbeat, "an executor's heartbeat on runs.heartbeats")
     return docs
 
 

@@ -15,13 +15,15 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 __all__ = [
     "RUN_ID_PATTERN",
     "Count",
     "DependCondition",
     "EnvelopeRunId",
+    "ExecutorId",
+    "Lease",
     "Millis",
     "Name",
     "Phase",
@@ -36,6 +38,10 @@ __all__ = [
     "Step",
     "TaskDepend",
     "TaskStatus",
+    "Timeout",
+    "attempt_of",
+    "holder_of",
+    "retries_of",
 ]
 
 #: A task step is opaque to the run service (executors interpret it): a JSON object.
@@ -70,6 +76,24 @@ EnvelopeRunId = Annotated[
         description=_RUN_ID_DOC,
     ),
 ]
+
+
+#: An executor's id: printable ASCII without spaces, the same for all its claims and heartbeats.
+ExecutorId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern="^[!-~]+(?![\\s\\S])",  # the end of the string in every dialect (not "$")
+        description="an executor's id: printable ASCII without spaces",
+    ),
+]
+#: How long an executor's claim holds without a heartbeat, in milliseconds (1 s to 1 h).
+Lease = Annotated[
+    int, Meta(ge=1_000, le=3_600_000, description="milliseconds a claim holds without a heartbeat")
+]
+#: A timeout in milliseconds (1 ms to 30 days).
+Timeout = Annotated[int, Meta(ge=1, le=30 * 86_400_000, description="milliseconds")]
 
 
 class Phase(StrEnum):
@@ -174,6 +198,12 @@ class RunConfigTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     ignore_failure: bool = False
     needs_approval: bool = False
     skip: bool = False
+    # Optional since issue 20: left out of the encoded form when not given (UNSET), so runs
+    # created before keep their bytes. ``retries``: how many times a task whose executor was
+    # lost goes back to ready (default 0); ``timeout_ms``: a task running (or claimed) longer
+    # ends failed with the reason ``timeout``.
+    retries: Annotated[int, Meta(ge=0, le=100)] | UnsetType = UNSET
+    timeout_ms: Timeout | UnsetType = UNSET
 
     @property
     def level(self) -> int:
@@ -203,6 +233,8 @@ class RunConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     environment: Mapping[str, str] = {}
     tasks: Mapping[str, PlannedTask] = {}
     recreated_from: RunId | None = None
+    #: A run running longer than this is asked to stop (issue 20); UNSET: no limit.
+    timeout_ms: Timeout | UnsetType = UNSET
 
 
 class RunTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -216,6 +248,36 @@ class RunTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     annotations: Mapping[str, str] = {}
     start_time: Millis | None = None
     end_time: Millis | None = None
+    # Who holds the task (issue 20), left out of the encoded form while UNSET so that states
+    # written before keep their bytes. ``holder``: the executor that claimed it (or reported it
+    # first); ``lease_ms`` / ``claim_time``: its claim; ``attempt``: 2, 3, ... once an executor
+    # lost it and it went back to ready (UNSET: the first); ``released``: executors that lost
+    # it (refused from then on); ``reason``: why the run service ended it (``executor_lost``,
+    # ``timeout``).
+    holder: ExecutorId | UnsetType = UNSET
+    lease_ms: Lease | UnsetType = UNSET
+    claim_time: Millis | UnsetType = UNSET
+    attempt: Annotated[int, Meta(ge=2)] | UnsetType = UNSET
+    released: tuple[ExecutorId, ...] | UnsetType = UNSET
+    reason: str | UnsetType = UNSET
+
+
+def holder_of(task: RunTask) -> str:
+    """The executor holding ``task`` ("" when none claimed it)."""
+    h = task.holder
+    return "" if h is UNSET else h
+
+
+def attempt_of(task: RunTask) -> int:
+    """The number of the task's current attempt (1 until an executor lost it)."""
+    a = task.attempt
+    return 1 if a is UNSET else a
+
+
+def retries_of(task: RunConfigTask) -> int:
+    """How many times the task goes back to ready when its executor is lost (default 0)."""
+    r = task.retries
+    return 0 if r is UNSET else r
 
 
 class Run(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

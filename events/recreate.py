@@ -81,6 +81,7 @@ def recreate(
         recreated_from=old.run.id,
         kept_tasks=tuple(tid for tid in rc.tasks if tid not in renew),
         counter=counter,
+        timeout_ms=rc.timeout_ms,
     )
 
 

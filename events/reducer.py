@@ -30,6 +30,18 @@ it is ready. Every task that becomes ready emits one ``task.ready`` with the nex
 ``seq`` (id ``f"{run_id}.ready.{seq}"``), after the event's ``run.phase_changed`` if any, several
 in run-config order. After a stop no task becomes ready: there is none left not started.
 
+Holder rules (issue 20): a ready task is *claimed* by one executor (``task.claimed``): the first
+claim wins, a claim by the holder again renews its lease, any other is refused naming the holder.
+A status report naming an executor (``executor_id``) for a task another executor holds is refused;
+one for an unclaimed ready task claims it (with the default lease), so a producer that never
+claims keeps working; a report naming no executor is accepted only for a task nobody holds. The
+owner takes time decisions and appends them as ``task.released`` (never a clock here): a release
+that matches the task's attempt and holder either puts it back to ready (``executor_lost`` while
+the task has retries left: a new attempt, a new ``task.ready``, and the lost executor refused for
+it from then on) or ends it ``failed`` with the release's reason, and the run advances as for any
+failure. A release that no longer matches (the task ended, another attempt, another holder) is
+refused: a second owner's or a retried append changes nothing.
+
 Why ``skipped``, not ``cancelled``, on stop: it is what Agola's scheduler does, and a ``skipped``
 task reads right to whoever looks at the run (it was never run because of how the run went);
 ``cancelled`` stays the status of the tasks of a run cancelled while queued.
@@ -39,19 +51,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from msgspec import Struct
+from msgspec import UNSET, Struct
 from msgspec.structs import replace
 
 from events.advance import GRAPHS, graph_of, judge_at_start, judge_children
 from events.catalogue import (
+    DEFAULT_LEASE_MS,
     Event,
     EventType,
     PhaseChanged,
     PhaseChangedEvent,
+    ReleaseReason,
     TaskAnnotationsSet,
     TaskApproved,
+    TaskClaimed,
     TaskReady,
     TaskReadyEvent,
+    TaskReleased,
     TaskStatusChangedEvent,
 )
 from events.creation import create_run
@@ -64,6 +80,9 @@ from events.model import (
     RunConfig,
     RunTask,
     TaskStatus,
+    attempt_of,
+    holder_of,
+    retries_of,
 )
 from events.state import ID_GENERATION, RunState
 
@@ -267,6 +286,16 @@ def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Outcome:
     old = task.status
     if old in _FINISHED or new is old or new is _NOTSTARTED:
         return Rejected(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
+    executor = data.executor_id
+    holder = task.holder
+    claim = False  # a report naming an executor claims an unclaimed ready task
+    if holder is not UNSET:
+        if executor != holder:
+            return Rejected(reason=f"task {tid!r} is held by executor {holder}", state=state)
+    elif executor is not UNSET:
+        if task.released is not UNSET and executor in task.released:
+            return Rejected(reason=f"executor {executor} lost task {tid!r}: its lease lapsed", state=state)  # fmt: skip
+        claim = old is _NOTSTARTED
     config = state.config
     if old is _NOTSTARTED:  # parents_ended and the approval check, inlined (no graph needed)
         planned = config.tasks[tid]
@@ -280,6 +309,8 @@ def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Outcome:
     open_tasks = state.open_tasks
     tasks = dict(run.tasks)
     ready: list[str] | None = None
+    if claim:
+        task = replace(task, holder=executor, lease_ms=DEFAULT_LEASE_MS, claim_time=at)
     if new in _FINISHED:
         open_tasks -= 1
         if task.waiting_approval:
@@ -410,6 +441,98 @@ def _task_annotations(state: RunState, event: Event) -> Outcome:
     return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
 
 
+def _task_claimed(state: RunState, event: Event) -> Outcome:
+    run = state.run
+    data = event.data
+    assert isinstance(data, TaskClaimed)  # the table routes task.claimed here
+    tid, executor = data.task_id, data.executor_id
+    if run.phase is not _RUNNING:
+        return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
+    task = run.tasks.get(tid)
+    if task is None:
+        return Rejected(reason=f"run {run.id} has no task {tid!r}", state=state)
+    holder = task.holder
+    if holder is not UNSET and holder != executor:
+        return Rejected(reason=f"task {tid!r} is held by executor {holder}", state=state)
+    if task.status in _FINISHED:
+        return Rejected(reason=f"task {tid!r} cannot be claimed: it ended {task.status}", state=state)  # fmt: skip
+    if holder is not UNSET:  # the holder claims again: its lease is renewed
+        tasks = {**run.tasks, tid: replace(task, lease_ms=data.lease_ms)}
+        return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
+    if task.released is not UNSET and executor in task.released:
+        return Rejected(reason=f"executor {executor} lost task {tid!r}: its lease lapsed", state=state)  # fmt: skip
+    if task.status is not _NOTSTARTED:
+        return Rejected(reason=f"task {tid!r} is {task.status} without a holder: not ready to claim", state=state)  # fmt: skip
+    planned = state.config.tasks[tid]
+    for d in planned.depends:
+        if run.tasks[d.task_id].status not in _FINISHED:
+            return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
+    if task.waiting_approval or (planned.needs_approval and not task.approved):
+        return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
+    if run.stop:
+        return Rejected(reason=f"run {run.id} is stopping: task {tid!r} will not run", state=state)  # fmt: skip
+    claimed = replace(task, holder=executor, lease_ms=data.lease_ms, claim_time=event.at)
+    tasks = {**run.tasks, tid: claimed}
+    return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
+
+
+def _task_released(state: RunState, event: Event) -> Outcome:
+    run = state.run
+    data = event.data
+    assert isinstance(data, TaskReleased)  # the table routes task.released here
+    tid = data.task_id
+    if run.phase is not _RUNNING:
+        return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
+    task = run.tasks.get(tid)
+    if task is None:
+        return Rejected(reason=f"run {run.id} has no task {tid!r}", state=state)
+    holder, attempt = holder_of(task), attempt_of(task)
+    if task.status in _FINISHED:
+        return Rejected(reason=f"stale release of task {tid!r}: it ended {task.status}", state=state)  # fmt: skip
+    if attempt != data.attempt or holder != data.executor_id or (not holder and task.status is _NOTSTARTED):  # fmt: skip
+        held = f"held by {holder}" if holder else "held by no executor"
+        return Rejected(reason=f"stale release of task {tid!r}: attempt {attempt} is {task.status}, {held}", state=state)  # fmt: skip
+    released = task.released if task.released is not UNSET else ()
+    if holder:
+        released = (*released, holder)
+    lost = data.reason is ReleaseReason.EXECUTOR_LOST
+    if lost and attempt <= retries_of(state.config.tasks[tid]) and not run.stop:
+        again = RunTask(
+            id=tid,
+            skip=task.skip,
+            approved=task.approved,
+            annotations=task.annotations,
+            attempt=attempt + 1,
+            released=released,
+        )
+        tasks = {**run.tasks, tid: again}
+        return _commit(state, event, replace(run, tasks=tasks), state.open_tasks, ready=[tid])
+    at = event.at
+    ended = replace(task, status=_FAILED_TASK, end_time=at, reason=str(data.reason))
+    if released:
+        ended = replace(ended, released=released)
+    return _end_task(state, event, tid, ended)
+
+
+def _end_task(state: RunState, event: Event, tid: str, ended: RunTask) -> Outcome:
+    """``state`` with task ``tid`` ended as ``ended``: its children judged (unless the run is
+    stopping), the run's result and phase settled, as when an executor reports the end."""
+    run, config, at = state.run, state.config, event.at
+    tasks = dict(run.tasks)
+    tasks[tid] = ended
+    open_tasks = state.open_tasks - 1
+    ready: list[str] | None = None
+    if not run.stop:
+        graph = graph_of(config)
+        if tid in graph.children:
+            ready, skipped = judge_children(tasks, graph, tid, at)
+            open_tasks -= skipped
+    failed = ended.status is _FAILED_TASK and not config.tasks[tid].ignore_failure
+    changes: dict[str, object] = {"tasks": tasks}
+    _settle(run, changes, open_tasks, failed, at)
+    return _commit(state, event, replace(run, **changes), open_tasks, ready=ready)
+
+
 def _exists(state: RunState, event: Event) -> Outcome:
     return Rejected(reason=f"run {state.run.id} already exists", state=state)
 
@@ -423,4 +546,6 @@ _HANDLERS = {
     EventType.STOP_REQUESTED: _stop,
     EventType.TASK_APPROVED: _task_approved,
     EventType.TASK_ANNOTATIONS_SET: _task_annotations,
+    EventType.TASK_CLAIMED: _task_claimed,
+    EventType.TASK_RELEASED: _task_released,
 }
