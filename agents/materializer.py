@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from aiokafka.partitioner import murmur2
 
 from agents.admission import Admission
 from agents.finals import FinalIds
@@ -47,8 +49,10 @@ __all__ = [
     "Outcome",
     "PartitionMaterializer",
     "Snapshot",
+    "key_partition",
     "offsets_key",
     "partition_name",
+    "route_refusal",
 ]
 
 log = logging.getLogger("runstream.materializer")
@@ -58,6 +62,7 @@ _CREATED = EventType.RUN_CREATED
 _APPLIED = Judged.APPLIED
 _FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 FINAL_IDS = "final-ids"
+KEY_HOMES = 4096  # keys whose partition route_check remembers (cleared when full)
 ENCODE_SLICE = 500  # runs encoded between two yields to the event loop during a checkpoint
 
 
@@ -65,6 +70,38 @@ def phase_seq(event: Event) -> int:
     """The per-run sequence number of a ``run.phase_changed`` event (-1 for any other event)."""
     data = event.data
     return data.seq if isinstance(data, PhaseChanged) else -1
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for the record key ``key``:
+    ``agents.producer.partition_for`` on the key's bytes (any bytes, not only a run id)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def route_refusal(
+    key: bytes | None, run_ids: Sequence[str], partition: int, partitions: int
+) -> tuple[str, str] | None:
+    """(reason, message) of a dead letter for a record read from ``partition`` whose events are
+    for ``run_ids``, or ``None`` when it is judged here: its key hashes to ``partition``, or its
+    runs all live here (a producer choosing the partition by run id itself).
+
+    ``wrong_partition``: the key hashes to another partition (a producer whose partitioner is
+    not murmur2, e.g. kafkajs's LegacyPartitioner or librdkafka's default CRC32); ``no_key``:
+    the record has no key (it went to any partition). Their runs' other events are elsewhere,
+    so here they would only be refused as ``unknown_run``."""
+    if partitions <= 1:
+        return None
+    home = key_partition(key, partitions) if key else None
+    if home == partition:
+        return None
+    stray = next((r for r in run_ids if partition_for(r, partitions) != partition), None)
+    if stray is None:
+        return None
+    if home is None:
+        p = partition_for(stray, partitions)
+        return "no_key", f"no key: run {stray} belongs to partition {p}, not {partition}"
+    shown = key.decode("utf-8", "replace")[:100] if key else ""
+    return "wrong_partition", f"key {shown} belongs to partition {home}, not {partition}"
 
 
 def partition_name(topic: str, partition: int) -> str:
@@ -150,6 +187,7 @@ class PartitionMaterializer:
         self.admission = Admission.of(partition, self.active, self.finals)
         self.history = HistoryLog()  # every judged event per run (agents.history)
         self._position = (0, 0)  # (record offset, index in the record) of the event applied
+        self._key_homes: dict[bytes, int] = {}  # record key → its partition (route_check)
 
     # ------------------------------------------------------------------------- loading
     @classmethod
@@ -253,6 +291,37 @@ class PartitionMaterializer:
                 p = partition_for(ev.run_id, self.partitions)
                 return f"run {ev.run_id} belongs to partition {p}, not {self.partition}"
         return None
+
+    def route_check(self, offset: int, raw: bytes, key: bytes | None) -> Outcome | None:
+        """Before :meth:`apply_record`: a dead letter ``no_key`` / ``wrong_partition`` when the
+        record's Kafka ``key`` is missing or hashes (murmur2) to another partition and its events
+        are not all for runs of this partition (see :func:`route_refusal`); ``None``: apply it.
+        Like ``apply_record`` it moves ``next_offset`` past a dead letter. A record this could not
+        decode, or a misrouted creation, is left to ``apply_record`` (its reason wins)."""
+        parts = self.partitions
+        if parts <= 1 or offset < self.next_offset:
+            return None  # one partition: nowhere else to belong; below: apply_record skips it
+        if key:
+            homes = self._key_homes
+            home = homes.get(key)
+            if home is None:
+                if len(homes) >= KEY_HOMES:
+                    homes.clear()
+                home = homes[key] = key_partition(key, parts)
+            if home == self.partition:
+                return None  # the usual record: nothing more to look at
+        try:
+            events = decode_record(raw, max_size=self.max_event_bytes)
+        except DecodeError:
+            return None
+        if self._misrouted(events) is not None:
+            return None
+        refusal = route_refusal(key, [e.run_id for e in events], self.partition, parts)
+        if refusal is None:
+            return None
+        self.next_offset = offset + 1
+        reason, message = refusal
+        return Outcome(dead=DeadLetter(reason=reason, message=message, offset=offset, raw=raw))
 
     def _apply_event(self, event: Event, out: Outcome) -> None:
         """Apply ``event`` of a run that is not active here (a creation, a final or unknown run)."""

@@ -28,7 +28,8 @@ BATCH_FROM = 16  # phase changes of one record sent as one batch from this many
 #: The headers runstream adds to a dead letter, and what each holds (docs/events.md, AsyncAPI).
 DEAD_LETTER_HEADERS = {
     "runstream-error": "the reason code: invalid_json, schema, unknown_type, "
-    "unsupported_version, oversize, misrouted",
+    "unsupported_version, oversize, misrouted, wrong_partition (the key hashes to another "
+    "partition), no_key (a record without a key on a partition its run does not live in)",
     "runstream-error-message": "what is wrong, naming the field (at most 2000 bytes)",
     "runstream-source-topic": "the topic the record was read from",
     "runstream-source-partition": "its partition (decimal)",

@@ -260,7 +260,8 @@ class PartitionOwner:
     ) -> None:
         """Apply one record of this partition (waits until loaded). A record that arrives once
         the owner is closed or dead is dropped unacknowledged: the next owner reads it. ``key``
-        and ``timestamp_ms`` are the record's: a dead letter keeps them."""
+        and ``timestamp_ms`` are the record's: a dead letter keeps them. A record without a key,
+        or whose key hashes to another partition, is a dead letter unless its runs live here."""
         if not self._settled.is_set():
             await self._settled.wait()
         pm = self.pm
@@ -280,7 +281,11 @@ class PartitionOwner:
             self._skipping_to = None
         tally = self._tally
         tally.records += 1
-        out = pm.apply_record(offset, value)
+        # A record whose key is missing or hashes to another partition is a dead letter
+        # (wrong_partition, no_key) before it is applied (PartitionMaterializer.route_check).
+        out = pm.route_check(offset, value, key)
+        if out is None:
+            out = pm.apply_record(offset, value)
         self._held.append(record)
         tally.applied += out.applied
         if out.duplicates or out.rejected or out.dead is not None:

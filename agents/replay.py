@@ -255,7 +255,10 @@ async def _replay_partitions(
             ):
                 pm = pms[p]
                 for m in msgs:
-                    out = pm.apply_record(m.offset, m.value)
+                    # Judged as the owner judges it (agents.owner.PartitionOwner.handle).
+                    out = pm.route_check(m.offset, m.value, m.key)
+                    if out is None:
+                        out = pm.apply_record(m.offset, m.value)
                     report.records += 1
                     report.events += out.applied + out.duplicates + out.rejected
                     report.dead_letters += out.dead is not None
