@@ -95,6 +95,17 @@ CHANNELS: Mapping[str, Channel] = {
         "receive",
         partitioner="the partition number of the run's runs.events partition",
     ),
+    "topic_heartbeats": Channel(
+        "executors' heartbeats",
+        "Executor executor_id is alive and holds its claims for lease_ms from when a worker "
+        "receives this (send one every lease_ms / 3). Not facts about a run: every worker reads "
+        "every partition from its end, the partition owners release the tasks of an executor "
+        "whose lease lapsed (task.released on the events topic). Compacted, kept one day.",
+        "heartbeat",
+        "the executor id (the same as the value's executor_id)",
+        "send",
+        partitioner="any",
+    ),
     "topic_dlq": Channel(
         "dead letters",
         "Records runstream could not read: the original bytes and key, and headers saying why "
@@ -119,6 +130,7 @@ def _payloads() -> dict[str, Any]:
         "setup_error_report": wire["setup-error-report.json"],
         "run_request": wire["run-request.json"],
         "request_reply": wire["request-reply.json"],
+        "heartbeat": wire["heartbeat.json"],
         "derived": union,
     }
 

@@ -273,6 +273,12 @@ class Settings:
         help="API base URL the runs commands talk to; default http://127.0.0.1:<web port> "
         "(RUNSTREAM_WEB_PORT), the worker this configuration starts",
     )
+    topic_heartbeats: str = setting(
+        "runs.heartbeats",
+        env="RUNSTREAM_TOPIC_HEARTBEATS",
+        help="executors' heartbeats (key = executor id; compacted, kept one day): every worker "
+        "reads all of it to know which executors are alive (docs/events.md)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -19,6 +19,7 @@ from agents.keys import RUNDATA_BASE
 from datamanager import DataManager, EtcdKv
 
 __all__ = [
+    "HEARTBEATS_RETENTION_MS",
     "TOPIC_CONFIG_UNSAFE",
     "Resources",
     "TopicWarning",
@@ -37,6 +38,11 @@ TOPIC_CONFIG_UNSAFE = Gauge(
     "(checked at start-up), else 0",
     ["topic", "setting"],
 )
+
+
+#: ``retention.ms`` of the heartbeats topic: a heartbeat matters for a lease (an hour at most),
+#: so a day is plenty, and compaction keeps one record per executor besides.
+HEARTBEATS_RETENTION_MS = 86_400_000
 
 
 def storage_url(url: str) -> str:
@@ -89,10 +95,15 @@ class Resources:
 def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     """The settings runstream gives ``topic`` when it creates it: the input topics (the source of
     truth) keep their history (``retention.ms`` = ``--events-retention-ms``, -1 by default); with
-    replication above 1, a write is acknowledged once replication − 1 replicas hold it."""
+    replication above 1, a write is acknowledged once replication − 1 replicas hold it. The
+    heartbeats topic keeps the last heartbeat of each executor (compacted) and nothing older than
+    a day (:data:`HEARTBEATS_RETENTION_MS`): it is read from its end, never replayed."""
     configs: dict[str, str] = {}
     if topic in (settings.topic_events, settings.topic_setup_errors):
         configs["retention.ms"] = str(settings.events_retention_ms)
+    if topic == settings.topic_heartbeats:
+        configs["cleanup.policy"] = "compact,delete"
+        configs["retention.ms"] = str(HEARTBEATS_RETENTION_MS)
     if settings.replication > 1:
         configs["min.insync.replicas"] = str(settings.replication - 1)
     return configs
@@ -112,6 +123,7 @@ async def ensure_topics(settings: Settings) -> None:
             settings.topic_dlq,
             settings.topic_requests,
             settings.topic_replies,
+            settings.topic_heartbeats,
         ]
         existing = set(await admin.list_topics())
         missing = [
