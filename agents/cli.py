@@ -173,7 +173,8 @@ async def _dlq_redrive(settings: Settings, args: argparse.Namespace) -> int:
     def plan(p: dlq.Redrive) -> None:
         if args.dry_run and p.skip is None:
             key = p.key.decode("utf-8", "replace") if p.key else None
-            print(f"would redrive {p.record.id} to {p.topic} (key {key})")
+            where = "" if p.partition is None else f", partition {p.partition}"
+            print(f"would redrive {p.record.id} to {p.topic} (key {key}{where})")
 
     report = await dlq.redrive(
         settings,
@@ -224,7 +225,8 @@ def _add_dlq_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
             "--reason",
             action="append",
             help="only this reason (header runstream-error: invalid_json, unknown_type, "
-            "unsupported_version, oversize, schema); repeatable",
+            "unsupported_version, oversize, schema, misrouted, wrong_partition, no_key); "
+            "repeatable",
         )
         p.add_argument(
             "--source-partition",
@@ -258,7 +260,10 @@ def _add_dlq_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="append the selected dead letters to their source topic again",
         description="Append the selected dead letters' original bytes (key, headers without "
         "runstream-*) to their source topic. Safe to repeat: event ids make a redriven event "
-        "apply once. Skips truncated copies and records this runstream still refuses.",
+        "apply once. Skips truncated copies and records this runstream still refuses. Records "
+        "refused for their partition (misrouted, wrong_partition, no_key) are keyed by their "
+        "run id (wrong_partition: by their own key) and go where murmur2 of the key puts them, "
+        "the run's partition, never back to the one that refused them.",
     )
     selection(rd)
     rd.add_argument("ids", nargs="*", metavar="PARTITION:OFFSET", help="only these dead letters")

@@ -8,8 +8,9 @@ the command started.
 
 ``redrive`` appends the selected records' original bytes back to their source topic, keyed by
 the original key or else by the run id of their first event, so the producer's murmur2
-partitioner puts them on the run's partition. Repeating it is safe: every event carries an id,
-and the materializer counts an event it has applied before as a duplicate.
+partitioner puts them on the run's partition (never the source partition's number: a record
+refused for being on the wrong partition goes where its key belongs). Repeating it is safe: every
+event carries an id, and the materializer counts an event it has applied before as a duplicate.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from tqdm import tqdm
 
 from agents.config import Settings
 from agents.kafka import Record, bare_consumer, log_bounds, partitions_of, read_range
+from agents.materializer import key_partition
+from agents.producer import partition_for
 from events.codec import decode_record, encode
 from events.errors import DecodeError
 
 __all__ = [
+    "ROUTING_REASONS",
     "DeadLetterRecord",
     "Redrive",
     "RedriveReport",
@@ -49,6 +53,9 @@ __all__ = [
 ]
 
 _HEADER_PREFIX = "runstream-"
+#: Reasons of records refused for where they were, not for what they hold: redrive sends them to
+#: the partition of their run (agents.materializer: route_check, _misrouted).
+ROUTING_REASONS = frozenset({"misrouted", "wrong_partition", "no_key"})
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -293,12 +300,24 @@ class Redrive:
     topic: str | None = None
     key: bytes | None = None
     skip: str | None = None  # why it is not redriven
+    # Where the producer's murmur2 partitioner puts it (when the partition count is known);
+    # only said, never sent: the send names no partition.
+    partition: int | None = None
 
 
-def redrive_plan(r: DeadLetterRecord, *, max_event_bytes: int) -> Redrive:
+def redrive_plan(
+    r: DeadLetterRecord, *, max_event_bytes: int, partitions: int | None = None
+) -> Redrive:
     """Decide how to redrive ``r`` (pure). Skipped: no source topic, a truncated copy (the whole
     record is still in the source topic), or bytes this runstream still refuses (redriving them
-    would only make a new dead letter)."""
+    would only make a new dead letter).
+
+    A record refused for where it was (``ROUTING_REASONS``) is keyed so that the producer's
+    murmur2 partitioner puts it where its run lives: ``wrong_partition`` keeps its key (it names
+    the run's partition), ``no_key`` and ``misrouted`` get the run id of their first event.
+    With ``partitions`` (the source topic's count) it also checks that: a record whose events
+    are for runs of several partitions, or that would land on its source partition again, is
+    skipped; a kept key that does not lead to the runs' partition is replaced by the run id."""
     if not r.source_topic:
         return Redrive(record=r, skip="no runstream-source-topic header")
     if r.truncated_from is not None:
@@ -306,12 +325,31 @@ def redrive_plan(r: DeadLetterRecord, *, max_event_bytes: int) -> Redrive:
     try:
         events = decode_record(r.value, max_size=max_event_bytes)
     except DecodeError as exc:
-        return Redrive(record=r, skip=f"still refused: {exc.reason}: {exc.message}"[:300])
+        why = f"{exc.reason}: {exc.message}"
+        if r.reason == "no_key":
+            why = f"no key, and no run id to key it by: its events cannot be read ({why})"
+            return Redrive(record=r, skip=why[:300])
+        return Redrive(record=r, skip=f"still refused: {why}"[:300])
     # Kafka key = run id: the original key, else the run id of the record's first event (the
     # dead letters of older workers carry no key; a misrouted record's key is the bug itself);
     # the producer's partitioner does the rest.
-    key = r.key if r.key and r.reason != "misrouted" else events[0].run_id.encode()
-    return Redrive(record=r, topic=r.source_topic, key=key)
+    run_key = events[0].run_id.encode()
+    key = r.key if r.key and r.reason not in ("misrouted", "no_key") else run_key
+    if not partitions or r.reason not in ROUTING_REASONS:
+        return Redrive(record=r, topic=r.source_topic, key=key)
+    homes = sorted({partition_for(e.run_id, partitions) for e in events})
+    if len(homes) > 1:
+        return Redrive(
+            record=r,
+            skip=f"its events are for runs of partitions {', '.join(map(str, homes))}: "
+            "send them again one record per run, key = run id",
+        )
+    (home,) = homes
+    if key_partition(key, partitions) != home:
+        key = run_key
+    if home == r.source_partition:
+        return Redrive(record=r, skip=f"its run belongs to partition {home}, where it was refused")
+    return Redrive(record=r, topic=r.source_topic, key=key, partition=home)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -347,9 +385,17 @@ async def redrive(
         await producer.start()
     bar = tqdm(total=total, unit="rec", desc="redrive", disable=not progress, file=sys.stderr)
     pending: list[asyncio.Future[object]] = []
+    counts: dict[str, int] = {}  # source topic → its partition count (routing reasons only)
     try:
         async for r in read(settings, selection, on_progress=bar.update):
-            plan = redrive_plan(r, max_event_bytes=settings.max_event_bytes)
+            topic = r.source_topic
+            if topic and r.reason in ROUTING_REASONS and topic not in counts:
+                counts[topic] = await _partition_count(settings, topic)
+            plan = redrive_plan(
+                r,
+                max_event_bytes=settings.max_event_bytes,
+                partitions=counts.get(topic or "") or None,
+            )
             if on_plan is not None:
                 on_plan(plan)
             if plan.skip is not None or plan.topic is None:
@@ -372,6 +418,12 @@ async def redrive(
         if producer is not None:
             await producer.stop()
     return report
+
+
+async def _partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions ``topic`` has (0: no such topic)."""
+    async with _consumer(settings) as consumer:
+        return len(await partitions_of(consumer, topic))
 
 
 def selection_from(

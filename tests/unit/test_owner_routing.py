@@ -1,13 +1,15 @@
 """Records on a partition their key does not hash to (a producer whose partitioner is not
 murmur2) or without a key become dead letters (``wrong_partition``, ``no_key``) before they are
 applied, instead of being refused as ``unknown_run`` in silence: ``PartitionOwner.handle`` with
-``PartitionMaterializer.route_check`` (agents.materializer), driven with the in-memory fakes."""
+``PartitionMaterializer.route_check`` (agents.materializer), driven with the in-memory fakes; and
+``runstream dlq redrive`` sends them where their runs live (agents.dlq.redrive_plan)."""
 
 from __future__ import annotations
 
 import pytest
 
 from agents import metrics
+from agents.dlq import DeadLetterRecord, Redrive, redrive_plan
 from agents.materializer import PartitionMaterializer, key_partition, route_refusal
 from agents.owner import ApplyOutcome, OwnerConfig, PartitionOwner
 from agents.producer import partition_for
@@ -281,3 +283,69 @@ async def test_without_a_partition_count_nothing_is_checked() -> None:
     )
     assert pm.route_check(0, encode(status(TaskStatus.RUNNING)), None) is None
     assert pm.next_offset == 0
+
+
+# ------------------------------------------------------------------------ redrive
+def dead(
+    value: bytes, reason: str, *, key: bytes | None, source: int = ELSEWHERE
+) -> DeadLetterRecord:
+    headers = (
+        ("x-trace", b"1"),
+        ("runstream-error", reason.encode()),
+        ("runstream-source-topic", TOPIC.encode()),
+        ("runstream-source-partition", str(source).encode()),
+        ("runstream-source-offset", b"9"),
+    )
+    return DeadLetterRecord(
+        partition=0, offset=0, timestamp_ms=0, key=key, value=value, headers=headers
+    )
+
+
+def plan(r: DeadLetterRecord, partitions: int | None = PARTITIONS) -> Redrive:
+    return redrive_plan(r, max_event_bytes=4096, partitions=partitions)
+
+
+def test_redrive_sends_a_wrong_partition_record_with_its_key_where_the_key_belongs() -> None:
+    value = encode(status(TaskStatus.RUNNING))
+    p = plan(dead(value, "wrong_partition", key=RUN.encode()))
+    assert (p.skip, p.topic, p.key, p.partition) == (None, TOPIC, RUN.encode(), HOME)
+    # Without the partition count: the key alone (the producer's partitioner places it).
+    p = plan(dead(value, "wrong_partition", key=RUN.encode()), partitions=None)
+    assert (p.skip, p.key, p.partition) == (None, RUN.encode(), None)
+    # A key that does not lead to the run's partition is replaced by the run id.
+    other_key = next(
+        k for n in range(100) if key_partition(k := f"k{n}".encode(), PARTITIONS) != HOME
+    )
+    p = plan(dead(value, "wrong_partition", key=other_key))
+    assert (p.skip, p.key, p.partition) == (None, RUN.encode(), HOME)
+
+
+def test_redrive_keys_a_no_key_record_by_the_run_id_of_its_first_event() -> None:
+    value = encode_commit([status(TaskStatus.RUNNING), status(TaskStatus.SUCCESS)])
+    for key in (None, b""):
+        p = plan(dead(value, "no_key", key=key))
+        assert (p.skip, p.topic, p.key, p.partition) == (None, TOPIC, RUN.encode(), HOME)
+
+
+def test_redrive_refuses_a_no_key_record_it_cannot_read() -> None:
+    p = plan(dead(b'{"type": "task.status_changed", oops', "no_key", key=None))
+    assert p.topic is None
+    assert p.skip is not None
+    assert p.skip.startswith("no key, and no run id to key it by: its events cannot be read")
+
+
+def test_redrive_never_sends_a_record_back_to_the_partition_that_refused_it() -> None:
+    value = encode(status(TaskStatus.RUNNING))
+    # Its run's partition is the one it was refused on (the partition count changed since).
+    p = plan(dead(value, "wrong_partition", key=RUN.encode(), source=HOME))
+    assert p.topic is None
+    assert p.skip == f"its run belongs to partition {HOME}, where it was refused"
+    # Runs of several partitions in one record: no key puts it where all of them live.
+    stray = next(
+        r for n in range(100) if partition_for(r := format_run_id(1000 + n), PARTITIONS) != HOME
+    )
+    mixed = encode_commit([status(TaskStatus.RUNNING), status(TaskStatus.RUNNING, stray)])
+    p = plan(dead(mixed, "no_key", key=None))
+    assert p.topic is None
+    assert p.skip is not None
+    assert p.skip.startswith("its events are for runs of partitions")
