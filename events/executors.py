@@ -8,18 +8,21 @@ lapsed. Heartbeats are not facts about a run and never go to ``runs.events``: th
 ``runs.heartbeats`` (key = executor id, compacted, short retention; docs/events.md).
 
 Like every shape of ``events``, :class:`Heartbeat` is the one declaration: the follower decodes
-with it, the API builds it, and ``docs/schemas/heartbeat.json`` is generated from it.
+with it, the API builds it, and ``docs/schemas/heartbeat.json`` is generated from it. The executor
+id and the lease's bounds are the claims' own (``events.model.ExecutorId``, ``Lease``; the default
+lease ``events.catalogue.DEFAULT_LEASE_MS``), re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
+from events.catalogue import DEFAULT_LEASE_MS
 from events.errors import DecodeError, DecodeReason, validation_message
-from events.model import Millis
+from events.model import ExecutorId, Lease, Millis
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_MS",
@@ -35,30 +38,18 @@ __all__ = [
     "heartbeat_interval_ms",
 ]
 
-MAX_EXECUTOR_ID = 200
-#: An executor's id: the key of its heartbeats and the holder named by its claims.
-ExecutorId = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=MAX_EXECUTOR_ID,
-        pattern="^[!-~]+(?![\\s\\S])",  # the end of the string in every dialect (not "$")
-        description="printable ASCII without spaces, 1 to 200 characters; the same for the "
-        "executor's whole life",
-    ),
-]
-
-MIN_LEASE_MS = 1_000
-MAX_LEASE_MS = 3_600_000
-#: The lease of an executor that does not say (``runstream executors heartbeat``, the API).
-DEFAULT_LEASE_MS = 30_000
+# The bounds, read from the declarations (for messages and tools; never a second copy).
+_ID_META: Meta = get_args(ExecutorId)[1]
+_LEASE_META: Meta = get_args(Lease)[1]
+MAX_EXECUTOR_ID = int(_ID_META.max_length or 0)  # 200
+MIN_LEASE_MS = int(_LEASE_META.ge or 0)  # 1 s
+MAX_LEASE_MS = int(_LEASE_META.le or 0)  # 1 h
+#: A heartbeat's lease: the bounds of a claim's (``events.model.Lease``), said of a heartbeat.
 LeaseMs = Annotated[
-    int,
+    Lease,
     Meta(
-        ge=MIN_LEASE_MS,
-        le=MAX_LEASE_MS,
         description="milliseconds the executor's claims stay alive after this heartbeat is "
-        "received, 1000 (1 s) to 3600000 (1 h)",
+        "received, 1000 (1 s) to 3600000 (1 h)"
     ),
 ]
 
