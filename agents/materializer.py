@@ -66,6 +66,10 @@ KEY_HOMES = 4096  # keys whose partition route_check remembers (cleared when ful
 ENCODE_SLICE = 500  # runs encoded between two yields to the event loop during a checkpoint
 
 
+def _ignore(_: str) -> None:
+    """``touched.add`` when nobody watches."""
+
+
 def phase_seq(event: Event) -> int:
     """The per-run sequence number of a ``run.phase_changed`` event (-1 for any other event)."""
     data = event.data
@@ -186,6 +190,9 @@ class PartitionMaterializer:
         # The run ids it admits and the refusals it reports (agents.admission).
         self.admission = Admission.of(partition, self.active, self.finals)
         self.history = HistoryLog()  # every judged event per run (agents.history)
+        # Runs whose state changed since the owner last looked (agents.decisions watches them);
+        # None (replay, tools): not kept.
+        self.touched: set[str] | None = None
         self._position = (0, 0)  # (record offset, index in the record) of the event applied
         self._key_homes: dict[bytes, int] = {}  # record key → its partition (route_check)
 
@@ -254,6 +261,7 @@ class PartitionMaterializer:
         # The usual event (of an active run, applied, the run not final after it) is handled in
         # this loop with local names; every other case goes through _apply_event / _judged.
         active, dirty, note, waiters = self.active, self._dirty, self.history.note, self.waiters
+        touched = _ignore if self.touched is None else self.touched.add
         applied = 0
         for index, event in enumerate(events):
             run_id = event.run_id
@@ -267,6 +275,7 @@ class PartitionMaterializer:
                         note(event, offset, index, _APPLIED, seq=new.seq)
                         active[run_id] = new
                         dirty[run_id] = new
+                        touched(run_id)
                         if waiters and event.id in waiters:
                             waiters.resolve(event.id, ApplyOutcome("applied", new))
                         if result.derived:
@@ -366,6 +375,8 @@ class PartitionMaterializer:
         if state is None:
             self.admission.created(parse_run_id(run_id))
         self.history.note(event, *self._position, Judged.APPLIED, seq=new.seq)
+        if self.touched is not None:
+            self.touched.add(run_id)
         if new.run.phase in _FINAL_PHASES:
             self.active.pop(run_id, None)
             self._dirty.pop(run_id, None)

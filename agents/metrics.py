@@ -8,12 +8,18 @@ __all__ = [
     "CHECKPOINTS",
     "CHECKPOINT_SECONDS",
     "DEAD_LETTERS",
+    "DECISIONS",
     "EVENTS",
     "EVENTS_REJECTED",
+    "EXECUTORS_KNOWN",
+    "HEARTBEATS",
+    "HEARTBEATS_MALFORMED",
     "INDEX_RUNS",
     "PARTITIONS_OWNED",
     "PHASE_CHANGES",
     "RECORDS",
+    "STUCK_RUNS",
+    "STUCK_TASKS",
 ]
 
 RECORDS = Counter("runstream_records_total", "Kafka records consumed by the materializer")
@@ -39,3 +45,28 @@ CHECKPOINT_SECONDS = Histogram(
 )
 PARTITIONS_OWNED = Gauge("runstream_partitions_owned", "runs.events partitions this worker owns")
 INDEX_RUNS = Gauge("runstream_index_runs", "Runs in this worker's run index")
+HEARTBEATS = Counter(
+    "runstream_heartbeats_received",
+    "Executors' heartbeats this worker read from runs.heartbeats (agents.liveness)",
+)
+HEARTBEATS_MALFORMED = Counter(
+    "runstream_heartbeats_malformed",
+    "Records of runs.heartbeats this worker could not read as a heartbeat, skipped",
+)
+EXECUTORS_KNOWN = Gauge(
+    "runstream_executors_known",
+    "Executors this worker heard a heartbeat from in the last hour",
+)
+DECISIONS = Counter(
+    "runstream_time_decisions_total",
+    "Decisions taken from time and appended to runs.events (agents.decisions), by reason",
+    ["reason"],  # executor_lost, timeout
+)
+STUCK_RUNS = Gauge(
+    "runstream_stuck_runs",
+    "Active runs of this worker's partitions with no progress for longer than --stuck-after",
+)
+STUCK_TASKS = Gauge(
+    "runstream_stuck_tasks",
+    "Tasks running or claimed, in those runs, since before --stuck-after",
+)

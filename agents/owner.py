@@ -36,12 +36,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agents import metrics
+from agents.decisions import LivenessView, Stuck, Timekeeper, stuck
 from agents.materializer import Outcome, PartitionMaterializer, Snapshot
 from agents.outbox import Headers, Outbox, dead_letter_headers, emitted
 from agents.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
 from agents.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
 from api.history import HistoryEntry
 from datamanager.errors import Fenced
+from events.codec import encode
 from events.state import RunState
 
 __all__ = [
@@ -86,8 +88,15 @@ class PartitionOwner:
         sender: LogSender,
         hooks: OwnerHooks,
         clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        liveness: LivenessView | None = None,
     ) -> None:
         self.partition = partition
+        self._wall_ms = wall_ms
+        self._sender = sender
+        # Decisions taken from time: lapsed leases, passed timeouts (agents.decisions).
+        self.timekeeper = Timekeeper(liveness)
+        self._appending: set[asyncio.Task[None]] = set()
         self.config = config
         self._dm = datamanager
         self._reader = reader
@@ -232,6 +241,8 @@ class PartitionOwner:
         if self.closed:
             return
         self._start_offset = pm.next_offset
+        pm.touched = set()
+        self.timekeeper.watch_all(pm.active, self._clock())
         self.pm = pm
         self._last_checkpoint = self._last_record = self._clock()
         self._settled.set()
@@ -349,6 +360,62 @@ class PartitionOwner:
             await self._hooks.seek(self.partition, pm.next_offset)
         except Exception:  # revoked meanwhile, or the consumer is stopping: the next tick retries
             log.exception("seek failed", extra={"partition": self.partition})
+
+    # ----------------------------------------------------------------- time decisions
+    def decide(self) -> int:
+        """Take the decisions that are due (``agents.decisions``) and append them to
+        ``runs.events`` on this partition, keyed by run id, in the background; returns how many.
+        Only while serving: a new owner decides once it has applied the log up to where it ended
+        at assignment, so a decision its predecessor appended is seen first. The wiring's timer
+        calls it a few times a second."""
+        pm = self.pm
+        if pm is None or not self.serving or pm.touched is None:
+            return 0
+        now = self._clock()
+        keeper = self.timekeeper
+        if pm.touched:
+            touched, pm.touched = pm.touched, set()
+            active = pm.active
+            for run_id in touched:
+                keeper.watch(run_id, active.get(run_id), now)
+        events = keeper.due(pm.active, self._wall_ms(), now)
+        for ev in events:
+            data = ev.data
+            log.info(
+                "time decision appended",
+                extra={
+                    "partition": self.partition,
+                    "run_id": ev.run_id,
+                    "event_id": ev.id,
+                    "type": str(ev.type),
+                    "reason": str(getattr(data, "reason", "")),
+                },
+            )
+            metrics.DECISIONS.labels(str(getattr(data, "reason", "timeout"))).inc()
+            task = asyncio.ensure_future(self._append(ev.run_id, encode(ev)))
+            self._appending.add(task)
+            task.add_done_callback(self._appending.discard)
+        return len(events)
+
+    async def _append(self, run_id: str, value: bytes) -> None:
+        """Append one decision; a failure is logged (the timekeeper appends it again later)."""
+        try:
+            sent = await self._sender.send(
+                self.config.topic, run_id.encode(), value, partition=self.partition, headers=None
+            )
+            await sent
+        except Exception:
+            log.exception(
+                "appending a time decision failed; it is retried", extra={"run_id": run_id}
+            )
+
+    def stuck(self, older_than_ms: int) -> list[Stuck]:
+        """The active runs of this partition with no progress for ``older_than_ms`` (oldest
+        first). Raises :class:`NotServing` when not serving."""
+        if not self.serving:
+            raise NotServing(f"partition {self.partition} is not serving")
+        assert self.pm is not None
+        return stuck(self.pm.active.values(), self._wall_ms(), older_than_ms)
 
     # ------------------------------------------------------------------------ checkpoints
     def maybe_checkpoint(self) -> asyncio.Task[CheckpointResult] | None:
