@@ -95,6 +95,17 @@ CHANNELS: Mapping[str, Channel] = {
         "receive",
         partitioner="the partition number of the run's runs.events partition",
     ),
+    "topic_refusals": Channel(
+        "answers to refused events",
+        "One answer per event the owner of its run refused (at least once): the event id and "
+        "type, the refusal code and reason, where the event was read. Keyed by run id, on the "
+        "partition of the same number as the run's runs.events partition: a producer follows "
+        "the partitions of its runs and matches the event ids it sent.",
+        "refusal",
+        "the run id",
+        "receive",
+        partitioner="the partition number of the run's runs.events partition",
+    ),
     "topic_heartbeats": Channel(
         "executors' heartbeats",
         "Executor executor_id is alive and holds its claims for lease_ms from when a worker "
@@ -131,6 +142,7 @@ def _payloads() -> dict[str, Any]:
         "run_request": wire["run-request.json"],
         "request_reply": wire["request-reply.json"],
         "heartbeat": wire["heartbeat.json"],
+        "refusal": wire["refusal.json"],
         "derived": union,
     }
 

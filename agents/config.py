@@ -279,6 +279,18 @@ class Settings:
         help="executors' heartbeats (key = executor id; compacted, kept one day): every worker "
         "reads all of it to know which executors are alive (docs/events.md)",
     )
+    topic_refusals: str = setting(
+        "runs.refusals",
+        env="RUNSTREAM_TOPIC_REFUSALS",
+        help="output topic of the answers to refused events: event id, run id, refusal code "
+        "and reason (key = run id, the run's partition number; docs/events.md)",
+    )
+    stuck_after: float = setting(
+        600.0,
+        env="RUNSTREAM_STUCK_AFTER",
+        help="seconds without progress after which an active run counts as stuck (the "
+        "runstream_stuck_runs metric; `runstream runs stuck` takes its own threshold)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -66,6 +66,14 @@ KEY_HOMES = 4096  # keys whose partition route_check remembers (cleared when ful
 ENCODE_SLICE = 500  # runs encoded between two yields to the event loop during a checkpoint
 
 
+def _answer(out: Outcome, event: Event, code: str, reason: str) -> None:
+    """Note a refusal in the record's outcome: the owner answers it on ``runs.refusals``."""
+    if out.refused is None:
+        out.refused = [(event, code, reason)]
+    else:
+        out.refused.append((event, code, reason))
+
+
 def _ignore(_: str) -> None:
     """``touched.add`` when nobody watches."""
 
@@ -134,6 +142,8 @@ class Outcome:
 
     derived: list[Event] = field(default_factory=list)
     dead: DeadLetter | None = None
+    # (event, refusal code, reason) of each event refused (answered on runs.refusals); None: none
+    refused: list[tuple[Event, str, str]] | None = None
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
@@ -343,7 +353,8 @@ class PartitionMaterializer:
         if state is None and parse_run_id(run_id) in self.finals:
             out.rejected += 1  # a final run never changes again
             self.history.note(event, *self._position, Judged.REFUSED, reason="run is final")
-            self.admission.refused(event, "run is final")
+            code = self.admission.refused(event, "run is final")
+            _answer(out, event, code, f"run {run_id} is final")
             if waiters and event.id in waiters:
                 waiters.resolve(event.id, ApplyOutcome("rejected", None, f"run {run_id} is final"))
             return
@@ -360,7 +371,8 @@ class PartitionMaterializer:
             out.rejected += 1
             if state is not None:  # an unknown run has no history
                 self.history.note(event, *self._position, Judged.REFUSED, reason=result.reason)
-            self.admission.refused(event, result.reason)
+            code = self.admission.refused(event, result.reason)
+            _answer(out, event, code, result.reason)
             if waiters and event.id in waiters:
                 waiters.resolve(event.id, ApplyOutcome("rejected", result.state, result.reason))
             return

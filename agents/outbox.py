@@ -1,5 +1,6 @@
 """What one partition's owner sends to Kafka: phase changes to ``runs.phases`` (on the partition
-with the same number, key = run id) and dead letters to ``runs.dlq``, held as pending sends until
+with the same number, key = run id), the answers to refused events to ``runs.refusals`` (the
+same) and dead letters to ``runs.dlq``, held as pending sends until
 the next checkpoint waits for them (``agents.owner``). No Faust here."""
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ import logging
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from agents.materializer import DeadLetter
 from agents.ports import LogSender, RecordMeta
 from events.catalogue import Event
 from events.codec import decode_record, encode
 from events.errors import DecodeError
+from events.requests import Refusal
 
 __all__ = ["DEAD_LETTER_HEADERS", "Headers", "Outbox", "Settled", "dead_letter_headers", "emitted"]
 
 log = logging.getLogger("runstream.outbox")
+_encode_refusal = msgspec.json.Encoder().encode
 
 Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None
 TRUNCATED_DEAD_LETTER = 64 << 10
@@ -86,8 +91,10 @@ class Outbox:
         phases_topic: str,
         dlq_topic: str,
         partition: int,
+        refusals_topic: str = "",
     ) -> None:
         self._sender = sender
+        self._refusals_topic = refusals_topic
         self._source_topic = source_topic
         self._phases_topic = phases_topic
         self._dlq_topic = dlq_topic
@@ -141,6 +148,33 @@ class Outbox:
             head = dl.raw[:TRUNCATED_DEAD_LETTER]
             sent = await send(self._dlq_topic, key, head, partition=None, headers=hdrs)
         self._pending.append(sent)
+
+    async def refusals(self, refused: Sequence[tuple[Event, str, str]], offset: int) -> None:
+        """Queue one answer per refused event (``events.requests.Refusal``) for ``runs.refusals``,
+        key = run id, on this partition's number (nothing when no refusals topic is set)."""
+        topic = self._refusals_topic
+        if not topic:
+            return
+        for event, code, reason in refused:
+            answer = Refusal(
+                event_id=event.id,
+                run_id=event.run_id,
+                type=str(event.type),
+                code=code,
+                reason=reason,
+                partition=self._partition,
+                offset=offset,
+                at=event.at,
+            )
+            self._pending.append(
+                await self._sender.send(
+                    topic,
+                    event.run_id.encode(),
+                    _encode_refusal(answer),
+                    partition=self._partition,
+                    headers=None,
+                )
+            )
 
     def take(self) -> list[Awaitable[RecordMeta]]:
         """The pending sends, handed over to a checkpoint (the outbox starts empty again)."""

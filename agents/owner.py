@@ -70,6 +70,7 @@ class OwnerConfig:
     topic: str  # runs.events
     phases_topic: str
     dlq_topic: str
+    refusals_topic: str = ""  # runs.refusals: the answers to refused events ("" = none sent)
     max_event_bytes: int = 1 << 20
     checkpoint_interval: float = 5.0
     checkpoint_events: int = 50_000
@@ -114,6 +115,7 @@ class PartitionOwner:
             phases_topic=config.phases_topic,
             dlq_topic=config.dlq_topic,
             partition=partition,
+            refusals_topic=config.refusals_topic,
         )
         self._acked_phases = 0  # runs.phases offset acknowledged, not yet in a manifest
         self._settled = asyncio.Event()  # loaded, closed or dead: records need not wait
@@ -301,7 +303,7 @@ class PartitionOwner:
         tally.applied += out.applied
         if out.duplicates or out.rejected or out.dead is not None:
             tally.add(out)
-        if not out.derived and out.dead is None:
+        if not out.derived and out.dead is None and out.refused is None:
             return
         # Until its sends are queued, a snapshot must not cover this record (see _idle).
         self._idle.clear()
@@ -309,6 +311,8 @@ class PartitionOwner:
             if out.derived:
                 tally.phase_changes += len(out.derived)
                 await self._outbox.phase_changes(out.derived)
+            if out.refused is not None:
+                await self._outbox.refusals(out.refused, offset)
             if out.dead is not None:
                 if self._waiters:
                     dl = out.dead

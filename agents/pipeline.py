@@ -38,6 +38,8 @@ log = logging.getLogger("runstream.pipeline")
 TAKE_MAX = 2000
 TAKE_WITHIN = 0.005
 GC_EVERY = 60.0
+DECIDE_EVERY = 0.25  # seconds between two looks at the time decisions (agents.decisions)
+STUCK_EVERY = 15.0  # seconds between two counts of stuck runs (a scan of the active runs)
 REVOKE_TIMEOUT = 10.0  # a last checkpoint at revocation, bounded
 FLOW_WAIT = 30.0  # a seek waits at most this for Faust to resume its flow after a rebalance
 
@@ -58,6 +60,7 @@ class MaterializerService:
             topic=settings.topic_events,
             phases_topic=settings.topic_phases,
             dlq_topic=settings.topic_dlq,
+            refusals_topic=settings.topic_refusals,
             max_event_bytes=settings.max_event_bytes,
             checkpoint_interval=settings.checkpoint_interval,
             checkpoint_events=settings.checkpoint_events,
@@ -71,6 +74,8 @@ class MaterializerService:
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
         app.timer(max(0.5, min(1.0, settings.checkpoint_interval / 2)))(self._tick)
+        app.timer(DECIDE_EVERY)(self._decide)
+        self._last_stuck = 0.0
 
     def owner(self, partition: int) -> PartitionOwner | None:
         """The owner of ``partition`` of ``runs.events`` on this worker (``None``: not ours now).
@@ -91,6 +96,8 @@ class MaterializerService:
             reader=self._reader,
             sender=self._sender,
             hooks=self,
+            # The executors' heartbeats (agents.liveness), which the worker hangs on the app.
+            liveness=getattr(self.app, "runstream_liveness", None),
         )
         owner.start()
         return owner
@@ -172,6 +179,24 @@ class MaterializerService:
             owner.maybe_checkpoint()
             await owner.keep_catching_up(waiting)
         await self._maybe_collect_garbage()
+
+    async def _decide(self) -> None:
+        """The owners' decisions from time (lapsed leases, timeouts), a few times a second; the
+        stuck gauges every ``STUCK_EVERY`` seconds."""
+        for owner in list(self.owned.values()):
+            owner.decide()
+        now = time.monotonic()
+        if now - self._last_stuck >= STUCK_EVERY:
+            self._last_stuck = now
+            older_than = round(self.settings.stuck_after * 1000)
+            runs = tasks = 0
+            for owner in list(self.owned.values()):
+                if owner.serving:
+                    found = owner.stuck(older_than)
+                    runs += len(found)
+                    tasks += sum(len(s.tasks) for s in found)
+            metrics.STUCK_RUNS.set(runs)
+            metrics.STUCK_TASKS.set(tasks)
 
     async def _maybe_collect_garbage(self) -> None:
         """Every ``GC_EVERY`` seconds, collect superseded manifests and unreferenced data files of

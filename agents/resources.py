@@ -110,8 +110,9 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the runstream topics when missing; refuse to run when ``runs.events`` and
-    ``runs.phases`` differ in partitions (phase changes go to the partition of the same number).
+    """Create the runstream topics when missing; refuse to run when ``runs.events``,
+    ``runs.phases`` and ``runs.refusals`` differ in partitions (phase changes and answers go to
+    the partition of the same number).
     Then check the input topics' settings (:func:`topic_warnings`)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, client_id="runstream-admin")
     await admin.start()
@@ -124,6 +125,7 @@ async def ensure_topics(settings: Settings) -> None:
             settings.topic_requests,
             settings.topic_replies,
             settings.topic_heartbeats,
+            settings.topic_refusals,
         ]
         existing = set(await admin.list_topics())
         missing = [
@@ -140,15 +142,17 @@ async def ensure_topics(settings: Settings) -> None:
             await admin.create_topics(missing)
             log.info("created topics", extra={"topics": [t.name for t in missing]})
         for _ in range(100):  # new topics show their partitions in metadata shortly after
-            described = await admin.describe_topics([settings.topic_events, settings.topic_phases])
+            described = await admin.describe_topics(
+                [settings.topic_events, settings.topic_phases, settings.topic_refusals]
+            )
             counts = {d["topic"]: len(d["partitions"]) for d in described}
             if all(counts.values()):
                 break
             await asyncio.sleep(0.1)
-        if counts.get(settings.topic_events) != counts.get(settings.topic_phases):
+        if len(set(counts.values())) != 1:  # the outputs go to the partition of the same number
             raise RuntimeError(
-                f"{settings.topic_events} and {settings.topic_phases} must have the same number of "
-                f"partitions, found {counts}"
+                f"{settings.topic_events}, {settings.topic_phases} and {settings.topic_refusals} "
+                f"must have the same number of partitions, found {counts}"
             )
         await check_topics(admin, [settings.topic_events, settings.topic_setup_errors])
     finally:

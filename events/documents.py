@@ -25,7 +25,7 @@ import orjson
 from events.catalogue import CURRENT_VERSIONS, EVENT_TYPES, AnyEvent, EventType
 from events.codec import Commit
 from events.executors import Heartbeat
-from events.requests import RequestReply, RunRequest, SetupErrorReport
+from events.requests import Refusal, RequestReply, RunRequest, SetupErrorReport
 
 __all__ = ["DIALECT", "components", "dumps", "event_schema_name", "json_schemas", "wire_types"]
 
@@ -54,6 +54,7 @@ def _documents() -> dict[str, tuple[Any, str]]:
     docs["setup-error-report.json"] = (SetupErrorReport, "a report on runs.setup-errors")
     docs["request-reply.json"] = (RequestReply, "a reply on runs.replies")
     docs["heartbeat.json"] = (Heartbeat, "an executor's heartbeat on runs.heartbeats")
+    docs["refusal.json"] = (Refusal, "the answer to a refused event on runs.refusals")
     return docs
 
 

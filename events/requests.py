@@ -27,6 +27,7 @@ from events.model import Count, Millis, Name, RunConfigTask, RunId, SetupError
 
 __all__ = [
     "MAX_REQUEST_ID",
+    "Refusal",
     "ReplyOutcome",
     "RequestId",
     "RequestReply",
@@ -97,4 +98,22 @@ class RequestReply(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     outcome: ReplyOutcome
     run_id: RunId | None = None
     reason: str = ""
+    at: Millis
+
+
+class Refusal(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The answer to an event the owner of its run refused (on ``runs.refusals``, key = run id,
+    the partition with the same number as the run's in ``runs.events``): which event (``event_id``,
+    ``type``), why (``code``, one of the refusal codes of docs/events.md, and ``reason``, the
+    text), where it was read (``partition``, ``offset``) and when it was judged (``at``, the
+    event's own time). Every refusal is answered at least once (after a crash an answer may come
+    again: the event id tells them apart)."""
+
+    event_id: str
+    run_id: str
+    type: str
+    code: str
+    reason: str
+    partition: Count
+    offset: Count
     at: Millis

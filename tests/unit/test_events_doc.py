@@ -19,7 +19,7 @@ from agents.outbox import DEAD_LETTER_HEADERS
 from agents.setup_errors import read_report, read_request
 from events import decode_record
 from events.catalogue import EventType
-from events.requests import RequestReply
+from events.requests import Refusal, RequestReply
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 TEXT = DOC.read_text()
@@ -27,6 +27,8 @@ EXAMPLES = [orjson.loads(block) for block in re.findall(r"```json\n(.*?)```", TE
 
 
 def _kind(doc: dict[str, Any]) -> str:
+    if "event_id" in doc:
+        return "refusal"
     if "type" in doc:
         return "event"
     if "outcome" in doc:
@@ -36,7 +38,7 @@ def _kind(doc: dict[str, Any]) -> str:
     return "report"
 
 
-@pytest.mark.parametrize("doc", EXAMPLES, ids=lambda d: d.get("type") or _kind(d))
+@pytest.mark.parametrize("doc", EXAMPLES, ids=lambda d: d.get("type") if _kind(d) == "event" else _kind(d))
 def test_every_example_is_read_as_the_guide_says(doc: dict[str, Any]) -> None:
     raw = orjson.dumps(doc)
     kind = _kind(doc)
@@ -45,6 +47,8 @@ def test_every_example_is_read_as_the_guide_says(doc: dict[str, Any]) -> None:
         assert event.type.value == doc["type"]
     elif kind == "reply":
         msgspec.json.decode(raw, type=RequestReply)
+    elif kind == "refusal":
+        assert msgspec.json.decode(raw, type=Refusal).event_id == doc["event_id"]
     elif kind == "request":
         assert read_request(raw).request_id == doc["request_id"]
     else:
@@ -52,7 +56,7 @@ def test_every_example_is_read_as_the_guide_says(doc: dict[str, Any]) -> None:
 
 
 def test_every_event_type_has_an_example() -> None:
-    shown = {d["type"] for d in EXAMPLES if "type" in d}
+    shown = {d["type"] for d in EXAMPLES if _kind(d) == "event"}
     assert shown == {k.value for k in EventType}
 
 
