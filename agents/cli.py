@@ -335,6 +335,78 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
     p.set_defaults(func=_cmd_report)
 
 
+def _cmd_executor_heartbeat(args: argparse.Namespace) -> int:
+    """Send one heartbeat for EXECUTOR_ID, or one every ``--every`` seconds until interrupted."""
+    import time
+
+    from api.client import Client
+    from api.errors import ApiError, BadRequest, Unauthorized, Unreachable
+
+    every = args.every
+    if every is not None and not 0 < every * 1000 < args.lease_ms:
+        raise ValueError(
+            f"executors heartbeat: --every {every:g} must be above 0 and below the lease "
+            f"({args.lease_ms / 1000:g} s; a third of it is the usual interval)"
+        )
+    target = _client_target(args)
+    sent = f"executor {args.executor_id} lease {args.lease_ms} ms"
+    try:
+        with Client(target.url, token=target.token or None) as client:
+            while True:
+                try:
+                    client.heartbeat(args.executor_id, lease_ms=args.lease_ms)
+                    print(f"heartbeat: {sent}", flush=True)
+                except (BadRequest, Unauthorized) as exc:  # sending it again changes nothing
+                    print(f"runstream: error: {exc.message}", file=sys.stderr)
+                    return 1
+                except (ApiError, Unreachable) as exc:
+                    print(f"runstream: error: {exc}", file=sys.stderr, flush=True)
+                    if every is None:
+                        return 1
+                if every is None:
+                    return 0
+                time.sleep(every)
+    except KeyboardInterrupt:  # the way to stop --every
+        return 0
+
+
+def _add_executors_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from events.executors import DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_LEASE_MS
+
+    executors = sub.add_parser(
+        "executors",
+        help="executors: send heartbeats",
+        description="What an executor does besides reporting task statuses: prove it is alive.",
+    )
+    esub = executors.add_subparsers(dest="executors_command", metavar="COMMAND", required=True)
+    hb = esub.add_parser(
+        "heartbeat",
+        help="say an executor is alive: its claims hold for its lease more",
+        description="Send a heartbeat for EXECUTOR_ID through the HTTP API (any worker appends it "
+        "to the heartbeats topic; every worker hears it): the executor's claims hold for "
+        "--lease-ms more. Once, or every --every seconds until interrupted (a failed send is "
+        "printed and the next one goes out on time).",
+    )
+    hb.add_argument("executor_id", metavar="EXECUTOR_ID")
+    hb.add_argument(
+        "--lease-ms",
+        type=int,
+        default=DEFAULT_LEASE_MS,
+        metavar="N",
+        help=f"the lease, 1000 to 3600000 ms (default {DEFAULT_LEASE_MS})",
+    )
+    hb.add_argument(
+        "--every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep sending, one heartbeat every SECONDS (a third of the lease is usual: "
+        f"{DEFAULT_HEARTBEAT_INTERVAL_MS / 1000:g} for the default lease)",
+    )
+    _client_flags(hb)
+    hb.set_defaults(func=_cmd_executor_heartbeat)
+
+
 def _replay_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
@@ -398,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = add_runs_commands(sub, flags=_client_flags, target=_client_target)
     _add_report_command(runs)
     _add_dlq_commands(sub)
+    _add_executors_commands(sub)
     add_storage_commands(sub)
 
     config = sub.add_parser(

@@ -27,6 +27,7 @@ from agents.counters import RunNumbers
 from agents.health import LagMonitor, readiness
 from agents.indexing import IndexService
 from agents.inspect import end_offsets
+from agents.liveness import Executors
 from agents.phasefeed import PhaseHub as KafkaPhaseFeed
 from agents.phasefeed import decode_feed_cursor, encode_feed_cursor
 from agents.pipeline import MaterializerService
@@ -114,6 +115,7 @@ class ApiServer:
         materializer: MaterializerService,
         index: IndexService,
         url_map: Callable[[], UrlMap],
+        executors: Executors | None = None,
     ) -> None:
         self.settings = settings
         self.sink = _Sink(settings)
@@ -145,6 +147,7 @@ class ApiServer:
             clock=lambda: int(time.time() * 1000),
             self_url=self_url(settings),
             counters=RunNumbers(resources),
+            executors=executors,
         )
         self.app = create_api(
             deps,

@@ -10,6 +10,7 @@ import faust
 from agents.app import create_app
 from agents.config import Settings
 from agents.indexing import IndexService
+from agents.liveness import Executors
 from agents.logs import setup_logging
 from agents.pipeline import MaterializerService
 from agents.resources import Resources, ensure_topics
@@ -43,11 +44,24 @@ def run_worker(settings: Settings) -> int:
     resources = Resources(settings)
     index = IndexService(settings, resources)
     app = create_app(settings)
+    # Heartbeats: the API appends them, every worker follows them all into a Liveness. The
+    # partition owners judge leases with that table: it is the app's, as the topics are,
+    # so the materializer's wiring (which gets the app) finds it at app.runstream_liveness.
+    executors = Executors(settings)
+    app.runstream_liveness = executors.liveness  # type: ignore[attr-defined]
     materializer = MaterializerService(app, settings, resources)
     SetupErrorService(app, settings, resources)
-    api = ApiServer(settings, resources, materializer, index, app.router.external_topics_metadata)
+    api = ApiServer(
+        settings,
+        resources,
+        materializer,
+        index,
+        app.router.external_topics_metadata,
+        executors=executors,
+    )
     app.task(index.run)
     app.task(api.run)
+    app.task(executors.run)
     if settings.max_running_per_group > 0:
         app.task(SchedulerService(settings, resources, materializer, index).run)
 

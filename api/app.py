@@ -66,6 +66,8 @@ def create_api(
     r.add_get(f"{PREFIX}/runs/{{run_id}}/history", h.history, allow_head=False)
     r.add_put(f"{PREFIX}/runs/{{run_id}}/actions", h.run_action)
     r.add_put(f"{PREFIX}/runs/{{run_id}}/tasks/{{task_id}}/actions", h.task_action)
+    r.add_post(f"{PREFIX}/executors/{{executor_id}}/heartbeat", h.heartbeat)
+    r.add_get(f"{PREFIX}/executors/{{executor_id}}", h.get_executor, allow_head=False)
     r.add_get(f"{PREFIX}/openapi.json", openapi, allow_head=False)
     if asyncapi is not None:  # the topics' document (agents.asyncapi: api does not know them)
         topics = dict(asyncapi)

@@ -30,6 +30,7 @@ from events import (
 )
 from events.errors import BadRequest as EventsBadRequest
 from events.errors import validation_message
+from events.executors import DEFAULT_LEASE_MS, MAX_EXECUTOR_ID, ExecutorId, LeaseMs
 from events.group import Group
 from events.model import Name, RunId
 from indexer import DEFAULT_LIMIT, MAX_LIMIT, Order
@@ -40,6 +41,7 @@ __all__ = [
     "ApproveTask",
     "CreateRequest",
     "Cursor",
+    "HeartbeatRequest",
     "IdempotencyKey",
     "IfMatch",
     "Limit",
@@ -54,10 +56,12 @@ __all__ = [
     "TaskActionRequest",
     "parse_create",
     "parse_expected_seq",
+    "parse_heartbeat",
     "parse_idempotency_key",
     "parse_list_query",
     "parse_run_action",
     "parse_task_action",
+    "require_executor_id",
     "require_run_id",
 ]
 
@@ -186,6 +190,12 @@ class SetTaskAnnotations(Struct, tag_field="action_type", tag="setannotations", 
     annotations: StrMap
 
 
+class HeartbeatRequest(Struct, **_STRUCT):
+    """The body of an executor's heartbeat (optional: an empty body takes the default lease)."""
+
+    lease_ms: LeaseMs = DEFAULT_LEASE_MS
+
+
 TaskActionRequest = ApproveTask | SetTaskAnnotations
 CreateRequest = NewRun
 RecreateRequest = RecreateRun
@@ -215,7 +225,14 @@ class ListQuery(Struct, **_STRUCT):
 
 
 #: The request types, for the OpenAPI components.
-REQUEST_TYPES = (NewRun, RecreateRun, RunActionRequest, TaskActionRequest, ListQuery)
+REQUEST_TYPES = (
+    NewRun,
+    RecreateRun,
+    RunActionRequest,
+    TaskActionRequest,
+    ListQuery,
+    HeartbeatRequest,
+)
 _QUERY_FIELDS = msgspec.structs.fields(ListQuery)
 #: The query parameters of ``GET /runs``; any other is refused, so a typo is not ignored.
 LIST_PARAMETERS = tuple(f.encode_name for f in _QUERY_FIELDS)
@@ -228,6 +245,7 @@ _new_run = msgspec.json.Decoder(NewRun)
 _recreate = msgspec.json.Decoder(RecreateRun)
 _run_action = msgspec.json.Decoder(RunActionRequest)
 _task_action = msgspec.json.Decoder(TaskActionRequest)
+_heartbeat = msgspec.json.Decoder(HeartbeatRequest)
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
@@ -255,6 +273,14 @@ def parse_run_action(raw: bytes) -> RunAction:
 def parse_task_action(raw: bytes) -> TaskActionRequest:
     req: TaskActionRequest = _decode(_task_action, raw)
     return req
+
+
+def parse_heartbeat(raw: bytes) -> int:
+    """The lease of a heartbeat's body: ``lease_ms``, or the default for an empty body."""
+    if not raw.strip():
+        return DEFAULT_LEASE_MS
+    req: HeartbeatRequest = _decode(_heartbeat, raw)
+    return req.lease_ms
 
 
 def parse_list_query(query: Any) -> ListQuery:
@@ -298,6 +324,18 @@ def parse_idempotency_key(value: str | None) -> str | None:
     """An ``Idempotency-Key`` header: 1–200 visible ASCII characters, None if absent."""
     problem = "header Idempotency-Key must be 1 to 200 printable ASCII characters"
     return _header(value, IdempotencyKey, problem)
+
+
+def require_executor_id(executor_id: str) -> str:
+    """``executor_id`` if it is a valid executor id, else 400."""
+    try:
+        checked: str = msgspec.convert(executor_id, ExecutorId)
+    except msgspec.ValidationError:
+        raise BadRequest(
+            f"invalid executor id {executor_id[:40]!r}: want 1 to {MAX_EXECUTOR_ID} printable "
+            "ASCII characters without spaces"
+        ) from None
+    return checked
 
 
 def require_run_id(run_id: str) -> str:

@@ -34,6 +34,7 @@ from collections.abc import (
     Sequence,
 )
 from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -53,6 +54,7 @@ from api.wire import (
     retry_delay,
     with_retry_key,
 )
+from events.executors import DEFAULT_LEASE_MS
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client", "WatchEvent", "error_from_response"]
 
@@ -180,6 +182,18 @@ class AsyncClient:
     ) -> None:
         body = {"action_type": "setannotations", "annotations": dict(annotations)}
         await self._do(Calls.task_action(run_id, task_id, body, expected_seq, idempotency_key))
+
+    async def heartbeat(self, executor_id: str, *, lease_ms: int = DEFAULT_LEASE_MS) -> None:
+        """Executor ``executor_id`` is alive: its claims hold ``lease_ms`` more (any worker
+        appends it; returns once Kafka acknowledged it). Send one every ``lease_ms / 3``."""
+        path = f"/api/v1/executors/{quote(executor_id, safe='')}/heartbeat"
+        await self._do(Call("POST", path, body={"lease_ms": lease_ms}))
+
+    async def get_executor(self, executor_id: str) -> dict[str, Any]:
+        """The last heartbeat of ``executor_id`` the worker heard (``NotFound``: none)."""
+        path = f"/api/v1/executors/{quote(executor_id, safe='')}"
+        result: dict[str, Any] = await self._do(Call("GET", path))
+        return result
 
     async def watch(
         self, after: str | None = None, *, reconnect: bool = True, retry_delay: float = 1.0
@@ -310,4 +324,6 @@ class Client:
     stop = _blocking(AsyncClient.stop)
     approve_task = _blocking(AsyncClient.approve_task)
     set_task_annotations = _blocking(AsyncClient.set_task_annotations)
+    heartbeat = _blocking(AsyncClient.heartbeat)
+    get_executor = _blocking(AsyncClient.get_executor)
     watch = _blocking_iter(AsyncClient.watch)

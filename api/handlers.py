@@ -29,19 +29,21 @@ from api.bodies import (
     RecreateRequest,
     parse_create,
     parse_expected_seq,
+    parse_heartbeat,
     parse_idempotency_key,
     parse_list_query,
     parse_run_action,
     parse_task_action,
+    require_executor_id,
     require_run_id,
 )
 from api.errors import Conflict, NotFound, Unavailable
 from api.history import History
-from api.ports import ApiDeps, Local, Remote
+from api.ports import ApiDeps, Executors, Local, Remote
 from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
 from api.service import RUN_ID_TAKEN, RunService, check_creatable
 from api.views import etag, json_response, page_view, run_view
-from events import RunState, decode_state, encode_state, format_run_id
+from events import Heartbeat, RunState, decode_state, encode_state, format_run_id
 
 __all__ = ["RELAYED", "Handlers"]
 
@@ -203,6 +205,28 @@ class Handlers:
             return json_response(to_builtins(History(run_id=run_id, events=entries)))
 
         return await self._at_owner(request, run_id, here)
+
+    # ------------------------------------------------------------------------ executors
+    def _executors(self) -> Executors:
+        if self.deps.executors is None:
+            raise Unavailable("this worker does not serve executors; use another")
+        return self.deps.executors
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        """Any worker appends the heartbeat (no relay: every worker hears every one); 204 once
+        Kafka acknowledged it."""
+        executor_id = require_executor_id(request.match_info["executor_id"])
+        lease_ms = parse_heartbeat(await request.read())
+        hb = Heartbeat(executor_id=executor_id, lease_ms=lease_ms, at=self.deps.clock())
+        await self._executors().heartbeat(hb)
+        return web.Response(status=204)
+
+    async def get_executor(self, request: web.Request) -> web.Response:
+        executor_id = require_executor_id(request.match_info["executor_id"])
+        seen = self._executors().seen(executor_id)
+        if seen is None:
+            raise NotFound(f"no heartbeat of executor {executor_id!r} heard in the last hour")
+        return json_response(to_builtins(seen))
 
     # ------------------------------------------------------------------------ service
     async def healthz(self, request: web.Request) -> web.Response:

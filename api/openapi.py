@@ -14,6 +14,7 @@ import msgspec
 
 from api.bodies import (
     REQUEST_TYPES,
+    HeartbeatRequest,
     IdempotencyKey,
     IfMatch,
     ListQuery,
@@ -24,6 +25,7 @@ from api.bodies import (
 from api.console import console_paths
 from api.history import history_paths
 from api.views import RESPONSE_TYPES
+from events.executors import ExecutorId
 from events.model import Name, RunId
 
 __all__ = ["openapi_document"]
@@ -263,6 +265,67 @@ def _runs_paths(list_params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+_EXECUTOR_ID = {
+    "name": "executor_id",
+    "in": "path",
+    "required": True,
+    "schema": msgspec.json.schema(ExecutorId),
+    "description": "the executor's id (percent-encoded in the path where needed)",
+}
+_E503_EXECUTORS = {
+    **_E503,
+    "description": "Kafka did not acknowledge the heartbeat in time (or the worker is "
+    "stopping); retry after `Retry-After` seconds",
+}
+
+
+def _executor_paths() -> dict[str, Any]:
+    return {
+        "/api/v1/executors/{executor_id}/heartbeat": {
+            "post": {
+                "operationId": "executorHeartbeat",
+                "summary": "An executor is alive: its claims hold for `lease_ms` more",
+                "description": "Appended to the heartbeats topic by whichever worker gets it "
+                "(every worker hears every heartbeat); send one every third of the lease. The "
+                "body is optional: without one the lease is the default "
+                f"({HeartbeatRequest().lease_ms} ms).",
+                "security": _AUTH,
+                "parameters": [_EXECUTOR_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("HeartbeatRequest")}},
+                },
+                "responses": {
+                    "204": {"description": "Kafka acknowledged the heartbeat"},
+                    "400": _E400,
+                    "401": _E401,
+                    "413": _E413,
+                    "500": _E500,
+                    "503": _E503_EXECUTORS,
+                },
+            }
+        },
+        "/api/v1/executors/{executor_id}": {
+            "get": {
+                "operationId": "getExecutor",
+                "summary": "The last heartbeat of an executor this worker heard",
+                "description": "From this worker's own table (every worker hears every "
+                "heartbeat, a few ms after it was appended).",
+                "security": _AUTH,
+                "parameters": [_EXECUTOR_ID],
+                "responses": {
+                    "200": _json("its last heartbeat", _ref("ExecutorSeen")),
+                    "400": _E400,
+                    "401": _E401,
+                    "404": _error("no heartbeat of this executor heard in the last hour"),
+                    "500": _E500,
+                    "503": _error("this worker does not serve executors"),
+                },
+            }
+        },
+    }
+
+
 def _service_paths() -> dict[str, Any]:
     return {
         "/api/v1/openapi.json": {
@@ -316,6 +379,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             **_runs_paths(list_params),
             **history_paths(_HISTORY_ERRORS, _RUN_ID),
+            **_executor_paths(),
             **_service_paths(),
             **console_paths(),
         },

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from api.history import HistoryEntry
+from api.views import ExecutorSeen
 from events import Event, RunState
+from events.executors import Heartbeat
 from indexer import RunIndex
 
 __all__ = [
     "ApiDeps",
+    "Executors",
     "IdSource",
     "Local",
     "Owners",
@@ -140,6 +143,20 @@ class PhaseFeed(Protocol):
         ...
 
 
+class Executors(Protocol):
+    """Executors' heartbeats: any worker appends one, every worker hears all of them."""
+
+    async def heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Append ``heartbeat`` to the heartbeats topic (key = its executor id); returns once
+        Kafka acknowledged it. Raises ``api.errors.Unavailable`` when it was not."""
+        ...
+
+    def seen(self, executor_id: str) -> ExecutorSeen | None:
+        """The last heartbeat of ``executor_id`` this worker heard (None: none in the last
+        hour). Eventual: a heartbeat is heard a few ms after it was appended."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiDeps:
     """Everything :func:`api.create_api` needs. ``ready`` describes readiness for ``/healthz``:
@@ -157,3 +174,5 @@ class ApiDeps:
     self_url: str = ""
     #: Run numbers (``Run.counter``); None leaves the counter a creation carries (0 over HTTP).
     counters: RunCounters | None = None
+    #: Heartbeats (``agents.liveness``); None: the executor routes answer 503.
+    executors: Executors | None = None

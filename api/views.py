@@ -18,6 +18,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from api.bodies import Cursor
 from events import Phase, Result, Run, RunConfig, RunState
+from events.executors import ExecutorId
 from events.model import Count, Millis, RunId
 from events.state import state_to_dict
 from indexer import Page
@@ -25,6 +26,7 @@ from indexer import Page
 __all__ = [
     "RESPONSE_TYPES",
     "Error",
+    "ExecutorSeen",
     "RunEntry",
     "RunPage",
     "RunWithConfig",
@@ -81,8 +83,27 @@ class Error(Struct, frozen=True, kw_only=True):
     )
 
 
+class ExecutorSeen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The last heartbeat of an executor this worker heard (every worker hears every one, a few
+    ms after it is appended)."""
+
+    executor_id: ExecutorId
+    lease_ms: Annotated[int, Meta(description="the lease that heartbeat carried")]
+    at: Annotated[Millis, Meta(description="when the executor sent it, by its own clock")]
+    seen_ms_ago: Annotated[
+        Count, Meta(description="milliseconds since this worker received it, by its clock")
+    ]
+    lapsed: Annotated[
+        bool,
+        Meta(
+            description="this worker judges the lease lapsed: more than lease_ms passed since "
+            "it received the heartbeat (or since it started reading heartbeats, if later)"
+        ),
+    ]
+
+
 #: The response types, for the OpenAPI components.
-RESPONSE_TYPES = (RunWithConfig, RunPage, Error)
+RESPONSE_TYPES = (RunWithConfig, RunPage, Error, ExecutorSeen)
 
 _encode = msgspec.json.Encoder().encode
 

@@ -25,7 +25,8 @@ from api import (
     Written,
 )
 from api.history import HistoryEntry, Outcome
-from events import Applied, Event, EventType, RunState, apply, encode
+from api.views import ExecutorSeen
+from events import Applied, Event, EventType, Heartbeat, RunState, apply, encode
 from indexer import RunIndex
 
 
@@ -159,12 +160,35 @@ class FakeFeed:
             self.open_streams -= 1
 
 
+class FakeExecutors:
+    """``Executors``: a heartbeat is "appended" to ``heartbeats`` and heard at once (``seen``);
+    ``fail`` set: ``heartbeat`` raises it instead (Kafka did not acknowledge)."""
+
+    def __init__(self) -> None:
+        self.heartbeats: list[Heartbeat] = []
+        self.fail: Exception | None = None
+
+    async def heartbeat(self, heartbeat: Heartbeat) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.heartbeats.append(heartbeat)
+
+    def seen(self, executor_id: str) -> ExecutorSeen | None:
+        last = next((h for h in reversed(self.heartbeats) if h.executor_id == executor_id), None)
+        if last is None:
+            return None
+        return ExecutorSeen(
+            executor_id=executor_id, lease_ms=last.lease_ms, at=last.at, seen_ms_ago=0, lapsed=False
+        )
+
+
 @dataclass
 class Fakes:
     owners: FakeOwners = field(default_factory=FakeOwners)
     ids: FakeIds = field(default_factory=FakeIds)
     index: RunIndex = field(default_factory=RunIndex)
     feed: FakeFeed = field(default_factory=FakeFeed)
+    executors: FakeExecutors = field(default_factory=FakeExecutors)
     ready_flag: bool = True
     now: int | None = None  # fixed clock when set
     applied: int = 0  # how many logged events materialize() has consumed
@@ -181,6 +205,7 @@ class Fakes:
                 "not_ready": [] if self.ready_flag else ["the fake says so"],
             },
             clock=lambda: self.now if self.now is not None else int(time.time() * 1000),
+            executors=self.executors,
         )
 
     def materialize(self) -> None:
