@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from api.commands import Target
 
 if TYPE_CHECKING:
     from agents.dlq import Selection
+    from api.client import Client
 
 __all__ = ["main"]
 
@@ -288,8 +290,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import time
     import uuid
 
+    import msgspec
+
     from agents.producer import EventProducer
     from events import TaskStatus, TaskStatusChanged, format_run_id, make_event, parse_run_id
+    from events.model import ExecutorId
 
     settings = Settings.from_args(args)
     try:
@@ -297,8 +302,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
         status = TaskStatus(args.status)
     except ValueError as exc:
         raise ValueError(f"runs report: {exc}") from None
+    executor: str | msgspec.UnsetType = msgspec.UNSET
+    if args.executor is not None:
+        try:
+            executor = msgspec.convert(args.executor, ExecutorId)
+        except msgspec.ValidationError:
+            raise ValueError(
+                f"runs report: --executor {args.executor[:40]!r}: an executor id is 1 to 200 "
+                "printable ASCII characters without spaces"
+            ) from None
+    data = TaskStatusChanged(task_id=args.task_id, status=status, executor_id=executor)
     event = make_event(
-        TaskStatusChanged(task_id=args.task_id, status=status),
+        data,
         id=args.event_id or uuid.uuid4().hex,
         run_id=run_id,
         at=int(time.time() * 1000),
@@ -309,7 +324,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             await producer.append([event])
 
     asyncio.run(send())
-    print(f"reported: run {run_id} task {args.task_id} {status} (event {event.id})")
+    by = f" by executor {args.executor}" if args.executor else ""
+    print(f"reported: run {run_id} task {args.task_id} {status}{by} (event {event.id})")
     return 0
 
 
@@ -331,8 +347,52 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
         "--event-id",
         help="the event's id (default: a fresh one); the same id again is applied once",
     )
+    p.add_argument(
+        "--executor",
+        metavar="EXECUTOR_ID",
+        help="the executor reporting (the event's executor_id): refused for a task another "
+        "executor holds; a report for a ready task nobody holds claims it for this executor",
+    )
     add_flags(p, ("kafka", "topic_events", "log_level"))
     p.set_defaults(func=_cmd_report)
+
+
+def _runs_stuck(client: Client, args: argparse.Namespace) -> None:
+    """``runs stuck``: one line per run with no progress for ``--older-than`` seconds."""
+    from datetime import UTC, datetime
+
+    body = client.stuck(older_than=args.older_than)
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True), file=args.out)
+        return
+    for r in body["runs"]:
+        since = datetime.fromtimestamp(r["since"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        tasks = f"  tasks {','.join(r['tasks'])}" if r["tasks"] else ""
+        print(f"{r['run_id']}  {r['phase']}  since {since}  {r['group']}{tasks}", file=args.out)
+    if body["partial"]:
+        print("partial: some worker or partition did not answer; runs may be missing", file=sys.stderr)  # fmt: skip
+
+
+def _add_stuck_command(runs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = runs.add_parser(
+        "stuck",
+        help="list active runs with no progress for a while (every worker's partitions)",
+        description="List the queued and running runs with no progress (no start, claim, task "
+        "start or end) for longer than --older-than seconds, oldest first, one line each: run "
+        "id, phase, since when, group, and the tasks running or claimed since before then. "
+        "Asks GET /api/v1/stuck, which gathers every worker's partitions; says so on stderr "
+        "when some did not answer.",
+    )
+    p.add_argument(
+        "--older-than",
+        type=int,
+        default=600,
+        metavar="SECONDS",
+        help="seconds without progress (default 600)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    _client_flags(p)
+    p.set_defaults(runs_fn=_runs_stuck)
 
 
 def _cmd_executor_heartbeat(args: argparse.Namespace) -> int:
@@ -469,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_commands(sub)
     runs = add_runs_commands(sub, flags=_client_flags, target=_client_target)
     _add_report_command(runs)
+    _add_stuck_command(runs)
     _add_dlq_commands(sub)
     _add_executors_commands(sub)
     add_storage_commands(sub)

@@ -30,7 +30,8 @@ from agents.producer import partition_for
 from agents.waiters import ApplyOutcome, NotServing, PartitionMoved
 from api.errors import PayloadTooLarge, Unavailable
 from api.history import HistoryEntry
-from api.ports import Local, Refused, Remote, Route, Unsettled, Written
+from api.ports import Local, OwnedStuck, Refused, Remote, Route, Unsettled, Written
+from api.views import StuckRun
 from events import Event, RunState, encode
 
 __all__ = ["OwnedRuns", "UrlMap"]
@@ -130,6 +131,41 @@ class OwnedRuns:
             return await owner.history(run_id)
         except NotServing:
             raise Unavailable(f"partition of run {run_id} is not served here right now") from None
+
+    # ------------------------------------------------------------------------- stuck
+    def stuck(self, older_than_ms: int) -> OwnedStuck:
+        """The stuck runs of every partition this worker owns and serves (``PartitionOwner.stuck``,
+        from its live state); a partition loading or moving is left out of ``partitions``."""
+        runs: list[StuckRun] = []
+        served: list[int] = []
+        for p in range(self.partitions):
+            owner = self._owners(p)
+            if owner is None or not owner.serving:
+                continue
+            try:
+                found = owner.stuck(older_than_ms)
+            except NotServing:
+                continue
+            served.append(p)
+            runs += (
+                StuckRun(
+                    run_id=s.run_id, group=s.group, phase=s.phase, since=s.since, tasks=s.tasks
+                )
+                for s in found
+            )
+        return OwnedStuck(runs=runs, partitions=tuple(served), total=self.partitions)
+
+    def peers(self) -> tuple[str, ...]:
+        """The other workers owning partitions of the events topic, as the ownership map has
+        them (the relay's map)."""
+        current = self._url_map()
+        return tuple(
+            sorted(
+                url
+                for url, topics in current.items()
+                if url != self.self_url and topics.get(self.topic)
+            )
+        )
 
     # ------------------------------------------------------------------------- writes
     async def write(self, event: Event) -> Written | Refused:

@@ -148,6 +148,7 @@ class ApiServer:
             self_url=self_url(settings),
             counters=RunNumbers(resources),
             executors=executors,
+            max_running_per_group=settings.max_running_per_group,
         )
         self.app = create_api(
             deps,

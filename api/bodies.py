@@ -25,6 +25,7 @@ from events import (
     Result,
     RunConfigTask,
     SetupError,
+    TaskStatus,
     is_run_id,
     validate_group,
 )
@@ -32,13 +33,14 @@ from events.errors import BadRequest as EventsBadRequest
 from events.errors import validation_message
 from events.executors import DEFAULT_LEASE_MS, MAX_EXECUTOR_ID, ExecutorId, LeaseMs
 from events.group import Group
-from events.model import Name, RunId
+from events.model import Lease, Name, RunId
 from indexer import DEFAULT_LIMIT, MAX_LIMIT, Order
 
 __all__ = [
     "CURSOR_PATTERN",
     "REQUEST_TYPES",
     "ApproveTask",
+    "ClaimTask",
     "CreateRequest",
     "Cursor",
     "HeartbeatRequest",
@@ -49,17 +51,22 @@ __all__ = [
     "NewRun",
     "RecreateRequest",
     "RecreateRun",
+    "ReportStatus",
     "RunAction",
     "RunActionRequest",
     "SetTaskAnnotations",
+    "StuckQuery",
     "TaskAction",
     "TaskActionRequest",
+    "parse_claim",
     "parse_create",
     "parse_expected_seq",
     "parse_heartbeat",
     "parse_idempotency_key",
     "parse_list_query",
+    "parse_report",
     "parse_run_action",
+    "parse_stuck_query",
     "parse_task_action",
     "require_executor_id",
     "require_run_id",
@@ -201,6 +208,41 @@ CreateRequest = NewRun
 RecreateRequest = RecreateRun
 
 
+class ClaimTask(Struct, **_STRUCT):
+    """An executor claims a ready task (``task.claimed``): the first claim wins, the holder's
+    claim again renews its lease, any other is refused (409 naming the holder). The claim holds
+    while the executor's heartbeats come at least every ``lease_ms``."""
+
+    executor_id: ExecutorId
+    lease_ms: Lease = DEFAULT_LEASE_MS
+
+
+class ReportStatus(Struct, **_STRUCT):
+    """An executor reports a task's status (``task.status_changed``). With ``executor_id``: a
+    report for a task another executor holds is refused (409), one for a ready task nobody
+    holds claims it; without: accepted only for a task nobody holds."""
+
+    status: TaskStatus
+    executor_id: ExecutorId | UnsetType = UNSET
+
+
+#: The default of ``GET /stuck``'s ``older_than``: ten minutes without progress.
+DEFAULT_STUCK_SECONDS = 600
+
+
+class StuckQuery(Struct, **_STRUCT):
+    """The query of ``GET /stuck``."""
+
+    older_than: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=366 * 86_400,
+            description="seconds without progress (default 600: ten minutes)",
+        ),
+    ] = DEFAULT_STUCK_SECONDS
+
+
 class ListQuery(Struct, **_STRUCT):
     """The query of ``GET /runs`` (each field is a query parameter; group, phase and result
     repeat). A group is a prefix by whole segments: ``/project/x`` matches its branches,
@@ -232,6 +274,8 @@ REQUEST_TYPES = (
     TaskActionRequest,
     ListQuery,
     HeartbeatRequest,
+    ClaimTask,
+    ReportStatus,
 )
 _QUERY_FIELDS = msgspec.structs.fields(ListQuery)
 #: The query parameters of ``GET /runs``; any other is refused, so a typo is not ignored.
@@ -245,6 +289,8 @@ _new_run = msgspec.json.Decoder(NewRun)
 _recreate = msgspec.json.Decoder(RecreateRun)
 _run_action = msgspec.json.Decoder(RunActionRequest)
 _task_action = msgspec.json.Decoder(TaskActionRequest)
+_claim = msgspec.json.Decoder(ClaimTask)
+_report = msgspec.json.Decoder(ReportStatus)
 _heartbeat = msgspec.json.Decoder(HeartbeatRequest)
 
 
@@ -273,6 +319,32 @@ def parse_run_action(raw: bytes) -> RunAction:
 def parse_task_action(raw: bytes) -> TaskActionRequest:
     req: TaskActionRequest = _decode(_task_action, raw)
     return req
+
+
+def parse_claim(raw: bytes) -> ClaimTask:
+    claim: ClaimTask = _decode(_claim, raw)
+    return claim
+
+
+def parse_report(raw: bytes) -> ReportStatus:
+    report: ReportStatus = _decode(_report, raw)
+    return report
+
+
+def parse_stuck_query(query: Any) -> int:
+    """``older_than`` of ``GET /stuck`` in milliseconds (default 600 s); 400 naming an unknown
+    parameter or a bad value."""
+    unknown = sorted(k for k in set(query) if k != "older_than")
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in unknown[:10])
+        raise BadRequest(f"unknown query parameter {names}; want older_than")
+    values = {k: query[k] for k in set(query)}
+    try:
+        q: StuckQuery = msgspec.convert(values, StuckQuery, strict=False)
+    except msgspec.ValidationError as exc:
+        text = explain(exc, StuckQuery).replace("`$.", "query parameter `")
+        raise BadRequest(f"invalid query: {text}") from None
+    return q.older_than * 1000
 
 
 def parse_heartbeat(raw: bytes) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -183,6 +184,57 @@ class AsyncClient:
         body = {"action_type": "setannotations", "annotations": dict(annotations)}
         await self._do(Calls.task_action(run_id, task_id, body, expected_seq, idempotency_key))
 
+    async def claim(
+        self,
+        run_id: str,
+        task_id: str,
+        executor_id: str,
+        *,
+        lease_ms: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Executor ``executor_id`` claims task ``task_id`` (its lease: ``lease_ms``, else the
+        server's default, 30 s): ``{"run_id", "task_id", "executor_id", "attempt", "lease_ms"}``
+        once the run's owner applied it. ``Conflict`` (409, code ``task_held``) when another
+        executor holds the task: its message names the holder. A retry of the call (a 503) is
+        the same event: it carries one ``Idempotency-Key`` (``idempotency_key``, or one made
+        here)."""
+        body: dict[str, Any] = {"executor_id": executor_id}
+        if lease_ms is not None:
+            body["lease_ms"] = lease_ms
+        key = idempotency_key or f"client.{uuid.uuid4().hex}"
+        path = f"{_task_path(run_id, task_id)}/claim"
+        result: dict[str, Any] = await self._do(
+            Call("POST", path, body=body, headers={"Idempotency-Key": key})
+        )
+        return result
+
+    async def report(
+        self,
+        run_id: str,
+        task_id: str,
+        status: str,
+        executor_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Report task ``task_id``'s ``status`` (``running``, ``success``, ``failed``, ...) as
+        executor ``executor_id``; returns once the run's owner applied it. ``Conflict`` (409)
+        when another executor holds the task (``task_held``), this one lost it
+        (``lease_lapsed``) or the task is past that status (``task_transition``)."""
+        body: dict[str, Any] = {"status": status}
+        if executor_id is not None:
+            body["executor_id"] = executor_id
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        await self._do(Call("PUT", f"{_task_path(run_id, task_id)}/status", body=body, headers=headers))  # fmt: skip
+
+    async def stuck(self, older_than: float = 600) -> dict[str, Any]:
+        """``{"runs": [{"run_id", "group", "phase", "since", "tasks"}], "partial"}``: the active
+        runs of every worker with no progress for ``older_than`` seconds, oldest first."""
+        params: list[tuple[str, str | int | float | bool | None]] = [("older_than", int(older_than))]  # fmt: skip
+        result: dict[str, Any] = await self._do(Call("GET", "/api/v1/stuck", params=params))
+        return result
+
     async def heartbeat(self, executor_id: str, *, lease_ms: int = DEFAULT_LEASE_MS) -> None:
         """Executor ``executor_id`` is alive: its claims hold ``lease_ms`` more (any worker
         appends it; returns once Kafka acknowledged it). Send one every ``lease_ms / 3``."""
@@ -226,6 +278,11 @@ class AsyncClient:
                 item = parser.feed(line)
                 if item is not None:
                     yield item
+
+
+def _task_path(run_id: str, task_id: str) -> str:
+    """The path of a task (its id percent-encoded: a task id may hold any character)."""
+    return f"/api/v1/runs/{run_id}/tasks/{quote(task_id, safe='')}"
 
 
 P = ParamSpec("P")
@@ -324,6 +381,9 @@ class Client:
     stop = _blocking(AsyncClient.stop)
     approve_task = _blocking(AsyncClient.approve_task)
     set_task_annotations = _blocking(AsyncClient.set_task_annotations)
+    claim = _blocking(AsyncClient.claim)
+    report = _blocking(AsyncClient.report)
+    stuck = _blocking(AsyncClient.stuck)
     heartbeat = _blocking(AsyncClient.heartbeat)
     get_executor = _blocking(AsyncClient.get_executor)
     watch = _blocking_iter(AsyncClient.watch)

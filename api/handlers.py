@@ -16,9 +16,11 @@ writing to the log directly) makes this worker take the next id, a few times at 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import orjson
 from aiohttp import web
 from msgspec import to_builtins
@@ -27,22 +29,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from api.bodies import (
     CreateRequest,
     RecreateRequest,
+    parse_claim,
     parse_create,
     parse_expected_seq,
     parse_heartbeat,
     parse_idempotency_key,
     parse_list_query,
+    parse_report,
     parse_run_action,
+    parse_stuck_query,
     parse_task_action,
     require_executor_id,
     require_run_id,
 )
-from api.errors import Conflict, NotFound, Unavailable
+from api.errors import ApiError, Conflict, NotFound, Unavailable
 from api.history import History
 from api.ports import ApiDeps, Executors, Local, Remote
 from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
 from api.service import RUN_ID_TAKEN, RunService, check_creatable
-from api.views import etag, json_response, page_view, run_view
+from api.views import StuckRuns, etag, json_response, page_view, run_view
 from events import Heartbeat, RunState, decode_state, encode_state, format_run_id
 
 __all__ = ["RELAYED", "Handlers"]
@@ -50,6 +55,9 @@ __all__ = ["RELAYED", "Handlers"]
 RELAYED = Counter(
     "runstream_api_relayed", "API requests relayed to the worker owning the run", ["status"]
 )
+
+#: Seconds ``GET /stuck`` waits for another worker's answer (then the answer is partial).
+PEER_SECONDS = 5.0
 
 #: How many run ids a creation tries when ids turn out to be taken already.
 CREATE_ATTEMPTS = 5
@@ -134,7 +142,8 @@ class Handlers:
                 req, run_id, lambda old: self._read_old(request, old)
             )
         headers = {"Location": f"/api/v1/runs/{state.run.id}", "ETag": etag(state)}
-        return json_response(run_view(state), status=201, headers=headers)
+        view = run_view(state, self.service.waiting(state))
+        return json_response(view, status=201, headers=headers)
 
     async def _read_old(self, request: web.Request, run_id: str) -> RunState | None:
         """The run a recreation copies, from its owner."""
@@ -162,7 +171,8 @@ class Handlers:
             state = await self.service.get(run_id)
             if is_relayed(request) and request.headers.get("Accept") == STATE_TYPE:
                 return web.Response(body=encode_state(state), content_type=STATE_TYPE)
-            return json_response(run_view(state), headers={"ETag": etag(state)})
+            view = run_view(state, self.service.waiting(state))
+            return json_response(view, headers={"ETag": etag(state)})
 
         return await self._at_owner(request, run_id, here)
 
@@ -194,6 +204,76 @@ class Handlers:
             return web.Response(status=204)
 
         return await self._at_owner(request, run_id, here)
+
+    # ------------------------------------------------------------- claims and reports (issue 20)
+    async def claim_task(self, request: web.Request) -> web.StreamResponse:
+        """``POST /runs/{run_id}/tasks/{task_id}/claim``: 200 with the claim once the owner
+        applied it; 409 ``task_held`` naming the holder."""
+        run_id = require_run_id(request.match_info["run_id"])
+        task_id = request.match_info["task_id"]
+        req = parse_claim(await request.read())
+        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+
+        async def here() -> web.Response:
+            return json_response(await self.service.claim(run_id, task_id, req, key))
+
+        return await self._at_owner(request, run_id, here)
+
+    async def report_status(self, request: web.Request) -> web.StreamResponse:
+        """``PUT /runs/{run_id}/tasks/{task_id}/status``: 204 once the owner applied it; 409
+        ``task_held`` / ``lease_lapsed`` / ``task_transition`` with the reason."""
+        run_id = require_run_id(request.match_info["run_id"])
+        task_id = request.match_info["task_id"]
+        req = parse_report(await request.read())
+        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+
+        async def here() -> web.Response:
+            await self.service.report(run_id, task_id, req, key)
+            return web.Response(status=204)
+
+        return await self._at_owner(request, run_id, here)
+
+    async def stuck(self, request: web.Request) -> web.Response:
+        """``GET /stuck``: the runs with no progress for ``older_than`` seconds, from every
+        worker. This worker answers for its own partitions, and asks every other worker of the
+        ownership map for theirs (a relayed request, answered for its own partitions only: never
+        asked on); ``partial`` when a worker did not answer or a partition was answered by no
+        one."""
+        older_than_ms = parse_stuck_query(request.query)
+        mine = self.deps.owners.stuck(older_than_ms)
+        if is_relayed(request):
+            answer = StuckRuns(runs=tuple(mine.runs), partial=False, partitions=mine.partitions)
+            return json_response(answer)
+        peers = self.deps.owners.peers()
+        theirs = await asyncio.gather(*(self._peer_stuck(request, url, older_than_ms) for url in peers))  # fmt: skip
+        runs = {r.run_id: r for r in mine.runs}
+        covered = set(mine.partitions)
+        partial = False
+        for other in theirs:
+            if other is None:
+                partial = True
+                continue
+            covered.update(other.partitions or ())
+            partial = partial or other.partial
+            for r in other.runs:
+                runs.setdefault(r.run_id, r)
+        partial = partial or not covered.issuperset(range(mine.total))
+        merged = tuple(sorted(runs.values(), key=lambda r: (r.since, r.run_id)))
+        return json_response(StuckRuns(runs=merged, partial=partial))
+
+    async def _peer_stuck(self, request: web.Request, url: str, older_than_ms: int) -> StuckRuns | None:  # fmt: skip
+        """Worker ``url``'s stuck runs (its own partitions), or None when it did not answer
+        with them within :data:`PEER_SECONDS`."""
+        path = f"/api/v1/stuck?older_than={older_than_ms // 1000}"
+        try:
+            status, _, body = await asyncio.wait_for(
+                self.relay.fetch(request, url, method="GET", path=path, body=b""), PEER_SECONDS
+            )
+            if status == 200:
+                return msgspec.json.decode(body, type=StuckRuns)
+        except (ApiError, TimeoutError, msgspec.DecodeError):
+            pass
+        return None
 
     async def history(self, request: web.Request) -> web.StreamResponse:
         run_id = require_run_id(request.match_info["run_id"])

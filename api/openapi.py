@@ -20,6 +20,7 @@ from api.bodies import (
     ListQuery,
     NewRun,
     RecreateRun,
+    StuckQuery,
     TaskActionRequest,
 )
 from api.console import console_paths
@@ -326,6 +327,115 @@ def _executor_paths() -> dict[str, Any]:
     }
 
 
+_E409_TASK = _error(
+    "the task's state conflicts with the request; `code`: `task_held` (another executor holds "
+    "the task: the message names it, e.g. \"task 'build' is held by executor runner-7\"), "
+    "`lease_lapsed` (this executor lost the task when its lease lapsed), `task_transition` (the "
+    "task ended, or is past that status)"
+)
+_TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": msgspec.json.schema(Name),
+}
+_KEYED = {
+    **_IDEMPOTENCY_KEY,
+    "description": "Optional client key: a retried request with the same key and the same body "
+    "(same run, task and executor) is the same event, applied once, whichever worker it "
+    "reaches; send the same key when retrying. Without one, each request is a new event.",
+}
+
+
+#: ``older_than`` of ``GET /stuck``, from the Struct the server converts the query with.
+_OLDER_THAN: dict[str, Any] = msgspec.json.schema(StuckQuery)["$defs"]["StuckQuery"]["properties"][
+    "older_than"
+]
+
+
+def _claim_paths() -> dict[str, Any]:
+    """Executors claim tasks and report their status over HTTP (issue 20), and what is stuck."""
+    return {
+        "/api/v1/runs/{run_id}/tasks/{task_id}/claim": {
+            "post": {
+                "operationId": "claimTask",
+                "summary": "An executor claims a ready task (the first claim wins)",
+                "description": "Appends `task.claimed`; answered once the run's owner applied it. "
+                "The holder's claim again renews its lease (200); another executor's is refused "
+                "(409 `task_held`, naming the holder). The claim holds while the executor's "
+                "heartbeats come (`POST /api/v1/executors/{executor_id}/heartbeat`).",
+                "security": _AUTH,
+                "parameters": [_RUN_ID, _TASK_ID, _KEYED],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ClaimTask")}},
+                },
+                "responses": {
+                    "200": _json("the claim, applied by the run's owner", _ref("TaskClaim")),
+                    "400": _E400,
+                    "401": _E401,
+                    "404": _E404,
+                    "409": _E409_TASK,
+                    "413": _E413,
+                    "500": _E500,
+                    "503": _E503,
+                },
+            }
+        },
+        "/api/v1/runs/{run_id}/tasks/{task_id}/status": {
+            "put": {
+                "operationId": "reportTaskStatus",
+                "summary": "An executor reports a task's status (running, success, failed, ...)",
+                "description": "Appends `task.status_changed`; answered once the run's owner "
+                "applied it. With `executor_id`: refused (409) for a task another executor holds "
+                "or that this executor lost; a report for a ready task nobody holds claims it. "
+                "Without: accepted only for a task nobody holds.",
+                "security": _AUTH,
+                "parameters": [_RUN_ID, _TASK_ID, _KEYED],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ReportStatus")}},
+                },
+                "responses": {
+                    "204": {"description": "appended to the log and applied by the run's owner"},
+                    "400": _E400,
+                    "401": _E401,
+                    "404": _E404,
+                    "409": _E409_TASK,
+                    "413": _E413,
+                    "500": _E500,
+                    "503": _E503,
+                },
+            }
+        },
+        "/api/v1/stuck": {
+            "get": {
+                "operationId": "stuckRuns",
+                "summary": "Active runs with no progress for longer than `older_than` seconds",
+                "description": "From every worker's live state: the worker asked answers for its "
+                "own partitions and asks every other worker for theirs. `partial` when a worker "
+                "did not answer (within 5 s) or a partition has no settled owner.",
+                "security": _AUTH,
+                "parameters": [
+                    {
+                        "name": "older_than",
+                        "in": "query",
+                        "required": False,
+                        "schema": _OLDER_THAN,
+                        "description": _OLDER_THAN["description"],
+                    }
+                ],
+                "responses": {
+                    "200": _json("the stuck runs, oldest first", _ref("StuckRuns")),
+                    "400": _E400,
+                    "401": _E401,
+                    "500": _E500,
+                },
+            }
+        },
+    }
+
+
 def _service_paths() -> dict[str, Any]:
     return {
         "/api/v1/openapi.json": {
@@ -379,6 +489,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             **_runs_paths(list_params),
             **history_paths(_HISTORY_ERRORS, _RUN_ID),
+            **_claim_paths(),
             **_executor_paths(),
             **_service_paths(),
             **console_paths(),

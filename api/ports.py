@@ -11,12 +11,12 @@ for a run whose partition this process owns and serves.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from api.history import HistoryEntry
-from api.views import ExecutorSeen
+from api.views import ExecutorSeen, StuckRun
 from events import Event, RunState
 from events.executors import Heartbeat
 from indexer import RunIndex
@@ -26,6 +26,7 @@ __all__ = [
     "Executors",
     "IdSource",
     "Local",
+    "OwnedStuck",
     "Owners",
     "PhaseFeed",
     "Refused",
@@ -74,6 +75,16 @@ class Refused:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class OwnedStuck:
+    """:meth:`Owners.stuck`: the stuck runs of ``partitions`` (those this process serves) out of
+    ``total`` partitions of the log."""
+
+    runs: Sequence[StuckRun]
+    partitions: tuple[int, ...]
+    total: int
+
+
 class Owners(Protocol):
     """The runs of the partitions this process owns, and where the others live."""
 
@@ -100,6 +111,17 @@ class Owners(Protocol):
         what the log accepts, ``api.errors.Unavailable`` when the partition is not served here,
         moved while waiting, or the apply did not come within the timeout (the outcome is then
         unknown: the event is in the log and may still be applied)."""
+        ...
+
+    def stuck(self, older_than_ms: int) -> OwnedStuck:
+        """The active runs of the partitions this process owns and serves with no progress for
+        ``older_than_ms`` (``agents.decisions.stuck``, from each owner's live state). Never
+        raises for a partition not served: it is left out of ``partitions``."""
+        ...
+
+    def peers(self) -> tuple[str, ...]:
+        """The base URLs of the other workers owning partitions (the ownership map the relay
+        uses), for requests every worker answers for its own partitions."""
         ...
 
 
@@ -174,5 +196,8 @@ class ApiDeps:
     self_url: str = ""
     #: Run numbers (``Run.counter``); None leaves the counter a creation carries (0 over HTTP).
     counters: RunCounters | None = None
+    #: The scheduler's limit of running runs per group (``max_running_per_group``; 0: off),
+    #: for what a queued run waits for (``api.waiting``).
+    max_running_per_group: int = 0
     #: Heartbeats (``agents.liveness``); None: the executor routes answer 503.
     executors: Executors | None = None

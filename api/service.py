@@ -24,23 +24,29 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from api.bodies import (
+    ClaimTask,
     CreateRequest,
     ListQuery,
     RecreateRequest,
+    ReportStatus,
     RunAction,
     TaskAction,
     TaskActionRequest,
 )
-from api.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
 from api.ports import ApiDeps, Refused
+from api.views import TaskClaim
+from api.waiting import Waiting, waiting
 from datamanager import EtcdUnavailable
 from events import (
     CancelRequested,
     CannotRecreate,
     Event,
     Payload,
+    Phase,
     Rejected,
     RunCreated,
     RunState,
@@ -48,6 +54,8 @@ from events import (
     StopRequested,
     TaskAnnotationsSet,
     TaskApproved,
+    TaskClaimed,
+    TaskStatusChanged,
     apply,
     can_recreate,
     check_create,
@@ -56,9 +64,10 @@ from events import (
     recreate,
     run_created,
 )
-from indexer import Page
+from events.model import attempt_of, holder_of
+from indexer import MAX_LIMIT, Page
 
-__all__ = ["RUN_ID_TAKEN", "RunService", "check_creatable"]
+__all__ = ["RUN_ID_TAKEN", "RunService", "check_creatable", "task_refusal"]
 
 #: The ``code`` of the 409 a creation gets when its run id is already used.
 RUN_ID_TAKEN = "run_id_taken"
@@ -68,6 +77,9 @@ _RUN_ACTIONS: dict[RunAction, Payload] = {
     RunAction.CANCEL: CancelRequested(),
     RunAction.STOP: StopRequested(),
 }
+
+#: Pages of a group's running runs read for what a queued run waits for (100 runs a page).
+_GROUP_PAGES = 10
 
 #: Reads the newest state of any run, wherever its owner is (recreation needs the old run).
 StateReader = Callable[[str], Awaitable[RunState | None]]
@@ -195,6 +207,68 @@ class RunService:
             data = TaskAnnotationsSet(task_id=task_id, annotations=req.annotations)
         await self._act(run_id, data, expected_seq, task_id=task_id, key=idempotency_key)
 
+    # ------------------------------------------------------------------ executors (issue 20)
+    async def claim(
+        self, run_id: str, task_id: str, req: ClaimTask, idempotency_key: str | None = None
+    ) -> TaskClaim:
+        """Executor ``req.executor_id`` claims task ``task_id`` (``task.claimed``), judged by
+        the owner like every write: the claim it applied (or had applied: a retry with the same
+        ``Idempotency-Key``, or the holder's renewal); 409 ``task_held`` naming the holder when
+        another executor holds it (:func:`task_refusal`); 404 for an unknown run or task."""
+        data = TaskClaimed(task_id=task_id, executor_id=req.executor_id, lease_ms=req.lease_ms)
+        state = await self._act(
+            run_id, data, None, task_id=task_id, key=idempotency_key,
+            refused=task_refusal, keyed_id=_keyed_task_event_id,
+        )  # fmt: skip
+        task = state.run.tasks[task_id]
+        lease = task.lease_ms if task.lease_ms is not UNSET else req.lease_ms
+        return TaskClaim(
+            run_id=run_id,
+            task_id=task_id,
+            executor_id=holder_of(task) or req.executor_id,
+            attempt=attempt_of(task),
+            lease_ms=lease,
+        )
+
+    async def report(
+        self, run_id: str, task_id: str, req: ReportStatus, idempotency_key: str | None = None
+    ) -> None:
+        """A task's status as an executor reports it (``task.status_changed``), judged by the
+        owner; 409 ``task_held`` / ``lease_lapsed`` / ``task_transition`` with the reducer's
+        reason (:func:`task_refusal`), 400 for the other refusals, 404 for an unknown run or
+        task."""
+        data = TaskStatusChanged(task_id=task_id, status=req.status, executor_id=req.executor_id)
+        await self._act(
+            run_id, data, None, task_id=task_id, key=idempotency_key,
+            refused=task_refusal, keyed_id=_keyed_task_event_id,
+        )  # fmt: skip
+
+    def group_running(self, group: str) -> list[str]:
+        """The ids of the runs of ``group`` (that very group, not the groups under it) that run,
+        as the run index lists them: what the scheduler counts against its limit."""
+        from indexer import Order
+
+        out: list[str] = []
+        cursor: str | None = None
+        for _ in range(_GROUP_PAGES):
+            page = self.deps.index.list_runs(
+                groups=(group,), phases=(Phase.RUNNING,), order=Order.ASC, limit=MAX_LIMIT,
+                cursor=cursor,
+            )  # fmt: skip
+            out += [e.id_text for e in page.runs if e.group == group]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return out
+
+    def waiting(self, state: RunState) -> Waiting | None:
+        """What run ``state`` waits for (``api.waiting``), with its group's running runs from
+        the index when it is queued."""
+        limit = self.deps.max_running_per_group
+        queued = state.run.phase is Phase.QUEUED
+        running = self.group_running(state.run.group) if queued else []
+        return waiting(state, group_running=running, max_running=limit)
+
     async def _act(
         self,
         run_id: str,
@@ -203,7 +277,9 @@ class RunService:
         *,
         task_id: str | None,
         key: str | None = None,
-    ) -> None:
+        refused: Callable[[str], ApiError] = BadRequest,
+        keyed_id: Callable[[str, str, Payload], str] | None = None,
+    ) -> RunState:
         async with self._lock(run_id):
             state = await self.get(run_id)
             if expected_seq is not None and state.seq != expected_seq:
@@ -216,22 +292,29 @@ class RunService:
             # Without a key, a fresh id per request: two requests are two facts. With an
             # Idempotency-Key, the id is derived from it, so a retried request is the same event
             # and the reducer applies it once, whichever worker the retry reaches.
-            event_id = uuid.uuid4().hex if key is None else _keyed_event_id(run_id, key, data)
-            await self._commit(state, self._event(data, run_id, event_id))
+            derive = keyed_id or _keyed_event_id
+            event_id = uuid.uuid4().hex if key is None else derive(run_id, key, data)
+            return await self._commit(state, self._event(data, run_id, event_id), refused)
 
     def _event(self, data: Payload, run_id: str, event_id: str) -> Event:
         return make_event(data, id=event_id, run_id=run_id, at=self.deps.clock())
 
-    async def _commit(self, state: RunState | None, event: Event) -> RunState:
-        """Check ``event`` against ``state``, append it, and answer with the owner's judgement."""
+    async def _commit(
+        self,
+        state: RunState | None,
+        event: Event,
+        refused: Callable[[str], ApiError] = BadRequest,
+    ) -> RunState:
+        """Check ``event`` against ``state``, append it, and answer with the owner's judgement
+        (a refusal: ``refused(reason)``, 400 unless the caller says otherwise)."""
         check = apply(state, event)
         if isinstance(check, Rejected):
-            raise BadRequest(check.reason)
+            raise refused(check.reason)
         if check.duplicate:
             return check.state  # a retry of an applied request: nothing to append
         outcome = await self.deps.owners.write(event)
         if isinstance(outcome, Refused):
-            raise BadRequest(outcome.reason)
+            raise refused(outcome.reason)
         return outcome.state
 
     @asynccontextmanager
@@ -253,3 +336,37 @@ def _keyed_event_id(run_id: str, key: str, data: Payload) -> str:
     """The event id of a keyed request: the same key and action on the same run give the same id."""
     digest = hashlib.blake2b(f"{run_id}\0{type(data).__name__}\0{key}".encode(), digest_size=12)
     return f"key.{digest.hexdigest()}"
+
+
+def _keyed_task_event_id(run_id: str, key: str, data: Payload) -> str:
+    """The event id of a keyed claim or status report: derived from the key *and* what the
+    request says (task, executor, status, lease), so a key reused for another request is
+    another event, never a duplicate that silently changes nothing."""
+    body = msgspec.json.encode(data)
+    digest = hashlib.blake2b(
+        b"\0".join((run_id.encode(), type(data).__name__.encode(), body, key.encode())),
+        digest_size=12,
+    )
+    return f"key.{digest.hexdigest()}"
+
+
+#: Refusals of a claim or a status report that are conflicts with the task's state, answered
+#: 409 with a ``code``: (words of the reducer's reason, code). The codes and words are those of
+#: ``agents.admission.refusal_code`` (``api`` may not import ``agents``; a unit test keeps the
+#: two in step), matched in the same order. Any other refusal is 400, as for every action.
+_TASK_CONFLICTS = (
+    (" is held by executor ", "task_held"),
+    (": its lease lapsed", "lease_lapsed"),
+    ("cannot be claimed: it ended", "task_transition"),
+    ("cannot go from", "task_transition"),
+)
+
+
+def task_refusal(reason: str) -> ApiError:
+    """The answer to a refused claim or status report: 409 with the code for a conflict with
+    the task's state (another executor holds it, this executor lost it, the task is past that
+    status), else 400; the reducer's reason is the message."""
+    for words, code in _TASK_CONFLICTS:
+        if words in reason:
+            return Conflict(reason, code=code)
+    return BadRequest(reason)

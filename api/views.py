@@ -17,9 +17,10 @@ from aiohttp import web
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from api.bodies import Cursor
+from api.waiting import Waiting
 from events import Phase, Result, Run, RunConfig, RunState
 from events.executors import ExecutorId
-from events.model import Count, Millis, RunId
+from events.model import Count, Lease, Millis, Name, RunId
 from events.state import state_to_dict
 from indexer import Page
 
@@ -30,6 +31,9 @@ __all__ = [
     "RunEntry",
     "RunPage",
     "RunWithConfig",
+    "StuckRun",
+    "StuckRuns",
+    "TaskClaim",
     "etag",
     "json_response",
     "page_view",
@@ -46,6 +50,16 @@ class RunWithConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         Count,
         Meta(description="revision: sequence number of the last phase or result change (the ETag)"),
     ]
+    waiting: (
+        Annotated[
+            Waiting,
+            Meta(
+                description="what the run and its tasks that have not ended wait for, derived "
+                "from the state (api.waiting); null for a run in a final phase"
+            ),
+        ]
+        | None
+    ) = None
 
 
 _INDEXED = "; from the index, to the second"
@@ -83,6 +97,44 @@ class Error(Struct, frozen=True, kw_only=True):
     )
 
 
+class TaskClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A claim the run's owner applied: ``executor_id`` holds the task's attempt ``attempt``
+    with a lease of ``lease_ms``."""
+
+    run_id: RunId
+    task_id: Name
+    executor_id: ExecutorId
+    attempt: Annotated[int, Meta(ge=1, description="1, then 2, 3, ... after a lost executor")]
+    lease_ms: Lease
+
+
+class StuckRun(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An active run with no progress since ``since`` (its enqueue or start, or a task's claim,
+    start or end, whichever is latest); ``tasks``: those running or claimed since before then."""
+
+    run_id: RunId
+    group: str
+    phase: Phase
+    since: Millis
+    tasks: tuple[Name, ...] = ()
+
+
+class StuckRuns(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The runs with no progress for longer than asked, oldest first, from every worker's
+    partitions. ``partial``: some partition was not answered for (a worker did not answer, a
+    partition without a settled owner): runs may be missing."""
+
+    runs: tuple[StuckRun, ...]
+    partial: bool
+    partitions: (
+        Annotated[
+            tuple[Count, ...],
+            Meta(description="only between workers: the partitions the worker answered for"),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
 class ExecutorSeen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The last heartbeat of an executor this worker heard (every worker hears every one, a few
     ms after it is appended)."""
@@ -103,15 +155,17 @@ class ExecutorSeen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 #: The response types, for the OpenAPI components.
-RESPONSE_TYPES = (RunWithConfig, RunPage, Error, ExecutorSeen)
+RESPONSE_TYPES = (RunWithConfig, RunPage, Error, ExecutorSeen, TaskClaim, StuckRuns)
 
 _encode = msgspec.json.Encoder().encode
 
 
-def run_view(state: RunState) -> dict[str, Any]:
-    """:class:`RunWithConfig` of a run state, as plain JSON values (the stored form)."""
+def run_view(state: RunState, waiting: Waiting | None = None) -> dict[str, Any]:
+    """:class:`RunWithConfig` of a run state, as plain JSON values (the stored form), with what
+    it waits for (``api.waiting``)."""
     d = state_to_dict(state)
-    return {"run": d["run"], "run_config": d["config"], "seq": state.seq}
+    view = msgspec.to_builtins(waiting) if waiting is not None else None
+    return {"run": d["run"], "run_config": d["config"], "seq": state.seq, "waiting": view}
 
 
 def page_view(page: Page) -> RunPage:

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from api import (
     ApiDeps,
     CursorExpired,
@@ -25,7 +27,8 @@ from api import (
     Written,
 )
 from api.history import HistoryEntry, Outcome
-from api.views import ExecutorSeen
+from api.ports import OwnedStuck
+from api.views import ExecutorSeen, StuckRun
 from events import Applied, Event, EventType, Heartbeat, RunState, apply, encode
 from indexer import RunIndex
 
@@ -47,6 +50,8 @@ class FakeOwners:
         self.apply_writes = True
         self._pending: dict[str, asyncio.Future[Written | Refused]] = {}
         self.histories: dict[str, list[HistoryEntry]] = {}  # as the owner records them
+        self.now_ms: int | None = None  # the clock of ``stuck`` (None: the wall clock)
+        self.peer_urls: list[str] = []  # the other workers ``peers`` names
 
     def route(self, run_id: str) -> Route:
         return self.routes.get(run_id, Local())
@@ -81,6 +86,19 @@ class FakeOwners:
             outcome=outcome, **kw,
         )  # fmt: skip
         self.histories.setdefault(event.run_id, []).append(entry)
+
+    def stuck(self, older_than_ms: int) -> OwnedStuck:
+        """The owner's ``stuck`` over every active run (one partition, 0), at ``now_ms`` (the
+        wall clock when None)."""
+        from agents.decisions import stuck
+
+        now = self.now_ms if self.now_ms is not None else int(time.time() * 1000)
+        active = [s for s in self.states.values() if not s.run.phase.is_final()]
+        runs = [StuckRun(**msgspec.structs.asdict(s)) for s in stuck(active, now, older_than_ms)]
+        return OwnedStuck(runs=runs, partitions=(0,), total=1)
+
+    def peers(self) -> tuple[str, ...]:
+        return tuple(self.peer_urls)
 
     def apply(self, event: Event) -> Written | Refused:
         """What the owner's materializer does with ``event``."""

@@ -29,6 +29,14 @@ function pairs(title, map, id) {
   );
 }
 
+/** What a task waits for, as the server derived it (`waiting` of GET /runs/{id}); a task
+ * that ended waits for nothing, and says why the run service ended it when it did. */
+function waitText(wait, task) {
+  if (wait) return wait.text;
+  if (task.reason) return h("span", { class: "muted" }, `ended: ${task.reason}`);
+  return h("span", { class: "muted" }, "—");
+}
+
 function item(term, dd) {
   return h("div", {}, h("dt", {}, term), dd);
 }
@@ -69,6 +77,8 @@ function historyView(items) {
 export function renderRun(root, runId) {
   let closed = false;
   let seq = -1;
+  let active = false;
+  let shown = "";
   let reloading = null;
 
   async function act(label, fn) {
@@ -81,7 +91,7 @@ export function renderRun(root, runId) {
       notice(`${label} refused — ${errorText(err)}`, "error");
       return undefined;
     } finally {
-      await load();
+      await load(true);
     }
   }
 
@@ -109,8 +119,9 @@ export function renderRun(root, runId) {
     if (got && got.run) location.hash = `#/run/${got.run.id}`;
   }
 
-  function taskTable(run, config) {
+  function taskTable(run, config, waiting) {
     const byId = new Map(run.tasks.map((t) => [t.id, t]));
+    const waits = new Map(((waiting && waiting.tasks) || []).map((w) => [w.task_id, w]));
     return h(
       "div",
       { class: "scroll" },
@@ -118,7 +129,7 @@ export function renderRun(root, runId) {
         "table",
         { id: "tasks-table" },
         h("caption", {}, "Tasks"),
-        h("thead", {}, h("tr", {}, ["Task", "Level", "Status", "Depends on", "Started (UTC)", "Ended (UTC)", "Environment keys"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Task", "Level", "Status", "Waiting for", "Holder", "Attempt", "Depends on", "Started (UTC)", "Ended (UTC)", "Environment keys"].map((t) => h("th", { scope: "col" }, t)))),
         h(
           "tbody",
           {},
@@ -139,6 +150,9 @@ export function renderRun(root, runId) {
                   ? [" ", h("button", { type: "button", class: "approve", dataset: { taskId: ct.id }, onclick: () => act(`Approve ${ct.name}`, () => api.approve(run.id, ct.id)) }, `Approve ${ct.name}`)]
                   : null,
               ),
+              h("td", { class: "waiting" }, waitText(waits.get(ct.id), t)),
+              h("td", { class: "holder" }, t.holder ? h("code", {}, t.holder) : h("span", { class: "muted" }, "—")),
+              h("td", { class: "num attempt" }, String(t.attempt || 1)),
               h(
                 "td",
                 {},
@@ -187,6 +201,7 @@ export function renderRun(root, runId) {
         item("Started", h("dd", {}, time(run.start_time))),
         item("Ended", h("dd", {}, time(run.end_time), run.start_time ? ` (${duration(run.start_time, final ? run.end_time : null)})` : "")),
         run.stop ? item("Stop", h("dd", {}, "requested")) : null,
+        got.waiting && got.waiting.run ? item("Waiting for", h("dd", { id: "run-waiting" }, got.waiting.run.text)) : null,
         config.recreated_from ? item("Recreated from", h("dd", {}, h("a", { href: `#/run/${config.recreated_from}` }, config.recreated_from))) : null,
         item("Revision", h("dd", {}, String(got.seq))),
       ),
@@ -207,7 +222,7 @@ export function renderRun(root, runId) {
           h("h2", { id: "graph-h" }, "Task graph"),
           legend(),
           h("div", { class: "scroll graph-box" }, drawGraph(run, config)),
-          taskTable(run, config),
+          taskTable(run, config, got.waiting),
         )
       : null;
     const history = h("section", { id: "history", "aria-labelledby": "history-h" }, h("h2", { id: "history-h" }, "History"), h("p", { class: "muted", id: "history-body" }, "Loading…"));
@@ -238,13 +253,18 @@ export function renderRun(root, runId) {
     if (!closed) section.replaceChildren(section.firstChild, content);
   }
 
-  async function load() {
+  async function load(force = false) {
     try {
       const got = await api.getRun(runId);
       if (closed) return;
       seq = got.seq;
+      active = !["setuperror", "cancelled", "finished"].includes(got.run.phase);
+      const text = JSON.stringify(got);
+      if (text === shown && !force) return; // unchanged: keep the page (and the focus) as it is
+      shown = text;
       draw(got);
     } catch (err) {
+      shown = "";
       if (!closed) root.replaceChildren(h("h1", {}, `Run ${runId}`), h("p", { class: "notice error", role: "alert" }, errorText(err)));
     }
   }
@@ -271,10 +291,16 @@ export function renderRun(root, runId) {
     if (event.type === "run.phase_changed" && event.data.seq <= seq) return;
     refresh();
   });
+  // Claims and status reports move no phase: while the run is active, read it again now and
+  // then (only while the page is shown) so holders and what tasks wait for stay current.
+  const timer = setInterval(() => {
+    if (active && !closed && document.visibilityState === "visible") refresh();
+  }, 5000);
   root.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   load();
   return () => {
     closed = true;
+    clearInterval(timer);
     unsubscribe();
   };
 }
