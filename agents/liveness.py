@@ -277,7 +277,12 @@ class HeartbeatSender:
                     enable_idempotence=True,
                     linger_ms=1,
                 )
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:  # Kafka down, or the caller's timeout: nothing left open
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    raise
                 self._producer = producer
             return self._producer
 

@@ -212,3 +212,18 @@ def test_the_guides_kcat_example_is_a_heartbeat_keyed_by_its_executor_id() -> No
     assert "kcat -P -b $B -t runs.heartbeats -K '\\t'" in section
     schema = msgspec.json.decode((DOCS / "schemas" / "heartbeat.json").read_bytes())
     assert set(schema["$defs"]["Heartbeat"]["required"]) == {"executor_id", "lease_ms", "at"}
+
+
+# ------------------------------------------------------------------------------ the sender
+async def test_the_sender_answers_503_when_kafka_does_not_take_the_heartbeat() -> None:
+    from agents.liveness import HeartbeatSender
+    from api import Unavailable
+    from tests.harness import free_port
+
+    sender = HeartbeatSender(f"127.0.0.1:{free_port()}", "t", timeout=30)  # nothing listens
+    hb = Heartbeat(executor_id="e1", lease_ms=5_000, at=1)
+    with pytest.raises(Unavailable, match="Kafka refused the heartbeat"):
+        await sender.send(hb)
+    await sender.stop()
+    with pytest.raises(Unavailable, match="stopping"):
+        await sender.send(hb)
