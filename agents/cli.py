@@ -319,14 +319,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
         at=int(time.time() * 1000),
     )
 
-    async def send() -> None:
+    async def send() -> dict[int, int]:
+        from agents import kafka
+
+        # Where the answers' partitions end now: an answer to this event comes after.
+        ends = await kafka.end_offsets(settings.kafka, settings.topic_refusals)
         async with EventProducer(settings.kafka, settings.topic_events) as producer:
             await producer.append([event])
+        return ends
 
-    asyncio.run(send())
+    ends = asyncio.run(send())
     by = f" by executor {args.executor}" if args.executor else ""
     print(f"reported: run {run_id} task {args.task_id} {status}{by} (event {event.id})")
-    return 0
+    if args.wait <= 0:
+        return 0
+    from agents.answers import await_answer
+
+    answer = asyncio.run(await_answer(settings, run_id, event.id, ends, within=args.wait))
+    print(answer.line())
+    return answer.exit_code
 
 
 def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -336,8 +347,8 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
         "report",
         help="report a task's status as an executor does (appends task.status_changed)",
         description="Append a task.status_changed event for RUN's task TASK to the events topic "
-        "(what an executor's script does when a task starts or ends). It does not wait for the "
-        "apply: `runstream runs get RUN` or `runs history RUN` shows the outcome.",
+        "(what an executor's script does when a task starts or ends), then show what the run's "
+        "owner answered (see --wait).",
     )
     p.add_argument("run_id", metavar="RUN")
     p.add_argument("task_id", metavar="TASK")
@@ -346,6 +357,15 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument(
         "--event-id",
         help="the event's id (default: a fresh one); the same id again is applied once",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for the owner's answer and show it: applied, duplicate, or refused "
+        "with its code and reason (from the run's history over the API, else runs.refusals); "
+        "exit 1 when refused, 3 when no answer came; 0: do not wait (default 10)",
     )
     p.add_argument(
         "--executor",

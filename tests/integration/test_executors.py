@@ -47,6 +47,7 @@ from tests.harness import (
     caught_up,
     make_settings,
     prepare_topics,
+    settings_env,
     wait_healthy,
     wait_until,
 )
@@ -277,6 +278,33 @@ async def test_two_executors_claim_one_task_at_once_and_exactly_one_holds_it(
             answer = (await _answers(s))[loser]
             assert answer["code"] == "task_held"
             assert f"held by executor {holder}" in answer["reason"]
+
+            # The CLI shows what the owner answered: here a refusal, exit code 1.
+            other = "right" if holder == "left" else "left"
+            env = {**os.environ, **settings_env(s)}
+            env.pop("CI", None)
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "agents.cli",
+                    "runs",
+                    "report",
+                    run_id,
+                    "a",
+                    "running",
+                    "--executor",
+                    other,
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert f"refused (task_held): task 'a' is held by executor {holder}" in done.stdout
     finally:
         worker.stop()
 
