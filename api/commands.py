@@ -73,9 +73,16 @@ def _print_run(body: dict[str, Any], out: TextIO) -> None:
     print(f"phase {run['phase']}  result {run['result']}  revision {body.get('seq')}", file=out)
     for err in body["run_config"].get("setup_errors", []):
         print(f"setup error: {err['message']}", file=out)
-    rows = [(t["id"], t["status"], "yes" if t["waiting_approval"] else "") for t in run["tasks"]]
+    waiting = body.get("waiting") or {}
+    if waiting.get("run"):
+        print(f"waiting for {waiting['run']['text']}", file=out)
+    why = {w["task_id"]: w["text"] for w in waiting.get("tasks", [])}
+    rows = [
+        (t["id"], t["status"], t.get("holder", ""), str(t.get("attempt", "")), why.get(t["id"], ""))
+        for t in run["tasks"]
+    ]
     if rows:
-        _table(["TASK", "STATUS", "WAITING APPROVAL"], rows, out)
+        _table(["TASK", "STATUS", "HOLDER", "ATTEMPT", "WAITING FOR"], rows, out)
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:

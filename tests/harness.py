@@ -44,6 +44,7 @@ def make_settings(
         "topic_requests": f"{unique}.requests",
         "topic_replies": f"{unique}.replies",
         "topic_refusals": f"{unique}.refusals",
+        "topic_heartbeats": f"{unique}.heartbeats",
         "partitions": partitions,
         "checkpoint_interval": 0.5,
         # Tests start runs themselves; the scheduler's own tests turn it on.
