@@ -38,7 +38,9 @@ def _kind(doc: dict[str, Any]) -> str:
     return "report"
 
 
-@pytest.mark.parametrize("doc", EXAMPLES, ids=lambda d: d.get("type") if _kind(d) == "event" else _kind(d))
+@pytest.mark.parametrize(
+    "doc", EXAMPLES, ids=lambda d: d.get("type") if _kind(d) == "event" else _kind(d)
+)
 def test_every_example_is_read_as_the_guide_says(doc: dict[str, Any]) -> None:
     raw = orjson.dumps(doc)
     kind = _kind(doc)
