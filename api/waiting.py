@@ -187,13 +187,14 @@ def _run_wait(state: RunState, group_running: Sequence[str], max_running: int) -
     group = run.group
     held = tuple(sorted(r for r in set(group_running) if r != run.id))
     if max_running <= 0:
+        # No scheduler, no slots: what else runs in the group does not hold this run back (and
+        # naming it would make the answer change with other runs, not with this one).
         return RunWait(
             what=WaitsFor.START,
             text="a start request (scheduler off)",
             group=group,
-            running=len(held),
+            running=0,
             limit=0,
-            held_by=held,
         )
     text = f"a group slot: {len(held)} of {max_running} running in {group}"
     if held:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, redirect_stderr, redirect_stdout
 from typing import Any
@@ -364,8 +365,16 @@ def _main(*argv: str) -> tuple[int, str, str]:
     from agents.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(list(argv))
+    # The command sets up logging on the stderr of the moment: put the root logger back after,
+    # so later tests do not log into this closed capture (or an earlier test's into ours).
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        root.handlers, root.level = handlers, level
     return code, out.getvalue(), err.getvalue()
 
 
