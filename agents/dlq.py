@@ -16,12 +16,11 @@ event carries an id, and the materializer counts an event it has applied before 
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -31,12 +30,28 @@ from agents.config import Settings
 from agents.kafka import Record, bare_consumer, log_bounds, partitions_of, read_range
 from agents.materializer import key_partition
 from agents.producer import partition_for
+from api.dlq import (
+    MAX_ITEMS,
+    DeadLetter,
+    DeadLetterPage,
+    DeadLetterSummary,
+    DlqCursor,
+    DlqSelection,
+    PageBuilder,
+    RedriveItem,
+    RedriveResult,
+    parse_time,
+    sort_key,
+    value_of,
+)
+from api.errors import Unavailable
 from events.codec import decode_record, encode
 from events.errors import DecodeError
 
 __all__ = [
     "ROUTING_REASONS",
     "DeadLetterRecord",
+    "DeadLetterTopic",
     "Redrive",
     "RedriveReport",
     "Selection",
@@ -56,24 +71,6 @@ _HEADER_PREFIX = "runstream-"
 #: Reasons of records refused for where they were, not for what they hold: redrive sends them to
 #: the partition of their run (agents.materializer: route_check, _misrouted).
 ROUTING_REASONS = frozenset({"misrouted", "wrong_partition", "no_key"})
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """``2026-11-30T12:00:00Z`` (ISO 8601; UTC when no zone) or a time ago: ``90s``, ``10m``,
-    ``2h``, ``1d``, ``1w``. Raises ``ValueError`` naming the text."""
-    now = now or datetime.now(UTC)
-    m = _RELATIVE.match(text.strip())
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"bad time {text!r}: want ISO 8601 or a time ago like 10m, 2h, 1d"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def parse_id(text: str) -> tuple[int | None, int]:
@@ -445,3 +442,94 @@ def selection_from(
         until=parse_time(until) if until else None,
         ids=frozenset((p, o) for p, o in parsed if p is not None),
     )
+
+
+# ------------------------------------------------------------------------------ over HTTP
+def _selection(s: DlqSelection) -> Selection:
+    return Selection(
+        reasons=s.reasons,
+        source_partitions=s.source_partitions,
+        since=s.since,
+        until=s.until,
+        ids=s.ids,
+    )
+
+
+def _summary(r: DeadLetterRecord) -> DeadLetterSummary:
+    return DeadLetterSummary(**r.summary())  # type: ignore[arg-type]
+
+
+class DeadLetterTopic:
+    """``api.ports.DeadLetters`` on ``runs.dlq``: what ``runstream dlq`` does, for the API and
+    the console. Each call reads the topic with its own bare consumer (nothing committed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def page(
+        self, selection: DlqSelection, *, limit: int, after: DlqCursor | None
+    ) -> DeadLetterPage:
+        pages = PageBuilder(limit, after)
+        try:
+            async for r in read(self.settings, _selection(selection)):
+                pages.add(sort_key(r.timestamp_ms, r.partition, r.offset), _summary(r))
+        except Exception as exc:  # Kafka did not answer: the client retries
+            raise _unavailable(exc) from exc
+        return pages.page()
+
+    async def get(self, partition: int, offset: int) -> DeadLetter | None:
+        try:
+            r = await find(self.settings, partition, offset)
+        except LookupError:
+            return None
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        events, error = decoded(r, max_event_bytes=self.settings.max_event_bytes)
+        return DeadLetter(
+            **r.summary(),  # type: ignore[arg-type]
+            headers={k: v.decode("utf-8", "replace") for k, v in r.headers},
+            truncated=r.truncated_from is not None,
+            value=value_of(r.value),
+            decoded=events,
+            decode_error=error,
+        )
+
+    async def redrive(self, selection: DlqSelection, *, dry_run: bool) -> RedriveResult:
+        items: list[RedriveItem] = []
+        seen = 0
+
+        def note(p: Redrive) -> None:
+            nonlocal seen
+            seen += 1
+            if len(items) >= MAX_ITEMS:
+                return
+            if p.skip is not None or p.topic is None:
+                items.append(RedriveItem(id=p.record.id, outcome="skipped", why=p.skip))
+            else:
+                outcome: Literal["redriven", "would_redrive"] = (
+                    "would_redrive" if dry_run else "redriven"
+                )
+                items.append(
+                    RedriveItem(
+                        id=p.record.id, outcome=outcome, topic=p.topic, partition=p.partition
+                    )
+                )
+
+        try:
+            report = await redrive(
+                self.settings, _selection(selection), dry_run=dry_run, progress=False, on_plan=note
+            )
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return RedriveResult(
+            dry_run=dry_run,
+            redriven=report.redriven,
+            skipped=report.skipped,
+            by_topic=report.by_topic,
+            items=items,
+            items_truncated=seen > len(items),
+        )
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(f"the dead-letter topic could not be read: {type(exc).__name__}: {exc}")

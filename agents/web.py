@@ -24,6 +24,7 @@ from agents.app import self_url
 from agents.asyncapi import asyncapi_document
 from agents.config import Settings
 from agents.counters import RunNumbers
+from agents.dlq import DeadLetterTopic
 from agents.health import LagMonitor, readiness
 from agents.indexing import IndexService
 from agents.inspect import end_offsets
@@ -149,6 +150,7 @@ class ApiServer:
             counters=RunNumbers(resources),
             executors=executors,
             max_running_per_group=settings.max_running_per_group,
+            dead_letters=DeadLetterTopic(settings),
         )
         self.app = create_api(
             deps,

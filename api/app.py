@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from api.console import add_console_routes
+from api.dlq import DeadLetterHandlers
 from api.handlers import Handlers
 from api.middleware import auth_middleware, error_middleware
 from api.openapi import openapi_document
@@ -71,6 +72,11 @@ def create_api(
     r.add_get(f"{PREFIX}/stuck", h.stuck, allow_head=False)
     r.add_post(f"{PREFIX}/executors/{{executor_id}}/heartbeat", h.heartbeat)
     r.add_get(f"{PREFIX}/executors/{{executor_id}}", h.get_executor, allow_head=False)
+    # Dead letters: operator routes, all under /api/v1/dlq (api.dlq).
+    dlq = DeadLetterHandlers(deps.dead_letters)
+    r.add_get(f"{PREFIX}/dlq", dlq.list, allow_head=False)
+    r.add_post(f"{PREFIX}/dlq/redrive", dlq.redrive)
+    r.add_get(f"{PREFIX}/dlq/{{partition}}/{{offset}}", dlq.show, allow_head=False)
     r.add_get(f"{PREFIX}/openapi.json", openapi, allow_head=False)
     if asyncapi is not None:  # the topics' document (agents.asyncapi: api does not know them)
         topics = dict(asyncapi)

@@ -24,6 +24,7 @@ from api.bodies import (
     TaskActionRequest,
 )
 from api.console import console_paths
+from api.dlq import dlq_paths
 from api.history import history_paths
 from api.views import RESPONSE_TYPES
 from events.executors import ExecutorId
@@ -60,6 +61,8 @@ _E503 = {
     "content": {"application/json": {"schema": _ref("Error")}},
 }
 _E500 = _error('internal failure; the message is always "internal server error"')
+_E404_DLQ = _error("no such dead letter")
+_E503_DLQ = _error("this worker does not serve dead letters, or Kafka did not answer; retry")
 _REF = "#/components/schemas/{name}"
 _RUN_ID = {
     "name": "run_id",
@@ -491,6 +494,9 @@ def openapi_document() -> dict[str, Any]:
             **history_paths(_HISTORY_ERRORS, _RUN_ID),
             **_claim_paths(),
             **_executor_paths(),
+            **dlq_paths(
+                {"400": _E400, "401": _E401, "404": _E404_DLQ, "500": _E500, "503": _E503_DLQ}
+            ),
             **_service_paths(),
             **console_paths(),
         },

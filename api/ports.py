@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from api.dlq import DeadLetter, DeadLetterPage, DlqCursor, DlqSelection, RedriveResult
 from api.history import HistoryEntry
 from api.views import ExecutorSeen, StuckRun
 from events import Event, RunState
@@ -23,6 +24,7 @@ from indexer import RunIndex
 
 __all__ = [
     "ApiDeps",
+    "DeadLetters",
     "Executors",
     "IdSource",
     "Local",
@@ -179,6 +181,28 @@ class Executors(Protocol):
         ...
 
 
+class DeadLetters(Protocol):
+    """The dead-letter topic, for the operator's routes under ``/api/v1/dlq`` (``agents.dlq``
+    implements it with bare consumers; nothing is committed)."""
+
+    async def page(
+        self, selection: DlqSelection, *, limit: int, after: DlqCursor | None
+    ) -> DeadLetterPage:
+        """The selected dead letters newest first (``api.dlq.sort_key`` descending), at most
+        ``limit``, starting after ``after``; ``next_cursor`` set when more follow. Raises
+        ``api.errors.Unavailable`` when Kafka does not answer."""
+        ...
+
+    async def get(self, partition: int, offset: int) -> DeadLetter | None:
+        """The dead letter at ``partition:offset`` decoded (None: there is none)."""
+        ...
+
+    async def redrive(self, selection: DlqSelection, *, dry_run: bool) -> RedriveResult:
+        """Append the selected dead letters to their source topics (``dry_run``: send nothing),
+        as ``runstream dlq redrive``; says what was redriven and skipped, one item each."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiDeps:
     """Everything :func:`api.create_api` needs. ``ready`` describes readiness for ``/healthz``:
@@ -201,3 +225,5 @@ class ApiDeps:
     max_running_per_group: int = 0
     #: Heartbeats (``agents.liveness``); None: the executor routes answer 503.
     executors: Executors | None = None
+    #: The dead-letter topic (``agents.dlq``); None: the ``/api/v1/dlq`` routes answer 503.
+    dead_letters: DeadLetters | None = None

@@ -31,6 +31,7 @@ from api.ports import OwnedStuck
 from api.views import ExecutorSeen, StuckRun
 from events import Applied, Event, EventType, Heartbeat, RunState, apply, encode
 from indexer import RunIndex
+from tests.fakes_dlq import FakeDeadLetters, dead_letter
 
 
 class FakeOwners:
@@ -207,6 +208,9 @@ class Fakes:
     index: RunIndex = field(default_factory=RunIndex)
     feed: FakeFeed = field(default_factory=FakeFeed)
     executors: FakeExecutors = field(default_factory=FakeExecutors)
+    dead_letters: FakeDeadLetters = field(
+        default_factory=lambda: FakeDeadLetters.with_records(dead_letter(0, 0), dead_letter(1, 3))
+    )
     ready_flag: bool = True
     now: int | None = None  # fixed clock when set
     applied: int = 0  # how many logged events materialize() has consumed
@@ -224,6 +228,7 @@ class Fakes:
             },
             clock=lambda: self.now if self.now is not None else int(time.time() * 1000),
             executors=self.executors,
+            dead_letters=self.dead_letters,
         )
 
     def materialize(self) -> None:
