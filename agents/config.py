@@ -291,6 +291,13 @@ class Settings:
         help="seconds without progress after which an active run counts as stuck (the "
         "runstream_stuck_runs metric; `runstream runs stuck` takes its own threshold)",
     )
+    creation_key_retention: float = setting(
+        86400.0,
+        env="RUNSTREAM_CREATION_KEY_RETENTION",
+        help="seconds at least a creation key (an Idempotency-Key of POST /runs, a request id "
+        "of runs.requests) stays bound to its run in etcd, so a retry gets the same run; 0: "
+        "kept for ever (docs/api.md)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -23,11 +23,14 @@ timestamp (no reply when not even its request id can be read).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import orjson
@@ -38,8 +41,11 @@ from agents.counters import RunNumbers
 from agents.materializer import DeadLetter
 from agents.outbox import dead_letter_headers
 from agents.producer import EventProducer
-from datamanager import IdAllocator
+from api.ports import KeyRecord
+from api.service import creation_digest, key_reused_message
+from datamanager import DataManagerError, IdAllocator
 from datamanager.keys import sequence_key
+from datamanager.kv import Kv
 from events import BadRequest, counter_root, format_run_id, validate_group
 from events.catalogue import (
     Event,
@@ -59,7 +65,9 @@ from events.requests import (
 )
 
 __all__ = [
+    "LEASE_SHARE",
     "Creation",
+    "CreationKeys",
     "CreationService",
     "Refused",
     "SetupErrorService",
@@ -87,6 +95,7 @@ class Creation:
     data: Payload  # RunCreated or SetupErrorsReported
     suffix: str  # the event id is "<run id>.<suffix>"
     at: int | None  # the event time; None: when handled
+    digest: str | None = None  # of what it creates (api.service.creation_digest); None: unchecked
 
     def event(self, run_id: str, now_ms: int) -> Event:
         at = now_ms if self.at is None else self.at
@@ -118,6 +127,7 @@ def read_request(raw: bytes) -> Creation:
         data=data,
         suffix="created",
         at=req.at,
+        digest=creation_digest(data),
     )
     return _checked(creation)
 
@@ -177,6 +187,134 @@ def _checked(creation: Creation) -> Creation:
     return creation
 
 
+class _Ids(Protocol):
+    async def next(self) -> int: ...
+
+
+#: The records of creation keys taken within ``retention / LEASE_SHARE`` seconds share one etcd
+#: lease of ``retention + retention / LEASE_SHARE`` seconds: one lease grant per period instead
+#: of one per creation, and every record lives at least ``retention`` (1 h more at most, for 24 h).
+LEASE_SHARE = 24
+
+
+class CreationKeys:
+    """The one record per creation key, for ``runs.requests`` and ``POST /runs`` alike: a
+    request id, or an ``Idempotency-Key`` (the same name space: ``keys.run_request_key``), maps
+    to the run id allocated for it and the digest of what it creates
+    (``api.service.creation_digest``), in one create-only etcd key written *before* the run's
+    event is appended, so a retry — after a 503, a crash, on another worker — finds the run id
+    instead of allocating one. A second create-only key (``keys.request_number_key``) binds the
+    run number the same way. Setup-error reports use it too, without a digest.
+
+    Value: ``b"<run id> <digest>"`` (a record written before digests were kept: ``b"<run id>"``,
+    matched by any body). Retention: the keys carry an etcd lease of at least ``retention``
+    seconds (shared, :data:`LEASE_SHARE`); ``retention`` 0 keeps them for ever. Implements
+    ``api.ports.CreationKeys``.
+    """
+
+    def __init__(
+        self,
+        kv: Callable[[], Awaitable[Kv]],
+        ids: _Ids,
+        numbers: RunNumbers,
+        *,
+        retention: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kv, self._ids, self.numbers = kv, ids, numbers
+        self.retention = retention
+        self._clock = clock
+        self._lease: tuple[int, float] | None = None  # (lease id, used until)
+        self._lease_lock = asyncio.Lock()
+
+    # --------------------------------------------------------------- api.ports.CreationKeys
+    async def run_for_key(self, key: str, digest: str) -> KeyRecord:
+        return await self.record(keys.run_request_key(key), digest)
+
+    async def number_for_key(self, key: str, root: str, run_id: str) -> int:
+        return await self.number(keys.run_request_key(key), root, run_id)
+
+    # --------------------------------------------------------------------------- records
+    async def record(self, etcd_key: str, digest: str | None) -> KeyRecord:
+        """The record at ``etcd_key``: made now with a fresh run id (``fresh``) when there is
+        none, else the one there. One etcd txn for a new key (the id comes from the allocator's
+        block); a failed txn and one read for a key recorded already (the id taken for the txn
+        is left unused: ids are monotonic, not dense)."""
+        kv = await self._kv()
+        for _ in range(10):
+            candidate = await self._ids.next()
+            value = str(candidate) if digest is None else f"{candidate} {digest}"
+            lease = await self._lease_id(kv)
+            try:
+                made = await kv.compare_and_swap(
+                    etcd_key, value.encode(), mod_revision=None, lease=lease
+                )
+            except DataManagerError:
+                if lease == 0:
+                    raise
+                self._lease = None  # the lease expired or was revoked: take a new one
+                continue
+            if made is not None:
+                return KeyRecord(run_id=candidate, digest=digest, fresh=True)
+            got = await kv.get(etcd_key)
+            if got is not None:
+                return _record(got.value)
+        raise RuntimeError(f"could not map creation key {etcd_key} to a run id")
+
+    async def number(self, etcd_key: str, root: str, run_id: str) -> int:
+        """The run number bound to the record at ``etcd_key``, else the next of counter
+        ``root``, bound now. Taken last, when only the append is left. Once bound, a number
+        belongs to the key: a failed append is retried with the same run id, event id and
+        number, so it is neither given back nor voided. Not bound (etcd failed, or another
+        handler of the same key bound one first): given back when nobody took a later one,
+        else voided, as ``POST /runs`` does."""
+        kv = await self._kv()
+        key = keys.request_number_key(etcd_key)
+        got = await kv.get(key)
+        if got is not None:
+            return int(got.value)
+        number = await self.numbers.next(root)
+        try:
+            lease = await self._lease_id(kv)
+            bound = await kv.compare_and_swap(key, str(number).encode(), mod_revision=None, lease=lease)  # fmt: skip
+        except BaseException:
+            await self._unused(root, number, run_id, "outcome unknown")
+            raise
+        if bound is not None:
+            return number
+        await self._unused(root, number, run_id, "the request was numbered by another handler")
+        got = await kv.get(key)
+        if got is None:
+            raise RuntimeError(f"request number {key} vanished")
+        return int(got.value)
+
+    async def _unused(self, root: str, number: int, run_id: str, reason: str) -> None:
+        if not await self.numbers.give_back(root, number):
+            await self.numbers.void(root, number, run_id=run_id, reason=reason)
+
+    async def _lease_id(self, kv: Kv) -> int:
+        """The shared lease new records take (0: none, kept for ever)."""
+        if self.retention <= 0:
+            return 0
+        now = self._clock()
+        current = self._lease
+        if current is not None and now < current[1]:
+            return current[0]
+        async with self._lease_lock:
+            current = self._lease
+            if current is not None and now < current[1]:
+                return current[0]
+            share = self.retention / LEASE_SHARE
+            lease = await kv.grant_lease(math.ceil(self.retention + share))
+            self._lease = (lease, self._clock() + share)
+            return lease
+
+
+def _record(value: bytes) -> KeyRecord:
+    run_id, _, digest = value.decode().partition(" ")
+    return KeyRecord(run_id=int(run_id), digest=digest or None, fresh=False)
+
+
 def encode_reply(reply: RequestReply) -> bytes:
     return _encode(reply)
 
@@ -191,7 +329,7 @@ class CreationService:
         self.settings = settings
         self.resources = resources
         self.numbers = numbers if numbers is not None else RunNumbers(resources)
-        self._ids: IdAllocator | None = None
+        self._keys: CreationKeys | None = None
         self._producer: EventProducer | None = None
         topics = app.runstream_topics
         app.agent(topics.setup_errors, name="runstream.setup_errors")(self._reports_agent)
@@ -209,14 +347,17 @@ class CreationService:
         ts = None if msg.timestamp is None else round(msg.timestamp * 1000)
         await self.handle(topic, msg.value, msg.partition, msg.offset, key=msg.key, timestamp=ts)
 
-    async def _deps(self) -> tuple[IdAllocator, EventProducer, Any]:
-        kv = await self.resources.kv()
-        if self._ids is None:
-            self._ids = IdAllocator(kv, sequence_key(keys.RUN_ID_SEQUENCE), block=100)
+    async def _deps(self) -> tuple[CreationKeys, EventProducer]:
+        if self._keys is None:
+            kv = await self.resources.kv()
+            ids = IdAllocator(kv, sequence_key(keys.RUN_ID_SEQUENCE), block=100)
+            self._keys = CreationKeys(
+                self.resources.kv, ids, self.numbers, retention=self.settings.creation_key_retention
+            )
         if self._producer is None:
             self._producer = EventProducer(self.settings.kafka, self.settings.topic_events)
             await self._producer.start()
-        return self._ids, self._producer, kv
+        return self._keys, self._producer
 
     async def handle(
         self,
@@ -237,9 +378,15 @@ class CreationService:
         except Refused as exc:
             await self._refuse(topic, raw, partition, offset, exc, key, timestamp)
             return
-        ids, producer, kv = await self._deps()
-        run_id = format_run_id(await self._run_id_for(kv, ids, creation.etcd_key))
-        creation = await self._numbered(kv, creation, run_id)
+        records, producer = await self._deps()
+        record = await records.record(creation.etcd_key, creation.digest)
+        if not record.matches(creation.digest):
+            message = key_reused_message("request id", creation.request_id)
+            refused = Refused(BAD_REQUEST, message, creation.request_id)
+            await self._refuse(topic, raw, partition, offset, refused, key, timestamp)
+            return
+        run_id = format_run_id(record.run_id)
+        creation = await self._numbered(records, creation, run_id)
         event = creation.event(run_id, int(time.time() * 1000))
         await producer.append([event])
         await self._reply(creation.request_id, ReplyOutcome.CREATED, run_id=run_id)
@@ -248,51 +395,15 @@ class CreationService:
             extra={"request_id": creation.request_id, "run_id": run_id, "topic": topic},
         )
 
-    async def _run_id_for(self, kv: Any, ids: IdAllocator, key: str) -> int:
-        for _ in range(10):
-            got = await kv.get(key)
-            if got is not None:
-                return int(got.value)
-            candidate = await ids.next()
-            if (
-                await kv.compare_and_swap(key, str(candidate).encode(), mod_revision=None)
-                is not None
-            ):
-                return candidate
-        raise RuntimeError(f"could not map request {key} to a run id")
-
-    async def _numbered(self, kv: Any, creation: Creation, run_id: str) -> Creation:
-        """``creation`` with its run number: the one bound to the request if any, else the next
-        of its root group, bound now. Taken last, when only the append is left. Once bound, a
-        number belongs to the request: a failed append is retried with the same run id, event id
-        and number (the message is handled again), so it is neither given back nor voided. Not
-        bound (etcd failed, or another handler of the same request bound one first): given back
-        when nobody took a later one, else voided, as ``POST /runs`` does. A report that carries
-        its own counter (a producer numbering its runs) keeps it."""
+    async def _numbered(self, records: CreationKeys, creation: Creation, run_id: str) -> Creation:
+        """``creation`` with its run number (:meth:`CreationKeys.number`): the one bound to the
+        request. A report that carries its own counter (a producer numbering its runs) keeps it."""
         data = creation.data
         if data.counter:  # type: ignore[union-attr]  # both payloads have one
             return creation
-        key = keys.request_number_key(creation.etcd_key)
-        got = await kv.get(key)
-        if got is None:
-            root = counter_root(data.group)  # type: ignore[union-attr]
-            number = await self.numbers.next(root)
-            try:
-                bound = await kv.compare_and_swap(key, str(number).encode(), mod_revision=None)
-            except BaseException:
-                await self._unused(root, number, run_id, "outcome unknown")
-                raise
-            if bound is not None:
-                return replace(creation, data=msgspec.structs.replace(data, counter=number))
-            await self._unused(root, number, run_id, "the request was numbered by another handler")
-            got = await kv.get(key)
-            if got is None:
-                raise RuntimeError(f"request number {key} vanished")
-        return replace(creation, data=msgspec.structs.replace(data, counter=int(got.value)))
-
-    async def _unused(self, root: str, number: int, run_id: str, reason: str) -> None:
-        if not await self.numbers.give_back(root, number):
-            await self.numbers.void(root, number, run_id=run_id, reason=reason)
+        root = counter_root(data.group)  # type: ignore[union-attr]
+        number = await records.number(creation.etcd_key, root, run_id)
+        return replace(creation, data=msgspec.structs.replace(data, counter=number))
 
     async def _reply(
         self, request_id: str, outcome: ReplyOutcome, *, run_id: str | None = None, reason: str = ""

@@ -35,6 +35,7 @@ from agents.pipeline import MaterializerService
 from agents.producer import EventProducer
 from agents.resources import Resources
 from agents.routing import OwnedRuns, UrlMap
+from agents.setup_errors import CreationKeys
 from api import ApiDeps, JsonRunner, create_api
 from datamanager import IdAllocator
 from datamanager.keys import sequence_key
@@ -137,9 +138,10 @@ class ApiServer:
             owners=lambda: materializer.owned,
             index_offsets=lambda: index.index.offsets if index.ready.is_set() else None,
         )
+        ids, numbers = _Ids(resources), RunNumbers(resources)
         deps = ApiDeps(
             owners=self.owners,
-            ids=_Ids(resources),
+            ids=ids,
             index=cast(RunIndex, _IndexHandle(index)),
             feed=self.feed,
             ready=lambda: readiness(
@@ -147,9 +149,12 @@ class ApiServer:
             ),
             clock=lambda: int(time.time() * 1000),
             self_url=self_url(settings),
-            counters=RunNumbers(resources),
+            counters=numbers,
             executors=executors,
             max_running_per_group=settings.max_running_per_group,
+            creation_keys=CreationKeys(
+                resources.kv, ids, numbers, retention=settings.creation_key_retention
+            ),
             dead_letters=DeadLetterTopic(settings),
         )
         self.app = create_api(

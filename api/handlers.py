@@ -11,7 +11,9 @@ Where a request about one run goes:
 
 A creation allocates the run id here (the id decides the partition), then goes to the owner of
 that id with the id in ``RUN_ID_HEADER``; a 409 ``run_id_taken`` (the id was used by a producer
-writing to the log directly) makes this worker take the next id, a few times at most.
+writing to the log directly) makes this worker take the next id, a few times at most. With an
+``Idempotency-Key`` the id is the one recorded for the key (``ApiDeps.creation_keys``), made
+once, whichever worker a try reaches.
 """
 
 from __future__ import annotations
@@ -46,9 +48,17 @@ from api.errors import ApiError, Conflict, NotFound, Unavailable
 from api.history import History
 from api.ports import ApiDeps, Executors, Local, Remote
 from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
-from api.service import RUN_ID_TAKEN, RunService, check_creatable
+from api.service import (
+    KEY_REUSED_STATUS,
+    RUN_ID_TAKEN,
+    RunService,
+    check_creatable,
+    creation_digest,
+    key_reused_message,
+)
 from api.views import StuckRuns, etag, json_response, page_view, run_view
-from events import Heartbeat, RunState, decode_state, encode_state, format_run_id
+from datamanager import EtcdUnavailable
+from events import Heartbeat, RunState, decode_state, encode_state, format_run_id, run_created
 
 __all__ = ["RELAYED", "Handlers"]
 
@@ -58,6 +68,10 @@ RELAYED = Counter(
 
 #: Seconds ``GET /stuck`` waits for another worker's answer (then the answer is partial).
 PEER_SECONDS = 5.0
+
+#: Relayed with a keyed creation: "1" when the key's record was there before the request (an
+#: earlier try may have created the run: the owner reads it first), "0" when made for it.
+KEY_SEEN_HEADER = "X-Runstream-Key-Seen"
 
 #: How many run ids a creation tries when ids turn out to be taken already.
 CREATE_ATTEMPTS = 5
@@ -107,14 +121,18 @@ class Handlers:
     # ------------------------------------------------------------------------ runs
     async def create_run(self, request: web.Request) -> web.StreamResponse:
         req = parse_create(await request.read())
+        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
         given = request.headers.get(RUN_ID_HEADER)
         if given is not None and is_relayed(request):
             run_id = require_run_id(given)
+            seen = request.headers.get(KEY_SEEN_HEADER) == "1"
             return await self._at_owner(
-                request, run_id, lambda: self._create_here(request, req, run_id)
+                request, run_id, lambda: self._create_here(request, req, run_id, key, seen)
             )
         if isinstance(req, CreateRequest):
             check_creatable(req)  # 400 before any id is spent
+        if key is not None:
+            return await self._create_keyed(request, req, key)
         for _ in range(CREATE_ATTEMPTS):
             run_id = format_run_id(await self.deps.ids.next())
             try:
@@ -132,14 +150,45 @@ class Handlers:
                 return response
         raise Unavailable("run ids were taken by other producers; retry")
 
+    async def _create_keyed(
+        self, request: web.Request, req: CreateRequest | RecreateRequest, key: str
+    ) -> web.StreamResponse:
+        """A creation with an ``Idempotency-Key``: the key's record (made now, or found: the
+        same key from ``runs.requests`` or an earlier try, on any worker) gives the run id, then
+        the owner of that id creates the run or answers it as it is. 422 naming the key when the
+        key was recorded for another body. No new id when the owner says the id is taken: the
+        key is bound to it (409)."""
+        records = self.deps.creation_keys
+        if records is None:
+            raise Unavailable("this worker does not keep creation keys (Idempotency-Key); retry")
+        digest = creation_digest(run_created(req) if isinstance(req, CreateRequest) else req)
+        try:
+            record = await records.run_for_key(key, digest)
+        except EtcdUnavailable as exc:
+            raise Unavailable(f"creation keys cannot be read now ({exc}); retry") from exc
+        if not record.matches(digest):
+            raise ApiError(key_reused_message("Idempotency-Key", key), status=KEY_REUSED_STATUS)
+        run_id, seen = format_run_id(record.run_id), not record.fresh
+        return await self._at_owner(
+            request,
+            run_id,
+            functools.partial(self._create_here, request, req, run_id, key, seen),
+            headers={RUN_ID_HEADER: run_id, KEY_SEEN_HEADER: "1" if seen else "0"},
+        )
+
     async def _create_here(
-        self, request: web.Request, req: CreateRequest | RecreateRequest, run_id: str
+        self,
+        request: web.Request,
+        req: CreateRequest | RecreateRequest,
+        run_id: str,
+        key: str | None = None,
+        seen: bool = False,
     ) -> web.Response:
         if isinstance(req, CreateRequest):
-            state = await self.service.create(req, run_id)
+            state = await self.service.create(req, run_id, key, seen=seen)
         else:
             state = await self.service.recreate(
-                req, run_id, lambda old: self._read_old(request, old)
+                req, run_id, lambda old: self._read_old(request, old), key, seen=seen
             )
         headers = {"Location": f"/api/v1/runs/{state.run.id}", "ETag": etag(state)}
         view = run_view(state, self.service.waiting(state))

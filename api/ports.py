@@ -24,9 +24,11 @@ from indexer import RunIndex
 
 __all__ = [
     "ApiDeps",
+    "CreationKeys",
     "DeadLetters",
     "Executors",
     "IdSource",
+    "KeyRecord",
     "Local",
     "OwnedStuck",
     "Owners",
@@ -151,6 +153,34 @@ class RunCounters(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRecord:
+    """What a creation key (an ``Idempotency-Key`` of ``POST /runs``, or a request id of
+    ``runs.requests``) is recorded with: its run id and the digest of what it creates (None: a
+    record kept without one, which any body matches); ``fresh`` when recorded by this call."""
+
+    run_id: int
+    digest: str | None
+    fresh: bool
+
+    def matches(self, digest: str | None) -> bool:
+        return self.digest is None or digest is None or self.digest == digest
+
+
+class CreationKeys(Protocol):
+    """Idempotent creation (``agents.setup_errors.CreationKeys``): one record per key, made
+    once, shared with ``runs.requests`` (docs/api.md, "Idempotent creation")."""
+
+    async def run_for_key(self, key: str, digest: str) -> KeyRecord:
+        """The record of ``key``: made now with a new run id when there is none (before any
+        event is appended), else the one recorded. Raises ``datamanager.EtcdUnavailable``."""
+        ...
+
+    async def number_for_key(self, key: str, root: str, run_id: str) -> int:
+        """The run number bound to ``key`` (the next of counter ``root``, bound once)."""
+        ...
+
+
 class PhaseFeed(Protocol):
     """The ``runs.phases`` stream, for server-sent events."""
 
@@ -225,5 +255,8 @@ class ApiDeps:
     max_running_per_group: int = 0
     #: Heartbeats (``agents.liveness``); None: the executor routes answer 503.
     executors: Executors | None = None
+    #: Records of creation keys (``Idempotency-Key`` on ``POST /runs``); None: a creation with
+    #: the header answers 503.
+    creation_keys: CreationKeys | None = None
     #: The dead-letter topic (``agents.dlq``); None: the ``/api/v1/dlq`` routes answer 503.
     dead_letters: DeadLetters | None = None

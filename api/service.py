@@ -67,7 +67,15 @@ from events import (
 from events.model import attempt_of, holder_of
 from indexer import MAX_LIMIT, Page
 
-__all__ = ["RUN_ID_TAKEN", "RunService", "check_creatable", "task_refusal"]
+__all__ = [
+    "KEY_REUSED_STATUS",
+    "RUN_ID_TAKEN",
+    "RunService",
+    "check_creatable",
+    "creation_digest",
+    "key_reused_message",
+    "task_refusal",
+]
 
 #: The ``code`` of the 409 a creation gets when its run id is already used.
 RUN_ID_TAKEN = "run_id_taken"
@@ -77,6 +85,13 @@ _RUN_ACTIONS: dict[RunAction, Payload] = {
     RunAction.CANCEL: CancelRequested(),
     RunAction.STOP: StopRequested(),
 }
+
+#: The status of a creation whose ``Idempotency-Key`` was used for another body (422, as the
+#: IETF's Idempotency-Key draft says: the request is well-formed, but cannot be processed as
+#: sent — a retry cannot help, so not 409, which clients retry after a re-read).
+KEY_REUSED_STATUS = 422
+
+_canonical = msgspec.json.Encoder(order="sorted").encode
 
 #: Pages of a group's running runs read for what a queued run waits for (100 runs a page).
 _GROUP_PAGES = 10
@@ -88,6 +103,24 @@ StateReader = Callable[[str], Awaitable[RunState | None]]
 def check_creatable(req: CreateRequest) -> None:
     """400 unless ``req`` can form a run (checked before any run id is spent)."""
     check_create(group=req.group, tasks=req.tasks, setup_errors=req.setup_errors)
+
+
+def creation_digest(what: RunCreated | RecreateRequest) -> str:
+    """The digest of what a creation makes, recorded beside its key's run id: the
+    ``run.created`` payload of a new run (``run_created``, no number yet; a ``POST /runs`` body
+    and a ``runs.requests`` record that create the same run have the same digest), or the
+    recreation asked for. Canonical: keys sorted, so the order of a body's fields does not
+    matter."""
+    prefix = b"created\0" if isinstance(what, RunCreated) else b"recreated\0"
+    return hashlib.blake2b(prefix + _canonical(what), digest_size=16).hexdigest()
+
+
+def key_reused_message(what: str, key: str) -> str:
+    """The refusal of a creation whose key was recorded with another body."""
+    return (
+        f"{what} {key!r} was used for a different creation request; a retry must send the "
+        "same body, a new request a new key"
+    )
 
 
 class RunService:
@@ -118,16 +151,33 @@ class RunService:
             cursor=q.cursor,
         )
 
-    async def create(self, req: CreateRequest, run_id: str) -> RunState:
+    async def create(
+        self, req: CreateRequest, run_id: str, key: str | None = None, *, seen: bool = False
+    ) -> RunState:
         """Run ``run_id`` (allocated by the caller, in a partition owned here) from ``req``:
         ``setuperror`` when its tasks are inconsistent or it carries setup errors. 409
-        ``run_id_taken`` when a run with that id exists already."""
+        ``run_id_taken`` when a run with that id exists already. With an ``Idempotency-Key``
+        ``key`` (``run_id`` is the one recorded for it): :meth:`_create_keyed`."""
         check_creatable(req)
+        if key is not None:
+            return await self._create_keyed(run_id, run_created(req), key, seen=seen)
         return await self._create(run_id, run_created(req))
 
-    async def recreate(self, req: RecreateRequest, run_id: str, read_any: StateReader) -> RunState:
+    async def recreate(
+        self,
+        req: RecreateRequest,
+        run_id: str,
+        read_any: StateReader,
+        key: str | None = None,
+        *,
+        seen: bool = False,
+    ) -> RunState:
         """Run ``run_id`` made from run ``req.run_id`` (DESIGN.md's recreation rules); the old
         run is read through ``read_any`` from its own owner."""
+        if key is not None and seen:
+            state = await self.deps.owners.read(run_id)
+            if state is not None:
+                return state
         old = await read_any(req.run_id)
         if old is None:
             raise NotFound(f"run {req.run_id} not found")
@@ -137,7 +187,42 @@ class RunService:
         data = recreate(
             old, new_run_id=run_id, environment=req.environment, from_start=req.from_start
         )
+        if key is not None:
+            return await self._create_keyed(run_id, data, key, seen=False)
         return await self._create(run_id, data)
+
+    async def _create_keyed(self, run_id: str, data: RunCreated, key: str, *, seen: bool) -> RunState:  # fmt: skip
+        """The creation of ``Idempotency-Key`` ``key``, whose record says ``run_id``: the run as
+        it is when it exists already (``seen``: the record was there before this request, so
+        an earlier try may have created it — one read of the live state), else its
+        ``run.created`` appended with the run number bound to the key, under the event id
+        ``<run id>.created`` — the same on every try, so the owner applies one and drops the
+        others as duplicates (answered with the run, like the first). A failure leaves the
+        number bound to the key, for the retry."""
+        if seen:
+            state = await self.deps.owners.read(run_id)
+            if state is not None:
+                return state
+        event = self._event(data, run_id, f"{run_id}.created")
+        check = apply(None, event)
+        if isinstance(check, Rejected):
+            raise BadRequest(check.reason)
+        records = self.deps.creation_keys
+        if records is None:
+            raise Unavailable("this worker does not keep creation keys; retry elsewhere")
+        if self.deps.counters is not None:
+            try:
+                number = await records.number_for_key(key, counter_root(data.group), run_id)
+            except EtcdUnavailable as exc:
+                raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
+            event = self._event(msgspec.structs.replace(data, counter=number), run_id, event.id)
+        outcome = await self.deps.owners.write(event)
+        if isinstance(outcome, Refused):  # the run exists: created by an earlier try, answer it
+            state = await self.deps.owners.read(run_id)
+            if state is None:
+                raise Conflict(f"run id {run_id} is already used ({outcome.reason})", code=RUN_ID_TAKEN)  # fmt: skip
+            return state
+        return outcome.state
 
     async def _create(self, run_id: str, data: RunCreated) -> RunState:
         # No read first: for a new id that would cost a storage read per creation. The owner's
