@@ -284,11 +284,32 @@ def _client_target(args: argparse.Namespace) -> Target:
     return Target(s.url, s.api_token, s.partitions)
 
 
+def _report_id(settings: Settings, args: argparse.Namespace, run_id: str, status: str) -> str:
+    """``--event-id``, else one derived from the report and the task's current attempt (read
+    over the API), so that a retried report is the same event; a fresh random id, with a
+    warning on stderr, when the API cannot say the attempt."""
+    import uuid
+
+    from api.commands import current_attempt, report_event_id
+
+    if args.event_id:
+        return str(args.event_id)
+    attempt = current_attempt(settings.url, settings.api_token, run_id, args.task_id)
+    if isinstance(attempt, str):
+        print(
+            f"warning: could not read the task's attempt from the API ({attempt}); this report "
+            "gets a random event id, so a retry of it is a new event (give --event-id to "
+            "choose one)",
+            file=sys.stderr,
+        )
+        return uuid.uuid4().hex
+    return report_event_id(run_id, args.task_id, status, args.executor, attempt)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """Append one task.status_changed event to the events topic, as an executor would."""
     import asyncio
     import time
-    import uuid
 
     import msgspec
 
@@ -314,7 +335,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     data = TaskStatusChanged(task_id=args.task_id, status=status, executor_id=executor)
     event = make_event(
         data,
-        id=args.event_id or uuid.uuid4().hex,
+        id=_report_id(settings, args, run_id, status.value),
         run_id=run_id,
         at=int(time.time() * 1000),
     )
@@ -348,7 +369,12 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
         help="report a task's status as an executor does (appends task.status_changed)",
         description="Append a task.status_changed event for RUN's task TASK to the events topic "
         "(what an executor's script does when a task starts or ends), then show what the run's "
-        "owner answered (see --wait).",
+        "owner answered (see --wait). The event's id is --event-id, else derived from RUN, "
+        "TASK, STATUS, --executor and the task's current attempt (read from the API, "
+        "GET /api/v1/runs/RUN), so running the same command again is the same event, applied "
+        "once ('duplicate'), while a report for a later attempt (the task went back to ready "
+        "after its executor was lost) is a new one. When the API cannot be reached the id is "
+        "random, with a warning: a retry is then a new event.",
     )
     p.add_argument("run_id", metavar="RUN")
     p.add_argument("task_id", metavar="TASK")
@@ -356,7 +382,8 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
                    help="one of: " + ", ".join(s.value for s in TaskStatus))  # fmt: skip
     p.add_argument(
         "--event-id",
-        help="the event's id (default: a fresh one); the same id again is applied once",
+        help="the event's id; the same id again is applied once (default: derived from RUN, "
+        "TASK, STATUS, --executor and the task's attempt; random when the API cannot be read)",
     )
     p.add_argument(
         "--wait",
@@ -373,7 +400,7 @@ def _add_report_command(runs: argparse._SubParsersAction) -> None:  # type: igno
         help="the executor reporting (the event's executor_id): refused for a task another "
         "executor holds; a report for a ready task nobody holds claims it for this executor",
     )
-    add_flags(p, ("kafka", "topic_events", "log_level"))
+    add_flags(p, ("kafka", "topic_events", "log_level", "url", "api_token"))
     p.set_defaults(func=_cmd_report)
 
 

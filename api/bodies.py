@@ -5,15 +5,21 @@ Bodies are JSON objects; unknown fields are refused (a typo must not pass silent
 names the field path and what was expected: msgspec's message (``Expected `str`, got `int` - at
 `$.name```), completed with the accepted values or fields where msgspec leaves them out. The
 task and setup-error shapes are the events' own (``RunConfigTask``, ``SetupError``); a group is
-checked by ``events.validate_group``, as for events and listings.
+checked by ``events.validate_group``, as for events, and a listing's group prefix by
+``events.group.validate_group_prefix``.
+
+Queries are strict: a parameter the route does not know, one given twice that is not documented
+as repeatable (only ``GET /runs``'s ``group``, ``phase`` and ``result`` are), and an integer
+written in any form but plain decimal digits (``1e0``, ``2.0``, ``+3``, `` 3``) are 400 naming
+the parameter.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
@@ -32,7 +38,7 @@ from events import (
 from events.errors import BadRequest as EventsBadRequest
 from events.errors import validation_message
 from events.executors import DEFAULT_LEASE_MS, MAX_EXECUTOR_ID, ExecutorId, LeaseMs
-from events.group import Group
+from events.group import Group, GroupPrefix, validate_group_prefix
 from events.model import Lease, Name, RunId
 from indexer import DEFAULT_LIMIT, MAX_LIMIT, Order
 
@@ -60,6 +66,7 @@ __all__ = [
     "TaskActionRequest",
     "parse_claim",
     "parse_create",
+    "parse_events_query",
     "parse_expected_seq",
     "parse_heartbeat",
     "parse_idempotency_key",
@@ -103,7 +110,12 @@ Cursor = Annotated[
 ]
 Limit = Annotated[
     int,
-    Meta(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}; 0 is refused (400)"),
+    Meta(
+        ge=1,
+        le=MAX_LIMIT,
+        description=f"page size, 1 to {MAX_LIMIT} in decimal digits; 0 and any other form "
+        "(`1e0`, `2.0`, `+3`) are refused (400)",
+    ),
 ]
 IfMatch = Annotated[
     str,
@@ -245,10 +257,20 @@ class StuckQuery(Struct, **_STRUCT):
 
 class ListQuery(Struct, **_STRUCT):
     """The query of ``GET /runs`` (each field is a query parameter; group, phase and result
-    repeat). A group is a prefix by whole segments: ``/project/x`` matches its branches,
-    ``/a/b`` never ``/a/bc``; it is a valid group path, checked as creation checks one."""
+    repeat, the others are given once). A group is a prefix by whole elements: ``/project/x``
+    matches its branches, ``/a/b`` never ``/a/bc``; ``/`` matches every run, ``/project`` every
+    project's, ``/project/x/branch`` x's branches; a trailing ``/`` is the same as none
+    (``events.group.validate_group_prefix``)."""
 
-    groups: tuple[Group, ...] = field(default=(), name="group")
+    groups: Annotated[
+        tuple[GroupPrefix, ...],
+        Meta(
+            description="group prefix (repeatable: runs under any of them): `/` every run, "
+            "`/project` every project's, `/project/p1` p1's, `/project/p1/branch` p1's "
+            "branches; by whole elements (`/a/b` never matches `/a/bc`); a trailing `/` is the "
+            "same as none"
+        ),
+    ] = field(default=(), name="group")
     phases: tuple[Phase, ...] = field(default=(), name="phase")
     results: tuple[Result, ...] = field(default=(), name="result")
     last_run: Annotated[bool, Meta(description="only the last run of each group")] = field(
@@ -261,7 +283,7 @@ class ListQuery(Struct, **_STRUCT):
     def __post_init__(self) -> None:
         for i, group in enumerate(self.groups):
             try:
-                validate_group(group)
+                validate_group_prefix(group)
             except EventsBadRequest as exc:
                 raise ValueError(f"{exc} - at `$.group[{i}]`") from None
 
@@ -280,7 +302,12 @@ REQUEST_TYPES = (
 _QUERY_FIELDS = msgspec.structs.fields(ListQuery)
 #: The query parameters of ``GET /runs``; any other is refused, so a typo is not ignored.
 LIST_PARAMETERS = tuple(f.encode_name for f in _QUERY_FIELDS)
-_REPEATED = frozenset(f.encode_name for f in _QUERY_FIELDS if f.type.__origin__ is tuple)
+#: The parameters of ``GET /runs`` that repeat (its tuple fields): group, phase, result.
+_REPEATED = frozenset(
+    f.encode_name
+    for f in _QUERY_FIELDS
+    if get_origin(get_args(f.type)[0] if get_origin(f.type) is Annotated else f.type) is tuple
+)
 
 # -- decoding ------------------------------------------------------------------------------------
 
@@ -331,14 +358,60 @@ def parse_report(raw: bytes) -> ReportStatus:
     return report
 
 
-def parse_stuck_query(query: Any) -> int:
-    """``older_than`` of ``GET /stuck`` in milliseconds (default 600 s); 400 naming an unknown
-    parameter or a bad value."""
-    unknown = sorted(k for k in set(query) if k != "older_than")
+#: A query parameter's integer as the API takes it: plain decimal digits, no sign, exponent,
+#: fraction, spaces or leading zeros (``0`` itself aside). msgspec alone would take ``1e0``.
+_INTEGER = re.compile(r"(?:0|[1-9][0-9]{0,17})", re.ASCII)
+
+
+def query_values(
+    query: Any, known: Sequence[str], repeatable: Collection[str] = ()
+) -> dict[str, Any]:
+    """The parameters of ``query`` (a multidict, ``request.query``) as ``{name: value}``, a list
+    of values for those in ``repeatable``; 400 naming every parameter the route does not know
+    (``known``), else every one given more than once that is not repeatable."""
+    unknown = sorted({k for k in query if k not in known})
     if unknown:
         names = ", ".join(repr(k[:40]) for k in unknown[:10])
-        raise BadRequest(f"unknown query parameter {names}; want older_than")
-    values = {k: query[k] for k in set(query)}
+        raise BadRequest(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
+            f"want {', '.join(known) if known else 'none'}"
+        )
+    twice = sorted(k for k in set(query) if k not in repeatable and len(query.getall(k)) > 1)
+    if twice:
+        names = ", ".join(f"{k!r} ({len(query.getall(k))} times)" for k in twice)
+        raise BadRequest(
+            f"query parameter{'s' if len(twice) > 1 else ''} {names} given more than once; "
+            f"each takes one value{_repeatable_note(repeatable)}"
+        )
+    return {k: query.getall(k) if k in repeatable else query[k] for k in set(query)}
+
+
+def _repeatable_note(repeatable: Collection[str]) -> str:
+    if not repeatable:
+        return ""
+    return f" (only {', '.join(sorted(repeatable))} repeat)"
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, str) and _INTEGER.fullmatch(value) is not None
+
+
+def parse_events_query(query: Any) -> str | None:
+    """``after`` of ``GET /runs/events`` (None when absent or empty); 400 naming an unknown or
+    repeated parameter."""
+    after: str | None = query_values(query, ("after",)).get("after")
+    return after or None
+
+
+def parse_stuck_query(query: Any) -> int:
+    """``older_than`` of ``GET /stuck`` in milliseconds (default 600 s); 400 naming an unknown
+    or repeated parameter or a bad value (an integer in plain decimal digits)."""
+    values = query_values(query, ("older_than",))
+    if "older_than" in values and not _is_integer(values["older_than"]):
+        raise BadRequest(
+            "invalid query: query parameter `older_than` must be a whole number of seconds in "
+            f"decimal digits, got {values['older_than'][:20]!r}"
+        )
     try:
         q: StuckQuery = msgspec.convert(values, StuckQuery, strict=False)
     except msgspec.ValidationError as exc:
@@ -357,21 +430,20 @@ def parse_heartbeat(raw: bytes) -> int:
 
 def parse_list_query(query: Any) -> ListQuery:
     """``GET /runs`` parameters from a multidict (``request.query``); 400 naming any unknown
-    parameter or bad value."""
-    unknown = sorted({k for k in query if k not in LIST_PARAMETERS})
-    if unknown:
-        names = ", ".join(repr(k[:40]) for k in unknown[:10])
-        raise BadRequest(
-            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
-            f"want {', '.join(LIST_PARAMETERS)}"
-        )
-    values = {k: query.getall(k) if k in _REPEATED else query[k] for k in set(query)}
+    parameter, one given twice that does not repeat, or a bad value."""
+    values = query_values(query, LIST_PARAMETERS, _REPEATED)
+    bad_limit = (
+        f"invalid query: limit must be between 1 and {MAX_LIMIT} (decimal digits), "
+        f"got {str(values.get('limit'))[:20]!r}"
+    )
+    if "limit" in values and not _is_integer(values["limit"]):
+        raise BadRequest(bad_limit)
     try:
         q: ListQuery = msgspec.convert(values, ListQuery, strict=False)
     except msgspec.ValidationError as exc:
         text = explain(exc, ListQuery)
         if "`$.limit`" in text:
-            text = f"limit must be between 1 and {MAX_LIMIT}, got {str(values['limit'])[:20]!r}"
+            raise BadRequest(bad_limit) from None
         raise BadRequest(f"invalid query: {text}".replace("`$.", "query parameter `")) from None
     return q
 

@@ -7,23 +7,38 @@ which hands over its configuration: ``flags`` adds the settings' flags (``--url`
 (``agents.config``; ``api/`` may not import ``agents/``). Without them (tests, other parsers) the
 commands take ``--url`` / ``--token`` (env ``RUNSTREAM_URL`` / ``RUNSTREAM_API_TOKEN``). Each prints
 a table, or JSON with ``--json``; errors print the server's message and exit 1.
+
+``watch`` prints a header, then one line per phase change with its position in the phase stream
+(partition and offset of ``runs.phases``) instead of the raw cursor (``--json`` keeps the
+cursor, for scripts). ``report_event_id`` and ``current_attempt`` serve ``runstream runs
+report`` (``agents.cli``): a report's event id derived from what it says and the task's attempt.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from api.client import DEFAULT_URL, Client
-from api.errors import ApiError
+from api.errors import ApiError, NotFound
 
-__all__ = ["Target", "add_runs_commands", "run_command"]
+__all__ = [
+    "WATCH_HEADER",
+    "Target",
+    "add_runs_commands",
+    "current_attempt",
+    "report_event_id",
+    "run_command",
+    "task_attempt",
+    "watch_line",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,22 +193,123 @@ def from_start_cursor(partitions: int) -> str:
     return ".".join(["v1", *("0" * partitions)])
 
 
+#: The columns of ``runs watch`` (lines are printed as they come: fixed widths, not measured).
+WATCH_HEADER = ("PARTITION", "OFFSET", "RUN", "PHASE", "RESULT", "GROUP")
+_WATCH_WIDTHS = (9, 8, 16, 10, 7)
+
+
+def _offsets(cursor: str | None) -> list[int] | None:
+    """The next offsets of a phase-stream cursor (``v1.<p0>.<p1>...``), None if not one."""
+    if cursor is None:
+        return None
+    parts = cursor.split(".")
+    if (
+        len(parts) < 2
+        or parts[0] != "v1"
+        or not all(p.isascii() and p.isdigit() for p in parts[1:])
+    ):
+        return None
+    return [int(p) for p in parts[1:]]
+
+
+def _partition_of(run_id: str, partitions: int) -> int:
+    """The partition of ``run_id`` in the run topics (Kafka's default partitioner: murmur2)."""
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def event_position(cursor: str, previous: str | None, run_id: str) -> tuple[int, int] | None:
+    """``(partition, offset)`` in ``runs.phases`` of the event whose cursor is ``cursor``: the
+    one partition whose next offset moved since ``previous`` (the cursor before it), else the
+    run's partition; None when ``cursor`` is not a cursor of the phase stream."""
+    now = _offsets(cursor)
+    if not now:
+        return None
+    before = _offsets(previous)
+    if before is not None and len(before) == len(now):
+        moved = [p for p, (a, b) in enumerate(zip(before, now, strict=True)) if b > a]
+        if len(moved) == 1:
+            return moved[0], now[moved[0]] - 1
+    p = _partition_of(run_id, len(now))
+    return p, now[p] - 1
+
+
+def _row(cells: Sequence[str]) -> str:
+    padded = [c.ljust(w) for c, w in zip(cells, _WATCH_WIDTHS, strict=False)]
+    return "  ".join([*padded, *cells[len(_WATCH_WIDTHS) :]]).rstrip()
+
+
+def watch_line(cursor: str, previous: str | None, event: Mapping[str, Any]) -> str:
+    """One line of ``runs watch``: partition, offset, run, phase, result, group."""
+    d = event["data"]
+    where = event_position(cursor, previous, event["run_id"])
+    partition, offset = (str(where[0]), str(where[1])) if where else ("?", "?")
+    return _row([partition, offset, event["run_id"], d["phase"], d["result"], d["group"]])
+
+
 def _watch(c: Client, args: argparse.Namespace) -> None:
     after = args.after
     if args.from_start:
         if args.target.partitions is None:
             raise SystemExit("runs watch --from-start needs the partition count (runstream's --partitions)")  # fmt: skip
         after = from_start_cursor(args.target.partitions)
-    for item in c.watch(after):
-        if args.json:
-            print(json.dumps({"cursor": item.cursor, "event": item.event}), file=args.out, flush=True)  # fmt: skip
-        else:
-            d = item.event["data"]
-            print(f"{item.cursor}  {item.event['run_id']}  {d['phase']}  {d['result']}  {d['group']}", file=args.out, flush=True)  # fmt: skip
-        if args.count is not None:
-            args.count -= 1
-            if args.count <= 0:
-                return
+    if not args.json:
+        print(_row(WATCH_HEADER), file=args.out, flush=True)
+    last = after
+    try:
+        for item in c.watch(after):
+            if args.json:
+                print(json.dumps({"cursor": item.cursor, "event": item.event}), file=args.out, flush=True)  # fmt: skip
+            else:
+                print(watch_line(item.cursor, last, item.event), file=args.out, flush=True)
+            last = item.cursor
+            if args.count is not None:
+                args.count -= 1
+                if args.count <= 0:
+                    return
+    except KeyboardInterrupt:
+        if last is not None and not args.json:
+            print(f"resume with: runstream runs watch --after {last}", file=sys.stderr)
+        raise
+
+
+# -- runs report (agents.cli): a report's event id -----------------------------------------------
+
+
+def report_event_id(
+    run_id: str, task_id: str, status: str, executor_id: str | None, attempt: int
+) -> str:
+    """The event id of ``runstream runs report`` when none is given: derived from what the
+    report says and the task's attempt, so a retried report is the same event (applied once),
+    while the same executor reporting the same status for a later attempt (the task went back
+    to ready after its executor was lost) is a new one."""
+    parts = ("report", run_id, task_id, status, executor_id or "", str(attempt))
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=12)
+    return f"report.{digest.hexdigest()}"
+
+
+def task_attempt(body: Mapping[str, Any], task_id: str) -> int:
+    """The current attempt of ``task_id`` in a ``GET /runs/{id}`` answer (tasks carry
+    ``attempt`` from 2 on); 1 when the task is not there."""
+    for task in body.get("run", {}).get("tasks", ()):
+        if task.get("id") == task_id:
+            return int(task.get("attempt") or 1)
+    return 1
+
+
+def current_attempt(
+    url: str, token: str, run_id: str, task_id: str, *, timeout: float = 5.0
+) -> int | str:
+    """The task's current attempt from the API (1 for a run or task it does not know), or why
+    the API could not say (unreachable, unavailable, refused the token...)."""
+    try:
+        with Client(url, token=token or None, timeout=timeout) as c:
+            return task_attempt(c.get_run(run_id), task_id)
+    except NotFound:
+        return 1
+    except ApiError as exc:
+        return f"{url}: {exc.message or type(exc).__name__}"
 
 
 def _action(name: str) -> Callable[[Client, argparse.Namespace], None]:
@@ -250,7 +366,13 @@ def add_runs_commands(
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.set_defaults(runs_fn=_list)
 
-    p = sub.add_parser("watch", help="follow phase changes (server-sent events), resuming on drops")  # fmt: skip
+    p = sub.add_parser(
+        "watch",
+        help="follow phase changes (server-sent events), resuming on drops",
+        description="Follow the phase changes: a header, then one line per change: its "
+        "position in runs.phases (partition, offset), run, phase, result, group. --json prints "
+        '{"cursor", "event"} per change instead (the cursor resumes with --after).',
+    )
     p.add_argument("--after", help="cursor of the last event seen")
     p.add_argument("--from-start", action="store_true", help="from the beginning of the log (every phase change still in it)")  # fmt: skip
     p.add_argument("--count", type=int, help="stop after this many events")

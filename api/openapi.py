@@ -64,6 +64,12 @@ _E500 = _error('internal failure; the message is always "internal server error"'
 _E404_DLQ = _error("no such dead letter")
 _E503_DLQ = _error("this worker does not serve dead letters, or Kafka did not answer; retry")
 _REF = "#/components/schemas/{name}"
+#: The query rules of every route with query parameters (``api.bodies.query_values``).
+_STRICT = (
+    "Strict query: a parameter this route does not know, one given twice that does not "
+    "repeat, and an integer in any form but decimal digits (`1e0`, `2.0`, `+3`, ` 3`) are "
+    "400 naming the parameter."
+)
 _RUN_ID = {
     "name": "run_id",
     "in": "path",
@@ -131,6 +137,8 @@ def _runs_paths(list_params: list[dict[str, Any]]) -> dict[str, Any]:
             "get": {
                 "operationId": "listRuns",
                 "summary": "List runs from the index (keyset pagination)",
+                "description": f"{_STRICT} `group`, `phase` and `result` repeat (a run "
+                "matches any of their values); every other parameter is given at most once.",
                 "security": _AUTH,
                 "parameters": list_params,
                 "responses": {
@@ -241,7 +249,7 @@ def _runs_paths(list_params: list[dict[str, Any]]) -> dict[str, Any]:
                 "summary": "Phase changes as server-sent events",
                 "description": "Frames `id: <cursor>` + `data: <run.phase_changed JSON>`; comment "
                 "lines `: keepalive` as heartbeats. Resume with `after` or `Last-Event-ID`: "
-                "every later event exactly once.",
+                f"every later event exactly once. {_STRICT}",
                 "parameters": [
                     {
                         "name": "after",
@@ -256,7 +264,7 @@ def _runs_paths(list_params: list[dict[str, Any]]) -> dict[str, Any]:
                         "description": "the stream",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
-                    "400": _error("malformed cursor"),
+                    "400": _error("malformed cursor, or a query parameter unknown or repeated"),
                     "401": _E401,
                     "410": _error(
                         "cursor older than what the log retains: start again without one"
@@ -417,7 +425,7 @@ def _claim_paths() -> dict[str, Any]:
                 "summary": "Active runs with no progress for longer than `older_than` seconds",
                 "description": "From every worker's live state: the worker asked answers for its "
                 "own partitions and asks every other worker for theirs. `partial` when a worker "
-                "did not answer (within 5 s) or a partition has no settled owner.",
+                f"did not answer (within 5 s) or a partition has no settled owner. {_STRICT}",
                 "security": _AUTH,
                 "parameters": [
                     {

@@ -5,6 +5,7 @@ Frames: ``id: <cursor>\\ndata: <run.phase_changed envelope JSON>\\n\\n``; a comm
 connection and clients notice a dead one. Resume with ``?after=<cursor>`` or the
 ``Last-Event-ID`` header (the query wins): the stream continues just after that event, with no
 loss and no repetition. A cursor older than what the log retains gives 410 before any frame.
+Any other query parameter, or ``after`` given twice, is 400 (``api.bodies.parse_events_query``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from api.bodies import parse_events_query
 from api.errors import InvalidCursor
 from api.ports import PhaseFeed
 from events import Event, encode
@@ -62,7 +64,7 @@ class EventStream:
         return b"id: " + cursor.encode() + b"\ndata: " + self._data(event) + b"\n\n"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        after = request.query.get("after") or request.headers.get("Last-Event-ID") or None
+        after = parse_events_query(request.query) or request.headers.get("Last-Event-ID") or None
         if after is not None and ("\n" in after or "\r" in after or len(after) > 1024):
             raise InvalidCursor("cursor must be one line of at most 1024 characters")
         stream = await self.feed.follow(after)  # raises 410 / 400 before any byte is sent

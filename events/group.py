@@ -18,10 +18,12 @@ from events.errors import BadRequest
 
 __all__ = [
     "GROUP_PATTERN",
+    "GROUP_PREFIX_PATTERN",
     "MAX_GROUP_LENGTH",
     "ROOT_GROUP_TYPES",
     "SUB_GROUP_TYPES",
     "Group",
+    "GroupPrefix",
     "counter_root",
     "group_path",
     "is_group_prefix",
@@ -30,6 +32,7 @@ __all__ = [
     "split_group",
     "user_group",
     "validate_group",
+    "validate_group_prefix",
 ]
 
 ROOT_GROUP_TYPES = frozenset({"project", "user"})
@@ -48,6 +51,16 @@ GROUP_PATTERN = (
     rf"(?:/(?:{'|'.join(sorted(SUB_GROUP_TYPES))})/{_NAME})*$"
 )
 _GROUP = re.compile(GROUP_PATTERN)
+_ROOTS = "|".join(sorted(ROOT_GROUP_TYPES))
+_SUBS = "|".join(sorted(SUB_GROUP_TYPES))
+#: A listing prefix: the root ``/``; a root type (``/project``: every project); a group path; a
+#: group path then a sub-group type (``/project/p1/branch``: its branches); each of them but the
+#: root with one trailing ``/`` or none, which mean the same. At most ``MAX_GROUP_LENGTH``
+#: characters. Matching is by whole elements (:func:`is_group_prefix`).
+GROUP_PREFIX_PATTERN = (
+    rf"^/(?:(?:{_ROOTS})(?:/{_NAME}(?:/(?:{_SUBS})/{_NAME})*(?:/(?:{_SUBS}))?)?/?)?$"
+)
+_GROUP_PREFIX = re.compile(GROUP_PREFIX_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: A group path, as a field type. Only documented here (``extra_json_schema``): the check is
@@ -61,6 +74,22 @@ Group = Annotated[
             "description": "/<project|user>/<name> then /<branch|tag|pr>/<name> pairs; names "
             "not empty, '.' or '..', without control characters (URL-path escaped)",
             "examples": ["/project/p1/branch/main"],
+        }
+    ),
+]
+
+#: A listing prefix, as a field type (checked by :func:`validate_group_prefix`).
+GroupPrefix = Annotated[
+    str,
+    Meta(
+        extra_json_schema={
+            "pattern": GROUP_PREFIX_PATTERN,
+            "maxLength": MAX_GROUP_LENGTH,
+            "description": "group prefix, by whole elements: `/` (every run), a type "
+            "(`/project`, `/user`), a group path (`/project/p1` and the groups below it), or a "
+            "group path then a type (`/project/p1/branch`: its branches); a trailing `/` is the "
+            "same as none",
+            "examples": ["/project/p1", "/project", "/"],
         }
     ),
 ]
@@ -143,6 +172,42 @@ def _problem(path: str) -> str:
     return f"group {shown} is not /<project|user>/<name>(/<branch|tag|pr>/<name>)*"
 
 
+def validate_group_prefix(prefix: str) -> str:
+    """``prefix`` made canonical if it is a valid listing prefix (:data:`GROUP_PREFIX_PATTERN`),
+    else ``BadRequest`` saying what is wrong. Canonical: one trailing ``/`` dropped (``/`` stays
+    ``/``), so ``/project/p1/`` and ``/project/p1`` list the same runs."""
+    if len(prefix) <= MAX_GROUP_LENGTH and _GROUP_PREFIX.fullmatch(prefix) is not None:
+        return prefix[:-1] if len(prefix) > 1 and prefix.endswith("/") else prefix
+    raise BadRequest(_prefix_problem(prefix))
+
+
+def _prefix_problem(prefix: str) -> str:
+    """What is wrong with ``prefix``, which does not match :data:`GROUP_PREFIX_PATTERN`."""
+    shown = repr(prefix[:100])
+    if not prefix:
+        return "group is empty (want / for every run)"
+    if not prefix.startswith("/"):
+        return f"group {shown} is not an absolute path"
+    if len(prefix) > MAX_GROUP_LENGTH:
+        return f"group of {len(prefix)} characters is above {MAX_GROUP_LENGTH}"
+    if _CONTROL.search(prefix) is not None:
+        return f"group {shown} has a control character"
+    elems = prefix[1:].split("/")
+    if elems[-1] == "":
+        elems.pop()  # one trailing "/" is allowed
+    for i, elem in enumerate(elems):
+        if not elem or elem in (".", ".."):
+            return f"group {shown} has an empty or relative element"
+        if i % 2 == 0:
+            allowed = ROOT_GROUP_TYPES if i == 0 else SUB_GROUP_TYPES
+            if elem not in allowed:
+                return f"group {shown}: {elem!r} is not one of {sorted(allowed)}"
+    return (
+        f"group {shown} is not /, /<project|user>, a group path, or a group path then "
+        "/<branch|tag|pr>"
+    )
+
+
 def root_group(path: str) -> str:
     """The root group's name (project or user id): runs are counted per root group."""
     return split_group(path)[0][1]
@@ -155,6 +220,7 @@ def counter_root(path: str) -> str:
 
 
 def is_group_prefix(prefix: str, path: str) -> bool:
-    """True when ``path`` is ``prefix`` or below it (``/a/b`` never matches ``/a/bc``)."""
+    """True when ``path`` is ``prefix`` or below it (``/a/b`` never matches ``/a/bc``); ``/``
+    is above every path, and a trailing ``/`` is the same as none."""
     prefix = prefix.rstrip("/")
     return path == prefix or path.startswith(prefix + "/")

@@ -1,7 +1,9 @@
 """The sorted group dictionary.
 
 Group paths are checked by ``events.validate_group``, the one definition for creation, listing
-and events (``/project/<id>/branch/<name>``); a listing prefix is a valid group path too. Groups
+and events (``/project/<id>/branch/<name>``); a listing prefix is checked by
+``events.group.validate_group_prefix`` (``/``, ``/project``, a group path, a group path then a
+type; a trailing ``/`` is dropped). Groups
 get small integer ids (gid ≥ 1, in order of first appearance; 0 means "no run here" in the
 columns). Beside the id table the dictionary keeps
 the groups sorted by a key in which ``/`` sorts below every other character, so that every group
@@ -19,9 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from events import BadRequest, validate_group
+from events.group import validate_group_prefix
 from indexer.errors import BadGroup
 
-__all__ = ["GroupDict", "checked_group"]
+__all__ = ["GroupDict", "checked_group", "checked_prefix"]
 
 _SEP = "\x00"  # "/" in sort keys: below every character a valid path may contain
 _AFTER_SEP = "\x01"
@@ -32,6 +35,15 @@ def checked_group(path: str) -> str:
     with that function's message."""
     try:
         return validate_group(path)
+    except BadRequest as exc:
+        raise BadGroup(str(exc)) from None
+
+
+def checked_prefix(prefix: str) -> str:
+    """``prefix`` made canonical if it is a valid listing prefix
+    (``events.group.validate_group_prefix``), else ``BadGroup`` with that function's message."""
+    try:
+        return validate_group_prefix(prefix)
     except BadRequest as exc:
         raise BadGroup(str(exc)) from None
 
@@ -94,22 +106,25 @@ class GroupDict:
         return self._sorted_arr
 
     def under(self, prefix: str) -> tuple[int, int]:
-        """Range [lo, hi) of sorted positions of the groups equal to or under normalized ``prefix``."""
-        key = sort_key(prefix)
+        """Range [lo, hi) of sorted positions of the groups equal to or under canonical
+        ``prefix`` (``/``: every group; ``/project``: every project's)."""
+        key = "" if prefix == "/" else sort_key(prefix)
         lo = bisect.bisect_left(self._sorted_keys, key)
         hi = bisect.bisect_left(self._sorted_keys, key + _AFTER_SEP, lo)
         return lo, hi
 
     def select(self, prefixes: Iterable[str]) -> npt.NDArray[np.uint32] | None:
-        """Sorted unique gids under any of ``prefixes`` (group paths); None means all groups.
+        """Sorted unique gids under any of ``prefixes`` (listing prefixes); None means all
+        groups. Each prefix is one contiguous range of the sorted groups (two bisections), the
+        root and a type level (``/project``) too.
 
-        Raises ``BadGroup`` for a prefix that is not a valid group path.
+        Raises ``BadGroup`` for a prefix that is not a valid listing prefix.
         """
         prefixes = list(prefixes)
         if len(prefixes) == 1:  # the common case: one contiguous range, already unique
-            lo, hi = self.under(checked_group(prefixes[0]))
+            lo, hi = self.under(checked_prefix(prefixes[0]))
             return None if lo == 0 and hi == len(self) else self.sorted_gids()[lo:hi]
-        ranges = [self.under(p) for p in {checked_group(p) for p in prefixes}]
+        ranges = [self.under(p) for p in {checked_prefix(p) for p in prefixes}]
         if not ranges or any(lo == 0 and hi == len(self) for lo, hi in ranges):
             return None
         arr = self.sorted_gids()

@@ -80,8 +80,12 @@ async def test_the_readme_walkthrough_runs_as_written_and_ends_with_a_finished_r
         out = proc.stdout
         assert proc.returncode == 0, proc.stderr[-3000:] + out[-3000:]
         assert re.search(r"^phase finished\s+result success", out, re.M), out
-        phases = (tmp_path / "phases.txt").read_text().split("\n")
-        assert [line.split()[2] for line in phases if line] == ["queued", "running", "finished"]
+        # runs watch: a header, then one line per change with its position (partition, offset).
+        head, *changes = [line.split() for line in (tmp_path / "phases.txt").read_text().splitlines() if line]  # fmt: skip
+        assert head == ["PARTITION", "OFFSET", "RUN", "PHASE", "RESULT", "GROUP"]
+        assert [r[3] for r in changes] == ["queued", "running", "finished"]
+        assert all(r[0].isdigit() and r[1].isdigit() for r in changes), changes
+        assert len({(r[0], r[1]) for r in changes}) == 3  # three positions, three changes
         # runs history: the creation, the scheduler's start and the four reports, all applied.
         rows = [line.split() for line in out.splitlines() if re.match(r"^\d+:\d+\s", line)]
         assert [r[1] for r in rows] == ["applied"] * 6, out
