@@ -53,15 +53,24 @@ class Answer:
 
 
 async def await_answer(
-    settings: Settings, run_id: str, event_id: str, ends: dict[int, int], *, within: float
+    settings: Settings,
+    run_id: str,
+    event_id: str,
+    ends: dict[int, int],
+    *,
+    within: float,
+    since_offset: int = 0,
 ) -> Answer:
-    """The answer to ``event_id`` of run ``run_id``, waiting up to ``within`` seconds."""
+    """The answer to ``event_id`` of run ``run_id``, waiting up to ``within`` seconds.
+    ``since_offset``: where the run's partition of the events topic ended before the event was
+    appended; the history's entries before it are an earlier append of the same id (a retried
+    report is answered ``duplicate``, not with the first append's ``applied``)."""
     deadline = time.monotonic() + within
     partition = partition_for(run_id, max(1, len(ends) or settings.partitions))
     start = ends.get(partition, 0)
     async with AsyncClient(settings.url, token=settings.api_token) as client:
         while True:
-            found = await _from_history(client, run_id, event_id)
+            found = await _from_history(client, run_id, event_id, since_offset)
             if found is None:
                 found = await _from_refusals(settings, partition, start, event_id)
             if found is not None:
@@ -71,13 +80,13 @@ async def await_answer(
             await asyncio.sleep(0.2)
 
 
-async def _from_history(client: AsyncClient, run_id: str, event_id: str) -> Answer | None:
+async def _from_history(client: AsyncClient, run_id: str, event_id: str, since_offset: int = 0) -> Answer | None:  # fmt: skip
     try:
         history = await client.run_history(run_id)
     except (ApiError, OSError):
         return None  # no such run here yet, or no API to ask: runs.refusals may know
     for entry in history.get("events", []):
-        if entry.get("event_id") == event_id:
+        if entry.get("event_id") == event_id and int(entry.get("offset", 0)) >= since_offset:
             outcome = str(entry.get("outcome"))
             reason = str(entry.get("reason", ""))
             code = ""

@@ -340,23 +340,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
         at=int(time.time() * 1000),
     )
 
-    async def send() -> dict[int, int]:
+    async def send() -> tuple[dict[int, int], int]:
         from agents import kafka
+        from agents.producer import partition_for
 
-        # Where the answers' partitions end now: an answer to this event comes after.
+        # Where the answers' partitions end now: an answer to this event comes after; and where
+        # the run's partition of the events topic ends: this append lands at or after it.
         ends = await kafka.end_offsets(settings.kafka, settings.topic_refusals)
+        events_ends = await kafka.end_offsets(settings.kafka, settings.topic_events)
+        since = events_ends.get(partition_for(run_id, max(1, len(events_ends))), 0)
         async with EventProducer(settings.kafka, settings.topic_events) as producer:
             await producer.append([event])
-        return ends
+        return ends, since
 
-    ends = asyncio.run(send())
+    ends, since = asyncio.run(send())
     by = f" by executor {args.executor}" if args.executor else ""
     print(f"reported: run {run_id} task {args.task_id} {status}{by} (event {event.id})")
     if args.wait <= 0:
         return 0
     from agents.answers import await_answer
 
-    answer = asyncio.run(await_answer(settings, run_id, event.id, ends, within=args.wait))
+    answer = asyncio.run(
+        await_answer(settings, run_id, event.id, ends, within=args.wait, since_offset=since)
+    )
     print(answer.line())
     return answer.exit_code
 

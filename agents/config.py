@@ -218,8 +218,9 @@ class Settings:
         "",
         env="RUNSTREAM_API_TOKEN",
         secret=True,
-        help="when set, every API request but /healthz and /metrics needs 'Authorization: "
-        "Bearer <token>'",
+        help="a token holding every scope (read, write, execute, admin); with any token "
+        "configured every API request but /healthz, /metrics and /ui needs 'Authorization: "
+        "Bearer <token>', and the API may bind a non-loopback address",
     )
     max_body_bytes: int = setting(
         1 << 20,
@@ -297,6 +298,26 @@ class Settings:
         help="seconds at least a creation key (an Idempotency-Key of POST /runs, a request id "
         "of runs.requests) stays bound to its run in etcd, so a retry gets the same run; 0: "
         "kept for ever (docs/api.md)",
+    )
+    api_tokens: str = setting(
+        "",
+        env="RUNSTREAM_API_TOKENS",
+        secret=True,
+        help="API tokens with their scopes: 'token:scope+scope;token2:scope' (scopes read, "
+        "write, execute, admin; only execute is shown environment values; docs/api.md)",
+    )
+    api_tokens_file: str = setting(
+        "",
+        env="RUNSTREAM_API_TOKENS_FILE",
+        help="file of API tokens read at start, one per line: '<token> <scope>[,<scope>...]' "
+        "('#' starts a comment line)",
+    )
+    cluster_secret: str = setting(
+        "",
+        env="RUNSTREAM_CLUSTER_SECRET",
+        secret=True,
+        help="secret the workers sign their relayed requests with (X-Runstream-* headers); "
+        "empty: one generated at the first start and kept in etcd under the prefix",
     )
 
     @classmethod

@@ -5,7 +5,9 @@
 * ``KafkaPhaseFeed`` (``PhaseFeed``): ``agents.phasefeed.PhaseHub``, one consumer of
   ``runs.phases`` per worker fanned out to every SSE client; cursors resume without loss or
   repetition.
-* ``ApiServer``: ``api.create_api`` on ``Settings.web_host:web_port`` inside the worker's loop.
+* ``ApiServer``: ``api.create_api`` on ``Settings.web_host:web_port`` inside the worker's loop,
+  with the tokens of the settings (``agents.access``: none → loopback only) and the cluster's
+  secret for the hop between workers, read before it serves.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from agents import keys
+from agents.access import api_tokens, check_exposure, cluster_secret
 from agents.app import self_url
 from agents.asyncapi import asyncapi_document
 from agents.config import Settings
@@ -37,6 +40,7 @@ from agents.resources import Resources
 from agents.routing import OwnedRuns, UrlMap
 from agents.setup_errors import CreationKeys
 from api import ApiDeps, JsonRunner, create_api
+from api.app import CLUSTER_KEY
 from datamanager import IdAllocator
 from datamanager.keys import sequence_key
 from events.catalogue import Event
@@ -120,6 +124,9 @@ class ApiServer:
         executors: Executors | None = None,
     ) -> None:
         self.settings = settings
+        self.resources = resources
+        tokens = api_tokens(settings)  # ValueError: one line, exit 2 (agents.cli)
+        check_exposure(settings, tokens)
         self.sink = _Sink(settings)
         self.owners = OwnedRuns(
             topic=settings.topic_events,
@@ -160,6 +167,7 @@ class ApiServer:
         self.app = create_api(
             deps,
             api_token=settings.api_token,
+            tokens=tokens,
             max_body_bytes=settings.max_body_bytes,
             asyncapi=asyncapi_document(settings),
         )
@@ -169,6 +177,8 @@ class ApiServer:
         self.owners.partitions = len(
             await end_offsets(self.settings.kafka, self.settings.topic_events)
         )
+        # Relayed requests are signed with the deployment's secret: known before serving.
+        self.app[CLUSTER_KEY].secret = await cluster_secret(self.settings, await self.resources.kv())  # fmt: skip
         lag_task = asyncio.ensure_future(self.lag.run_forever())
         runner = JsonRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()

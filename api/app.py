@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from api.cluster import ClusterKey
 from api.console import add_console_routes
 from api.dlq import DeadLetterHandlers
 from api.handlers import Handlers
@@ -14,19 +15,24 @@ from api.middleware import auth_middleware, error_middleware
 from api.openapi import openapi_document
 from api.ports import ApiDeps
 from api.relay import Relay
+from api.scopes import ALL_SCOPES, Scope, Tokens
 from api.service import RunService
 from api.sse import EventStream
 from api.views import json_response
 
-__all__ = ["PREFIX", "create_api"]
+__all__ = ["CLUSTER_KEY", "PREFIX", "create_api"]
 
 PREFIX = "/api/v1"
+#: The application's :class:`api.cluster.ClusterKey` (the worker sets its secret before serving).
+CLUSTER_KEY = web.AppKey("runstream_cluster_key", ClusterKey)
 
 
 def create_api(
     deps: ApiDeps,
     *,
     api_token: str = "",
+    tokens: Mapping[str, Iterable[Scope]] | None = None,
+    cluster_secret: bytes | str = b"",
     max_body_bytes: int = 1 << 20,
     heartbeat: float = 15.0,
     relay_timeout: float = 30.0,
@@ -35,17 +41,26 @@ def create_api(
     """The application serving ``/api/v1/...``, ``/healthz``, ``/metrics`` and the OpenAPI
     document at ``/api/v1/openapi.json``.
 
-    ``api_token``: when non-empty, every request but /healthz and /metrics needs
-    ``Authorization: Bearer <api_token>`` (401). ``max_body_bytes``: larger request bodies get
+    ``tokens``: token → its scopes (``api.scopes``); ``api_token``, when non-empty, is one more
+    token holding every scope. With any token, every request but /healthz, /metrics and the
+    console's files needs ``Authorization: Bearer <token>`` (401) of a token holding the
+    route's scope (403); with none, every caller holds every scope. ``cluster_secret``: what the
+    workers sign their hops with (``api.cluster``; empty: this process's own, settable later
+    through ``app[CLUSTER_KEY].secret``). ``max_body_bytes``: larger request bodies get
     413. ``heartbeat``: seconds between SSE keepalives. ``relay_timeout``: seconds a relayed
     request may take at the run's owner. ``asyncapi``: the AsyncAPI document of the topics,
     served at ``/api/v1/asyncapi.json`` (the agents build it from their settings).
     """
+    table: dict[str, frozenset[Scope]] = {t: frozenset(s) for t, s in (tokens or {}).items()}
+    if api_token:
+        table[api_token] = ALL_SCOPES
+    key = ClusterKey(cluster_secret)
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[error_middleware, auth_middleware(api_token, max_body_bytes)],
+        middlewares=[error_middleware, auth_middleware(Tokens(table), key, max_body_bytes)],
     )
-    relay = Relay(deps.self_url, timeout=relay_timeout)
+    app[CLUSTER_KEY] = key
+    relay = Relay(deps.self_url, timeout=relay_timeout, key=key)
     h = Handlers(RunService(deps), deps, relay)
 
     async def close_relay(app: web.Application) -> None:

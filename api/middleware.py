@@ -1,4 +1,5 @@
-"""The one place errors become responses, plus the token check, the body limit and metrics.
+"""The one place errors become responses, plus authentication (tokens and their scopes, the
+workers' signed hop), the body limit and metrics.
 
 Mapping (DESIGN.md, "The HTTP API conventions"): ``api.errors.ApiError`` → its status;
 ``events.BadRequest`` (including ``CannotRecreate``) and ``indexer.QueryError`` → 400; aiohttp's
@@ -9,7 +10,6 @@ body is ``{"message": ...}``.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,20 +19,25 @@ from prometheus_client import Counter, Histogram
 
 import events
 import indexer
+from api.cluster import HEADER_PREFIX, ClusterKey, HopRefused
 from api.console import is_console_path
 from api.errors import (
     INTERNAL_MESSAGE,
     ApiError,
+    BadRequest,
     Conflict,
     PayloadTooLarge,
     Unauthorized,
     Unavailable,
 )
+from api.scopes import ALL_SCOPES, Scope, Tokens, required_scope, revealing
 from api.views import json_response
 
 __all__ = [
+    "RELAYED_KEY",
     "REQUESTS",
     "REQUEST_SECONDS",
+    "SCOPES_KEY",
     "SERVER_TIMING",
     "auth_middleware",
     "error_middleware",
@@ -59,6 +64,12 @@ REQUEST_SECONDS = Histogram(
 SERVER_TIMING = "Server-Timing"
 #: Paths a probe or a scraper reads without the API token (they carry no run data).
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+#: Request keys: the caller's scopes (``frozenset[Scope]``), and True on a hop whose signature
+#: was checked (``api.relay.is_relayed``).
+SCOPES_KEY = web.RequestKey("runstream_scopes", frozenset)
+RELAYED_KEY = web.RequestKey("runstream_relayed", bool)
+#: The code of a 403 (a token without the scope the route needs).
+MISSING_SCOPE = "missing_scope"
 
 
 def error_response(
@@ -132,21 +143,71 @@ def server_timing(value: str, name: str) -> float | None:
     return None
 
 
-def auth_middleware(api_token: str, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:  # fmt: skip
-    """Every request but ``OPEN_PATHS`` needs ``Authorization: Bearer <api_token>`` when a token
-    is set (401) — reads too, since a run's ``environment`` may hold secrets. A body announced
-    above ``max_body_bytes`` is refused at once (413; aiohttp refuses the rest while reading)."""
-    expected = f"Bearer {api_token}".encode()
+def auth_middleware(tokens: Tokens, key: ClusterKey, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:  # fmt: skip
+    """Who is asking, and may they (docs/api.md, "Tokens and scopes").
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if api_token and request.path not in OPEN_PATHS and not is_console_path(request.path):
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                raise Unauthorized("this API needs 'Authorization: Bearer <token>'")
+    * ``OPEN_PATHS`` and the console's static files: anyone.
+    * A request with any ``X-Runstream-*`` header is a hop from another worker: honoured only
+      with the cluster's valid signature (``api.cluster``), else 400. Its caller's scopes are
+      the signed ones (the entry worker checked the token and the route's scope).
+    * Otherwise, with ``tokens`` configured: ``Authorization: Bearer <token>`` of a known token
+      (401), holding the scope the route needs (``api.scopes.ROUTE_SCOPES``; 403 naming it).
+      With no token configured every caller holds every scope (the worker serves loopback
+      only). A path no route matches needs a valid token only (then 404/405).
+
+    The answer shows ``environment`` values only to a caller holding ``execute``
+    (``api.scopes.revealing``). A body announced above ``max_body_bytes`` is refused at once
+    (413; aiohttp refuses the rest while reading)."""
+
+    def too_large(request: web.Request) -> None:
         length = request.content_length
         if length is not None and length > max_body_bytes:
             raise PayloadTooLarge(f"request body of {length} bytes is above {max_body_bytes}")
-        return await handler(request)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or is_console_path(request.path):
+            too_large(request)
+            return await handler(request)
+        scopes: frozenset[Scope]
+        if any(name.lower().startswith(HEADER_PREFIX) for name in request.headers):
+            too_large(request)
+            body = await request.read()
+            try:
+                scopes = key.verify(request.method, request.raw_path, request.headers, body)
+            except HopRefused as exc:
+                log.warning(
+                    "refused X-Runstream-* headers without the cluster's signature",
+                    extra={"path": request.path, "peer": request.remote, "error": str(exc)},
+                )
+                raise BadRequest(str(exc)) from None
+            request[RELAYED_KEY] = True
+        else:
+            if tokens:
+                scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+                held = tokens.scopes_of(token.strip()) if scheme.lower() == "bearer" else None
+                if held is None:
+                    raise Unauthorized("this API needs 'Authorization: Bearer <token>'")
+                scopes = held
+            else:
+                scopes = ALL_SCOPES
+            route = _route(request)
+            if route != "unmatched":
+                need = required_scope(request.method, route)
+                if need not in scopes:
+                    holds = ", ".join(sorted(s.value for s in scopes)) or "none"
+                    return error_response(
+                        403,
+                        f"{request.method} {route} needs the '{need.value}' scope; "
+                        f"this token holds: {holds}",
+                        code=MISSING_SCOPE,
+                    )
+            too_large(request)
+        request[SCOPES_KEY] = scopes
+        reset = revealing.set(Scope.EXECUTE in scopes)
+        try:
+            return await handler(request)
+        finally:
+            revealing.reset(reset)
 
     return middleware

@@ -26,6 +26,7 @@ from api.bodies import (
 from api.console import console_paths
 from api.dlq import dlq_paths
 from api.history import history_paths
+from api.scopes import required_scope
 from api.views import RESPONSE_TYPES
 from events.executors import ExecutorId
 from events.model import Name, RunId
@@ -46,7 +47,7 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _E400 = _error("bad request: a malformed body or parameter, or a refusal (the message says why)")
-_E401 = _error("a request without the configured API token")
+_E401 = _error("no valid API token: `Authorization: Bearer <token>` missing or unknown")
 _E404 = _error("unknown run or task")
 _E409 = _error("If-Match named a revision the run is no longer at (a concurrent change won)")
 _E413 = _error(
@@ -483,8 +484,39 @@ def _service_paths() -> dict[str, Any]:
     }
 
 
+_HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def _with_scopes(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every ``/api/v1`` operation with the scope it needs (``api.scopes.ROUTE_SCOPES``) as its
+    bearer role and ``x-runstream-scope``, and its 401, 403 (and 400 for unsigned
+    ``X-Runstream-*`` headers) answers."""
+    for path, item in doc["paths"].items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for method, op in item.items():
+            if method not in _HTTP_METHODS:
+                continue
+            scope = required_scope(method.upper(), path).value
+            op["security"] = [{"bearer": [scope]}, {}]
+            op["x-runstream-scope"] = scope
+            responses = op.setdefault("responses", {})
+            responses.setdefault("400", _error(_HOP_400))
+            responses.setdefault("401", _E401)
+            responses["403"] = _error(f"a token without the '{scope}' scope (the message names it)")
+    return doc
+
+
+_HOP_400 = "X-Runstream-* headers without the workers' signature (only workers set them)"
+
+
 def openapi_document() -> dict[str, Any]:
-    """The whole document (a fresh dict each call)."""
+    """The whole document (a fresh dict each call): every ``/api/v1`` operation names the
+    scope it needs and documents its 401 and 403 (``api.scopes``)."""
+    return _with_scopes(_document())
+
+
+def _document() -> dict[str, Any]:
     schemas, list_params = _components()
     return {
         "openapi": "3.1.0",
@@ -492,8 +524,11 @@ def openapi_document() -> dict[str, Any]:
             "title": "runstream",
             "version": "1",
             "description": 'The run service. Every error body is `{"message": ...}`; a 500 '
-            'always says "internal server error". When an API token is configured, every request '
-            "but /healthz and /metrics needs `Authorization: Bearer <token>`. Any worker answers "
+            'always says "internal server error". When API tokens are configured, every request '
+            "but /healthz, /metrics and /ui needs `Authorization: Bearer <token>` (401) of a "
+            "token holding the operation's scope (`x-runstream-scope`: read, write, execute or "
+            "admin; 403 otherwise). `environment` values are shown to the execute scope only; "
+            'every other caller gets each value as `"***"`. Any worker answers '
             "any request: a request about one run is decided by the worker owning the run's "
             "partition, and relayed there.",
         },
@@ -510,6 +545,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API token; its scopes (read, write, execute, admin) are "
+                    "the roles an operation names",
+                }
+            },
         },
     }

@@ -4,8 +4,11 @@ run's partition, and passes the owner's answer back unchanged (status, ``ETag``,
 
 A relayed request carries ``RELAY_HEADER``; a worker that receives a relayed request for a run it
 does not own answers 503 itself instead of relaying again, so a stale ownership map ends in one
-503 and a retry, never in a cycle. The caller's ``Authorization`` goes along unchanged: the hop
-never changes what the caller may do.
+503 and a retry, never in a cycle. The hop is signed with the cluster's secret
+(``api.cluster``): the owner honours ``X-Runstream-*`` headers only with a valid signature, and
+takes the caller's scopes from the signed ``X-Runstream-Scopes`` (the entry worker checked the
+caller's token; the token itself does not travel). The hop never changes what the caller may
+do: the owner masks secrets for those scopes exactly as the entry worker would.
 
 What the hop costs is measured per request: the owner's answer says how long the owner took
 (``Server-Timing: app;dur=…``, ``api.middleware``), and ``runstream_api_relay_seconds`` records
@@ -19,25 +22,23 @@ import logging
 import time
 
 import aiohttp
+import yarl
 from aiohttp import web
 from prometheus_client import Histogram
 
+from api.cluster import RELAY_HEADER, RUN_ID_HEADER, ClusterKey
 from api.errors import Unavailable
-from api.middleware import SERVER_TIMING, server_timing
+from api.middleware import RELAYED_KEY, SCOPES_KEY, SERVER_TIMING, server_timing
 
 __all__ = ["RELAY_HEADER", "RUN_ID_HEADER", "STATE_TYPE", "Relay", "is_relayed"]
 
 log = logging.getLogger("runstream.api.relay")
 
-#: Marks a request one worker relays to another (the value is the relaying worker's URL).
-RELAY_HEADER = "X-Runstream-Relayed-By"
-#: On a relayed ``POST /runs``: the run id the relaying worker allocated for the new run.
-RUN_ID_HEADER = "X-Runstream-Run-Id"
 #: A relayed ``GET /runs/{id}`` asking for this media type gets the run's full state
 #: (``events.encode_state``), which a recreation on another worker needs.
 STATE_TYPE = "application/vnd.runstream.state+json"
 
-_FORWARD = ("Authorization", "Content-Type", "If-Match", "Idempotency-Key", "Accept")
+_FORWARD = ("Content-Type", "If-Match", "Idempotency-Key", "Accept")
 _BACK = ("ETag", "Location", "Retry-After", "Content-Type")
 
 RELAY_SECONDS = Histogram(
@@ -50,15 +51,19 @@ RELAY_SECONDS = Histogram(
 
 
 def is_relayed(request: web.Request) -> bool:
-    return RELAY_HEADER in request.headers
+    """True for a request another worker relayed, its signature checked (``api.middleware``);
+    ``RELAY_HEADER`` from outside never makes a request relayed."""
+    return bool(request.get(RELAYED_KEY, False))
 
 
 class Relay:
-    """Forwards requests to other workers over one pooled HTTP client (created on first use)."""
+    """Forwards requests to other workers over one pooled HTTP client (created on first use),
+    signed with ``key``."""
 
-    def __init__(self, self_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, self_url: str, *, timeout: float = 30.0, key: ClusterKey | None = None) -> None:  # fmt: skip
         self.self_url = self_url
         self.timeout = timeout
+        self.key = key if key is not None else ClusterKey()
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -87,16 +92,19 @@ class Relay:
         """``(status, headers that matter, body)`` of the owner's answer to ``request`` (or to
         ``method path`` with ``body`` when given). No answer: ``Unavailable`` (503)."""
         out = {h: request.headers[h] for h in _FORWARD if h in request.headers}
+        out.setdefault("Accept", "application/json")  # sent as signed (aiohttp adds one else)
         out[RELAY_HEADER] = self.self_url or "unknown"
         out.update(headers or {})
-        url = owner_url.rstrip("/") + (path if path is not None else request.path_qs)
+        url = yarl.URL(owner_url.rstrip("/") + (path if path is not None else request.path_qs))
         # No body (a GET, most actions): no payload either, else aiohttp writes an empty one
         # after the headers, a second send per request (12 % of a relaying worker's CPU).
         data = (await request.read() if body is None else body) or None
+        verb = method or request.method
+        out = self.key.sign(verb, url.raw_path_qs, out, data or b"", scopes=request.get(SCOPES_KEY, ()))  # fmt: skip
         started = time.perf_counter()
         try:
             async with self._http().request(
-                method or request.method,
+                verb,
                 url,
                 data=data,
                 headers=out,

@@ -17,6 +17,7 @@ from aiohttp import web
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from api.bodies import Cursor
+from api.scopes import mask_state_dict, reveal_secrets
 from api.waiting import Waiting
 from events import Phase, Result, Run, RunConfig, RunState
 from events.executors import ExecutorId
@@ -162,8 +163,11 @@ _encode = msgspec.json.Encoder().encode
 
 def run_view(state: RunState, waiting: Waiting | None = None) -> dict[str, Any]:
     """:class:`RunWithConfig` of a run state, as plain JSON values (the stored form), with what
-    it waits for (``api.waiting``)."""
+    it waits for (``api.waiting``). ``environment`` values (the run's and each task's) are
+    masked unless the request being answered holds the ``execute`` scope (``api.scopes``)."""
     d = state_to_dict(state)
+    if not reveal_secrets():
+        d = mask_state_dict(d)
     view = msgspec.to_builtins(waiting) if waiting is not None else None
     return {"run": d["run"], "run_config": d["config"], "seq": state.seq, "waiting": view}
 

@@ -144,13 +144,15 @@ async def test_a_relayed_request_for_a_partition_owned_elsewhere_is_503_never_re
     None
 ):
     from api import Remote
+    from api.cluster import ClusterKey
     from api.relay import RELAY_HEADER
 
     fakes = Fakes()
     async with served(fakes) as (client, _):
         run_id = "0000000000000007"
         fakes.owners.routes[run_id] = Remote("http://127.0.0.1:9")  # nothing listens there
-        relayed = {RELAY_HEADER: "http://127.0.0.1:1"}
+        # Signed as a worker of this process signs its hop (api.cluster); unsigned: 400.
+        relayed = ClusterKey().sign("GET", f"{RUNS}/{run_id}", {RELAY_HEADER: "http://127.0.0.1:1"})  # fmt: skip
         resp = await client.get(f"{RUNS}/{run_id}", headers=relayed)
         assert "does not own" in await error_of(resp, 503)
         # Not relayed: the owner is tried, and its silence is a 503 too.

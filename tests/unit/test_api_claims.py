@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agents.admission import RefusalCode, refusal_code
 from api import create_api
+from api.cluster import ClusterKey
 from api.errors import BadRequest, Conflict
 from api.service import task_refusal
 from events import EventType, TaskReleased, TaskStatus, make_event
@@ -323,7 +324,8 @@ async def test_stuck_merges_every_workers_partitions_and_says_when_one_did_not_a
         assert [r["run_id"] for r in got["runs"]] == sorted([mine, theirs])
         assert got["partial"] is False
         # Asked by another worker: its own partitions only, and which ones they are.
-        relayed = await far.get("/api/v1/stuck?older_than=1", headers={"X-Runstream-Relayed-By": "w"})  # fmt: skip
+        hop = ClusterKey().sign("GET", "/api/v1/stuck?older_than=1", {"X-Runstream-Relayed-By": "w"})  # fmt: skip
+        relayed = await far.get("/api/v1/stuck?older_than=1", headers=hop)
         answer = await body_of(relayed, 200)
         assert ([r["run_id"] for r in answer["runs"]], answer["partitions"]) == ([theirs], [0])
         here.owners.peer_urls = [url_of(far), "http://127.0.0.1:9"]  # nobody listens there

@@ -245,3 +245,34 @@ def test_a_position_without_a_cursor_before_it_is_the_runs_partition() -> None:
     assert event_position("not-a-cursor", None, RUN) is None
     line = watch_line("not-a-cursor", None, _event(RUN, "queued"))
     assert line.split()[:3] == ["?", "?", RUN]
+
+
+# -- the answer to a retried report --------------------------------------------------------------
+
+
+class _History:
+    """A client whose run history holds the first append of an id (applied) and a retry of it
+    (a duplicate), further on in the log."""
+
+    async def run_history(self, run_id: str) -> dict[str, Any]:
+        entry = {"event_id": "report.x", "type": "task.status_changed", "at": 1, "index": 0}
+        return {
+            "run_id": run_id,
+            "events": [
+                {**entry, "offset": 5, "outcome": "applied"},
+                {**entry, "offset": 9, "outcome": "duplicate"},
+            ],
+        }
+
+
+async def test_a_retried_report_is_answered_from_its_own_append() -> None:
+    from agents.answers import _from_history
+
+    client: Any = _History()
+    first = await _from_history(client, RUN, "report.x", 0)
+    assert first is not None
+    assert first.outcome == "applied"
+    retry = await _from_history(client, RUN, "report.x", 6)  # the log ended at 6 before it
+    assert retry is not None
+    assert retry.outcome == "duplicate"
+    assert await _from_history(client, RUN, "report.x", 10) is None  # not judged yet
