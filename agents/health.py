@@ -9,6 +9,10 @@
   and every partition it owns has loaded its checkpoint and applied the log up to where it ended
   at assignment. Lag after that and topic configuration warnings are reported, not "not ready":
   a probe that restarts a lagging worker only makes it lag more.
+* :func:`stop_for`: a condition no retry cures (an etcd pointer naming a manifest the storage
+  does not hold: :func:`wrong_storage_line`) is logged once, in one line saying what to do, told
+  by ``/healthz`` (``fatal``, first of ``not_ready``) and stops the worker (exit 3,
+  ``agents.worker``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from agents.indexing import source_key
 from agents.kafka import bare_consumer, partitions_of
 from agents.owner import PartitionOwner
 from agents.resources import topic_warnings
+from datamanager import MissingManifest
 
 __all__ = [
     "CONSUMER_LAG_RECORDS",
@@ -184,6 +189,53 @@ async def _timestamps(
     return out
 
 
+#: The one line a worker stopped for (None: running); see :func:`stop_for`.
+_FATAL: list[tuple[str, str]] = []
+_ON_FATAL: list[Callable[[str], object]] = []
+
+
+def wrong_storage_line(exc: MissingManifest) -> str:
+    """The line of a worker whose etcd pointer names a manifest its storage does not hold."""
+    return (
+        f"stopping: {exc}. This etcd prefix's pointers were written by workers using other "
+        "storage. Either --storage (RUNSTREAM_STORAGE) is wrong: start with the storage this "
+        "prefix was used with (the default is file://./var/objects); or --etcd-prefix "
+        "(RUNSTREAM_ETCD_PREFIX) is wrong: it names another deployment's pointers; or the "
+        "storage lost data: restore it, or start on a new --etcd-prefix (and `runstream "
+        "replay` the log into it)"
+    )
+
+
+def stop_for(line: str, *, code: str) -> None:
+    """Stop the worker for ``line``: logged once (error, with ``code``), answered by
+    ``/healthz`` from now on, and passed to every :func:`on_fatal` callback (the worker's stops
+    it). Later calls (other partitions meeting the same condition) change nothing."""
+    if _FATAL:
+        return
+    _FATAL.append((line, code))
+    log.critical(line, extra={"code": code})
+    for callback in _ON_FATAL:
+        callback(line)
+
+
+def fatal() -> tuple[str, str] | None:
+    """(line, code) the worker stops for, or None."""
+    return _FATAL[0] if _FATAL else None
+
+
+def on_fatal(callback: Callable[[str], object]) -> None:
+    """Call ``callback(line)`` when :func:`stop_for` is first called (at once if it was)."""
+    _ON_FATAL.append(callback)
+    if _FATAL:
+        callback(_FATAL[0][0])
+
+
+def reset_fatal() -> None:
+    """Forget the condition and the callbacks (tests running several workers in one process)."""
+    _FATAL.clear()
+    _ON_FATAL.clear()
+
+
 def readiness(
     owners: Mapping[int, PartitionOwner],
     *,
@@ -224,7 +276,13 @@ def readiness(
         partitions.append(row)
     if not index_loaded:
         not_ready.append("the run index is not loaded yet")
+    stopping = fatal()
+    extra: dict[str, Any] = {}
+    if stopping is not None:
+        not_ready.insert(0, stopping[0])
+        extra = {"fatal": {"code": stopping[1], "message": stopping[0]}}
     return {
+        **extra,
         "ready": not not_ready,
         "not_ready": not_ready,
         "partitions": partitions,

@@ -21,7 +21,7 @@ __all__ = ["add_index_commands"]
 async def _stats(settings: Settings) -> int:
     res = Resources(settings)
     try:
-        store = DumpStore(await res.store(), prefix=keys.INDEX_PREFIX)
+        store = DumpStore(await res.store(), prefix=keys.index_prefix(settings.etcd_prefix))
         index, loaded = await build_index(settings, store)
         st = index.stats()
         print(f"runs            {st.runs:,}")
@@ -37,7 +37,7 @@ async def _stats(settings: Settings) -> int:
 async def _dump(settings: Settings) -> int:
     res = Resources(settings)
     try:
-        store = DumpStore(await res.store(), prefix=keys.INDEX_PREFIX)
+        store = DumpStore(await res.store(), prefix=keys.index_prefix(settings.etcd_prefix))
         index, _ = await build_index(settings, store)
         lock = LeaseLock(await res.kv(), lock_key(keys.index_dump_lock()), ttl=15)
         result = await Dumper(index, store, lock, DumpPolicy()).once(force=True)
@@ -54,7 +54,7 @@ async def _dump(settings: Settings) -> int:
 async def _verify(settings: Settings) -> int:
     res = Resources(settings)
     try:
-        store = DumpStore(await res.store(), prefix=keys.INDEX_PREFIX)
+        store = DumpStore(await res.store(), prefix=keys.index_prefix(settings.etcd_prefix))
         until = await end_offsets(settings.kafka, settings.topic_phases)
         from_dump, loaded = await build_index(settings, store, until=until)
         rebuilt, _ = await build_index(settings, store, from_dump=False, until=until)

@@ -4,6 +4,11 @@ Each worker answers listing queries for all runs, so its index must see every pa
 ``runs.phases``, not a consumer group's share: the agent reads all partitions with a bare
 aiokafka consumer (manual assignment, no group). Start-up = newest valid dump + the log tail from
 the offsets the dump covers. One worker at a time writes dumps, under an etcd lease lock.
+
+Dumps live under the deployment's object prefix (``agents.keys.index_prefix``); a dump whose
+offsets name another phases topic is another deployment's and is never loaded. The dumps every
+deployment wrote at the storage root before (``index/dumps/``) are not read: the index of an
+upgraded worker rebuilds from the log once, then dumps under its prefix.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+import ost
 from agents import keys, metrics
 from agents.config import Settings
 from agents.kafka import assign_at, bare_consumer, end_offsets
@@ -35,8 +41,9 @@ from indexer import (
     NoValidDump,
     RunIndex,
 )
+from indexer.keys import dumps_prefix
 
-__all__ = ["IndexFollower", "build_index", "source_key"]
+__all__ = ["IndexFollower", "build_index", "dump_store", "source_key"]
 
 log = logging.getLogger("runstream.indexer")
 
@@ -88,7 +95,14 @@ class IndexFollower:
                 )
             except (IndexerError, ValueError) as exc:
                 log.error(
-                    "index refused a phase change", extra={"run_id": ev.run_id, "error": str(exc)}
+                    "index refused a phase change",
+                    extra={
+                        "reason": str(exc),
+                        "run_id": ev.run_id,
+                        "group": data.group,
+                        "phase": str(data.phase),
+                        "seq": phase_seq(ev),
+                    },
                 )
                 self.stats.refused += 1
                 continue
@@ -128,6 +142,39 @@ class IndexFollower:
             metrics.INDEX_RUNS.set(self.index.count)
 
 
+def dump_store(settings: Settings, storage: ost.ObjectStorage) -> DumpStore:
+    """The index dumps of the deployment ``settings`` describe (under its object prefix)."""
+    return DumpStore(storage, prefix=keys.index_prefix(settings.etcd_prefix))
+
+
+def foreign(settings: Settings, loaded: LoadedDump) -> str | None:
+    """Why ``loaded`` is not this deployment's dump (its offsets name another phases topic),
+    or None when it is."""
+    own = f"{settings.topic_phases}/"
+    others = sorted({k.rpartition("/")[0] for k in loaded.index.offsets if not k.startswith(own)})
+    if not others:
+        return None
+    return (
+        f"index dump {loaded.key} covers {', '.join(others)}, not {settings.topic_phases}: "
+        "another deployment's dump under this deployment's prefix; rebuilding from the log"
+    )
+
+
+async def _load_own(settings: Settings, store: DumpStore) -> LoadedDump | None:
+    loaded = await store.load_latest()
+    if loaded is not None and (why := foreign(settings, loaded)) is not None:
+        log.error("index dump refused", extra={"reason": why, "key": loaded.key})
+        return None
+    return loaded
+
+
+async def legacy_dumps(storage: ost.ObjectStorage) -> bool:
+    """True when dumps remain where every deployment wrote them before issue 21."""
+    async for _ in storage.list(dumps_prefix(keys.LEGACY_INDEX_PREFIX)):
+        return True
+    return False
+
+
 async def build_index(
     settings: Settings,
     store: DumpStore,
@@ -140,7 +187,7 @@ async def build_index(
     loaded: LoadedDump | None = None
     if from_dump:
         try:
-            loaded = await store.load_latest()
+            loaded = await _load_own(settings, store)
         except NoValidDump as exc:
             log.error(
                 "no valid index dump: rebuilding from the whole log", extra={"error": str(exc)}
@@ -166,12 +213,23 @@ class IndexService:
         from agents.resources import Resources
 
         assert isinstance(self.resources, Resources)
-        store = DumpStore(await self.resources.store(), prefix=keys.INDEX_PREFIX)
+        storage = await self.resources.store()
+        store = dump_store(self.settings, storage)
         started = time.monotonic()
         loaded = None
         for attempt in range(1, 1000):
             try:
-                loaded = await store.load_latest()
+                loaded = await _load_own(self.settings, store)
+                if loaded is None and await legacy_dumps(storage):
+                    log.warning(
+                        "index dumps at the storage root are not read",
+                        extra={
+                            "reason": f"every deployment wrote {dumps_prefix()} before; this "
+                            f"one's dumps are under {store.prefix}. The index rebuilds from "
+                            f"{self.settings.topic_phases} once; delete {dumps_prefix()} when "
+                            "no worker older than this one runs",
+                        },
+                    )
                 break
             except NoValidDump as exc:
                 log.error(

@@ -1,31 +1,60 @@
 """Every etcd key and object key prefix the agents use, built in one place (STYLE.md point 7).
 
-etcd keys are relative to the ``Settings.etcd_prefix`` that ``EtcdKv`` prepends; object keys are
-relative to the storage root.
+etcd keys are relative to the ``Settings.etcd_prefix`` that ``EtcdKv`` prepends. Every object key
+a deployment writes lives under its own prefix, :func:`object_prefix` of that same etcd prefix
+(``/runstream/`` → ``runstream/``): two deployments sharing one bucket never read or collect each
+other's objects (issue 21).
 """
 
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import quote
 
 __all__ = [
-    "INDEX_PREFIX",
+    "LEGACY_INDEX_PREFIX",
     "RUNDATA_BASE",
     "RUN_ID_SEQUENCE",
-    "cluster_secret_key",
     "index_dump_lock",
+    "index_prefix",
+    "object_prefix",
     "run_request_key",
+    "rundata_base",
     "scheduler_slots_key",
     "scheduler_slots_prefix",
     "setup_report_key",
 ]
 
-#: Object key prefix of the materialized run state (the datamanager's ``base``).
+#: Object key prefix, under the deployment's, of the materialized run state (:func:`rundata_base`).
 RUNDATA_BASE = "rundata"
-#: Object key prefix of the index dumps (``indexer.DumpStore`` adds ``index/dumps/...``).
-INDEX_PREFIX = ""
+#: Where every deployment wrote its index dumps before issue 21 (``index/dumps/`` at the
+#: storage root): never read, since any deployment on the bucket may have written them.
+LEGACY_INDEX_PREFIX = ""
 #: Name of the etcd sequence run ids are allocated from (``datamanager.keys.sequence_key``).
 RUN_ID_SEQUENCE = "runs"
+
+
+def object_prefix(etcd_prefix: str) -> str:
+    """The object key prefix of the deployment whose etcd keys live under ``etcd_prefix``: its
+    segments, each %-escaped where a key could not hold it, ending with ``/``
+    (``/runstream/`` → ``runstream/``, ``/ci/prod`` → ``ci/prod/``; ``/`` or empty → ``_root/``)."""
+    segments = [
+        "%2E" * len(s) if s in (".", "..") else quote(s, safe="-_.~+=,@")
+        for s in etcd_prefix.split("/")
+        if s
+    ]
+    return "/".join(segments or ["_root"]) + "/"
+
+
+def rundata_base(etcd_prefix: str) -> str:
+    """The datamanager's ``base`` of the deployment: ``<object_prefix>rundata``."""
+    return object_prefix(etcd_prefix) + RUNDATA_BASE
+
+
+def index_prefix(etcd_prefix: str) -> str:
+    """The ``indexer.DumpStore`` prefix of the deployment: its dumps are
+    ``<object_prefix>index/dumps/...``."""
+    return object_prefix(etcd_prefix)
 
 
 def index_dump_lock() -> str:
@@ -48,12 +77,6 @@ def request_number_key(request_key: str) -> str:
     ``request_key`` (:func:`run_request_key`, :func:`setup_report_key`): a retried request keeps
     its number. A prefix of its own, since a request id may contain "/"."""
     return "agents/request-numbers/" + request_key.removeprefix("agents/")
-
-
-def cluster_secret_key() -> str:
-    """etcd key of the secret the workers sign their hops with, when no
-    ``RUNSTREAM_CLUSTER_SECRET`` is set (``agents.access``; put once, by the first worker)."""
-    return "agents/cluster-secret"
 
 
 def scheduler_slots_prefix() -> str:

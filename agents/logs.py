@@ -13,6 +13,7 @@ __all__ = [
     "LIBRARY_LOGGERS",
     "PAYLOAD_LOGGERS",
     "JsonFormatter",
+    "TextFormatter",
     "quiet_libraries",
     "setup_logging",
 ]
@@ -37,12 +38,52 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+    }
+
+
+#: Extra fields the text format puts first: why something was refused or failed.
+TEXT_FIRST = ("reason", "code", "error")
+#: A text line shows at most this many characters of one extra field's value.
+TEXT_VALUE_CHARS = 300
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER: MSG key=value ...``: the message, then every extra field (``reason``,
+    ``code`` and ``error`` first), so a refusal's reason shows in the text format as in JSON.
+    A value with spaces or quotes is quoted (JSON string rules)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extras(record)
+        if not extras:
+            return line
+        ordered = [k for k in TEXT_FIRST if k in extras] + sorted(
+            k for k in extras if k not in TEXT_FIRST
+        )
+        pairs = " ".join(f"{k}={_text_value(extras[k])}" for k in ordered)
+        head, sep, tail = line.partition("\n")  # a traceback stays below the line
+        return f"{head} {pairs}{sep}{tail}"
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    if len(text) > TEXT_VALUE_CHARS:
+        text = text[:TEXT_VALUE_CHARS] + "…"
+    if isinstance(value, str) and (not text or any(c in text for c in ' "=\n\t')):
+        return orjson.dumps(text).decode()
+    return text
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
@@ -50,7 +91,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

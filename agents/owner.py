@@ -42,7 +42,7 @@ from agents.outbox import Headers, Outbox, dead_letter_headers, emitted
 from agents.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
 from agents.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
 from api.history import HistoryEntry
-from datamanager.errors import Fenced
+from datamanager.errors import Fenced, MissingManifest
 from events.codec import encode
 from events.state import RunState
 
@@ -202,6 +202,13 @@ class PartitionOwner:
                 return
             except asyncio.CancelledError:
                 raise
+            except MissingManifest as exc:
+                # No retry makes the manifest appear: the worker stops with one line saying
+                # why and what to do (agents.health.stop_for); /healthz says it meanwhile.
+                from agents.health import stop_for, wrong_storage_line
+
+                stop_for(wrong_storage_line(exc), code="wrong_storage")
+                return
             except Exception:
                 log.exception(
                     "loading partition failed; retrying", extra={"partition": self.partition}

@@ -15,7 +15,7 @@ from prometheus_client import Gauge
 
 import ost
 from agents.config import Settings
-from agents.keys import RUNDATA_BASE
+from agents.keys import rundata_base
 from datamanager import DataManager, EtcdKv
 
 __all__ = [
@@ -83,7 +83,10 @@ class Resources:
         async with self._lock:
             if self._dm is None:
                 self._dm = DataManager(
-                    store, kv, base=RUNDATA_BASE, max_file_size=self.settings.max_file_size
+                    store,
+                    kv,
+                    base=rundata_base(self.settings.etcd_prefix),
+                    max_file_size=self.settings.max_file_size,
                 )
             return self._dm
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 
 import faust
 
 from agents.app import create_app
 from agents.config import Settings
+from agents.health import fatal, on_fatal
 from agents.indexing import IndexService
 from agents.liveness import Executors
 from agents.logs import setup_logging
@@ -19,7 +22,13 @@ from agents.scheduler import SchedulerService
 from agents.setup_errors import SetupErrorService
 from agents.web import ApiServer
 
-__all__ = ["run_worker"]
+__all__ = ["EXIT_FATAL", "run_worker"]
+
+#: Exit code of a worker stopped for a condition no retry cures (``agents.health.stop_for``:
+#: an etcd pointer naming a manifest its storage does not hold).
+EXIT_FATAL = 3
+#: Seconds between such a condition and the stop: ``/healthz`` says it meanwhile.
+FATAL_GRACE_SECONDS = 1.0
 
 log = logging.getLogger("runstream.worker")
 
@@ -71,5 +80,15 @@ def run_worker(settings: Settings) -> int:
     # Faust's start-up spinner writes "\b\x1b[?25h" to stdout at its end even when stdout is no
     # terminal (quiet only silences its text); without it Faust logs "Ready" instead.
     worker.spinner = None
-    worker.execute_from_commandline()
+
+    def stop(line: str) -> None:  # stop as on SIGTERM: every service stops cleanly
+        worker.loop.call_later(FATAL_GRACE_SECONDS, os.kill, os.getpid(), signal.SIGTERM)
+
+    on_fatal(stop)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if fatal() is not None:
+            return EXIT_FATAL
+        raise
     return 0

@@ -39,6 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from agents.config import Settings  # noqa: E402
 from agents.finals import FinalIds  # noqa: E402
 from agents.inspect import checkpointed_offsets, end_offsets, stop_consumer  # noqa: E402
+from agents.keys import rundata_base  # noqa: E402
 from agents.materializer import FINAL, FINAL_IDS, META, partition_name  # noqa: E402
 from agents.producer import EventProducer  # noqa: E402
 from agents.replay import replay  # noqa: E402
@@ -221,7 +222,7 @@ def _faust_ceiling_process(topic_name: str, total: int, kafka: str) -> None:
 
 async def count_objects(resources: Resources, s: Settings) -> int:
     store = await resources.store()
-    return sum([1 async for _ in store.list("rundata/")])
+    return sum([1 async for _ in store.list(rundata_base(s.etcd_prefix) + "/")])
 
 
 async def inject_final_runs(

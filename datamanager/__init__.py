@@ -12,6 +12,7 @@ from datamanager.errors import (
     EtcdUnavailable,
     Fenced,
     LockNotHeld,
+    MissingManifest,
     NotExist,
     StorageError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "LeaseLock",
     "LockNotHeld",
     "Manifest",
+    "MissingManifest",
     "NotExist",
     "PartitionWriter",
     "Pointer",

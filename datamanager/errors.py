@@ -10,6 +10,7 @@ __all__ = [
     "EtcdUnavailable",
     "Fenced",
     "LockNotHeld",
+    "MissingManifest",
     "NotExist",
     "StorageError",
 ]
@@ -51,6 +52,21 @@ class StorageError(DataManagerError):
 
 class CorruptData(DataManagerError):
     """A data file or manifest failed its checksum or does not parse."""
+
+
+class MissingManifest(CorruptData):
+    """The partition's etcd pointer names a manifest the object storage does not hold, and keeps
+    naming it: this etcd prefix was used with other storage, or the storage lost data. Not
+    retriable: no retry makes the object appear."""
+
+    def __init__(self, *, pointer: str, manifest: str, storage: str) -> None:
+        super().__init__(
+            f"the etcd pointer {pointer} names manifest {manifest}, which the object storage "
+            f"{storage} does not hold"
+        )
+        self.pointer = pointer
+        self.manifest = manifest
+        self.storage = storage
 
 
 class LockNotHeld(DataManagerError):

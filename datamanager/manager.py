@@ -34,7 +34,13 @@ from typing import Any
 
 import ost
 from datamanager import datafile, keys
-from datamanager.errors import CorruptData, EtcdUnavailable, Fenced, StorageError
+from datamanager.errors import (
+    CorruptData,
+    EtcdUnavailable,
+    Fenced,
+    MissingManifest,
+    StorageError,
+)
 from datamanager.gc import GcReport, collect_garbage
 from datamanager.kv import Kv
 from datamanager.manifest import FileRef, Manifest, Pointer
@@ -78,6 +84,7 @@ class DataManager:
     async def current(self, partition: str) -> tuple[Manifest, str | None, int | None]:
         """The partition's current manifest, its key and the pointer's mod revision
         (``Manifest.empty``, None, None when it was never checkpointed)."""
+        missing: tuple[str, int] | None = None  # (manifest, pointer revision) last missed
         for _ in range(3):
             got = await self.kv.get(keys.partition_pointer_key(partition))
             if got is None:
@@ -85,10 +92,20 @@ class DataManager:
             pointer = Pointer.decode(got.value)
             if not pointer.manifest:  # claimed by an owner before its first checkpoint
                 return Manifest.empty(partition), None, got.mod_revision
+            if missing == (pointer.manifest, got.mod_revision):
+                # The pointer did not move: the manifest was not collected, it is absent.
+                raise MissingManifest(
+                    pointer=getattr(self.kv, "prefix", "") + keys.partition_pointer_key(partition),
+                    manifest=pointer.manifest,
+                    storage=repr(self.store),
+                )
             try:
                 data = await self.store.read(pointer.manifest)
             except ost.NotExist:
-                continue  # superseded and collected between the two reads: read the pointer again
+                # Superseded and collected between the two reads (read the pointer again), or
+                # never in this storage.
+                missing = (pointer.manifest, got.mod_revision)
+                continue
             except ost.OstError as exc:
                 raise storage_error(pointer.manifest, exc) from exc
             return Manifest.decode(data), pointer.manifest, got.mod_revision

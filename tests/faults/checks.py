@@ -153,7 +153,7 @@ def tally_phases(stream: list[Event], oracle: Oracle, t: Tally) -> None:
 
 
 async def tally_index(s: Settings, resources: Resources, oracle: Oracle, t: Tally) -> None:
-    store = DumpStore(await resources.store(), prefix=keys.INDEX_PREFIX)
+    store = DumpStore(await resources.store(), prefix=keys.index_prefix(s.etcd_prefix))
     index, loaded = await build_index(s, store)
     t.notes.append(f"index from dump #{loaded.number} + tail" if loaded else "index: no dump")
     tally_index_entries(index, oracle, t)

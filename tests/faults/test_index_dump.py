@@ -85,12 +85,11 @@ async def test_dump_interrupted_midway(
                 note="worker SIGKILLed with its dump PUT in flight",
             )
             # A torn newest dump: start-up must skip it and still build the right index.
-            store = DumpStore(await stack.resources.store(), prefix=keys.INDEX_PREFIX)
+            prefix = keys.index_prefix(stack.resources.settings.etcd_prefix)
+            store = DumpStore(await stack.resources.store(), prefix=prefix)
             newest = (await store.numbers())[-1]
-            data = await store.storage.read(dump_key(newest, keys.INDEX_PREFIX))
-            await store.storage.write(
-                dump_key(newest + 1, keys.INDEX_PREFIX), data[: len(data) // 2]
-            )
+            data = await store.storage.read(dump_key(newest, prefix))
+            await store.storage.write(dump_key(newest + 1, prefix), data[: len(data) // 2])
             tally = Tally()
             await tally_index(s, stack.resources, Oracle().feed(load.acked), tally)
             fault_report(

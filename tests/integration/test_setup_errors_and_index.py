@@ -88,7 +88,7 @@ async def test_setup_error_reports_and_the_index(
         assert [v for _, _, v, _ in dead] == [b'{"group": 7}']
 
         # The index, started as a worker starts it, holds every run with its final phase/result.
-        store = DumpStore(await resources.store(), prefix=keys.INDEX_PREFIX)
+        store = DumpStore(await resources.store(), prefix=keys.index_prefix(s.etcd_prefix))
         index, loaded = await build_index(s, store)
         assert loaded is None  # no dump yet: built from the log alone
         for rid, st in states.items():
