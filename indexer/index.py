@@ -7,7 +7,9 @@ the per-run sequence number of the last applied update), and the run's facts for
 dictionary, 0 = unknown) and ``enq``, ``start``, ``end`` (uint32 seconds since the Unix epoch,
 0 = unknown; good until 2106). Each group keeps the sorted slots of its runs (``Postings``), so
 one group's page is a bisection and a slice. That is 33 bytes a run plus spare capacity, against
-hundreds for a dict of Python objects.
+hundreds for a dict of Python objects. Per group, two numbers kept beside the posting lists
+(``sizes``: its runs, ``lasts``: its greatest slot) let a broad prefix (the root, ``/project``)
+choose its plan and answer ``lastrun`` with vectorized work instead of a loop over its groups.
 
 Facts come from the phase changes: the first one (seq 1) names the run, its counter and its
 enqueue time; a change to ``running`` its start, one to a final phase its end. Each fact is
@@ -68,6 +70,10 @@ class RunIndex:
         self.end: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
         self.names = NameDict()
         self.postings: list[Postings] = [Postings()]  # index 0 unused (gid 0 = no run)
+        # gid → runs of the group (its postings' length) and its greatest slot (when it has
+        # runs); capacity beyond the groups held is zero.
+        self.sizes: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
+        self.lasts: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
         self.count = 0
         self.changes = 0
         self._offsets: dict[str, int] = {}
@@ -107,6 +113,11 @@ class RunIndex:
         ends = np.cumsum(np.bincount(gid, minlength=ng + 1)).tolist()
         index.postings = [Postings()]
         index.postings += [Postings(order[ends[g - 1] : ends[g]]) for g in range(1, ng + 1)]
+        sizes = np.bincount(gid, minlength=ng + 1).astype(np.int64)
+        sizes[0] = 0
+        held = np.flatnonzero(sizes)
+        index.sizes, index.lasts = sizes, np.zeros(ng + 1, dtype=np.int64)
+        index.lasts[held] = order[np.asarray(ends, dtype=np.int64)[held] - 1]
         index.count = len(order) - ends[0]
         index._offsets = dict(offsets)
         return index
@@ -154,7 +165,13 @@ class RunIndex:
             gid = self.groups.add(group)
             if gid == len(self.postings):
                 self.postings.append(Postings())
+            if gid >= len(self.sizes):
+                cap = max(gid + 1, 2 * len(self.sizes))
+                self.sizes, self.lasts = _resized(self.sizes, cap), _resized(self.lasts, cap)
             self.postings[gid].insert(slot)
+            self.sizes[gid] += 1
+            if slot > self.lasts[gid]:
+                self.lasts[gid] = slot
             self.gid[slot] = gid
             self.count += 1
         else:
@@ -244,6 +261,7 @@ class RunIndex:
             setattr(self, col, new)
         for p in self.postings:
             p.shift(delta)
+        self.lasts[self.sizes > 0] += delta
         self.base, self.span = new_base, span
 
     # ----------------------------------------------------------------- reads
@@ -316,6 +334,7 @@ class RunIndex:
         """Bytes held by the index: column buffers (with spare capacity), posting lists
         (shared load buffers counted once) and the group dictionary."""
         size: int = sum(getattr(self, col).nbytes for col in COLUMNS)
+        size += self.sizes.nbytes + self.lasts.nbytes
         size += sys.getsizeof(self.postings)
         shared: dict[int, int] = {}
         for p in self.postings:

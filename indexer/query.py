@@ -1,10 +1,13 @@
 """Listing runs: group prefixes, phase/result filters, last run per group, keyset pagination.
 
-Plan. The cursor and the order become a half-open slot range [lo, hi) of candidates. A few
-groups (or a sparse set) are served from their posting lists: from each, the first matching
-runs in order, then a merge. A broad selection (the root, or groups holding more than 1/16 of
-the slots) scans the columns in growing chunks with a vectorized membership test instead.
-Both stop as soon as one run more than the page is found (to know whether a next page exists).
+Plan. A group prefix (the root ``/``, a type ``/project``, a group path, a group path then a
+type) is one contiguous range of the sorted groups (``GroupDict.select``). The cursor and the
+order become a half-open slot range [lo, hi) of candidates. A few groups (or a sparse set) are
+served from their posting lists: from each, the first matching runs in order, then a merge. A
+broad selection (the root, or groups holding more than 1/16 of the slots, counted from the
+index's per-group sizes) scans the columns in growing chunks with a vectorized membership test
+instead. Both stop as soon as one run more than the page is found (to know whether a next page
+exists). ``lastrun`` without a phase or result filter takes each group's kept greatest slot.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def list_runs(
     limit: int | None = None,
     cursor: str | None = None,
 ) -> Page:
-    """One page of the runs under any of ``groups`` (by whole segments; empty or ``/`` = all),
+    """One page of the runs under any of ``groups`` (listing prefixes by whole elements: ``/`` or
+    none = all, ``/project`` = every project's, a trailing ``/`` is dropped),
     whose phase is in ``phases`` and result in ``results`` (None or empty = any), ordered by run
     id, after ``cursor`` (from a previous page of the same order).
 
@@ -147,9 +151,8 @@ def _slot_range(index: RunIndex, after: int | None, desc: bool) -> tuple[int, in
 def _use_postings(index: RunIndex, gids: npt.NDArray[np.uint32], width: int) -> bool:
     if len(gids) <= _MERGE_MAX_GROUPS:
         return True
-    postings = index.postings
-    total = sum(postings[g].n for g in gids.tolist())
-    return bool(total * 16 < width)
+    total = int(index.sizes[gids].sum())  # vectorized: a type level holds thousands of groups
+    return total * 16 < width
 
 
 def _take(
@@ -246,6 +249,11 @@ def _last_runs(
 ) -> Slots:
     """Per group, its greatest matching slot; those within [lo, hi), in listing order."""
     every = gids if gids is not None else index.groups.sorted_gids()
+    if ok is None:  # each group's greatest slot is kept: no loop over the groups
+        held = every[index.sizes[every] > 0]
+        arr = np.sort(index.lasts[held])
+        arr = arr[(arr >= lo) & (arr < hi)]
+        return arr[::-1] if desc else arr
     lasts: list[int] = []
     for g in every.tolist():
         p = index.postings[g]

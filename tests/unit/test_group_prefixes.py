@@ -261,3 +261,43 @@ async def test_every_prefix_lists_over_http_paged_with_and_without_lastrun() -> 
         assert len(await listed({"group": "/"})) == 3 * len(GROUPS)
         both = await listed({"group": "/user", "lastrun": "true"})
         assert len(both) == 2
+
+
+# -- the per-group figures the broad plans use ---------------------------------------------------
+
+
+def assert_figures_match_postings(ix: RunIndex) -> None:
+    for g in range(1, len(ix.postings)):
+        p = ix.postings[g]
+        assert int(ix.sizes[g]) == p.n, g
+        if p.n:
+            assert int(ix.lasts[g]) == p.last(), g
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    updates=st.lists(
+        st.tuples(st.integers(1, 20_000), st.sampled_from(GROUPS)), min_size=1, max_size=60
+    )
+)
+def test_sizes_and_lasts_follow_the_postings_through_rebases_and_dumps(
+    updates: list[tuple[int, str]],
+) -> None:
+    from indexer import decode, encode, snapshot
+
+    ix = RunIndex()
+    groups: dict[int, str] = {}
+    for run_id, g in updates:  # any order: lower ids rebase the columns
+        g = groups.setdefault(run_id, g)  # a run never moves
+        ix.apply(run_id, g, Phase.QUEUED, Result.UNKNOWN, 1)
+        assert_figures_match_postings(ix)
+    back, _ = decode(encode(snapshot(ix)))
+    assert_figures_match_postings(back)
+    for q in ["/", "/project", "/user/", "/project/x/branch"]:
+        want = paged(ix, 5, groups=[q], last_run=True)
+        assert paged(back, 5, groups=[q], last_run=True) == want
+        best: dict[str, int] = {}
+        for run_id, g in groups.items():
+            if g in reference([q]):
+                best[g] = max(run_id, best.get(g, 0))
+        assert want == sorted(best.values(), reverse=True)
