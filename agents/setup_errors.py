@@ -228,11 +228,38 @@ class CreationKeys:
         self._lease_lock = asyncio.Lock()
 
     # --------------------------------------------------------------- api.ports.CreationKeys
-    async def run_for_key(self, key: str, digest: str) -> KeyRecord:
-        return await self.record(keys.run_request_key(key), digest)
+    async def lookup_key(self, key: str) -> KeyRecord | None:
+        kv = await self._kv()
+        got = await kv.get(keys.run_request_key(key))
+        return None if got is None else _record(got.value)
+
+    async def claim_key(self, key: str, run_id: int, digest: str) -> bool:
+        kv = await self._kv()
+        return await self._create_only(kv, keys.run_request_key(key), f"{run_id} {digest}")
+
+    async def bind_number(self, key: str, number: int) -> bool:
+        kv = await self._kv()
+        etcd_key = keys.request_number_key(keys.run_request_key(key))
+        return await self._create_only(kv, etcd_key, str(number))
 
     async def number_for_key(self, key: str, root: str, run_id: str) -> int:
         return await self.number(keys.run_request_key(key), root, run_id)
+
+    async def _create_only(self, kv: Kv, etcd_key: str, value: str) -> bool:
+        """Put ``value`` at ``etcd_key`` unless it exists, under the shared lease."""
+        for _ in range(3):
+            lease = await self._lease_id(kv)
+            try:
+                made = await kv.compare_and_swap(
+                    etcd_key, value.encode(), mod_revision=None, lease=lease
+                )
+            except DataManagerError:
+                if lease == 0:
+                    raise
+                self._lease = None  # the lease expired or was revoked: take a new one
+                continue
+            return made is not None
+        raise RuntimeError(f"could not write {etcd_key} under a lease")
 
     # --------------------------------------------------------------------------- records
     async def record(self, etcd_key: str, digest: str | None) -> KeyRecord:
@@ -244,17 +271,7 @@ class CreationKeys:
         for _ in range(10):
             candidate = await self._ids.next()
             value = str(candidate) if digest is None else f"{candidate} {digest}"
-            lease = await self._lease_id(kv)
-            try:
-                made = await kv.compare_and_swap(
-                    etcd_key, value.encode(), mod_revision=None, lease=lease
-                )
-            except DataManagerError:
-                if lease == 0:
-                    raise
-                self._lease = None  # the lease expired or was revoked: take a new one
-                continue
-            if made is not None:
+            if await self._create_only(kv, etcd_key, value):
                 return KeyRecord(run_id=candidate, digest=digest, fresh=True)
             got = await kv.get(etcd_key)
             if got is not None:
@@ -275,12 +292,11 @@ class CreationKeys:
             return int(got.value)
         number = await self.numbers.next(root)
         try:
-            lease = await self._lease_id(kv)
-            bound = await kv.compare_and_swap(key, str(number).encode(), mod_revision=None, lease=lease)  # fmt: skip
+            bound = await self._create_only(kv, key, str(number))
         except BaseException:
             await self._unused(root, number, run_id, "outcome unknown")
             raise
-        if bound is not None:
+        if bound:
             return number
         await self._unused(root, number, run_id, "the request was numbered by another handler")
         got = await kv.get(key)

@@ -168,16 +168,25 @@ class KeyRecord:
 
 
 class CreationKeys(Protocol):
-    """Idempotent creation (``agents.setup_errors.CreationKeys``): one record per key, made
-    once, shared with ``runs.requests`` (docs/api.md, "Idempotent creation")."""
+    """Idempotent creation (``agents.setup_errors.CreationKeys``): one etcd record per key
+    (``<run id> <digest>``), made once, shared with ``runs.requests`` (docs/api.md, "Idempotent
+    creation"), and the run number bound to it when a try's outcome is unknown. Every method
+    raises ``datamanager.EtcdUnavailable`` when etcd does not answer."""
 
-    async def run_for_key(self, key: str, digest: str) -> KeyRecord:
-        """The record of ``key``: made now with a new run id when there is none (before any
-        event is appended), else the one recorded. Raises ``datamanager.EtcdUnavailable``."""
+    async def lookup_key(self, key: str) -> KeyRecord | None:
+        """The record of ``key`` (None: none yet, or it expired)."""
+        ...
+
+    async def claim_key(self, key: str, run_id: int, digest: str) -> bool:
+        """Record ``key`` → ``run_id``, ``digest`` unless ``key`` has a record (False)."""
+        ...
+
+    async def bind_number(self, key: str, number: int) -> bool:
+        """Bind run number ``number`` to ``key`` unless one is bound already (False)."""
         ...
 
     async def number_for_key(self, key: str, root: str, run_id: str) -> int:
-        """The run number bound to ``key`` (the next of counter ``root``, bound once)."""
+        """The run number bound to ``key``, else the next of counter ``root``, bound now."""
         ...
 
 

@@ -152,7 +152,13 @@ class RunService:
         )
 
     async def create(
-        self, req: CreateRequest, run_id: str, key: str | None = None, *, seen: bool = False
+        self,
+        req: CreateRequest,
+        run_id: str,
+        key: str | None = None,
+        *,
+        seen: bool = False,
+        number: int | None = None,
     ) -> RunState:
         """Run ``run_id`` (allocated by the caller, in a partition owned here) from ``req``:
         ``setuperror`` when its tasks are inconsistent or it carries setup errors. 409
@@ -160,7 +166,7 @@ class RunService:
         ``key`` (``run_id`` is the one recorded for it): :meth:`_create_keyed`."""
         check_creatable(req)
         if key is not None:
-            return await self._create_keyed(run_id, run_created(req), key, seen=seen)
+            return await self._create_keyed(run_id, run_created(req), key, seen=seen, number=number)  # fmt: skip
         return await self._create(run_id, run_created(req))
 
     async def recreate(
@@ -191,38 +197,79 @@ class RunService:
             return await self._create_keyed(run_id, data, key, seen=False)
         return await self._create(run_id, data)
 
-    async def _create_keyed(self, run_id: str, data: RunCreated, key: str, *, seen: bool) -> RunState:  # fmt: skip
+    async def _create_keyed(
+        self, run_id: str, data: RunCreated, key: str, *, seen: bool, number: int | None = None
+    ) -> RunState:
         """The creation of ``Idempotency-Key`` ``key``, whose record says ``run_id``: the run as
         it is when it exists already (``seen``: the record was there before this request, so
         an earlier try may have created it — one read of the live state), else its
-        ``run.created`` appended with the run number bound to the key, under the event id
-        ``<run id>.created`` — the same on every try, so the owner applies one and drops the
-        others as duplicates (answered with the run, like the first). A failure leaves the
-        number bound to the key, for the retry."""
+        ``run.created`` under the event id ``<run id>.created`` — the same on every try, so the
+        owner applies one and answers the others as duplicates (with the run, like the first).
+
+        The run number: ``number``, taken by the entry worker beside the key's record (not
+        bound to the key: given back when not used, bound to the key when the outcome is
+        unknown, so the retry uses it); else the one bound to the key, or the next, bound now
+        (a retry, a recreation)."""
         if seen:
             state = await self.deps.owners.read(run_id)
             if state is not None:
                 return state
+        root = counter_root(data.group)
         event = self._event(data, run_id, f"{run_id}.created")
         check = apply(None, event)
         if isinstance(check, Rejected):
+            await self._give_back(root, number, run_id, "refused")
             raise BadRequest(check.reason)
-        records = self.deps.creation_keys
+        records, counters = self.deps.creation_keys, self.deps.counters
         if records is None:
             raise Unavailable("this worker does not keep creation keys; retry elsewhere")
-        if self.deps.counters is not None:
-            try:
-                number = await records.number_for_key(key, counter_root(data.group), run_id)
-            except EtcdUnavailable as exc:
-                raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
+        bound = number is None
+        if counters is not None:
+            if number is None:
+                try:
+                    number = await records.number_for_key(key, root, run_id)
+                except EtcdUnavailable as exc:
+                    raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
             event = self._event(msgspec.structs.replace(data, counter=number), run_id, event.id)
-        outcome = await self.deps.owners.write(event)
+        unbound = None if bound else number  # a number this try must keep or give back
+        try:
+            outcome = await self.deps.owners.write(event)
+        except PayloadTooLarge:
+            await self._give_back(root, unbound, run_id, "too large for the log")
+            raise
+        except BaseException:  # the outcome is unknown: the number goes with the key
+            if unbound is not None:
+                await self._keep_number(key, root, unbound, run_id)
+            raise
         if isinstance(outcome, Refused):  # the run exists: created by an earlier try, answer it
+            await self._give_back(root, unbound, run_id, "created by an earlier try")
             state = await self.deps.owners.read(run_id)
             if state is None:
                 raise Conflict(f"run id {run_id} is already used ({outcome.reason})", code=RUN_ID_TAKEN)  # fmt: skip
             return state
+        if outcome.duplicate and outcome.state.run.counter != unbound:
+            await self._give_back(root, unbound, run_id, "created by an earlier try")
         return outcome.state
+
+    async def _keep_number(self, key: str, root: str, number: int, run_id: str) -> None:
+        """Bind ``number`` to ``key`` for the retry; given back when another is bound."""
+        records = self.deps.creation_keys
+        try:
+            if records is not None and await records.bind_number(key, number):
+                return
+        except Exception:
+            return  # etcd failed too: the number stays taken (a gap), the retry takes another
+        await self._give_back(root, number, run_id, "another number is bound to the key")
+
+    async def _give_back(self, root: str, number: int | None, run_id: str, reason: str) -> None:
+        counters = self.deps.counters
+        if number is None or counters is None:
+            return
+        try:
+            if not await counters.give_back(root, number):
+                await counters.void(root, number, run_id=run_id, reason=reason)
+        except Exception:
+            return  # best effort: etcd failed; the number stays taken (a gap)
 
     async def _create(self, run_id: str, data: RunCreated) -> RunState:
         # No read first: for a new id that would cost a storage read per creation. The owner's

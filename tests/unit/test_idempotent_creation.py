@@ -8,6 +8,7 @@ recorded by ``runs.requests`` (its request id) answers that request's run; a cre
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -175,3 +176,15 @@ async def test_a_retry_before_the_first_try_appended_creates_the_run_once() -> N
         got = await post(s, body, "hook-early")
         assert got["run"]["id"] == f"{record.run_id:016d}"
         assert [e.id for e in s.created()] == [f"{record.run_id:016d}.created"]
+
+
+async def test_tries_at_once_make_one_run_numbered_once() -> None:
+    async with served() as s:
+        body = new_run()
+        answers = await asyncio.gather(*(post(s, body, "hook-race") for _ in range(4)))
+        assert len({a["run"]["id"] for a in answers}) == 1
+        assert len({e.run_id for e in s.created()}) == 1
+        assert {a["run"]["counter"] for a in answers} == {1}
+        # The losing tries' numbers (taken beside their record, at once) are given back or
+        # voided, as any failed creation's: the next run gets a later number, never 1 again.
+        assert (await post(s, body, "hook-after"))["run"]["counter"] > 1
