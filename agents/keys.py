@@ -15,6 +15,7 @@ __all__ = [
     "LEGACY_INDEX_PREFIX",
     "RUNDATA_BASE",
     "RUN_ID_SEQUENCE",
+    "cluster_secret_key",
     "index_dump_lock",
     "index_prefix",
     "object_prefix",
@@ -77,6 +78,12 @@ def request_number_key(request_key: str) -> str:
     ``request_key`` (:func:`run_request_key`, :func:`setup_report_key`): a retried request keeps
     its number. A prefix of its own, since a request id may contain "/"."""
     return "agents/request-numbers/" + request_key.removeprefix("agents/")
+
+
+def cluster_secret_key() -> str:
+    """etcd key of the secret the workers sign their hops with, when no
+    ``RUNSTREAM_CLUSTER_SECRET`` is set (``agents.access``; put once, by the first worker)."""
+    return "agents/cluster-secret"
 
 
 def scheduler_slots_prefix() -> str:
