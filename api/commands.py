@@ -357,7 +357,7 @@ def add_runs_commands(
     p.set_defaults(runs_fn=_history)
 
     p = sub.add_parser("list", help="list runs from the index")
-    p.add_argument("--group", action="append", help="group prefix (repeatable)")
+    p.add_argument("--group", action="append", help="group prefix (repeatable): / every run, /project every project's, /project/p1 p1's, /project/p1/branch its branches")  # fmt: skip
     p.add_argument("--phase", action="append", help="phase (repeatable)")
     p.add_argument("--result", action="append", help="result (repeatable)")
     p.add_argument("--lastrun", action="store_true", help="only the last run of each group")
