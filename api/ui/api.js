@@ -93,8 +93,16 @@ export const api = {
   recreate(id, fromStart) {
     return call("/api/v1/runs", { method: "POST", body: { run_id: id, from_start: fromStart } });
   },
-  deadLetters(limit) {
-    return call(`/api/v1/dlq?limit=${limit}`);
+  /** params: URLSearchParams of GET /api/v1/dlq (reason, source_partition, since, limit, cursor). */
+  deadLetters(params) {
+    return call(`/api/v1/dlq?${params.toString()}`);
+  },
+  deadLetter(partition, offset) {
+    return call(`/api/v1/dlq/${encodeURIComponent(partition)}/${encodeURIComponent(offset)}`);
+  },
+  /** body: {ids | reasons | source_partitions | since | until | all, dry_run}. */
+  redrive(body) {
+    return call("/api/v1/dlq/redrive", { method: "POST", body });
   },
   async metrics() {
     const response = await fetch("/metrics", { headers: { Accept: "text/plain" } });

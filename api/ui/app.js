@@ -1,7 +1,7 @@
 // The console's entry: the token form, the stream indicator and a hash router over the pages.
 
 import { phases, setToken, token } from "./api.js";
-import { renderDeadLetters } from "./dlq.js";
+import { renderDeadLetter, renderDeadLetters } from "./dlq.js";
 import { renderRun } from "./run.js";
 import { renderRuns } from "./runs.js";
 import { notice } from "./ui.js";
@@ -17,14 +17,18 @@ function route() {
   const [path, qs] = hash.split("?");
   const query = new URLSearchParams(qs || "");
   const run = path.match(/^\/run\/([0-9]{16})$/);
+  const letter = path.match(/^\/dlq\/([0-9]+):([0-9]+)$/);
   for (const a of document.querySelectorAll("nav.top a")) {
-    const current = (a.dataset.page === "runs" && path === "/runs") || (a.dataset.page === "dlq" && path === "/dlq");
+    const current = (a.dataset.page === "runs" && path === "/runs") || (a.dataset.page === "dlq" && (path === "/dlq" || letter));
     if (current) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
   if (run) {
     document.title = `Run ${run[1]} · runstream`;
     cleanup = renderRun(main, run[1]);
+  } else if (letter) {
+    document.title = `Dead letter ${letter[1]}:${letter[2]} · runstream`;
+    cleanup = renderDeadLetter(main, letter[1], letter[2]);
   } else if (path === "/dlq") {
     document.title = "Dead letters · runstream";
     cleanup = renderDeadLetters(main);

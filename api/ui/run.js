@@ -95,6 +95,15 @@ export function renderRun(root, runId) {
     }
   }
 
+  /** What the run's phase allows, no more: queued → start, cancel; running → stop; a final
+   * phase → recreate (approve is offered on each task waiting for approval). */
+  function allowedActions(run) {
+    if (run.phase === "queued") return ["start", "cancel"];
+    if (run.phase === "running") return ["stop"];
+    if (["setuperror", "cancelled", "finished"].includes(run.phase)) return ["recreate-start", "recreate-failed"];
+    return [];
+  }
+
   function actions(run) {
     const button = (id, label, fn) => h("button", { id, type: "button", onclick: fn }, label);
     return h(
@@ -102,15 +111,17 @@ export function renderRun(root, runId) {
       { id: "actions", "aria-labelledby": "actions-h" },
       h("h2", { id: "actions-h" }, "Actions"),
       token() ? null : h("p", { class: "muted" }, "No API token given: a worker that needs one refuses these (give it at the top)."),
-      h(
-        "div",
-        { class: "buttons" },
-        button("action-start", "Start", () => act("Start", () => api.runAction(run.id, "start"))),
-        button("action-stop", "Stop", () => act("Stop", () => api.runAction(run.id, "stop"))),
-        button("action-cancel", "Cancel", () => act("Cancel", () => api.runAction(run.id, "cancel"))),
-        button("action-recreate-start", "Recreate from start", () => recreate(run.id, true)),
-        button("action-recreate-failed", "Recreate from failed tasks", () => recreate(run.id, false)),
-      ),
+      h("div", { class: "buttons", id: "action-buttons", dataset: { phase: run.phase } }, allowedActions(run).map((a) => {
+        const [id, label, fn] = {
+          start: ["action-start", "Start", () => act("Start", () => api.runAction(run.id, "start"))],
+          stop: ["action-stop", "Stop", () => act("Stop", () => api.runAction(run.id, "stop"))],
+          cancel: ["action-cancel", "Cancel", () => act("Cancel", () => api.runAction(run.id, "cancel"))],
+          "recreate-start": ["action-recreate-start", "Recreate from start", () => recreate(run.id, true)],
+          "recreate-failed": ["action-recreate-failed", "Recreate from failed tasks", () => recreate(run.id, false)],
+        }[a];
+        return button(id, label, fn);
+      })),
+      run.stop && run.phase === "running" ? h("p", { class: "muted" }, "A stop was requested: the run ends once its running tasks end.") : null,
     );
   }
 

@@ -1,10 +1,12 @@
 """The console at /ui/ in a real browser (Debian's chromium + chromedriver, driven by selenium)
 against a real worker on the local stack: runs listed, a row following the phase stream without a
-reload, a run's task graph with every task's status, an approval from the page; every request the
-pages make stays on 127.0.0.1. Screenshots of every page go to the test's tmp_path."""
+reload, a run's task graph with every task's status, only the actions its phase allows, an approval
+from the page, dead letters listed, shown and redriven; every request the pages make stays on
+127.0.0.1. Screenshots of every page go to the test's tmp_path."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,9 +24,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from agents.producer import EventProducer
+from agents.producer import EventProducer, partition_for
 from api.client import AsyncClient
 from events.catalogue import TaskStatusChanged, make_event
+from events.codec import encode
 from events.model import TaskStatus
 from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
@@ -104,6 +107,23 @@ def row_cells(driver: WebDriver, run_id: str) -> dict[str, str]:
     names = ("counter", "name", "id", "group", "phase", "result")
     tds = row.find_elements(By.TAG_NAME, "td")
     return {n: tds[i].text for i, n in enumerate(names)}
+
+
+def offered(driver: WebDriver) -> list[str]:
+    """The ids of the run actions the page offers, in order."""
+    buttons = driver.find_elements(By.CSS_SELECTOR, "#action-buttons button")
+    return [b.get_attribute("id") or "" for b in buttons]
+
+
+def dlq_rows(driver: WebDriver) -> list[tuple[str, str]]:
+    """(id, reason) of every dead letter the list shows, in order."""
+    rows = driver.find_elements(By.CSS_SELECTOR, "#dlq-records-body tr")
+    return [(r.get_attribute("data-id") or "", r.get_attribute("data-reason") or "") for r in rows]
+
+
+def redrive_outcomes(driver: WebDriver) -> dict[str, str]:
+    items = driver.find_elements(By.CSS_SELECTOR, "#dlq-redrive-result li")
+    return {i.get_attribute("data-id") or "": i.get_attribute("data-outcome") or "" for i in items}
 
 
 def graph_tasks(driver: WebDriver) -> dict[str, tuple[str, str]]:
@@ -203,14 +223,11 @@ async def test_the_console_in_a_real_browser(
             # ---- A run: started from the page, its tasks finished through the log.
             browser.find_element(By.LINK_TEXT, pipeline["id"]).click()
             until(browser, "the run page", lambda d: d.find_element(By.ID, "run-id").text == pipeline["id"])  # fmt: skip
+            # Only what the phase allows is offered: queued → start, cancel; running → stop.
+            assert offered(browser) == ["action-start", "action-cancel"]
             browser.find_element(By.ID, "action-start").click()
             until(browser, "the run to be running", lambda d: d.find_element(By.ID, "run-phase").text == "running")  # fmt: skip
-            browser.find_element(
-                By.ID, "action-start"
-            ).click()  # a refusal shows the server's message
-            refusal = until(browser, "the refusal", lambda d: d.find_element(By.CSS_SELECTOR, "#notice .error").text)  # fmt: skip
-            assert "400" in refusal, refusal
-            assert "only a queued run starts" in refusal, refusal
+            until(browser, "only stop offered", lambda d: offered(d) == ["action-stop"])
 
             await finish_tasks(s.kafka, s.topic_events, pipeline["id"], ["build", "test"], "exec")
 
@@ -269,11 +286,74 @@ async def test_the_console_in_a_real_browser(
                 return 'runstream_dead_letters_total{reason="invalid_json"} 1.0' in text
 
             await wait_until(counted, within=WAIT, what="the dead letter on /metrics")
+            # A record without a key on a partition that is not its run's: a dead letter that
+            # redrive sends where it belongs (keyed by its run id).
+            home = partition_for(lint["id"], s.partitions)
+            stray = make_event(TaskStatusChanged(task_id="lint", status=TaskStatus.SUCCESS), id="ui-redrive-me", run_id=lint["id"], at=1_780_000_000_999)  # fmt: skip
+            producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all")
+            await producer.start()
+            try:
+                await producer.send_and_wait(s.topic_events, encode(stray), partition=(home + 1) % s.partitions)  # fmt: skip
+            finally:
+                await producer.stop()
             browser.get(f"{url}/ui/#/dlq")
-            table = until(browser, "the counts", lambda d: d.find_element(By.ID, "dlq-table").text)  # fmt: skip
+
+            def counts_with_no_key(d: WebDriver) -> str | bool:
+                text = d.find_element(By.ID, "dlq-table").text
+                return text if "no_key" in text else False
+
+            table = until(browser, "the counts", counts_with_no_key)
             assert "invalid_json 1" in table, table
-            assert "Total 1" in table, table
+            assert "Total 2" in table, table
+
+            # ---- The records: listed newest first, with their reasons.
+            until(browser, "both dead letters listed", lambda d: len(dlq_rows(d)) == 2)
+            rows = dlq_rows(browser)
+            assert [reason for _, reason in rows] == ["no_key", "invalid_json"]
+            (no_key, _), (bad_json, _) = rows
             browser.save_screenshot(str(shots / "dead-letters.png"))
+
+            # ---- One shown: headers, reason, the value as JSON text or base64, decoded events.
+            browser.find_element(By.LINK_TEXT, no_key).click()
+            until(browser, "the dead letter", lambda d: d.find_element(By.ID, "dlq-reason").text == "no_key")  # fmt: skip
+            assert browser.find_element(By.ID, "dlq-value-encoding").text == "(UTF-8 JSON)"
+            assert "ui-redrive-me" in browser.find_element(By.ID, "dlq-value").text
+            assert "ui-redrive-me" in browser.find_element(By.ID, "dlq-decoded").text
+            headers = browser.find_element(By.ID, "dlq-headers").text
+            assert "runstream-error" in headers
+            assert "no_key" in headers
+            browser.save_screenshot(str(shots / "dead-letter.png"))
+            browser.get(f"{url}/ui/#/dlq/{bad_json}")
+            until(browser, "the undecodable one", lambda d: d.find_element(By.ID, "dlq-reason").text == "invalid_json")  # fmt: skip
+            assert browser.find_element(By.ID, "dlq-value-encoding").text == "(base64)"
+            raw = base64.b64decode(browser.find_element(By.ID, "dlq-value").text)
+            assert raw == b'{"type": "run.created", oops'
+            assert browser.find_element(By.ID, "dlq-decode-error").text
+
+            # ---- Redrive from the list: a dry run says what would happen, then it happens.
+            browser.get(f"{url}/ui/#/dlq")
+            until(browser, "the list again", lambda d: len(dlq_rows(d)) == 2)
+            for box in browser.find_elements(By.CSS_SELECTOR, "#dlq-records-body input[type=checkbox]"):  # fmt: skip
+                box.click()
+            browser.find_element(By.ID, "dlq-redrive-dry").click()
+            until(browser, "the dry run", lambda d: d.find_element(By.ID, "dlq-redrive-counts").text == "1 would be redriven, 1 skipped")  # fmt: skip
+            assert redrive_outcomes(browser) == {no_key: "would_redrive", bad_json: "skipped"}
+
+            async def history_ids() -> list[str]:
+                async with httpx.AsyncClient() as h:
+                    got = await h.get(f"{url}/api/v1/runs/{lint['id']}/history")
+                return [e["event_id"] for e in got.json()["events"]]
+
+            assert "ui-redrive-me" not in await history_ids()  # a dry run sends nothing
+            browser.find_element(By.ID, "dlq-redrive-selected").click()
+            until(browser, "the redrive", lambda d: d.find_element(By.ID, "dlq-redrive-counts").text == "1 redriven, 1 skipped")  # fmt: skip
+            assert redrive_outcomes(browser) == {no_key: "redriven", bad_json: "skipped"}
+            browser.save_screenshot(str(shots / "dead-letters-redriven.png"))
+
+            async def redriven() -> bool:
+                return "ui-redrive-me" in await history_ids()
+
+            await wait_until(redriven, within=WAIT, what="the redriven event at its run's owner")
 
             # ---- A phone's width: the runs page still reads.
             browser.set_window_size(390, 844)
