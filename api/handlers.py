@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -62,7 +61,6 @@ from datamanager import EtcdUnavailable
 from events import (
     Heartbeat,
     RunState,
-    counter_root,
     decode_state,
     encode_state,
     format_run_id,
@@ -70,8 +68,6 @@ from events import (
 )
 
 __all__ = ["RELAYED", "Handlers"]
-
-log = logging.getLogger("runstream.api")
 
 RELAYED = Counter(
     "runstream_api_relayed", "API requests relayed to the worker owning the run", ["status"]
@@ -83,9 +79,6 @@ PEER_SECONDS = 5.0
 #: Relayed with a keyed creation: "1" when the key's record was there before the request (an
 #: earlier try may have created the run: the owner reads it first), "0" when made for it.
 KEY_SEEN_HEADER = "X-Runstream-Key-Seen"
-#: Relayed with a keyed creation whose record was made for it: the run number the relaying
-#: worker took (concurrently with the record), for the owner to use.
-RUN_NUMBER_HEADER = "X-Runstream-Run-Number"
 
 #: How many run ids a creation tries when ids turn out to be taken already.
 CREATE_ATTEMPTS = 5
@@ -140,12 +133,7 @@ class Handlers:
         if given is not None and is_relayed(request):
             run_id = require_run_id(given)
             seen = request.headers.get(KEY_SEEN_HEADER) == "1"
-            number = _number(request.headers.get(RUN_NUMBER_HEADER))
-            here = functools.partial(self._create_here, request, req, run_id, key, seen, number)
-            local = isinstance(self.deps.owners.route(run_id), Local)
-            if not local and key is not None and number is not None and isinstance(req, CreateRequest):  # fmt: skip
-                # A stale map: not appended here; the number stays with the key for the retry.
-                await self._keep_number(key, counter_root(req.group), number, run_id)
+            here = functools.partial(self._create_here, request, req, run_id, key, seen)
             return await self._at_owner(request, run_id, here)
         if isinstance(req, CreateRequest):
             check_creatable(req)  # 400 before any id is spent
@@ -172,94 +160,37 @@ class Handlers:
         self, request: web.Request, req: CreateRequest | RecreateRequest, key: str
     ) -> web.StreamResponse:
         """A creation with an ``Idempotency-Key`` (docs/api.md, "Idempotent creation"): the
-        key's record gives the run id — found (the same key from ``runs.requests`` or an
-        earlier try, on any worker: the owner answers the run as it is, or creates it), or
-        made now with a new id, *concurrently* with taking the run's number (two etcd writes
-        at once, so the key costs about one read more than a creation without one). 422 naming
-        the key when it was recorded for another body. No new id when the owner says the id is
-        taken: the key is bound to it."""
+        key's record gives the run id — made now with a new id by one create-only etcd
+        transaction, or, when the key has one (the same key from ``runs.requests`` or an
+        earlier try, on any worker), the one recorded: the owner then answers the run as it
+        is, or creates it. 422 naming the key when it was recorded for another body."""
         records = self.deps.creation_keys
         if records is None:
             raise Unavailable("this worker does not keep creation keys (Idempotency-Key); retry")
         digest = creation_digest(run_created(req) if isinstance(req, CreateRequest) else req)
-        counters = self.deps.counters if isinstance(req, CreateRequest) else None
-        root = counter_root(req.group) if isinstance(req, CreateRequest) else ""
-        number: int | None = None
+        record: KeyRecord | None = None
         try:
-            record = await records.lookup_key(key)
-            if record is None:
+            for _ in range(CREATE_ATTEMPTS):
                 new_id = await self.deps.ids.next()
-                if counters is None:
-                    claimed = await records.claim_key(key, new_id, digest)
-                else:
-                    got = await asyncio.gather(
-                        records.claim_key(key, new_id, digest),
-                        counters.next(root),
-                        return_exceptions=True,
-                    )
-                    if isinstance(got[1], int):
-                        number = got[1]
-                    if isinstance(got[0], BaseException):
-                        raise got[0]
-                    claimed = got[0]
-                if claimed:
+                if await records.claim_key(key, new_id, digest):
                     record = KeyRecord(run_id=new_id, digest=digest, fresh=True)
-                else:  # another try of the same key recorded it first
-                    await self._number_unused(root, number, format_run_id(new_id))
-                    number = None
-                    record = await records.lookup_key(key)
-                    if record is None:
-                        raise Unavailable(f"the record of Idempotency-Key {key!r} vanished; retry")  # fmt: skip
+                    break
+                record = await records.lookup_key(key)  # a try of the same key was first
+                if record is not None:
+                    break
         except EtcdUnavailable as exc:
-            await self._number_unused(root, number, "")
             raise Unavailable(f"creation keys cannot be read now ({exc}); retry") from exc
-        except BaseException:
-            await self._number_unused(root, number, "")
-            raise
+        if record is None:
+            raise Unavailable(f"the record of Idempotency-Key {key!r} keeps vanishing; retry")
         if not record.matches(digest):
             raise ApiError(key_reused_message("Idempotency-Key", key), status=KEY_REUSED_STATUS)
         run_id, seen = format_run_id(record.run_id), not record.fresh
-        here = functools.partial(self._create_here, request, req, run_id, key, seen, number)
-        route = self.deps.owners.route(run_id)
-        if isinstance(route, Local):
-            return await here()  # the service keeps or gives back the number
-        headers = {RUN_ID_HEADER: run_id, KEY_SEEN_HEADER: "1" if seen else "0"}
-        if number is not None:
-            headers[RUN_NUMBER_HEADER] = str(number)
-        try:
-            if not isinstance(route, Remote):
-                raise Unavailable(f"{route.reason}; retry")
-            response = await self.relay.forward(request, route.url, headers=headers)
-        except BaseException:
-            # The owner may or may not have appended: the number stays with the key, for the
-            # retry (given back when another number is bound to it already).
-            if number is not None:
-                await self._keep_number(key, root, number, run_id)
-            raise
-        RELAYED.labels(str(response.status)).inc()
-        return response
-
-    async def _keep_number(self, key: str, root: str, number: int, run_id: str) -> None:
-        records = self.deps.creation_keys
-        try:
-            if records is not None and await records.bind_number(key, number):
-                return
-        except Exception:
-            log.warning("run number not bound to its key", extra={"run_id": run_id}, exc_info=True)
-            return
-        await self._number_unused(root, number, run_id)
-
-    async def _number_unused(self, root: str, number: int | None, run_id: str) -> None:
-        """Number ``number`` of counter ``root`` taken for a keyed creation that will not use it:
-        given back, else voided (best effort: etcd may be what failed)."""
-        counters = self.deps.counters
-        if number is None or counters is None:
-            return
-        try:
-            if not await counters.give_back(root, number):
-                await counters.void(root, number, run_id=run_id, reason="Idempotency-Key recorded by another try")  # fmt: skip
-        except Exception:
-            log.warning("run number neither given back nor voided", exc_info=True)
+        return await self._at_owner(
+            request,
+            run_id,
+            functools.partial(self._create_here, request, req, run_id, key, seen),
+            headers={RUN_ID_HEADER: run_id, KEY_SEEN_HEADER: "1" if seen else "0"},
+        )
 
     async def _create_here(
         self,
@@ -268,10 +199,9 @@ class Handlers:
         run_id: str,
         key: str | None = None,
         seen: bool = False,
-        number: int | None = None,
     ) -> web.Response:
         if isinstance(req, CreateRequest):
-            state = await self.service.create(req, run_id, key, seen=seen, number=number)
+            state = await self.service.create(req, run_id, key, seen=seen)
         else:
             state = await self.service.recreate(
                 req, run_id, lambda old: self._read_old(request, old), key, seen=seen
@@ -462,10 +392,6 @@ class _NeedsRelay(Exception):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.url = url
-
-
-def _number(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() else None
 
 
 def _is_taken(response: web.StreamResponse) -> bool:

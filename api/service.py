@@ -206,10 +206,10 @@ class RunService:
         ``run.created`` under the event id ``<run id>.created`` — the same on every try, so the
         owner applies one and answers the others as duplicates (with the run, like the first).
 
-        The run number: ``number``, taken by the entry worker beside the key's record (not
-        bound to the key: given back when not used, bound to the key when the outcome is
-        unknown, so the retry uses it); else the one bound to the key, or the next, bound now
-        (a retry, a recreation)."""
+        The run number: for a new record, the next of its root group, taken last as for any
+        creation and bound to the key only when the outcome is unknown (so the retry uses it),
+        given back when not used; for a found record (a retry), the one bound to the key, or
+        the next, bound now."""
         if seen:
             state = await self.deps.owners.read(run_id)
             if state is not None:
@@ -223,6 +223,11 @@ class RunService:
         records, counters = self.deps.creation_keys, self.deps.counters
         if records is None:
             raise Unavailable("this worker does not keep creation keys; retry elsewhere")
+        if counters is not None and number is None and not seen:
+            try:
+                number = await counters.next(root)
+            except EtcdUnavailable as exc:
+                raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
         bound = number is None
         if counters is not None:
             if number is None:
