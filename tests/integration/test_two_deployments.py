@@ -1,6 +1,7 @@
 """Deployments never mix (issue 21): two deployments on one S3 bucket and one etcd (different
 app ids, topics and etcd prefixes) each write every object under their own prefix, index dumps
-included, and each lists only its own runs, after dumps and restarts. A worker pointed at
+included, and each lists only its own runs, after dumps and restarts; a dump older workers left
+at the bucket's root is not read (the index rebuilds from the log). A worker pointed at
 storage that does not hold what its etcd pointers name stops with one line saying what to do."""
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from agents.config import Settings
-from agents.keys import object_prefix
+from agents.keys import LEGACY_INDEX_PREFIX, object_prefix
 from agents.resources import Resources
 from agents.worker import EXIT_FATAL
 from api.client import AsyncClient
+from events import Phase, Result
+from indexer import DumpStore, RunIndex
+from indexer.dump import encode, snapshot
 from tests.conftest import S3Endpoint
 from tests.harness import (
     Worker,
@@ -71,6 +75,13 @@ async def test_two_deployments_on_one_bucket_list_only_their_own_runs(
     assert object_prefix(a.etcd_prefix) != object_prefix(b.etcd_prefix)
     await asyncio.gather(prepare_topics(a), prepare_topics(b))
     deployments = {"a": a, "b": b}
+    # What an older worker left at the bucket's root: a dump any deployment could have written
+    # (here one naming a's phases topic and a run of the shared group). Never read.
+    legacy = RunIndex()
+    legacy.apply(999, GROUP, Phase.FINISHED, Result.SUCCESS, 3, name="legacy-intruder")
+    legacy.mark_offset(f"{a.topic_phases}/0", 0)
+    root = DumpStore(await Resources(a).store(), prefix=LEGACY_INDEX_PREFIX)
+    await root.write(encode(snapshot(legacy)))
     workers = {k: Worker(s, tmp_path / f"{k}.log").start() for k, s in deployments.items()}
     resources = {k: Resources(s) for k, s in deployments.items()}
     want = {k: [f"{k}-{i}" for i in range(3)] for k in deployments}
@@ -106,7 +117,10 @@ async def test_two_deployments_on_one_bucket_list_only_their_own_runs(
         keys = await object_keys(resources["a"])
         prefixes = tuple(object_prefix(s.etcd_prefix) for s in deployments.values())
         assert keys
-        assert [k for k in keys if not k.startswith(prefixes)] == []  # nothing at the root
+        # Nothing at the root but the legacy dump, which nobody read.
+        assert [k for k in keys if not k.startswith(prefixes)] == [
+            "index/dumps/00000000000000000001.rsix"
+        ]
         for s in deployments.values():
             assert any(k.startswith(f"{object_prefix(s.etcd_prefix)}rundata/") for k in keys)
 
@@ -121,6 +135,7 @@ async def test_two_deployments_on_one_bucket_list_only_their_own_runs(
         for k, s in deployments.items():
             assert await names_listed(s) == want[k]
             text = workers[k].log_text()
+            assert "index dumps at the storage root are not read" in text
             assert "index refused a phase change" not in text
             assert "index dump refused" not in text
             loaded = re.findall(r"index caught up .*from_dump=(\S+)", text)
