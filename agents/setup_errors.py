@@ -345,6 +345,7 @@ class CreationService:
         self.settings = settings
         self.resources = resources
         self.numbers = numbers if numbers is not None else RunNumbers(resources)
+        self._ids: IdAllocator | None = None
         self._keys: CreationKeys | None = None
         self._producer: EventProducer | None = None
         topics = app.runstream_topics
@@ -365,8 +366,10 @@ class CreationService:
 
     async def _deps(self) -> tuple[CreationKeys, EventProducer]:
         if self._keys is None:
-            kv = await self.resources.kv()
-            ids = IdAllocator(kv, sequence_key(keys.RUN_ID_SEQUENCE), block=100)
+            if self._ids is None:
+                kv = await self.resources.kv()
+                self._ids = IdAllocator(kv, sequence_key(keys.RUN_ID_SEQUENCE), block=100)
+            ids = self._ids
             self._keys = CreationKeys(
                 self.resources.kv, ids, self.numbers, retention=self.settings.creation_key_retention
             )

@@ -194,7 +194,7 @@ class RunService:
             old, new_run_id=run_id, environment=req.environment, from_start=req.from_start
         )
         if key is not None:
-            return await self._create_keyed(run_id, data, key, seen=False)
+            return await self._create_keyed(run_id, data, key, seen=seen)
         return await self._create(run_id, data)
 
     async def _create_keyed(

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -188,3 +189,29 @@ async def test_tries_at_once_make_one_run_numbered_once() -> None:
         # The losing tries' numbers (taken beside their record, at once) are given back or
         # voided, as any failed creation's: the next run gets a later number, never 1 again.
         assert (await post(s, body, "hook-after"))["run"]["counter"] > 1
+
+
+async def test_runs_requests_refuses_a_request_id_used_for_another_run() -> None:
+    """The creation agent's side of the same record: the same request id and body again is the
+    same run (one number); another body is refused with a reply naming the request id."""
+    from events.requests import RequestReply
+    from tests.unit.test_creation_numbers import SETTINGS, service
+
+    kv = MemoryKv()
+    svc, out, _ = service(kv)
+    replies: list[RequestReply] = []
+
+    async def send_and_wait(topic: str, key: bytes, value: bytes, **_k: Any) -> None:
+        if topic == SETTINGS.topic_replies:
+            replies.append(msgspec.json.decode(value, type=RequestReply))
+
+    svc.app.producer.send_and_wait = send_and_wait
+    rq, doc = SETTINGS.topic_requests, {"request_id": "ci-1", **new_run()}
+    await svc.handle(rq, orjson.dumps(doc), 0, 0)
+    await svc.handle(rq, orjson.dumps(doc), 0, 1)  # a retry
+    await svc.handle(rq, orjson.dumps({**doc, "name": "other"}), 0, 2)
+    assert [(r.outcome, r.run_id) for r in replies[:2]] == [("created", replies[0].run_id)] * 2
+    assert replies[2].outcome == "refused"
+    assert "'ci-1'" in replies[2].reason
+    assert {e.run_id for e in out.events} == {replies[0].run_id}
+    assert {e.data.counter for e in out.events} == {1}  # type: ignore[union-attr]
