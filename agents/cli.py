@@ -549,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         help="rebuild the materialized state from the log into a fresh prefix",
         description="Read runs.events from the beginning and rebuild every partition's state "
-        "under replay/<target> (object storage) and <etcd prefix>replay/<target>/ (etcd).",
+        "under <object prefix>replay/<target> (object storage: the deployment's prefix, "
+        "docs/operations.md) and <etcd prefix>replay/<target>/ (etcd).",
     )
     rp.add_argument("--target", default=None, help="name of the rebuild (default: a timestamp)")
     rp.add_argument(

@@ -3,7 +3,8 @@
 Replay reads ``runs.events`` from the beginning with a bare aiokafka consumer (no consumer group,
 no Faust: the log is read as fast as the broker serves it), feeds every partition's records to a
 ``PartitionMaterializer`` whose datamanager lives under a fresh prefix (object keys under
-``replay/<name>``, etcd keys under ``<etcd prefix>replay/<name>/``), and checkpoints each
+``<object prefix>replay/<name>``, the deployment's object prefix of ``agents.keys``; etcd keys
+under ``<etcd prefix>replay/<name>/``), and checkpoints each
 partition at the end. It emits nothing. Verify compares the rebuilt states with the live
 checkpoints by content hash and names every run that differs.
 """
@@ -30,7 +31,7 @@ from agents.inspect import (
     state_digest,
 )
 from agents.kafka import bare_consumer, read_range
-from agents.keys import RUNDATA_BASE
+from agents.keys import object_prefix, rundata_base
 from agents.materializer import PartitionMaterializer
 from agents.resources import storage_url
 from agents.runtime import tune_gc
@@ -74,6 +75,11 @@ class VerifyReport:
         return not self.differing and self.live_digest == self.rebuilt_digest
 
 
+def replay_base(settings: Settings, target: str) -> str:
+    """Object key prefix of replay ``target``: under the deployment's object prefix."""
+    return f"{object_prefix(settings.etcd_prefix)}replay/{target}"
+
+
 def _datamanager(settings: Settings, *, target: str | None) -> tuple[DataManager, EtcdKv]:
     store = ost.open_storage(
         storage_url(settings.storage),
@@ -82,18 +88,18 @@ def _datamanager(settings: Settings, *, target: str | None) -> tuple[DataManager
     )
     prefix = settings.etcd_prefix + (f"replay/{target}/" if target else "")
     kv = EtcdKv(settings.etcd, prefix=prefix)
-    base = f"replay/{target}" if target else RUNDATA_BASE
+    base = replay_base(settings, target) if target else rundata_base(settings.etcd_prefix)
     return DataManager(store, kv, base=base, max_file_size=settings.max_file_size), kv
 
 
 async def target_exists(settings: Settings, target: str) -> bool:
     """True when replay ``target`` holds anything: an etcd key under its prefix or an object
-    under ``replay/<target>/``."""
+    under ``<object prefix>replay/<target>/``."""
     dm, kv = _datamanager(settings, target=target)
     try:
         if await kv.get_prefix(""):
             return True
-        async for _ in dm.store.list(f"replay/{target}/"):
+        async for _ in dm.store.list(replay_base(settings, target) + "/"):
             return True
         return False
     finally:
@@ -106,7 +112,7 @@ async def remove_target(settings: Settings, target: str) -> int:
     dm, kv = _datamanager(settings, target=target)
     removed = 0
     try:
-        keys = [info.key async for info in dm.store.list(f"replay/{target}/")]
+        keys = [info.key async for info in dm.store.list(replay_base(settings, target) + "/")]
         for key in keys:
             with contextlib.suppress(ost.NotExist):
                 await dm.store.delete(key)

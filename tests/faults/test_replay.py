@@ -17,7 +17,7 @@ import pytest
 
 import ost
 from agents.inspect import materialized_states
-from agents.replay import _datamanager, replay
+from agents.replay import _datamanager, replay, replay_base
 from agents.resources import storage_url
 from agents.workload import generate
 from tests.faults.checks import FaultRow, Tally, tally_states
@@ -31,24 +31,24 @@ pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.etcd, pytest.ma
 _TOKEN = re.compile(r"(\d+)-[0-9a-f]{12}(-\d+\.sst|\.json)$")
 
 
-def _untokened(key: str, target: str) -> str:
-    return _TOKEN.sub(r"\1\2", key.removeprefix(f"replay/{target}/"))
+def _untokened(key: str, base: str) -> str:
+    return _TOKEN.sub(r"\1\2", key.removeprefix(f"{base}/"))
 
 
-async def _objects(store: ost.ObjectStorage, target: str) -> dict[str, bytes]:
+async def _objects(store: ost.ObjectStorage, base: str) -> dict[str, bytes]:
     out = {}
-    async for info in store.list(f"replay/{target}/"):
-        out[_untokened(info.key, target)] = await store.read(info.key)
+    async for info in store.list(f"{base}/"):
+        out[_untokened(info.key, base)] = await store.read(info.key)
     return out
 
 
-def _normalise(doc: object, target: str) -> object:
+def _normalise(doc: object, base: str) -> object:
     if isinstance(doc, dict):
-        return {k: _normalise(v, target) for k, v in doc.items() if k != "created_at"}
+        return {k: _normalise(v, base) for k, v in doc.items() if k != "created_at"}
     if isinstance(doc, list):
-        return [_normalise(v, target) for v in doc]
-    if isinstance(doc, str) and doc.startswith(f"replay/{target}/"):
-        return _untokened(doc, target)
+        return [_normalise(v, base) for v in doc]
+    if isinstance(doc, str) and doc.startswith(f"{base}/"):
+        return _untokened(doc, base)
     return doc
 
 
@@ -71,11 +71,16 @@ async def test_replay_twice_is_byte_identical(
     seconds = time.monotonic() - started
 
     store = ost.open_storage(storage_url(s.storage))
-    a, b = await _objects(store, "a"), await _objects(store, "b")
+    base_a, base_b = replay_base(s, "a"), replay_base(s, "b")  # under the deployment's prefix
+    a, b = await _objects(store, base_a), await _objects(store, base_b)
     data_a = {k: v for k, v in a.items() if k.endswith(".sst")}
     data_b = {k: v for k, v in b.items() if k.endswith(".sst")}
-    manifests_a = {k: _normalise(orjson.loads(v), "a") for k, v in a.items() if k.endswith(".json")}
-    manifests_b = {k: _normalise(orjson.loads(v), "b") for k, v in b.items() if k.endswith(".json")}
+    manifests_a = {
+        k: _normalise(orjson.loads(v), base_a) for k, v in a.items() if k.endswith(".json")
+    }
+    manifests_b = {
+        k: _normalise(orjson.loads(v), base_b) for k, v in b.items() if k.endswith(".json")
+    }
 
     tally = Tally()
     dm, kv = _datamanager(s, target="a")
