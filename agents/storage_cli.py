@@ -193,7 +193,12 @@ def add_storage_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         help="list keys with size and kind",
         description="List the objects under PREFIX (all when omitted): size, kind, key.",
     )
-    ls.add_argument("prefix", nargs="?", default="", help="key prefix, e.g. rundata/ or index/")
+    ls.add_argument(
+        "prefix",
+        nargs="?",
+        default="",
+        help="key prefix, e.g. runstream/rundata/ or runstream/index/ (the deployment's object prefix first)",
+    )
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     add_flags(ls)
     ls.set_defaults(func=_command(lambda s, a: _ls(s, a.prefix, a.json)))
