@@ -72,8 +72,8 @@ class RunIndex:
         self.postings: list[Postings] = [Postings()]  # index 0 unused (gid 0 = no run)
         # gid → runs of the group (its postings' length) and its greatest slot (when it has
         # runs); capacity beyond the groups held is zero.
-        self.sizes: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
-        self.lasts: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
+        self.sizes: npt.NDArray[np.uint32] = np.zeros(1, dtype=np.uint32)
+        self.lasts: npt.NDArray[np.uint32] = np.zeros(1, dtype=np.uint32)
         self.count = 0
         self.changes = 0
         self._offsets: dict[str, int] = {}
@@ -113,10 +113,10 @@ class RunIndex:
         ends = np.cumsum(np.bincount(gid, minlength=ng + 1)).tolist()
         index.postings = [Postings()]
         index.postings += [Postings(order[ends[g - 1] : ends[g]]) for g in range(1, ng + 1)]
-        sizes = np.bincount(gid, minlength=ng + 1).astype(np.int64)
+        sizes = np.bincount(gid, minlength=ng + 1).astype(np.uint32)
         sizes[0] = 0
         held = np.flatnonzero(sizes)
-        index.sizes, index.lasts = sizes, np.zeros(ng + 1, dtype=np.int64)
+        index.sizes, index.lasts = sizes, np.zeros(ng + 1, dtype=np.uint32)
         index.lasts[held] = order[np.asarray(ends, dtype=np.int64)[held] - 1]
         index.count = len(order) - ends[0]
         index._offsets = dict(offsets)
@@ -166,7 +166,7 @@ class RunIndex:
             if gid == len(self.postings):
                 self.postings.append(Postings())
             if gid >= len(self.sizes):
-                cap = max(gid + 1, 2 * len(self.sizes))
+                cap = max(gid + 1, len(self.sizes) + (len(self.sizes) >> 4) + 256)
                 self.sizes, self.lasts = _resized(self.sizes, cap), _resized(self.lasts, cap)
             self.postings[gid].insert(slot)
             self.sizes[gid] += 1

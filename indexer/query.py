@@ -251,7 +251,7 @@ def _last_runs(
     every = gids if gids is not None else index.groups.sorted_gids()
     if ok is None:  # each group's greatest slot is kept: no loop over the groups
         held = every[index.sizes[every] > 0]
-        arr = np.sort(index.lasts[held])
+        arr = np.sort(index.lasts[held]).astype(np.int64)
         arr = arr[(arr >= lo) & (arr < hi)]
         return arr[::-1] if desc else arr
     lasts: list[int] = []
