@@ -133,7 +133,10 @@ class Stack:
     async def wait_for_dump(self, *, within: float = 40.0) -> bool:
         """Wait (bounded) until an index dump exists, so that the index check starts from a dump
         plus a tail as a worker does; False if none came (the check then replays the whole log)."""
-        store = DumpStore(await self.resources.store(), prefix=keys.index_prefix(self.resources.settings.etcd_prefix))
+        store = DumpStore(
+            await self.resources.store(),
+            prefix=keys.index_prefix(self.resources.settings.etcd_prefix),
+        )
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
