@@ -257,14 +257,17 @@ class RunService:
         return outcome.state
 
     async def _keep_number(self, key: str, root: str, number: int, run_id: str) -> None:
-        """Bind ``number`` to ``key`` for the retry; given back when another is bound."""
-        records = self.deps.creation_keys
+        """Bind ``number`` to ``key`` for the retry (the outcome is unknown: the event may still
+        be applied with it). When another try bound one first, ``number`` is voided, never
+        given back: it may be the run's."""
+        records, counters = self.deps.creation_keys, self.deps.counters
         try:
             if records is not None and await records.bind_number(key, number):
                 return
+            if counters is not None:
+                await counters.void(root, number, run_id=run_id, reason="outcome unknown")
         except Exception:
-            return  # etcd failed too: the number stays taken (a gap), the retry takes another
-        await self._give_back(root, number, run_id, "another number is bound to the key")
+            return  # etcd failed too: the number stays taken (a gap), never handed out again
 
     async def _give_back(self, root: str, number: int | None, run_id: str, reason: str) -> None:
         counters = self.deps.counters
