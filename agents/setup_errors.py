@@ -204,7 +204,10 @@ class CreationKeys:
     (``api.service.creation_digest``), in one create-only etcd key written *before* the run's
     event is appended, so a retry — after a 503, a crash, on another worker — finds the run id
     instead of allocating one. A second create-only key (``keys.request_number_key``) binds the
-    run number the same way. Setup-error reports use it too, without a digest.
+    run number the same way: before the append for a request of ``runs.requests``; over HTTP
+    only when a try's outcome is unknown (``api.service``), so that a creation that is answered
+    costs one etcd transaction more than one without a key. Setup-error reports use it too,
+    without a digest.
 
     Value: ``b"<run id> <digest>"`` (a record written before digests were kept: ``b"<run id>"``,
     matched by any body). Retention: the keys carry an etcd lease of at least ``retention``
