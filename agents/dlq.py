@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from tqdm import tqdm
 
 from agents.config import Settings
@@ -473,7 +474,7 @@ class DeadLetterTopic:
         try:
             async for r in read(self.settings, _selection(selection)):
                 pages.add(sort_key(r.timestamp_ms, r.partition, r.offset), _summary(r))
-        except Exception as exc:  # Kafka did not answer: the client retries
+        except _KAFKA_TROUBLE as exc:  # Kafka did not answer: the client retries
             raise _unavailable(exc) from exc
         return pages.page()
 
@@ -482,7 +483,7 @@ class DeadLetterTopic:
             r = await find(self.settings, partition, offset)
         except LookupError:
             return None
-        except Exception as exc:
+        except _KAFKA_TROUBLE as exc:
             raise _unavailable(exc) from exc
         events, error = decoded(r, max_event_bytes=self.settings.max_event_bytes)
         return DeadLetter(
@@ -519,7 +520,7 @@ class DeadLetterTopic:
             report = await redrive(
                 self.settings, _selection(selection), dry_run=dry_run, progress=False, on_plan=note
             )
-        except Exception as exc:
+        except _KAFKA_TROUBLE as exc:
             raise _unavailable(exc) from exc
         return RedriveResult(
             dry_run=dry_run,
@@ -529,6 +530,10 @@ class DeadLetterTopic:
             items=items,
             items_truncated=seen > len(items),
         )
+
+
+#: What a read or a send of the dead-letter topic raises when Kafka does not answer (503).
+_KAFKA_TROUBLE = (KafkaError, OSError, TimeoutError)
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
