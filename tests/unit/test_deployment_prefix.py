@@ -131,3 +131,29 @@ def test_the_text_format_shows_extras_reason_first_and_quotes() -> None:
     record.__dict__.update({"run_id": "0001", "reason": "run is final", "code": "final", "n": 3})
     line = TextFormatter().format(record)
     assert line.endswith('refused reason="run is final" code=final n=3 run_id=0001')
+
+
+async def test_an_upgraded_worker_still_reads_the_checkpoints_written_at_the_root(
+    tmp_path: Path,
+) -> None:
+    """Before issue 21 the data lived under ``rundata`` at the root; the pointer names the
+    manifest by its full key, so the deployment's new base reads it, checkpoints on top of it
+    under the prefix, and its garbage collection never touches the old files still named."""
+    kv = MemoryKv()
+    store = ost.open_storage(f"file://{tmp_path}")
+    old = DataManager(store, kv, base="rundata", gc_grace=0.0)
+    writer = await old.open_partition("runs.events-0", claim=True)
+    await writer.checkpoint(puts={"run": {"a": b"1", "b": b"2"}}, deletes={}, offsets={"t/0": 5})
+    new = DataManager(store, kv, base=rundata_base("/runstream/"), gc_grace=0.0, keep_manifests=1)
+    upgraded = await new.open_partition("runs.events-0", claim=True)
+    assert upgraded.manifest.offsets == {"t/0": 5}
+    assert await upgraded.get("run", "a") == b"1"
+    for i in range(3):
+        await upgraded.checkpoint(puts={"run": {"c": b"%d" % i}}, deletes={}, offsets={"t/0": 6 + i})  # fmt: skip
+        await new.collect_garbage("runs.events-0", now=1e12)
+    again = await DataManager(store, kv, base=rundata_base("/runstream/")).read_partition("runs.events-0")  # fmt: skip
+    assert await again.get("run", "a") == b"1"
+    assert await again.get("run", "c") == b"2"
+    _, key, _ = await new.current("runs.events-0")
+    assert key is not None
+    assert key.startswith("runstream/rundata/runs.events-0/manifests/")
