@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -203,3 +204,16 @@ def etcd_prefix(unique: str) -> str:
 def kafka_topic(unique: str) -> str:
     """A unique topic name for one test (auto-created, or create it with the partitions you need)."""
     return f"test.{unique}"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process (``agents.cli.main``) sets up logging on the stderr of that
+    moment, often a capture that is closed once the test ends: put the root logger back after
+    every test, so that no later test logs into a closed stream ("I/O operation on closed
+    file" on its stderr)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
