@@ -197,6 +197,11 @@ class _Ids(Protocol):
 LEASE_SHARE = 24
 
 
+#: Create-only puts in one group-committed etcd transaction at most (etcd's --max-txn-ops is 128
+#: by default).
+MAX_BATCH = 64
+
+
 class CreationKeys:
     """The one record per creation key, for ``runs.requests`` and ``POST /runs`` alike: a
     request id, or an ``Idempotency-Key`` (the same name space: ``keys.run_request_key``), maps
@@ -229,6 +234,7 @@ class CreationKeys:
         self._clock = clock
         self._lease: tuple[int, float] | None = None  # (lease id, used until)
         self._lease_lock = asyncio.Lock()
+        self._batch: _CreateBatch | None = None
 
     # --------------------------------------------------------------- api.ports.CreationKeys
     async def lookup_key(self, key: str) -> KeyRecord | None:
@@ -249,13 +255,22 @@ class CreationKeys:
         return await self.number(keys.run_request_key(key), root, run_id)
 
     async def _create_only(self, kv: Kv, etcd_key: str, value: str) -> bool:
-        """Put ``value`` at ``etcd_key`` unless it exists, under the shared lease."""
+        """Put ``value`` at ``etcd_key`` unless it exists, under the shared lease.
+
+        Group-committed: every etcd write is a raft proposal and a disk sync, so the
+        create-only puts of concurrent creations go as one transaction (:class:`_CreateBatch`),
+        while one is in flight; a lone one goes at once, as a single put."""
+        batch = self._batch
+        if batch is None or batch.kv is not kv:
+            batch = self._batch = _CreateBatch(kv, self._create_one)
+        return await batch.put(etcd_key, value.encode(), await self._lease_id(kv))
+
+    async def _create_one(self, kv: Kv, etcd_key: str, value: bytes) -> bool:
+        """One create-only put under the shared lease (a new lease if it was gone)."""
         for _ in range(3):
             lease = await self._lease_id(kv)
             try:
-                made = await kv.compare_and_swap(
-                    etcd_key, value.encode(), mod_revision=None, lease=lease
-                )
+                made = await kv.compare_and_swap(etcd_key, value, mod_revision=None, lease=lease)
             except DataManagerError:
                 if lease == 0:
                     raise
@@ -327,6 +342,69 @@ class CreationKeys:
             lease = await kv.grant_lease(math.ceil(self.retention + share))
             self._lease = (lease, self._clock() + share)
             return lease
+
+
+#: A queued create-only put: etcd key, value, lease, the caller's answer.
+_Put = tuple[str, bytes, int, "asyncio.Future[bool]"]
+
+
+class _CreateBatch:
+    """Create-only etcd puts of concurrent callers, committed together (group commit).
+
+    A put that finds nothing in flight is sent at once; puts that come while a transaction is
+    in flight wait for it and then go as one transaction of all of them
+    (``Kv.create_all``, at most :data:`MAX_BATCH`, distinct keys). When that transaction fails
+    (one of its keys exists: a retried key), each put of the batch is tried alone, so every
+    caller gets its own answer. Puts carry the lease of the batch's first put."""
+
+    def __init__(self, kv: Kv, one: Callable[[Kv, str, bytes], Awaitable[bool]]) -> None:
+        self.kv = kv
+        self._one = one
+        self._queue: list[_Put] = []
+        self._running = False
+        self._task: asyncio.Future[None] | None = None
+
+    async def put(self, etcd_key: str, value: bytes, lease: int) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((etcd_key, value, lease, fut))
+        if not self._running:
+            self._running = True
+            self._task = asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch: list[_Put] = []
+                rest: list[_Put] = []
+                seen: set[str] = set()
+                for item in self._queue:
+                    if item[0] in seen or item[2] != self._queue[0][2] or len(batch) >= MAX_BATCH:
+                        rest.append(item)  # the same key twice, another lease: the next batch
+                    else:
+                        seen.add(item[0])
+                        batch.append(item)
+                self._queue = rest
+                await self._commit(batch)
+        finally:
+            self._running = False
+
+    async def _commit(self, batch: list[_Put]) -> None:
+        try:
+            if len(batch) > 1 and await self.kv.create_all(
+                [(k, v) for k, v, _, _ in batch], lease=batch[0][2]
+            ):
+                results = [True] * len(batch)
+            else:  # alone, or one key existed: each on its own
+                results = [await self._one(self.kv, k, v) for k, v, _, _ in batch]
+        except Exception as exc:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (*_, fut), ok in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(ok)
 
 
 def _record(value: bytes) -> KeyRecord:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import aetcd
@@ -92,6 +92,15 @@ class EtcdKv:
         if not ok:
             return None
         return int(responses[0].response_put.header.revision)
+
+    @_translated
+    async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0) -> bool:
+        keys = [self._key(k) for k, _ in items]
+        puts = [txn.Put(self._key(k), v, lease=lease or None) for k, v in items]
+        ok, _ = await self._client.transaction(
+            compare=[txn.Create(k) == 0 for k in keys], success=puts, failure=[]
+        )
+        return bool(ok)
 
     @_translated
     async def compare_and_delete(self, key: str, *, mod_revision: int) -> bool:

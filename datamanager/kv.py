@@ -6,6 +6,7 @@ Keys are ``str`` relative to the adapter's prefix; values are bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +55,12 @@ class Kv(Protocol):
 
     async def compare_and_delete(self, key: str, *, mod_revision: int) -> bool:
         """Delete ``key`` only if its mod revision is ``mod_revision``. True when deleted."""
+        ...
+
+    async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0) -> bool:
+        """Put every ``(key, value)`` of ``items`` (distinct keys) in one transaction, only if
+        none of the keys exists: True when all were written, False (nothing written) when one
+        existed. One write to the store for many create-only puts (group commit)."""
         ...
 
     async def grant_lease(self, ttl: int) -> int:

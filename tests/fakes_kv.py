@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from datamanager import KvValue
 
@@ -48,6 +49,14 @@ class MemoryKv:
         if cur is not None and cur.mod_revision != mod_revision:
             return None
         return self._put(key, value)
+
+    async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0) -> bool:
+        await asyncio.sleep(0)
+        if any(k in self.data for k, _ in items):
+            return False
+        for k, v in items:
+            self._put(k, v)
+        return True
 
     async def compare_and_delete(self, key: str, *, mod_revision: int) -> bool:
         cur = self.data.get(key)

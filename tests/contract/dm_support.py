@@ -5,7 +5,7 @@ Test modules import the fixtures they use from here."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,6 +71,9 @@ class FlakyKv:
         if applied:
             await self.inner.compare_and_swap(key, value, mod_revision=mod_revision, lease=lease)
         raise EtcdUnavailable("injected: connection lost during the swap")
+
+    async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0) -> bool:
+        return await self.inner.create_all(items, lease=lease)
 
     async def get(self, key: str) -> KvValue | None:
         return await self.inner.get(key)

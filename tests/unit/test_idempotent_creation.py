@@ -215,3 +215,50 @@ async def test_runs_requests_refuses_a_request_id_used_for_another_run() -> None
     assert "'ci-1'" in replies[2].reason
     assert {e.run_id for e in out.events} == {replies[0].run_id}
     assert {e.data.counter for e in out.events} == {1}  # type: ignore[union-attr]
+
+
+class CountingKv(MemoryKv):
+    """``MemoryKv`` counting its writes: single create-only puts and group commits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.singles = 0
+        self.groups: list[int] = []
+
+    async def compare_and_swap(
+        self, key: str, value: bytes, *, mod_revision: int | None, lease: int = 0
+    ) -> int | None:
+        self.singles += 1
+        return await super().compare_and_swap(key, value, mod_revision=mod_revision, lease=lease)
+
+    async def create_all(self, items: Any, *, lease: int = 0) -> bool:
+        self.groups.append(len(items))
+        return await super().create_all(items, lease=lease)
+
+
+def _keys_over(kv: MemoryKv) -> CreationKeys:
+    async def get_kv() -> MemoryKv:
+        return kv
+
+    return CreationKeys(get_kv, SimpleNamespace(), SimpleNamespace(), retention=0.0)  # type: ignore[arg-type]
+
+
+async def test_concurrent_claims_are_group_committed_and_each_gets_its_own_answer() -> None:
+    kv = CountingKv()
+    records = _keys_over(kv)
+    await kv.put(keys.run_request_key("taken"), b"7 d")
+    names = ["k0", "k1", "taken", "k2", "k1"]  # one recorded already, one sent twice at once
+    got = await asyncio.gather(*(records.claim_key(n, 100 + i, "d") for i, n in enumerate(names)))
+    assert got == [True, True, False, True, False]
+    assert sum(kv.groups) + kv.singles >= len(names)
+    assert max(kv.groups, default=0) >= 2  # concurrent puts went together
+    # Every record holds what its first claim wrote.
+    for n, run_id in (("k0", 100), ("k1", 101), ("k2", 103)):
+        assert (await records.lookup_key(n)).run_id == run_id  # type: ignore[union-attr]
+    assert (await records.lookup_key("taken")).run_id == 7  # type: ignore[union-attr]
+
+
+async def test_a_lone_claim_is_one_put() -> None:
+    kv = CountingKv()
+    assert await _keys_over(kv).claim_key("alone", 5, "d")
+    assert (kv.singles, kv.groups) == (1, [])
