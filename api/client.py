@@ -107,12 +107,17 @@ class AsyncClient:
         static_environment: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         setup_errors: Sequence[str | Mapping[str, Any]] = (),
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """``{"run", "run_config", "seq"}`` of the new run."""
+        """``{"run", "run_config", "seq"}`` of the new run. ``idempotency_key``: the same run
+        however often the creation is sent (a webhook's delivery id, say); without one the
+        client makes a key per call, so its own retries after a 503 never make a second run."""
         call = Calls.create(
             group=group, name=name, tasks=tasks, environment=environment,
             static_environment=static_environment, annotations=annotations, setup_errors=setup_errors,
         )  # fmt: skip
+        if idempotency_key is not None:
+            call = Call(call.method, call.path, call.params, call.body, {"Idempotency-Key": idempotency_key})  # fmt: skip
         result: dict[str, Any] = await self._do(call)
         return result
 

@@ -3,6 +3,7 @@ parser (``api.client.AsyncClient`` does the I/O; ``Client`` runs it)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,10 +47,18 @@ def retry_delay(attempt: int, retry_after: str | None) -> float:
     return delay
 
 
+#: The POSTs that honour ``Idempotency-Key``: creation and recreation, and a task's claim.
+_KEYED_POSTS = re.compile(r"/api/v1/runs(?:/[^/]+/tasks/[^/]+/claim)?")
+
+
 def with_retry_key(call: Call) -> Call:
-    """``call`` with an ``Idempotency-Key`` when it is an action without one: a retried action is
-    then the same event, applied at most once however often it is sent."""
-    if call.method != "PUT" or (call.headers and "Idempotency-Key" in call.headers):
+    """``call`` with an ``Idempotency-Key`` when it is a write that honours one and has none (an
+    action, a creation, a claim): a retry (after a 503, whose outcome is unknown) is then the
+    same request, applied at most once however often it is sent — a retried creation never makes
+    a second run."""
+    if call.headers and "Idempotency-Key" in call.headers:
+        return call
+    if call.method != "PUT" and not (call.method == "POST" and _KEYED_POSTS.fullmatch(call.path)):
         return call
     headers = dict(call.headers or {})
     headers["Idempotency-Key"] = f"client.{uuid.uuid4().hex}"

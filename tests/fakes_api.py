@@ -27,7 +27,7 @@ from api import (
     Written,
 )
 from api.history import HistoryEntry, Outcome
-from api.ports import OwnedStuck
+from api.ports import KeyRecord, OwnedStuck
 from api.views import ExecutorSeen, StuckRun
 from events import Applied, Event, EventType, Heartbeat, RunState, apply, encode
 from indexer import RunIndex
@@ -202,12 +202,37 @@ class FakeExecutors:
 
 
 @dataclass
+class FakeCreationKeys:
+    """``api.ports.CreationKeys`` in memory: one record per key, made once (the fakes keep no
+    run numbers, so none is bound)."""
+
+    records: dict[str, KeyRecord] = field(default_factory=dict)
+
+    async def lookup_key(self, key: str) -> KeyRecord | None:
+        got = self.records.get(key)
+        return None if got is None else KeyRecord(run_id=got.run_id, digest=got.digest, fresh=False)  # fmt: skip
+
+    async def claim_key(self, key: str, run_id: int, digest: str) -> bool:
+        if key in self.records:
+            return False
+        self.records[key] = KeyRecord(run_id=run_id, digest=digest, fresh=True)
+        return True
+
+    async def bind_number(self, key: str, number: int) -> bool:
+        return True
+
+    async def number_for_key(self, key: str, root: str, run_id: str) -> int:
+        return 0
+
+
+@dataclass
 class Fakes:
     owners: FakeOwners = field(default_factory=FakeOwners)
     ids: FakeIds = field(default_factory=FakeIds)
     index: RunIndex = field(default_factory=RunIndex)
     feed: FakeFeed = field(default_factory=FakeFeed)
     executors: FakeExecutors = field(default_factory=FakeExecutors)
+    creation_keys: FakeCreationKeys = field(default_factory=FakeCreationKeys)
     dead_letters: FakeDeadLetters = field(
         default_factory=lambda: FakeDeadLetters.with_records(dead_letter(0, 0), dead_letter(1, 3))
     )
@@ -229,6 +254,7 @@ class Fakes:
             clock=lambda: self.now if self.now is not None else int(time.time() * 1000),
             executors=self.executors,
             dead_letters=self.dead_letters,
+            creation_keys=self.creation_keys,
         )
 
     def materialize(self) -> None:

@@ -303,3 +303,20 @@ async def test_client_retry_with_an_idempotency_key_is_applied_once(kind: str) -
         assert len(starts) == 1
         with pytest.raises(BadRequest, match="only a queued run starts"):
             await c.start(run_id, idempotency_key="attempt-2")
+
+
+async def test_a_creation_with_the_same_idempotency_key_is_one_run() -> None:
+    """The client's ``idempotency_key``: sent twice, the same run (and a key the caller did not
+    give is made per call: two calls without one are two runs)."""
+    from tests.fakes_api import Fakes
+    from tests.unit.test_api_relay import free_port, worker
+    from tests.unit.test_api_support import new_run
+
+    fakes = Fakes()
+    async with worker(fakes, free_port()) as url, AsyncClient(url) as c:
+        first = await c.create_run(**new_run(), idempotency_key="hook-1")
+        again = await c.create_run(**new_run(), idempotency_key="hook-1")
+        other = await c.create_run(**new_run())
+    assert first["run"]["id"] == again["run"]["id"]
+    assert other["run"]["id"] != first["run"]["id"]
+    assert set(fakes.creation_keys.records) >= {"hook-1"}

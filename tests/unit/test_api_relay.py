@@ -207,8 +207,11 @@ async def test_the_client_retries_503_then_succeeds() -> None:
 
         settling = asyncio.ensure_future(settle())
         async with AsyncClient(url) as c:
-            created = await c.create_run(**new_run())  # retried: id 1 had no owner, id 2 had
-            assert created["run"]["id"] == "0000000000000002"
+            # Retried with the Idempotency-Key the client adds: the key's record keeps id 1, so
+            # the retry creates that run once its owner settles, never a second one.
+            created = await c.create_run(**new_run())
+            assert created["run"]["id"] == "0000000000000001"
+            assert len(fakes.creation_keys.records) == 1
             await settling
             run_id = created["run"]["id"]
             # Actions carry an Idempotency-Key, so a retried action is applied once.
