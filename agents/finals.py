@@ -1,5 +1,5 @@
-"""A compact set of the ids of runs in a final phase, per partition (DESIGN.md, "Only active runs
-live in memory").
+"""A compact set of the ids of runs in a final phase, per partition (docs/design.md, "How an
+event travels", step 4: only active runs live in memory).
 
 Finished runs leave the materializer's memory; this set is what lets it refuse a late event or a
 second ``run.created`` for one of them without reading the data files. It is a sorted ``int64``

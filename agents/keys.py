@@ -1,4 +1,5 @@
-"""Every etcd key and object key prefix the agents use, built in one place (STYLE.md point 7).
+"""Every etcd key and object key prefix the agents use, built in one place (zero-padded, so text
+order is numeric order).
 
 etcd keys are relative to the ``Settings.etcd_prefix`` that ``EtcdKv`` prepends. Every object key
 a deployment writes lives under its own prefix, :func:`object_prefix` of that same etcd prefix

@@ -1,6 +1,6 @@
 """The materializer of one partition of ``runs.events``: records in, run state and phase changes out.
 
-No Faust here (STYLE.md point 5): ``agents.owner.PartitionOwner`` feeds records to
+No Faust here (the wiring only wires): ``agents.owner.PartitionOwner`` feeds records to
 :meth:`PartitionMaterializer.apply_record` and writes checkpoints with :meth:`prepare` /
 :meth:`commit` / :meth:`restore`; tests call them directly.
 

@@ -1,6 +1,6 @@
 """The owner of one partition of ``runs.events``: everything a worker holds for it, no Faust.
 
-One object per owned partition (STYLE.md point 5), from its assignment to its revocation:
+One object per owned partition (pure core, thin edges: no Faust here), from its assignment to its revocation:
 
 * the :class:`~agents.materializer.PartitionMaterializer` (the state of the partition's runs);
 * the records applied since the last checkpoint, acknowledged (so that Kafka may commit their

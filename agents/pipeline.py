@@ -1,6 +1,6 @@
 """The materializer agent: Faust wiring around one ``PartitionOwner`` per owned partition.
 
-No business logic here (STYLE.md point 5): the owner (``agents.owner``) applies records, holds
+No business logic here: the owner (``agents.owner``) applies records, holds
 them until a checkpoint covers them, sends phase changes and dead letters, and runs the checkpoint
 rules. This module registers the Faust agent (records → ``owner.handle``), the assignment hooks
 (create / close owners), the timer (checkpoints and garbage collection), and adapts Faust's

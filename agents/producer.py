@@ -1,4 +1,5 @@
-"""The producer API other services use to append run events (DESIGN.md, "Commits on the wire").
+"""The producer API other services use to append run events (docs/design.md, "How an event
+travels", step 1: commits).
 
 ``EventProducer.append(events)`` returns once every event is acknowledged by all in-sync
 replicas (``acks=all``, idempotent producer). Concurrent appends are grouped per partition into

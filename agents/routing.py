@@ -1,4 +1,5 @@
-"""Who decides a run: the ``api.ports.Owners`` of a worker (DESIGN.md, "The owner decides").
+"""Who decides a run: the ``api.ports.Owners`` of a worker (docs/design.md, "The API: the owner
+decides, any worker relays").
 
 Ownership comes from Faust's partition assignor, not a registry of our own: every member puts its
 ``canonical_url`` (this worker's API URL, ``agents.app.self_url``) into the group metadata, and the

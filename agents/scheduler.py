@@ -1,6 +1,7 @@
 """The scheduler: starts the oldest queued run of a group while fewer than N of its runs run.
 
-Agola's scheduler, made safe for many workers (DESIGN.md, "Queued runs start by policy").
+Agola's scheduler, made safe for many workers (docs/design.md, "What a run is": queued runs start
+by policy).
 
 Who schedules a group. A *group* is a run's full group path (``/project/p/branch/feature`` and
 ``/project/p/branch/feature02`` are two groups, and neither contains the other). Group ``g`` is
@@ -23,7 +24,7 @@ is then sent again with the same event id (``sched.<run id>.start``), which the 
 ignores as a duplicate. That id also makes a start issued twice across restarts and rebalances
 (crash after the swap, before or after the send) one start.
 
-Pure core, thin edge (STYLE.md point 5): :func:`plan` decides from a :class:`GroupView`;
+Pure core, thin edge: :func:`plan` decides from a :class:`GroupView`;
 :class:`Scheduler` reads the views (index + etcd), swaps the slots, sends the starts.
 """
 

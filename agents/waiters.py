@@ -1,5 +1,5 @@
-"""Writes waiting for their apply: what the HTTP API awaits before it answers (DESIGN.md, "A 2xx
-is the truth").
+"""Writes waiting for their apply: what the HTTP API awaits before it answers (docs/design.md,
+"The API: the owner decides, any worker relays": a 2xx is the truth).
 
 A request registers the ids of the events it is about to append (:meth:`Waiters.expect`), appends
 them, and awaits the futures. The partition's materializer resolves a future when the reducer has

@@ -1,4 +1,4 @@
-"""``create_api``: the aiohttp application of the HTTP API (DESIGN.md, "The HTTP API conventions")."""
+"""``create_api``: the aiohttp application of the HTTP API (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one place errors become responses, plus authentication (tokens and their scopes, the
 workers' signed hop), the body limit and metrics.
 
-Mapping (DESIGN.md, "The HTTP API conventions"): ``api.errors.ApiError`` → its status;
+Mapping (docs/api.md, the error conventions): ``api.errors.ApiError`` → its status;
 ``events.BadRequest`` (including ``CannotRecreate``) and ``indexer.QueryError`` → 400; aiohttp's
 own HTTP errors (unknown route 404, wrong method 405, body too large 413) keep their status;
 anything else → 500 ``internal server error``, with the traceback only in the log. Every error

@@ -3,7 +3,7 @@
 ``api/`` may not import ``agents/`` (import-linter), so the agents wire real implementations of
 these ports into :class:`ApiDeps`; ``tests/fakes_api.py`` has in-memory ones.
 
-The owner decides (DESIGN.md, "The HTTP API: the owner decides, any worker relays"): every
+The owner decides (docs/design.md, "The API: the owner decides, any worker relays"): every
 request about one run is answered by the worker that owns the run's partition of ``runs.events``.
 :meth:`Owners.route` says where that is; :meth:`Owners.read` and :meth:`Owners.write` work only
 for a run whose partition this process owns and serves.

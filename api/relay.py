@@ -1,6 +1,7 @@
 """The hop to a run's owner: any worker relays a request about a run to the worker that owns the
 run's partition, and passes the owner's answer back unchanged (status, ``ETag``, ``Location``,
-``Retry-After`` and the JSON body) — the gateway rule of DESIGN.md.
+``Retry-After`` and the JSON body) — the gateway rule of docs/design.md ("The API: the owner
+decides, any worker relays").
 
 A relayed request carries ``RELAY_HEADER``; a worker that receives a relayed request for a run it
 does not own answers 503 itself instead of relaying again, so a stale ownership map ends in one

@@ -178,7 +178,7 @@ class RunService:
         *,
         seen: bool = False,
     ) -> RunState:
-        """Run ``run_id`` made from run ``req.run_id`` (DESIGN.md's recreation rules); the old
+        """Run ``run_id`` made from run ``req.run_id`` (the recreation rules of ``events.recreate``); the old
         run is read through ``read_any`` from its own owner."""
         if key is not None and seen:
             state = await self.deps.owners.read(run_id)

@@ -4,7 +4,7 @@
    emit → checkpoint), beside a bare aiokafka consumer reading the same topic and beside Faust's
    own ceiling: a Faust agent in a process of its own that consumes the same topic as the
    materializer does (``noack_take``) and only acks (the figure a foreign producer's one event
-   per record is held to, DESIGN.md).
+   per record is held to, docs/design.md).
 2. Object writes per 1,000 events at that load.
 3. Cold replay from the log (``runstream replay``), beside the same bare consumer.
 4. Warm restart of a worker whose partitions hold ``--warm-runs`` runs (default 1,000,000): time

@@ -228,7 +228,7 @@ class PartitionWriter:
             token = uuid.uuid4().hex[:12]
             files = dict(self.manifest.files)
             all_offsets = {**self.manifest.offsets, **offsets}
-            # Every data file names the checkpoint and the log offsets it covers (DESIGN.md).
+            # Every data file names the checkpoint and the log offsets it covers (docs/datafile-format.md).
             meta = {"partition": self.partition, "seq": seq, "offsets": all_offsets}
             for datatype, dt_changes in sorted(changes.items()):
                 keys.check_name("datatype", datatype)

@@ -1,4 +1,5 @@
-"""Monotonic id allocation on etcd, leased in blocks (DESIGN.md, "Run ids are monotonic").
+"""Monotonic id allocation on etcd, leased in blocks (docs/design.md, "What a run is":
+monotonic, fixed-width ids).
 
 The etcd key holds the next free id as decimal text. A process takes a block of ``block`` ids
 with one compare-and-swap (``next_free -> next_free + block``) and hands them out locally, so

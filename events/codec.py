@@ -4,8 +4,8 @@ Wire forms:
 
 * an event is the envelope ``{"type", "version", "id", "run_id", "at", "data"}`` (exactly these
   keys; ``at`` is integer ms since the epoch, UTC; ``run_id`` the 16-digit form);
-* a *commit* (several events appended together in one Kafka record, DESIGN.md "Commits on the
-  wire") is a JSON array of envelopes. ``decode_record`` accepts either form; a commit with any
+* a *commit* (several events appended together in one Kafka record, docs/events.md "Commits:
+  several events in one record") is a JSON array of envelopes. ``decode_record`` accepts either form; a commit with any
   bad event is rejected whole.
 
 Decoding validates and builds the typed events in one pass, from the Structs of

@@ -1,6 +1,6 @@
 """Session fixtures for the real services, and per-test unique names.
 
-Each service fixture prefers, in order (DESIGN.md, "Real services"):
+Each service fixture prefers, in order (README, "The local stack"):
   1. a URL from the environment (RUNSTREAM_TEST_KAFKA / RUNSTREAM_TEST_ETCD / RUNSTREAM_TEST_S3,
      falling back to the RUNSTREAM_* variables that ``deploy/local env`` prints);
   2. testcontainers, when a Docker daemon answers;
