@@ -16,6 +16,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "CursorExpired",
+    "Forbidden",
     "Gone",
     "InvalidCursor",
     "NotFound",
@@ -67,6 +68,13 @@ class Unauthorized(ApiError):
     """401: a write without the configured API token."""
 
     default_status = 401
+
+
+class Forbidden(ApiError):
+    """403: a token without the scope the route needs (the message names it; docs/api.md,
+    "Tokens and scopes")."""
+
+    default_status = 403
 
 
 class NotFound(ApiError):
@@ -134,6 +142,7 @@ class Unreachable(ApiError):
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     410: Gone,

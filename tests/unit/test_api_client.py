@@ -320,3 +320,13 @@ async def test_a_creation_with_the_same_idempotency_key_is_one_run() -> None:
     assert first["run"]["id"] == again["run"]["id"]
     assert other["run"]["id"] != first["run"]["id"]
     assert set(fakes.creation_keys.records) >= {"hook-1"}
+
+
+def test_a_403_is_a_forbidden_error_with_the_servers_message() -> None:
+    from api import Forbidden
+    from api.wire import error_from_response
+
+    err = error_from_response(403, b'{"message": "POST /api/v1/runs needs the \'write\' scope"}')
+    assert isinstance(err, Forbidden)
+    assert (err.status, err.message) == (403, "POST /api/v1/runs needs the 'write' scope")
+    assert not err.retriable
