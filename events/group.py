@@ -148,17 +148,26 @@ def validate_group(path: str) -> str:
     raise BadRequest(_problem(path))
 
 
-def _problem(path: str) -> str:
-    """What is wrong with ``path``, which does not match :data:`GROUP_PATTERN`."""
-    shown = repr(path[:100])
+def _text_problem(path: str, empty: str) -> str | None:
+    """What is wrong with ``path`` as text (empty, relative, too long, a control character), the
+    checks group paths and listing prefixes share; ``None`` when nothing is."""
     if not path:
-        return "group is empty"
+        return empty
     if not path.startswith("/"):
-        return f"group {shown} is not an absolute path"
+        return f"group {path[:100]!r} is not an absolute path"
     if len(path) > MAX_GROUP_LENGTH:
         return f"group of {len(path)} characters is above {MAX_GROUP_LENGTH}"
     if _CONTROL.search(path) is not None:
-        return f"group {shown} has a control character"
+        return f"group {path[:100]!r} has a control character"
+    return None
+
+
+def _problem(path: str) -> str:
+    """What is wrong with ``path``, which does not match :data:`GROUP_PATTERN`."""
+    shown = repr(path[:100])
+    text = _text_problem(path, "group is empty")
+    if text is not None:
+        return text
     elems = path[1:].split("/")
     if len(elems) % 2:
         return f"group {shown} must be /<type>/<name> pairs"
@@ -184,14 +193,9 @@ def validate_group_prefix(prefix: str) -> str:
 def _prefix_problem(prefix: str) -> str:
     """What is wrong with ``prefix``, which does not match :data:`GROUP_PREFIX_PATTERN`."""
     shown = repr(prefix[:100])
-    if not prefix:
-        return "group is empty (want / for every run)"
-    if not prefix.startswith("/"):
-        return f"group {shown} is not an absolute path"
-    if len(prefix) > MAX_GROUP_LENGTH:
-        return f"group of {len(prefix)} characters is above {MAX_GROUP_LENGTH}"
-    if _CONTROL.search(prefix) is not None:
-        return f"group {shown} has a control character"
+    text = _text_problem(prefix, "group is empty (want / for every run)")
+    if text is not None:
+        return text
     elems = prefix[1:].split("/")
     if elems[-1] == "":
         elems.pop()  # one trailing "/" is allowed
