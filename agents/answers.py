@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import msgspec
 
 from agents import kafka
-from agents.admission import refusal_code
 from agents.config import Settings
-from agents.producer import partition_for
 from api.client import AsyncClient
 from api.errors import ApiError
 from events import EventType
 from events.requests import Refusal
+from partition.admission import refusal_code
+from partition.placement import partition_for
 
 __all__ = ["Answer", "await_answer"]
 

@@ -25,7 +25,7 @@ log = logging.getLogger("runstream.app")
 #: waited ~1.5 s for its apply (bench/bench_api.py: bursts of 1.41-1.52 s applies, p99 of a
 #: creation 1.5-1.7 s in about half the phases). 50 ms bounds that wait; an idle worker sends
 #: 20 empty fetches a second for it. (Short waits once made a partition taken over before its
-#: first commit never catch up: the owner now seeks to its checkpoint, see agents.owner.load.)
+#: first commit never catch up: the owner now seeks to its checkpoint, see partition.owner.load.)
 FETCH_MAX_WAIT_MS = 50
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import Settings
-from agents.outbox import DEAD_LETTER_HEADERS
 from events.catalogue import EVENT_TYPES
 from events.documents import components, dumps, json_schemas, wire_types
+from partition.outbox import DEAD_LETTER_HEADERS
 
 __all__ = ["CHANNELS", "asyncapi_document", "main", "write_documents"]
 

@@ -342,7 +342,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     async def send() -> tuple[dict[int, int], int]:
         from agents import kafka
-        from agents.producer import partition_for
+        from partition.placement import partition_for
 
         # Where the answers' partitions end now: an answer to this event comes after; and where
         # the run's partition of the events topic ends: this append lands at or after it.

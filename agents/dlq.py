@@ -29,8 +29,6 @@ from tqdm import tqdm
 
 from agents.config import Settings
 from agents.kafka import Record, bare_consumer, log_bounds, partitions_of, read_range
-from agents.materializer import key_partition
-from agents.producer import partition_for
 from api.dlq import (
     MAX_ITEMS,
     DeadLetter,
@@ -48,6 +46,7 @@ from api.dlq import (
 from api.errors import Unavailable
 from events.codec import decode_record, encode
 from events.errors import DecodeError
+from partition.placement import key_partition, partition_for
 
 __all__ = [
     "ROUTING_REASONS",
@@ -70,7 +69,7 @@ __all__ = [
 
 _HEADER_PREFIX = "runstream-"
 #: Reasons of records refused for where they were, not for what they hold: redrive sends them to
-#: the partition of their run (agents.materializer: route_check, _misrouted).
+#: the partition of their run (partition.materializer: route_check, _misrouted).
 ROUTING_REASONS = frozenset({"misrouted", "wrong_partition", "no_key"})
 
 

@@ -30,9 +30,9 @@ from prometheus_client import Gauge
 
 from agents.indexing import source_key
 from agents.kafka import bare_consumer, partitions_of
-from agents.owner import PartitionOwner
 from agents.resources import topic_warnings
 from datamanager import MissingManifest
+from partition.owner import PartitionOwner
 
 __all__ = [
     "CONSUMER_LAG_RECORDS",

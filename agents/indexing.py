@@ -25,7 +25,6 @@ import ost
 from agents import keys, metrics
 from agents.config import Settings
 from agents.kafka import assign_at, bare_consumer, end_offsets
-from agents.materializer import phase_seq
 from datamanager import LeaseLock
 from datamanager.keys import lock_key
 from events import parse_run_id
@@ -42,6 +41,7 @@ from indexer import (
     RunIndex,
 )
 from indexer.keys import dumps_prefix
+from partition.materializer import phase_seq
 
 __all__ = ["IndexFollower", "build_index", "dump_store", "source_key"]
 

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from agents.kafka import bare_consumer, end_offsets, partitions_of, read_range, stop_consumer
-from agents.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
 from events.catalogue import Event
 from events.codec import decode_record, decode_state
 from events.errors import DecodeError
 from events.state import RunState
+from partition.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
 
 __all__ = [
     "checkpointed_offsets",

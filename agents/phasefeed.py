@@ -26,11 +26,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.kafka import assign_at, bare_consumer, log_bounds, partitions_of, read_range
-from agents.materializer import phase_seq
 from api.errors import CursorExpired, InvalidCursor, Unavailable
 from events.catalogue import Event
 from events.codec import decode_record
 from events.errors import DecodeError
+from partition.materializer import phase_seq
 
 __all__ = ["PhaseHub", "decode_feed_cursor", "encode_feed_cursor"]
 

@@ -1,6 +1,6 @@
 """The materializer agent: Faust wiring around one ``PartitionOwner`` per owned partition.
 
-No business logic here: the owner (``agents.owner``) applies records, holds
+No business logic here: the owner (``partition.owner``) applies records, holds
 them until a checkpoint covers them, sends phase changes and dead letters, and runs the checkpoint
 rules. This module registers the Faust agent (records → ``owner.handle``), the assignment hooks
 (create / close owners), the timer (checkpoints and garbage collection), and adapts Faust's
@@ -25,11 +25,13 @@ from faust.types import TP
 
 from agents import kafka, metrics
 from agents.config import Settings
-from agents.materializer import partition_name
-from agents.outbox import dead_letter_headers
-from agents.owner import OwnerConfig, PartitionOwner
-from agents.ports import PartitionStore, RecordMeta
+from agents.health import stop_for, wrong_storage_line
 from agents.resources import Resources
+from datamanager.errors import MissingManifest
+from partition.materializer import partition_name
+from partition.outbox import dead_letter_headers
+from partition.owner import OwnerConfig, PartitionOwner
+from partition.ports import PartitionStore, RecordMeta
 
 __all__ = ["MaterializerService", "dead_letter_headers"]
 
@@ -38,7 +40,7 @@ log = logging.getLogger("runstream.pipeline")
 TAKE_MAX = 2000
 TAKE_WITHIN = 0.005
 GC_EVERY = 60.0
-DECIDE_EVERY = 0.25  # seconds between two looks at the time decisions (agents.decisions)
+DECIDE_EVERY = 0.25  # seconds between two looks at the time decisions (partition.decisions)
 STUCK_EVERY = 15.0  # seconds between two counts of stuck runs (a scan of the active runs)
 REVOKE_TIMEOUT = 10.0  # a last checkpoint at revocation, bounded
 FLOW_WAIT = 30.0  # a seek waits at most this for Faust to resume its flow after a rebalance
@@ -136,11 +138,14 @@ class MaterializerService:
         log.error("materializer lost a send; stopping the worker", extra={"error": str(exc)})
         await self.app.crash(exc)
 
-    def fenced(self, owner: PartitionOwner) -> None:
-        if self.owned.get(owner.partition) is owner:
+    def wrong_storage(self, exc: MissingManifest) -> None:
+        stop_for(wrong_storage_line(exc), code="wrong_storage")
+
+    def fenced(self, partition: int, owner: object) -> None:
+        if self.owned.get(partition) is owner:
             # Still ours in Kafka's eyes: start over from the newest checkpoint (the first record
             # after it makes the owner seek back).
-            self._new_owner(owner.partition)
+            self._new_owner(partition)
 
     # ----------------------------------------------------------------------- the agent
     async def _agent(self, stream: Any) -> None:

@@ -16,17 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from events.catalogue import Event
 from events.codec import encode
+from partition.placement import partition_for
 
-__all__ = ["EventProducer", "partition_for"]
-
-
-def partition_for(run_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner chooses for ``run_id`` as the key."""
-    return int(murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
+__all__ = ["EventProducer"]
 
 
 @dataclass(slots=True)

@@ -32,10 +32,10 @@ from agents.inspect import (
 )
 from agents.kafka import bare_consumer, read_range
 from agents.keys import object_prefix, rundata_base
-from agents.materializer import PartitionMaterializer
 from agents.resources import storage_url
 from agents.runtime import tune_gc
 from datamanager import DataManager, EtcdKv
+from partition.materializer import PartitionMaterializer
 
 __all__ = [
     "ReplayReport",
@@ -261,7 +261,7 @@ async def _replay_partitions(
             ):
                 pm = pms[p]
                 for m in msgs:
-                    # Judged as the owner judges it (agents.owner.PartitionOwner.handle).
+                    # Judged as the owner judges it (partition.owner.PartitionOwner.handle).
                     out = pm.route_check(m.offset, m.value, m.key)
                     if out is None:
                         out = pm.apply_record(m.offset, m.value)

@@ -26,14 +26,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prometheus_client import Histogram
 
-from agents.owner import PartitionOwner
-from agents.producer import partition_for
-from agents.waiters import ApplyOutcome, NotServing, PartitionMoved
 from api.errors import PayloadTooLarge, Unavailable
-from api.history import HistoryEntry
 from api.ports import Local, OwnedStuck, Refused, Remote, Route, Unsettled, Written
 from api.views import StuckRun
 from events import Event, RunState, encode
+from partition.history import HistoryEntry
+from partition.owner import PartitionOwner
+from partition.placement import partition_for
+from partition.waiters import ApplyOutcome, NotServing, PartitionMoved
 
 __all__ = ["OwnedRuns", "UrlMap"]
 

@@ -43,13 +43,14 @@ from prometheus_client import Counter
 from agents import keys
 from agents.config import Settings
 from agents.kafka import end_offsets
-from agents.producer import EventProducer, partition_for
+from agents.producer import EventProducer
 from agents.resources import Resources
 from datamanager import DataManagerError, Kv, KvValue
 from events import Phase, StartRequested, format_run_id, make_event
 from events.catalogue import Event
 from indexer import RunIndex
 from indexer.query import active_runs
+from partition.placement import partition_for
 
 __all__ = [
     "GroupPlan",

@@ -35,11 +35,9 @@ from typing import Any, Protocol
 import msgspec
 import orjson
 
-from agents import keys, metrics
+from agents import keys
 from agents.config import Settings
 from agents.counters import RunNumbers
-from agents.materializer import DeadLetter
-from agents.outbox import dead_letter_headers
 from agents.producer import EventProducer
 from api.ports import KeyRecord
 from api.service import creation_digest, key_reused_message
@@ -63,6 +61,9 @@ from events.requests import (
     RunRequest,
     SetupErrorReport,
 )
+from partition import metrics
+from partition.materializer import DeadLetter
+from partition.outbox import dead_letter_headers
 
 __all__ = [
     "LEASE_SHARE",

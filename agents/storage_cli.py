@@ -20,14 +20,14 @@ import orjson
 
 import ost
 from agents.config import Settings, add_flags
-from agents.finals import FinalIds
 from agents.logs import setup_logging
-from agents.materializer import FINAL_IDS
 from agents.resources import Resources
 from datamanager import datafile
 from datamanager.manifest import Manifest
 from indexer import dump as index_dump
 from indexer.keys import DUMP_SUFFIX
+from partition.finals import FinalIds
+from partition.materializer import FINAL_IDS
 
 __all__ = ["add_storage_commands", "cat_lines", "kind_of"]
 

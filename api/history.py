@@ -4,7 +4,7 @@ Every event the run's owner judged for the run, in log order, with what became o
 ``duplicate`` (an event id applied before: nothing changed) or ``refused`` (the reducer's reason,
 or "run is final"). Events for a run id that never existed are not anyone's history (they count
 in ``runstream_events_total{outcome="rejected"}`` only). The worker records these entries with
-the run's state in every checkpoint (``agents.history``), so they survive restarts and a replay
+the run's state in every checkpoint (``partition.history``), so they survive restarts and a replay
 rebuilds them from the log.
 
 ``offset`` and ``index`` say where the event is in ``runs.events``: the record's offset in the
@@ -14,31 +14,13 @@ run's partition and the event's position inside that record (a commit holds seve
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-__all__ = ["History", "HistoryEntry", "Outcome", "history_paths"]
+from partition.history import HistoryEntry
 
-
-class Outcome(StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    REFUSED = "refused"
-
-
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One event judged for the run."""
-
-    offset: int  # of the record in the run's partition of runs.events
-    index: int  # of the event inside that record (0 for a single event)
-    event_id: str
-    type: str
-    at: int  # the event's time, ms since the epoch
-    outcome: Outcome
-    reason: str = ""  # why it was refused
-    seq: int | None = None  # the run's revision once applied
+__all__ = ["History", "history_paths"]
 
 
 class History(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from api.dlq import DeadLetter, DeadLetterPage, DlqCursor, DlqSelection, RedriveResult
-from api.history import HistoryEntry
 from api.views import ExecutorSeen, StuckRun
 from events import Event, RunState
 from events.executors import Heartbeat
 from indexer import RunIndex
+from partition.history import HistoryEntry
 
 __all__ = [
     "ApiDeps",
@@ -119,7 +119,7 @@ class Owners(Protocol):
 
     def stuck(self, older_than_ms: int) -> OwnedStuck:
         """The active runs of the partitions this process owns and serves with no progress for
-        ``older_than_ms`` (``agents.decisions.stuck``, from each owner's live state). Never
+        ``older_than_ms`` (``partition.decisions.stuck``, from each owner's live state). Never
         raises for a partition not served: it is left out of ``partitions``."""
         ...
 

@@ -492,7 +492,7 @@ def _keyed_task_event_id(run_id: str, key: str, data: Payload) -> str:
 
 #: Refusals of a claim or a status report that are conflicts with the task's state, answered
 #: 409 with a ``code``: (words of the reducer's reason, code). The codes and words are those of
-#: ``agents.admission.refusal_code`` (``api`` may not import ``agents``; a unit test keeps the
+#: ``partition.admission.refusal_code`` (``api`` may not import ``agents``; a unit test keeps the
 #: two in step), matched in the same order. Any other refusal is 400, as for every action.
 _TASK_CONFLICTS = (
     (" is held by executor ", "task_held"),

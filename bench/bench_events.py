@@ -27,8 +27,6 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from agents.materializer import PartitionMaterializer
-from agents.producer import partition_for
 from agents.runtime import tune_gc
 from agents.workload import generate
 from events import (
@@ -54,6 +52,8 @@ from events import (
     project_group,
 )
 from events.reducer import Applied
+from partition.materializer import PartitionMaterializer
+from partition.placement import partition_for
 
 FINAL = frozenset(p for p in Phase if p.is_final())
 

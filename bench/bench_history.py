@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from agents.history import HISTORY
-from agents.materializer import partition_name
 from agents.resources import Resources
 from datamanager.keys import tail_datatype
 from events import Event, TaskAnnotationsSet, format_run_id
+from partition.history import HISTORY
+from partition.materializer import partition_name
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
 from tests.integration.test_pipeline import produce
 from tests.unit.test_events_support import created, ev, task

@@ -21,10 +21,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.owner import OwnerConfig, PartitionOwner
 from agents.resources import Resources
 from agents.runtime import tune_gc
 from events import Event, encode, format_run_id
+from partition.owner import OwnerConfig, PartitionOwner
 from tests.fakes_owner import FakeHooks, FakeLog, FakeRecord
 from tests.harness import make_settings
 from tests.unit.test_events_support import created, ev, task

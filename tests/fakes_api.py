@@ -26,11 +26,11 @@ from api import (
     Route,
     Written,
 )
-from api.history import HistoryEntry, Outcome
 from api.ports import KeyRecord, OwnedStuck
 from api.views import ExecutorSeen, StuckRun
 from events import Applied, Event, EventType, Heartbeat, RunState, apply, encode
 from indexer import RunIndex
+from partition.history import HistoryEntry, Outcome
 from tests.fakes_dlq import FakeDeadLetters, dead_letter
 
 
@@ -91,7 +91,7 @@ class FakeOwners:
     def stuck(self, older_than_ms: int) -> OwnedStuck:
         """The owner's ``stuck`` over every active run (one partition, 0), at ``now_ms`` (the
         wall clock when None)."""
-        from agents.decisions import stuck
+        from partition.decisions import stuck
 
         now = self.now_ms if self.now_ms is not None else int(time.time() * 1000)
         active = [s for s in self.states.values() if not s.run.phase.is_final()]

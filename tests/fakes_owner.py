@@ -1,4 +1,4 @@
-"""In-memory fakes of the ports of ``agents.owner.PartitionOwner`` (no tests here).
+"""In-memory fakes of the ports of ``partition.owner.PartitionOwner`` (no tests here).
 
 * :class:`FakeLog` is the log: a ``LogSender`` and a ``LogReader`` over in-memory topic
   partitions; its sends can be made to fail, or to be refused for size.
@@ -16,8 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agents.owner import PartitionOwner
-from datamanager.errors import Fenced, NotExist, StorageError
+from datamanager.errors import Fenced, MissingManifest, NotExist, StorageError
 from datamanager.manifest import Manifest
 
 
@@ -250,7 +249,8 @@ class FakeHooks:
 
     seeks: list[tuple[int, int]] = field(default_factory=list)
     crashes: list[BaseException] = field(default_factory=list)
-    fenced_owners: list[PartitionOwner] = field(default_factory=list)
+    fenced_owners: list[object] = field(default_factory=list)
+    wrong_storages: list[MissingManifest] = field(default_factory=list)
 
     async def seek(self, partition: int, offset: int) -> None:
         self.seeks.append((partition, offset))
@@ -258,5 +258,8 @@ class FakeHooks:
     async def crash(self, exc: BaseException) -> None:
         self.crashes.append(exc)
 
-    def fenced(self, owner: PartitionOwner) -> None:
+    def wrong_storage(self, exc: MissingManifest) -> None:
+        self.wrong_storages.append(exc)
+
+    def fenced(self, partition: int, owner: object) -> None:
         self.fenced_owners.append(owner)

@@ -24,7 +24,6 @@ from agents import keys
 from agents.config import Settings
 from agents.indexing import build_index
 from agents.inspect import decode_states, materialized_states, read_topic
-from agents.materializer import phase_seq
 from agents.resources import Resources
 from events import parse_run_id
 from events.catalogue import Event, TaskReady
@@ -32,6 +31,7 @@ from events.codec import decode_record, encode
 from events.errors import DecodeError
 from events.state import RunState
 from indexer import DumpStore, RunIndex, compare
+from partition.materializer import phase_seq
 from tests.oracle import Oracle
 
 __all__ = ["FaultRow", "Tally", "verify_pipeline"]

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.decisions import RETRY_AFTER
 from agents.inspect import read_topic
 from agents.producer import EventProducer
 from api.client import AsyncClient
 from events import EventType, TaskClaimed, decode_record, make_event
+from partition.decisions import RETRY_AFTER
 from tests.faults.checks import FaultRow
 from tests.harness import Worker, free_port, make_settings, prepare_topics, wait_healthy, wait_until
 

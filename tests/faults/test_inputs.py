@@ -18,12 +18,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from agents.inspect import read_topic
-from agents.producer import partition_for
 from agents.workload import generate
 from events.catalogue import StartRequested, TaskStatusChanged, make_event
 from events.codec import encode, encode_commit
 from events.ids import format_run_id
 from events.model import TaskStatus
+from partition.placement import partition_for
 from tests.faults.checks import FaultRow
 from tests.faults.load import Load
 from tests.faults.stack import Stack, conclude, fault_settings

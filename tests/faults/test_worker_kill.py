@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.materializer import offsets_key, partition_name
 from agents.workload import generate
 from datamanager import EtcdKv
 from datamanager.keys import partition_pointer_key
+from partition.materializer import offsets_key, partition_name
 from tests.conftest import S3Endpoint
 from tests.faults.checks import FaultRow
 from tests.faults.load import Load

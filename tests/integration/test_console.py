@@ -24,11 +24,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from agents.producer import EventProducer, partition_for
+from agents.producer import EventProducer
 from api.client import AsyncClient
 from events.catalogue import TaskStatusChanged, make_event
 from events.codec import encode
 from events.model import TaskStatus
+from partition.placement import partition_for
 from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]

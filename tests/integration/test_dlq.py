@@ -17,12 +17,12 @@ from aiokafka import AIOKafkaProducer
 from agents import dlq
 from agents.config import Settings
 from agents.inspect import end_offsets, materialized_states, read_topic
-from agents.producer import partition_for
 from agents.resources import Resources
 from events.catalogue import RunCreated, make_event
 from events.codec import encode
 from events.ids import format_run_id
 from events.model import RunConfigTask
+from partition.placement import partition_for
 from tests.harness import (
     ROOT,
     Worker,

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.producer import partition_for
 from api.client import AsyncClient
 from events.catalogue import TaskStatusChanged, make_event
 from events.codec import encode
 from events.model import TaskStatus
+from partition.placement import partition_for
 from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(240)]

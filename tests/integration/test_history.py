@@ -10,11 +10,8 @@ import httpx
 import msgspec
 import pytest
 
-from agents.history import HISTORY, stored_history
-from agents.materializer import PartitionMaterializer
 from agents.replay import _datamanager, replay
 from agents.resources import Resources
-from api.history import HistoryEntry
 from events import (
     Event,
     StartRequested,
@@ -23,6 +20,8 @@ from events import (
     TaskStatusChanged,
     format_run_id,
 )
+from partition.history import HISTORY, HistoryEntry, stored_history
+from partition.materializer import PartitionMaterializer
 from tests import oracle
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
 from tests.integration.test_pipeline import produce

@@ -17,13 +17,13 @@ from aiokafka import AIOKafkaProducer
 
 from agents import dlq
 from agents.inspect import read_topic
-from agents.producer import partition_for
 from agents.replay import live_offsets, remove_target, replay, verify
 from agents.resources import Resources
 from api.client import AsyncClient
 from events.catalogue import TaskStatusChanged, make_event
 from events.codec import encode, encode_commit
 from events.model import TaskStatus
+from partition.placement import partition_for
 from tests.harness import (
     Worker,
     caught_up,

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from agents.inspect import end_offsets, materialized_states, phase_changes, read_topic
-from agents.materializer import phase_seq
 from agents.producer import EventProducer
 from agents.replay import replay, verify
 from agents.resources import Resources
 from agents.workload import generate
 from events.catalogue import Event
 from events.codec import decode_record, encode
+from partition.materializer import phase_seq
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
 from tests.oracle import Oracle
 

@@ -13,11 +13,11 @@ from aiokafka import AIOKafkaProducer
 
 from agents.config import Settings
 from agents.inspect import materialized_states, phase_changes, read_topic
-from agents.producer import partition_for
 from agents.resources import Resources
 from agents.workload import generate
 from events.catalogue import Event
 from events.codec import encode, encode_commit
+from partition.placement import partition_for
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
 from tests.integration.test_pipeline import check_phase_stream, produce
 from tests.oracle import Oracle

@@ -1,6 +1,6 @@
 """Refusals are visible and bounded; creations the index cannot hold are refused; dead letters keep
 the source record's key and timestamp; creation requests are read and checked before an id is
-spent (agents.admission, agents.outbox, agents.setup_errors)."""
+spent (partition.admission, partition.outbox, agents.setup_errors)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ import logging
 import orjson
 import pytest
 
-from agents import metrics
-from agents.admission import Admission, RefusalCode, refusal_code
-from agents.finals import FinalIds
-from agents.materializer import PartitionMaterializer
-from agents.outbox import Outbox
 from agents.setup_errors import BAD_REQUEST, Refused, read_report, read_request
 from events import (
     CancelRequested,
@@ -33,6 +28,11 @@ from events import (
 )
 from events.catalogue import EventType
 from events.reducer import Rejected
+from partition import metrics
+from partition.admission import Admission, RefusalCode, refusal_code
+from partition.finals import FinalIds
+from partition.materializer import PartitionMaterializer
+from partition.outbox import Outbox
 from tests.fakes_owner import FakeLog
 from tests.unit.test_events_support import created, ev, fold, task
 from tests.unit.test_owner import Rig
@@ -189,7 +189,7 @@ async def test_a_dead_letter_keeps_the_key_and_timestamp() -> None:
 async def test_a_truncated_dead_letter_keeps_the_key_too() -> None:
     log = FakeLog()
     box = Outbox(log, source_topic="e", phases_topic="p", dlq_topic="d", partition=0)
-    from agents.materializer import DeadLetter
+    from partition.materializer import DeadLetter
 
     dl = DeadLetter(reason="oversize", message="big", offset=4, raw=b"x" * (100 << 10))
     log.max_value = 70 << 10  # too large for the dead-letter topic: its first 64 KiB are sent

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from agents.admission import RefusalCode, refusal_code
 from api import create_api
 from api.cluster import ClusterKey
 from api.errors import BadRequest, Conflict
 from api.service import task_refusal
 from events import EventType, TaskReleased, TaskStatus, make_event
 from events.catalogue import ReleaseReason
+from partition.admission import RefusalCode, refusal_code
 from tests.fakes_api import FakeIds, Fakes
 from tests.unit.test_api_client import both, open_client, url_of
 from tests.unit.test_api_support import GROUP, new_run, served, task
@@ -178,7 +178,7 @@ async def test_an_executor_that_lost_the_task_is_409_lease_lapsed() -> None:
     async with served() as (client, fakes):
         run_id = await running_run(client, task("build", retries=1))
         await body_of(await claim(client, run_id, "build", "runner-7"), 200)
-        # The owner's decision (agents.decisions): runner-7's lease lapsed, the task is ready again.
+        # The owner's decision (partition.decisions): runner-7's lease lapsed, the task is ready again.
         lost = TaskReleased(
             task_id="build", executor_id="runner-7", attempt=1, reason=ReleaseReason.EXECUTOR_LOST
         )
@@ -206,7 +206,7 @@ async def test_report_bodies_and_idempotency() -> None:
 
 
 def test_task_refusals_carry_the_codes_the_owner_counts_them_by() -> None:
-    """``api.service.task_refusal`` and ``agents.admission.refusal_code`` say the same of the
+    """``api.service.task_refusal`` and ``partition.admission.refusal_code`` say the same of the
     reducer's reasons (api/ may not import agents/)."""
     reasons = {
         "task 'b' is held by executor runner-7": (409, RefusalCode.TASK_HELD),
@@ -405,10 +405,10 @@ def test_a_workers_owned_runs_answer_stuck_for_the_partitions_they_serve() -> No
     """``agents.routing.OwnedRuns``: ``stuck`` asks each owner serving here (a loading one is
     left out of ``partitions``, one that stops serving meanwhile too); ``peers`` are the other
     workers of the ownership map."""
-    from agents.decisions import Stuck
     from agents.routing import OwnedRuns
-    from agents.waiters import NotServing
     from events import Phase
+    from partition.decisions import Stuck
+    from partition.waiters import NotServing
 
     class Owner:
         def __init__(self, serving: bool, runs: list[Stuck] | None) -> None:

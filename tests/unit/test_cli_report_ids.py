@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from agents.cli import _report_id, build_parser
-from agents.producer import partition_for
 from api.commands import (
     WATCH_HEADER,
     Target,
@@ -29,6 +28,7 @@ from api.commands import (
     watch_line,
 )
 from api.wire import WatchEvent
+from partition.placement import partition_for
 
 RUN = "0000000000000042"
 

@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from agents.cli import main
-from agents.finals import FinalIds
 from agents.storage_cli import cat_lines, kind_of
 from datamanager import datafile
 from datamanager.errors import CorruptData
@@ -20,6 +19,7 @@ from events.model import Phase, Result
 from indexer import RunIndex
 from indexer.dump import encode, snapshot
 from ost import PosixStorage
+from partition.finals import FinalIds
 
 BASE = "rundata/runs.events-0"
 ACTIVE_KEY = f"{BASE}/data/active/00000000000000000001-abc-0000.sst"

@@ -1,4 +1,4 @@
-"""The owner's decisions from time (``agents.decisions``), driven with in-memory fakes and clocks
+"""The owner's decisions from time (``partition.decisions``), driven with in-memory fakes and clocks
 that tests move by hand: a lapsed lease releases every task its executor holds, a passed timeout
 fails the task, a run past its own timeout is asked to stop; each decision is appended to
 ``runs.events`` with its deterministic id, not again while it waits to be applied, and a new owner
@@ -10,8 +10,6 @@ import asyncio
 
 import pytest
 
-from agents.decisions import RETRY_AFTER, Timekeeper, last_progress, stuck
-from agents.owner import PartitionOwner
 from events import (
     DependCondition,
     Event,
@@ -28,6 +26,8 @@ from events import (
     format_run_id,
 )
 from events.model import RunConfigTask
+from partition.decisions import RETRY_AFTER, Timekeeper, last_progress, stuck
+from partition.owner import PartitionOwner
 from tests.fakes_owner import FakeRecord
 from tests.unit.test_events_support import created, ev, task
 from tests.unit.test_owner import CONFIG, TOPIC, Rig

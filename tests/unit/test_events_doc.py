@@ -12,14 +12,14 @@ import msgspec
 import orjson
 import pytest
 
-from agents.admission import RefusalCode
 from agents.asyncapi import CHANNELS
 from agents.config import Settings
-from agents.outbox import DEAD_LETTER_HEADERS
 from agents.setup_errors import read_report, read_request
 from events import decode_record
 from events.catalogue import EventType
 from events.requests import Refusal, RequestReply
+from partition.admission import RefusalCode
+from partition.outbox import DEAD_LETTER_HEADERS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 TEXT = DOC.read_text()

@@ -1,4 +1,4 @@
-"""A run's history (``agents.history``): every event judged for the run, in log order, with its
+"""A run's history (``partition.history``): every event judged for the run, in log order, with its
 outcome — stored with the checkpoints, so a restart keeps it and a read sees what is not
 checkpointed yet; equal to the oracle's."""
 
@@ -8,8 +8,6 @@ import asyncio
 
 import pytest
 
-from agents.history import HISTORY, decode_history, stored_history
-from api.history import HistoryEntry
 from events import (
     Event,
     StartRequested,
@@ -18,6 +16,7 @@ from events import (
     TaskStatusChanged,
     encode,
 )
+from partition.history import HISTORY, HistoryEntry, decode_history, stored_history
 from tests import oracle
 from tests.unit.test_events_support import ev
 from tests.unit.test_owner import NAME, Rig, rid, script

@@ -10,15 +10,6 @@ from collections.abc import Iterable
 
 import pytest
 
-from agents.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
-from agents.owner import (
-    CATCH_UP_STALL,
-    ApplyOutcome,
-    NotServing,
-    OwnerConfig,
-    PartitionMoved,
-    PartitionOwner,
-)
 from events import (
     DecodeError,
     Event,
@@ -33,6 +24,15 @@ from events import (
     encode,
     encode_commit,
     format_run_id,
+)
+from partition.materializer import ACTIVE, FINAL, offsets_key, partition_name, phase_seq
+from partition.owner import (
+    CATCH_UP_STALL,
+    ApplyOutcome,
+    NotServing,
+    OwnerConfig,
+    PartitionMoved,
+    PartitionOwner,
 )
 from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog, FakeRecord, storage_down
 from tests.oracle import Oracle

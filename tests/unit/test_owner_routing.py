@@ -1,18 +1,14 @@
 """Records on a partition their key does not hash to (a producer whose partitioner is not
 murmur2) or without a key become dead letters (``wrong_partition``, ``no_key``) before they are
 applied, instead of being refused as ``unknown_run`` in silence: ``PartitionOwner.handle`` with
-``PartitionMaterializer.route_check`` (agents.materializer), driven with the in-memory fakes; and
+``PartitionMaterializer.route_check`` (partition.materializer), driven with the in-memory fakes; and
 ``runstream dlq redrive`` sends them where their runs live (agents.dlq.redrive_plan)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents import metrics
 from agents.dlq import DeadLetterRecord, Redrive, redrive_plan
-from agents.materializer import PartitionMaterializer, key_partition, route_refusal
-from agents.owner import ApplyOutcome, OwnerConfig, PartitionOwner
-from agents.producer import partition_for
 from events import (
     Event,
     StartRequested,
@@ -22,6 +18,10 @@ from events import (
     encode_commit,
     format_run_id,
 )
+from partition import metrics
+from partition.materializer import PartitionMaterializer, route_refusal
+from partition.owner import ApplyOutcome, OwnerConfig, PartitionOwner
+from partition.placement import key_partition, partition_for
 from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog, FakeRecord
 from tests.unit.test_events_support import created, ev, task
 

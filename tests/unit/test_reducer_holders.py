@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec import UNSET
 
-from agents.admission import refusal_code as code_of
 from events import (
     DependCondition,
     EventType,
@@ -34,6 +33,7 @@ from events import (
 )
 from events.model import RunConfigTask, attempt_of, holder_of
 from events.reducer import Applied, Rejected, apply
+from partition.admission import refusal_code as code_of
 from tests.unit.test_events_support import RUN, applied, created, ev, rejected, task
 
 S = TaskStatus

@@ -21,8 +21,8 @@ import orjson
 import pytest
 import zstandard
 
-from agents.materializer import PartitionMaterializer
 from events import EventType, decode_record, decode_state, encode, encode_commit, encode_state
+from partition.materializer import PartitionMaterializer
 
 LOG = pathlib.Path(__file__).parent.parent / "golden" / "log-v1"
 PARTITIONS = 4

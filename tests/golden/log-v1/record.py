@@ -52,8 +52,6 @@ from typing import Any
 import orjson
 import zstandard
 
-from agents.materializer import PartitionMaterializer
-from agents.producer import partition_for
 from agents.workload import generate
 from events import (
     CancelRequested,
@@ -78,6 +76,8 @@ from events import (
     format_run_id,
     make_event,
 )
+from partition.materializer import PartitionMaterializer
+from partition.placement import partition_for
 
 HERE = pathlib.Path(__file__).parent
 PARTITIONS = 4

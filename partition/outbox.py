@@ -1,7 +1,7 @@
 """What one partition's owner sends to Kafka: phase changes to ``runs.phases`` (on the partition
 with the same number, key = run id), the answers to refused events to ``runs.refusals`` (the
 same) and dead letters to ``runs.dlq``, held as pending sends until
-the next checkpoint waits for them (``agents.owner``). No Faust here."""
+the next checkpoint waits for them (``partition.owner``). No Faust here."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import msgspec
 
-from agents.materializer import DeadLetter
-from agents.ports import LogSender, RecordMeta
 from events.catalogue import Event
 from events.codec import decode_record, encode
 from events.errors import DecodeError
 from events.requests import Refusal
+from partition.materializer import DeadLetter
+from partition.ports import LogSender, RecordMeta
 
 __all__ = ["DEAD_LETTER_HEADERS", "Headers", "Outbox", "Settled", "dead_letter_headers", "emitted"]
 

@@ -1,7 +1,7 @@
 """Runs' histories in one partition: what the materializer did with every event, kept per run.
 
 The materializer notes one entry per event it judged for an existing run (applied, duplicate,
-refused; ``api.history.HistoryEntry``). Entries wait in memory until the next checkpoint, which
+refused; ``HistoryEntry``, below). Entries wait in memory until the next checkpoint, which
 appends each touched run's new entries as one *chunk* of the ``history`` datatype, atomically
 with the state and the log offsets. A chunk's key is ``<run id>/<offset>``, the log offset of
 its first entry, so a run's chunks sort together and in log order, and a checkpoint writes only
@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Protocol
 
 import msgspec
 
-from api.history import HistoryEntry, Outcome
 from events.catalogue import Event
 
 __all__ = [
     "HISTORY",
+    "HistoryEntry",
     "HistoryLog",
     "HistoryStore",
+    "Outcome",
     "Pending",
     "chunk_key",
     "chunk_range",
@@ -48,6 +50,28 @@ __all__ = [
 
 HISTORY = "history"  # the datatype
 ENCODE_SLICE = 500  # runs encoded between two yields to the event loop
+
+
+class Outcome(StrEnum):
+    """What the owner did with an event judged for an existing run."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One event judged for the run."""
+
+    offset: int  # of the record in the run's partition of runs.events
+    index: int  # of the event inside that record (0 for a single event)
+    event_id: str
+    type: str
+    at: int  # the event's time, ms since the epoch
+    outcome: Outcome
+    reason: str = ""  # why it was refused
+    seq: int | None = None  # the run's revision once applied
+
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(HistoryEntry)

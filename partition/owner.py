@@ -2,7 +2,7 @@
 
 One object per owned partition (pure core, thin edges: no Faust here), from its assignment to its revocation:
 
-* the :class:`~agents.materializer.PartitionMaterializer` (the state of the partition's runs);
+* the :class:`~partition.materializer.PartitionMaterializer` (the state of the partition's runs);
 * the records applied since the last checkpoint, acknowledged (so that Kafka may commit their
   offsets) only once a checkpoint covering them is swapped in, so Kafka's committed offset never
   passes the manifest;
@@ -18,7 +18,7 @@ One object per owned partition (pure core, thin edges: no Faust here), from its 
   latest checkpoint, read the ``runs.phases`` tail beyond the manifest so that phase changes
   emitted before a crash are not emitted twice, and note the catch-up point (the partition's
   end offset at assignment);
-* the writes waiting for their apply (:mod:`agents.waiters`), which the HTTP API awaits.
+* the writes waiting for their apply (:mod:`partition.waiters`), which the HTTP API awaits.
 
 The wiring (``agents.pipeline``) feeds records with :meth:`PartitionOwner.handle`, calls
 :meth:`PartitionOwner.after_batch` and :meth:`PartitionOwner.maybe_checkpoint`, and
@@ -35,16 +35,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from agents import metrics
-from agents.decisions import LivenessView, Stuck, Timekeeper, stuck
-from agents.materializer import Outcome, PartitionMaterializer, Snapshot
-from agents.outbox import Headers, Outbox, dead_letter_headers, emitted
-from agents.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
-from agents.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
-from api.history import HistoryEntry
 from datamanager.errors import Fenced, MissingManifest
 from events.codec import encode
 from events.state import RunState
+from partition import metrics
+from partition.decisions import LivenessView, Stuck, Timekeeper, stuck
+from partition.history import HistoryEntry
+from partition.materializer import Outcome, PartitionMaterializer, Snapshot
+from partition.outbox import Headers, Outbox, dead_letter_headers, emitted
+from partition.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
+from partition.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
 
 __all__ = [
     "ApplyOutcome",
@@ -95,7 +95,7 @@ class PartitionOwner:
         self.partition = partition
         self._wall_ms = wall_ms
         self._sender = sender
-        # Decisions taken from time: lapsed leases, passed timeouts (agents.decisions).
+        # Decisions taken from time: lapsed leases, passed timeouts (partition.decisions).
         self.timekeeper = Timekeeper(liveness)
         self._appending: set[asyncio.Task[None]] = set()
         self.config = config
@@ -169,7 +169,7 @@ class PartitionOwner:
         return await self.pm.read_run(run_id)
 
     async def history(self, run_id: str) -> list[HistoryEntry] | None:
-        """Every event judged for the run, in log order (``agents.history``); ``None`` if this
+        """Every event judged for the run, in log order (``partition.history``); ``None`` if this
         partition has no such run. Raises :class:`NotServing` when not serving."""
         if not self.serving:
             raise NotServing(f"partition {self.partition} is not serving")
@@ -204,10 +204,8 @@ class PartitionOwner:
                 raise
             except MissingManifest as exc:
                 # No retry makes the manifest appear: the worker stops with one line saying
-                # why and what to do (agents.health.stop_for); /healthz says it meanwhile.
-                from agents.health import stop_for, wrong_storage_line
-
-                stop_for(wrong_storage_line(exc), code="wrong_storage")
+                # why and what to do; /healthz says it meanwhile.
+                self._hooks.wrong_storage(exc)
                 return
             except Exception:
                 log.exception(
@@ -374,7 +372,7 @@ class PartitionOwner:
 
     # ----------------------------------------------------------------- time decisions
     def decide(self) -> int:
-        """Take the decisions that are due (``agents.decisions``) and append them to
+        """Take the decisions that are due (``partition.decisions``) and append them to
         ``runs.events`` on this partition, keyed by run id, in the background; returns how many.
         Only while serving: a new owner decides once it has applied the log up to where it ended
         at assignment, so a decision its predecessor appended is seen first. The wiring's timer
@@ -516,7 +514,7 @@ class PartitionOwner:
                 "fenced: another owner claimed the partition", extra={"partition": self.partition}
             )
             self._die("fenced: another owner claimed the partition")
-            self._hooks.fenced(self)
+            self._hooks.fenced(self.partition, self)
             return "fenced"
         except Exception:
             metrics.CHECKPOINTS.labels("failed").inc()

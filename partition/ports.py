@@ -1,4 +1,4 @@
-"""The ports of a partition's owner (``agents.owner``): what it needs from the datamanager, the
+"""The ports of a partition's owner (``partition.owner``): what it needs from the datamanager, the
 log and the wiring, as ``typing.Protocol``s. The worker adapts the datamanager, Faust's producer
 and consumer and bare aiokafka consumers to them (``agents.pipeline``); unit tests use in-memory
 fakes (``tests/fakes_owner.py``)."""
@@ -6,12 +6,10 @@ fakes (``tests/fakes_owner.py``)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from datamanager.errors import MissingManifest
 from datamanager.manifest import Manifest
-
-if TYPE_CHECKING:
-    from agents.owner import PartitionOwner
 
 __all__ = [
     "Held",
@@ -124,6 +122,12 @@ class OwnerHooks(Protocol):
         """Stop the worker: it restarts from the last checkpoints."""
         ...
 
-    def fenced(self, owner: PartitionOwner) -> None:
-        """``owner`` is dead (another owner took the partition); replace it if still assigned."""
+    def fenced(self, partition: int, owner: object) -> None:
+        """The owner ``owner`` of ``partition`` is dead (another owner took the partition):
+        replace it if ``partition`` is still assigned here and ``owner`` is still its owner."""
+        ...
+
+    def wrong_storage(self, exc: MissingManifest) -> None:
+        """The partition's manifest is missing where the deployment said it would be (the
+        wrong bucket or prefix): no retry helps, so the worker stops saying what to fix."""
         ...

@@ -1,6 +1,6 @@
 """The materializer of one partition of ``runs.events``: records in, run state and phase changes out.
 
-No Faust here (the wiring only wires): ``agents.owner.PartitionOwner`` feeds records to
+No Faust here (the wiring only wires): ``partition.owner.PartitionOwner`` feeds records to
 :meth:`PartitionMaterializer.apply_record` and writes checkpoints with :meth:`prepare` /
 :meth:`commit` / :meth:`restore`; tests call them directly.
 
@@ -9,7 +9,7 @@ State of a partition (in the datamanager, one checkpoint per partition):
 * ``active``: run id → encoded ``RunState`` for runs not in a final phase (held in memory);
 * ``final``: run id → encoded ``RunState`` of runs in a final phase (only on storage; written
   once, appended: ``PartitionWriter.checkpoint``'s ``appends``);
-* ``meta/final-ids``: the compact set of final run ids (``agents.finals``);
+* ``meta/final-ids``: the compact set of final run ids (``partition.finals``);
 * the manifest's offsets: the next ``runs.events`` offset to apply and the ``runs.phases`` end
   offset at checkpoint time (recovery scans ``runs.phases`` from there so that phase changes
   already emitted are not emitted twice).
@@ -26,16 +26,6 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka.partitioner import murmur2
-
-from agents.admission import Admission
-from agents.finals import FinalIds
-from agents.history import HISTORY, HistoryLog, Pending, merged, stored_history
-from agents.ports import PartitionOpener, PartitionStore
-from agents.producer import partition_for
-from agents.waiters import ApplyOutcome, Waiters
-from api.history import HistoryEntry
-from api.history import Outcome as Judged
 from datamanager.errors import NotExist
 from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
@@ -43,13 +33,19 @@ from events.codec import decode_record, decode_state, encode_state
 from events.errors import DecodeError
 from events.reducer import Applied, Rejected, apply
 from events.state import RunState
+from partition.admission import Admission
+from partition.finals import FinalIds
+from partition.history import HISTORY, HistoryEntry, HistoryLog, Pending, merged, stored_history
+from partition.history import Outcome as Judged
+from partition.placement import key_partition, partition_for
+from partition.ports import PartitionOpener, PartitionStore
+from partition.waiters import ApplyOutcome, Waiters
 
 __all__ = [
     "DeadLetter",
     "Outcome",
     "PartitionMaterializer",
     "Snapshot",
-    "key_partition",
     "offsets_key",
     "partition_name",
     "route_refusal",
@@ -82,12 +78,6 @@ def phase_seq(event: Event) -> int:
     """The per-run sequence number of a ``run.phase_changed`` event (-1 for any other event)."""
     data = event.data
     return data.seq if isinstance(data, PhaseChanged) else -1
-
-
-def key_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2) picks for the record key ``key``:
-    ``agents.producer.partition_for`` on the key's bytes (any bytes, not only a run id)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def route_refusal(
@@ -195,12 +185,12 @@ class PartitionMaterializer:
         self._suppress: set[str] = set()  # ids of derived events already on runs.phases
         self.pending_events = 0
         self._writing: Snapshot | None = None
-        # Writes waiting for their apply (agents.owner shares its own here).
+        # Writes waiting for their apply (partition.owner shares its own here).
         self.waiters = Waiters()
-        # The run ids it admits and the refusals it reports (agents.admission).
+        # The run ids it admits and the refusals it reports (partition.admission).
         self.admission = Admission.of(partition, self.active, self.finals)
-        self.history = HistoryLog()  # every judged event per run (agents.history)
-        # Runs whose state changed since the owner last looked (agents.decisions watches them);
+        self.history = HistoryLog()  # every judged event per run (partition.history)
+        # Runs whose state changed since the owner last looked (partition.decisions watches them);
         # None (replay, tools): not kept.
         self.touched: set[str] | None = None
         self._position = (0, 0)  # (record offset, index in the record) of the event applied

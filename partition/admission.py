@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
-from agents import metrics
-from agents.finals import FinalIds
 from events import parse_run_id
 from events.catalogue import Event, EventType
 from indexer.index import DEFAULT_MAX_GAP
+from partition import metrics
+from partition.finals import FinalIds
 
 __all__ = ["Admission", "RefusalCode", "refusal_code"]
 
