@@ -65,7 +65,7 @@ class Topics:
 
 def create_app(settings: Settings) -> faust.App:
     """A Faust app for ``settings``; the caller registers the agents. Faust's own web server is
-    off: the HTTP API (``agents.web``) serves /api/v1, /healthz and /metrics on the same port."""
+    off: the HTTP API (``agents.api_server``) serves /api/v1, /healthz and /metrics on the same port."""
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka}",
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
-        # Records are acked only after the checkpoint that covers them (agents.pipeline), so a
+        # Records are acked only after the checkpoint that covers them (agents.materializer_service), so a
         # stopping worker must not wait for acks: the next owner resumes from the manifest.
         stream_wait_empty=False,
         broker_session_timeout=settings.session_timeout,
@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 5),
         # Dead letters carry the original record, which can be as large as the broker allows.
         producer_max_request_size=16 << 20,
-        # A record's phase changes go out as one batch (agents.pipeline); a batch that fills up
+        # A record's phase changes go out as one batch (agents.materializer_service); a batch that fills up
         # makes the next one wait for the broker's answer, so let one hold a large commit's
         # (the broker's default limit per batch is 1 MiB).
         producer_max_batch_size=512 << 10,

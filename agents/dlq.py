@@ -1,7 +1,7 @@
 """``runstream dlq list | show | redrive``: the dead letters of ``runs.dlq``, read and acted on.
 
 A dead letter is the original record's bytes plus ``runstream-*`` headers saying why it was
-refused and where it came from (``agents.pipeline.dead_letter_headers``). It is named
+refused and where it came from (``agents.materializer_service.dead_letter_headers``). It is named
 ``PARTITION:OFFSET`` of the dead-letter topic. The topic is read with a bare aiokafka consumer
 (no group, nothing committed) from the beginning, or from ``--since``, to where it ended when
 the command started.

@@ -291,7 +291,7 @@ class SchedulerService:
     ) -> None:
         self.settings = settings
         self.resources = resources
-        self.materializer = materializer  # agents.pipeline.MaterializerService
+        self.materializer = materializer  # agents.materializer_service.MaterializerService
         self.index = index  # agents.indexing.IndexService
         self.partitions = 0
 

@@ -9,18 +9,18 @@ import signal
 
 import faust
 
+from agents.api_server import ApiServer
 from agents.app import create_app
 from agents.config import Settings
+from agents.creation import SetupErrorService
 from agents.health import fatal, on_fatal
 from agents.indexing import IndexService
 from agents.liveness import Executors
 from agents.logs import setup_logging
-from agents.pipeline import MaterializerService
+from agents.materializer_service import MaterializerService
 from agents.resources import Resources, ensure_topics
 from agents.runtime import tune_gc
 from agents.scheduler import SchedulerService
-from agents.setup_errors import SetupErrorService
-from agents.web import ApiServer
 
 __all__ = ["EXIT_FATAL", "run_worker"]
 

@@ -1,7 +1,7 @@
 """runstream's HTTP API: ``create_api`` (aiohttp), its ports, its errors and its OpenAPI document.
 
-The Python client is ``api.client`` (httpx) and the ``runstream runs`` commands are
-``api.commands``; both are imported on demand so the server does not load them.
+The Python client is ``api.client`` (httpx), imported on demand so the server does not load it;
+the ``runstream runs`` commands built on it are ``agents.cli.runs``.
 """
 
 from api.app import PREFIX, create_api

@@ -11,7 +11,7 @@ from outside carrying any ``X-Runstream-*`` header without a valid signature is 
 so nobody but a worker chooses a run id, claims scopes, or asks for a run's full state.
 
 The secret: ``RUNSTREAM_CLUSTER_SECRET``, else one the first worker generated and stored in
-etcd under the deployment's prefix (``agents.web``). An application built without one
+etcd under the deployment's prefix (``agents.api_server``). An application built without one
 (``create_api`` in tests) gets :data:`PROCESS_SECRET`: only applications of the same process
 trust each other.
 """

@@ -168,7 +168,7 @@ class KeyRecord:
 
 
 class CreationKeys(Protocol):
-    """Idempotent creation (``agents.setup_errors.CreationKeys``): one etcd record per key
+    """Idempotent creation (``agents.creation.CreationKeys``): one etcd record per key
     (``<run id> <digest>``), made once, shared with ``runs.requests`` (docs/api.md, "Idempotent
     creation"), and the run number bound to it when a try's outcome is unknown. Every method
     raises ``datamanager.EtcdUnavailable`` when etcd does not answer."""

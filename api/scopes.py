@@ -16,7 +16,7 @@ Four scopes, each a kind of caller:
 Scopes do not include each other: an executor's token holds ``read,execute`` (it reads runs to
 find ready tasks), a scheduler's ``read,write``. ``RUNSTREAM_API_TOKEN`` is a token holding
 every scope. With no token configured every caller holds every scope — the worker then serves
-loopback only (``agents.web``), where whoever connects can read Kafka's log in clear anyway.
+loopback only (``agents.api_server``), where whoever connects can read Kafka's log in clear anyway.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ One object per owned partition (pure core, thin edges: no Faust here), from its 
   end offset at assignment);
 * the writes waiting for their apply (:mod:`partition.waiters`), which the HTTP API awaits.
 
-The wiring (``agents.pipeline``) feeds records with :meth:`PartitionOwner.handle`, calls
+The wiring (``agents.materializer_service``) feeds records with :meth:`PartitionOwner.handle`, calls
 :meth:`PartitionOwner.after_batch` and :meth:`PartitionOwner.maybe_checkpoint`, and
 :meth:`PartitionOwner.close` at revocation. Unit tests drive it with in-memory fakes of the ports.
 """

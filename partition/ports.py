@@ -1,6 +1,6 @@
 """The ports of a partition's owner (``partition.owner``): what it needs from the datamanager, the
 log and the wiring, as ``typing.Protocol``s. The worker adapts the datamanager, Faust's producer
-and consumer and bare aiokafka consumers to them (``agents.pipeline``); unit tests use in-memory
+and consumer and bare aiokafka consumers to them (``agents.materializer_service``); unit tests use in-memory
 fakes (``tests/fakes_owner.py``)."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import Settings
-from agents.inspect import checkpointed_offsets, end_offsets
+from agents.readback import checkpointed_offsets, end_offsets
 from agents.resources import Resources, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from typing import Any
 from agents import keys
 from agents.config import Settings
 from agents.indexing import build_index
-from agents.inspect import decode_states, materialized_states, read_topic
+from agents.readback import decode_states, materialized_states, read_topic
 from agents.resources import Resources
 from events import parse_run_id
 from events.catalogue import Event, TaskReady

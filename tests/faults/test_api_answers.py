@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.inspect import decode_states, materialized_states, read_topic
 from agents.producer import EventProducer
+from agents.readback import decode_states, materialized_states, read_topic
 from api.errors import ApiError
 from api.service import _keyed_event_id
 from events import CancelRequested, StartRequested, StopRequested, TaskApproved, make_event

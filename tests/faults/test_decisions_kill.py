@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.inspect import read_topic
 from agents.producer import EventProducer
+from agents.readback import read_topic
 from api.client import AsyncClient
 from events import EventType, TaskClaimed, decode_record, make_event
 from partition.decisions import RETRY_AFTER

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.inspect import read_topic
+from agents.readback import read_topic
 from agents.workload import generate
 from events.catalogue import StartRequested, TaskStatusChanged, make_event
 from events.codec import encode, encode_commit

@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 import ost
-from agents.inspect import materialized_states
-from agents.replay import _datamanager, replay, replay_base
+from agents.cli.replay import _datamanager, replay, replay_base
+from agents.readback import materialized_states
 from agents.resources import storage_url
 from agents.workload import generate
 from tests.faults.checks import FaultRow, Tally, tally_states

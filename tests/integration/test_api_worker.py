@@ -101,7 +101,7 @@ async def test_an_oversize_creation_is_413_and_leaves_no_trace(
 ) -> None:
     """The event a request would make is above what the log accepts: refused before the append,
     so nothing reaches the log, the dead letters or any read."""
-    from agents.inspect import end_offsets
+    from agents.readback import end_offsets
     from api.errors import PayloadTooLarge
 
     s = make_settings(

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from agents import dlq
 from agents.config import Settings
-from agents.inspect import end_offsets, materialized_states, read_topic
+from agents.readback import end_offsets, materialized_states, read_topic
 from agents.resources import Resources
 from events.catalogue import RunCreated, make_event
 from events.codec import encode

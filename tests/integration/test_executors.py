@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.inspect import read_topic
+from agents.cli.replay import live_offsets, remove_target, replay, verify
 from agents.producer import EventProducer
-from agents.replay import live_offsets, remove_target, replay, verify
+from agents.readback import read_topic
 from agents.resources import Resources
 from api.client import AsyncClient
 from events import (

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.inspect import end_offsets
+from agents.readback import end_offsets
 from agents.resources import HEARTBEATS_RETENTION_MS, _describe_configs
 from api.client import AsyncClient
 from api.errors import BadRequest, NotFound

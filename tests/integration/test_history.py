@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 
-from agents.replay import _datamanager, replay
+from agents.cli.replay import _datamanager, replay
 from agents.resources import Resources
 from events import (
     Event,

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from agents import keys
 from agents.config import Settings
-from agents.inspect import read_topic
+from agents.readback import read_topic
 from datamanager.etcd import EtcdKv
 from events import EventType, decode_record
 from tests.harness import Worker, free_port, make_settings, prepare_topics, wait_healthy, wait_until

@@ -16,8 +16,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from agents import dlq
-from agents.inspect import read_topic
-from agents.replay import live_offsets, remove_target, replay, verify
+from agents.cli.replay import live_offsets, remove_target, replay, verify
+from agents.readback import read_topic
 from agents.resources import Resources
 from api.client import AsyncClient
 from events.catalogue import TaskStatusChanged, make_event

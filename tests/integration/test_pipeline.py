@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agents.inspect import end_offsets, materialized_states, phase_changes, read_topic
+from agents.cli.replay import replay, verify
 from agents.producer import EventProducer
-from agents.replay import replay, verify
+from agents.readback import end_offsets, materialized_states, phase_changes, read_topic
 from agents.resources import Resources
 from agents.workload import generate
 from events.catalogue import Event

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from agents.config import Settings
-from agents.inspect import materialized_states, phase_changes, read_topic
+from agents.readback import materialized_states, phase_changes, read_topic
 from agents.resources import Resources
 from agents.workload import generate
 from events.catalogue import Event
@@ -57,7 +57,7 @@ async def test_sigkill_mid_load_loses_nothing_and_repeats_nothing(
         # Kill once the worker has checkpointed part of the load but not all of it.
         async def some_progress() -> bool:
             dm = await resources.datamanager()
-            from agents.inspect import checkpointed_offsets
+            from agents.readback import checkpointed_offsets
 
             done = await checkpointed_offsets(dm, s.topic_events, range(s.partitions))
             return sum(done.values()) > 0

@@ -9,8 +9,8 @@ from unittest import mock
 
 import pytest
 
-from agents.cli import main
-from agents.replay import target_exists
+from agents.cli.main import main
+from agents.cli.replay import target_exists
 from events import format_run_id
 from tests.harness import make_settings, prepare_topics, settings_env
 from tests.integration.test_pipeline import produce

@@ -10,9 +10,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from agents import keys
-from agents.index_cli import _dump, _verify
+from agents.cli.index import _dump, _verify
 from agents.indexing import build_index
-from agents.inspect import materialized_states, read_topic
+from agents.readback import materialized_states, read_topic
 from agents.resources import Resources
 from agents.workload import generate
 from events import parse_run_id

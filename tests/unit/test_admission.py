@@ -1,6 +1,6 @@
 """Refusals are visible and bounded; creations the index cannot hold are refused; dead letters keep
 the source record's key and timestamp; creation requests are read and checked before an id is
-spent (partition.admission, partition.outbox, agents.setup_errors)."""
+spent (partition.admission, partition.outbox, agents.creation)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import orjson
 import pytest
 
-from agents.setup_errors import BAD_REQUEST, Refused, read_report, read_request
+from agents.creation import BAD_REQUEST, Refused, read_report, read_request
 from events import (
     CancelRequested,
     Event,

@@ -364,7 +364,7 @@ async def test_client_claim_report_and_stuck(kind: str) -> None:
 
 
 def _main(*argv: str) -> tuple[int, str, str]:
-    from agents.cli import main
+    from agents.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     # The command sets up logging on the stderr of the moment: put the root logger back after,

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from agents.cli.runs import add_runs_commands
 from api import (
     INTERNAL_MESSAGE,
     ApiError,
@@ -28,7 +29,6 @@ from api import (
     Unreachable,
 )
 from api.client import AsyncClient, Client
-from api.commands import add_runs_commands
 from api.wire import RETRIES, retry_delay
 from events import Phase, PhaseChanged, Result, make_event
 from tests.unit.test_api_support import GROUP, new_run, served, task

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import build_parser
+from agents.cli.main import build_parser
 from agents.logs import LIBRARY_LOGGERS, quiet_libraries
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from agents.cli import _report_id, build_parser
-from api.commands import (
+from agents.cli.main import _report_id, build_parser
+from agents.cli.runs import (
     WATCH_HEADER,
     Target,
     _watch,
@@ -266,7 +266,7 @@ class _History:
 
 
 async def test_a_retried_report_is_answered_from_its_own_append() -> None:
-    from agents.answers import _from_history
+    from agents.cli.answers import _from_history
 
     client: Any = _History()
     first = await _from_history(client, RUN, "report.x", 0)

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.cli import main
-from agents.storage_cli import cat_lines, kind_of
+from agents.cli.main import main
+from agents.cli.storage import cat_lines, kind_of
 from datamanager import datafile
 from datamanager.errors import CorruptData
 from datamanager.manifest import FileRef, Manifest

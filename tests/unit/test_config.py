@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import build_parser
+from agents.cli.main import build_parser
 from agents.config import Settings, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_every_setting_is_declared_once_as_a_field() -> None:
 
 
 def test_the_runs_commands_read_their_url_and_token_through_the_settings() -> None:
-    from agents.cli import _client_target
+    from agents.cli.main import _client_target
 
     env = {"RUNSTREAM_WEB_PORT": "7001", "RUNSTREAM_API_TOKEN": "t0k"}
     args = build_parser().parse_args(["runs", "list"])

@@ -17,7 +17,7 @@ import pytest
 
 from agents import keys
 from agents.config import Settings
-from agents.setup_errors import CreationService
+from agents.creation import CreationService
 from datamanager import Counters, IdAllocator
 from datamanager.keys import sequence_key
 from events.catalogue import Event

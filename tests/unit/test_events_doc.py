@@ -14,7 +14,7 @@ import pytest
 
 from agents.asyncapi import CHANNELS
 from agents.config import Settings
-from agents.setup_errors import read_report, read_request
+from agents.creation import read_report, read_request
 from events import decode_record
 from events.catalogue import EventType
 from events.requests import Refusal, RequestReply

@@ -25,7 +25,7 @@ _SUFFIXES = {
 
 def _exported() -> dict[str, set[str]]:
     """Every series name the runstream packages register → the labels it carries."""
-    for package in ("agents", "api"):
+    for package in ("partition", "agents", "api"):
         for mod in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
             importlib.import_module(mod.name)
     out: dict[str, set[str]] = {}

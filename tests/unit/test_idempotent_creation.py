@@ -1,5 +1,5 @@
 """Idempotent creation (issue 21): ``Idempotency-Key`` on ``POST /runs``, over the fakes of
-``tests/fakes_api.py`` and the real ``agents.setup_errors.CreationKeys`` over an in-memory etcd.
+``tests/fakes_api.py`` and the real ``agents.creation.CreationKeys`` over an in-memory etcd.
 
 The same key with the same body answers the same run (201, however often, whatever the order of
 the body's fields); with another body 422 naming the key; no key, a new run each time; a key
@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agents import keys
 from agents.counters import RunNumbers
-from agents.setup_errors import CreationKeys, read_request
+from agents.creation import CreationKeys, read_request
 from api import Unavailable, create_api
 from events import Event, EventType
 from tests.fakes_api import Fakes

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from agents.pipeline import MaterializerService
+from agents.materializer_service import MaterializerService
 
 
 class FakeConsumer:

@@ -27,18 +27,18 @@ from agents.app import self_url
 from agents.asyncapi import asyncapi_document
 from agents.config import Settings
 from agents.counters import RunNumbers
+from agents.creation import CreationKeys
 from agents.dlq import DeadLetterTopic
 from agents.health import LagMonitor, readiness
 from agents.indexing import IndexService
-from agents.inspect import end_offsets
 from agents.liveness import Executors
+from agents.materializer_service import MaterializerService
 from agents.phasefeed import PhaseHub as KafkaPhaseFeed
 from agents.phasefeed import decode_feed_cursor, encode_feed_cursor
-from agents.pipeline import MaterializerService
 from agents.producer import EventProducer
+from agents.readback import end_offsets
 from agents.resources import Resources
 from agents.routing import OwnedRuns, UrlMap
-from agents.setup_errors import CreationKeys
 from api import ApiDeps, JsonRunner, create_api
 from api.app import CLUSTER_KEY
 from datamanager import IdAllocator

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from agents.cli.runs import Target
 from agents.config import Settings, add_flags, markdown_table
-from api.commands import Target
 
 if TYPE_CHECKING:
     from agents.dlq import Selection
@@ -28,8 +28,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agents.cli.replay import remove_target, replay, target_exists
     from agents.logs import setup_logging
-    from agents.replay import remove_target, replay, target_exists
 
     settings = Settings.from_args(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -65,8 +65,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
+    from agents.cli.replay import live_offsets, remove_target, replay, verify
     from agents.logs import setup_logging
-    from agents.replay import live_offsets, remove_target, replay, verify
 
     settings = Settings.from_args(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -290,7 +290,7 @@ def _report_id(settings: Settings, args: argparse.Namespace, run_id: str, status
     warning on stderr, when the API cannot say the attempt."""
     import uuid
 
-    from api.commands import current_attempt, report_event_id
+    from agents.cli.runs import current_attempt, report_event_id
 
     if args.event_id:
         return str(args.event_id)
@@ -358,7 +358,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"reported: run {run_id} task {args.task_id} {status}{by} (event {event.id})")
     if args.wait <= 0:
         return 0
-    from agents.answers import await_answer
+    from agents.cli.answers import await_answer
 
     answer = asyncio.run(
         await_answer(settings, run_id, event.id, ends, within=args.wait, since_offset=since)
@@ -576,9 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     _replay_flags(vf)
     vf.set_defaults(func=_cmd_verify)
 
-    from agents.index_cli import add_index_commands
-    from agents.storage_cli import add_storage_commands
-    from api.commands import add_runs_commands
+    from agents.cli.index import add_index_commands
+    from agents.cli.runs import add_runs_commands
+    from agents.cli.storage import add_storage_commands
 
     add_index_commands(sub)
     runs = add_runs_commands(sub, flags=_client_flags, target=_client_target)

@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 import ost
 from agents.config import Settings
-from agents.inspect import (
+from agents.kafka import bare_consumer, read_range
+from agents.keys import object_prefix, rundata_base
+from agents.readback import (
     checkpointed_offsets,
     end_offsets,
     materialized_states,
     state_digest,
 )
-from agents.kafka import bare_consumer, read_range
-from agents.keys import object_prefix, rundata_base
 from agents.resources import storage_url
 from agents.runtime import tune_gc
 from datamanager import DataManager, EtcdKv
