@@ -3,10 +3,18 @@ travels", step 1: commits).
 
 ``EventProducer.append(events)`` returns once every event is acknowledged by all in-sync
 replicas (``acks=all``, idempotent producer). Concurrent appends are grouped per partition into
-one Kafka record, a *commit*, flushed when it reaches ``max_commit_events`` /
-``max_commit_bytes`` or after ``linger`` seconds. The partition is the one Kafka's default
-partitioner picks for the run id as key (murmur2), so a foreign producer that sends one event per
-record with the run id as key lands on the same partition and keeps per-run order.
+one Kafka record, a *commit*. The partition is the one Kafka's default partitioner picks for the
+run id as key (murmur2), so a foreign producer that sends one event per record with the run id as
+key lands on the same partition and keeps per-run order.
+
+When a commit is sent is chosen for latency first, batching only under load (the way Nagle's
+algorithm or a group commit does it, with no timer): a partition with no commit in flight sends
+at once (after the appends of the same event-loop turn joined it); while one is in flight, new
+appends wait and go together as the next commit the moment it is acknowledged, or sooner when
+they reach ``max_commit_events`` / ``max_commit_bytes``. So an idle partition pays no linger,
+and a busy one sends as few, large records as its broker round trip allows. ``linger`` > 0
+brings back a fixed window (every commit waits that long for company), for callers that prefer
+fewer records to lower latency.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ class _Pending:
     first_run_id: str = ""
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     size: int = 0
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
 
 
 class EventProducer:
@@ -41,7 +49,7 @@ class EventProducer:
         bootstrap: str,
         topic: str,
         *,
-        linger: float = 0.005,
+        linger: float = 0.0,
         max_commit_events: int = 1000,
         max_commit_bytes: int = 512 * 1024,
         client_id: str = "runstream-producer",
@@ -55,13 +63,14 @@ class EventProducer:
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=0,  # the commit is the batch: aiokafka adds no wait of its own
             max_batch_size=1 << 20,
             max_request_size=8 << 20,
         )
         self._partitions = 0
         self._pending: dict[int, _Pending] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self._sending: dict[int, int] = {}  # partition → commits sent and not yet acknowledged
 
     async def start(self) -> None:
         await self._producer.start()
@@ -110,7 +119,12 @@ class EventProducer:
                 pend = None
             if pend is None:
                 pend = self._pending[p] = _Pending(first_run_id=encoded[0][0])
-                pend.timer = loop.call_later(self._linger, self._flush, p)
+                if self._linger > 0:
+                    pend.timer = loop.call_later(self._linger, self._flush, p)
+                elif not self._sending.get(p):
+                    # Idle partition: send once this turn's other appends have joined.
+                    pend.timer = loop.call_soon(self._flush, p)
+                # else: sent when the commit in flight is acknowledged (_send)
             fut: asyncio.Future[None] = loop.create_future()
             pend.encoded.extend(b for _, b in encoded)
             pend.size += sum(len(b) + 1 for _, b in encoded)
@@ -126,11 +140,21 @@ class EventProducer:
             return
         if pend.timer is not None:
             pend.timer.cancel()
+        self._sending[partition] = self._sending.get(partition, 0) + 1
         task = asyncio.ensure_future(self._send(partition, pend))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
     async def _send(self, partition: int, pend: _Pending) -> None:
+        try:
+            await self._send_commit(partition, pend)
+        finally:
+            left = self._sending[partition] = self._sending[partition] - 1
+            waiting = self._pending.get(partition)
+            if not left and waiting is not None and waiting.timer is None:
+                self._flush(partition)  # what gathered while this commit was in flight
+
+    async def _send_commit(self, partition: int, pend: _Pending) -> None:
         try:
             # A commit is a JSON array of envelopes (events.codec.decode_record).
             value = b"[" + b",".join(pend.encoded) + b"]"
