@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-__all__ = ["FinalIds"]
+__all__ = ["FinalIds", "FrozenFinalIds"]
 
 _MAGIC = b"RSF1"
 
@@ -58,8 +58,20 @@ class FinalIds:
     def to_bytes(self) -> bytes:
         """Deterministic bytes: the same set gives the same bytes."""
         self.compact()
-        deltas = np.diff(self._sorted, prepend=np.int64(0)).astype(np.int64)
-        return _MAGIC + zstandard.ZstdCompressor(level=3).compress(deltas.tobytes())
+        return _encode(self._sorted)
+
+    def freeze(self) -> FrozenFinalIds:
+        """What the set holds now, to be merged and encoded away from the event loop
+        (:meth:`FrozenFinalIds.encode`, in a thread) while this set goes on growing; costs a
+        copy of the recent ids only (the sorted array is never changed in place)."""
+        return FrozenFinalIds(self._sorted, frozenset(self._recent))
+
+    def merged(self, frozen: FrozenFinalIds, merged: np.ndarray) -> None:
+        """Take ``merged`` (``frozen``'s ids, sorted) as the sorted array: the ids added since
+        ``frozen`` was taken stay recent."""
+        if self._sorted is frozen.sorted:
+            self._sorted = merged
+            self._recent -= frozen.recent
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> FinalIds:
@@ -68,3 +80,28 @@ class FinalIds:
             raise ValueError("not a final-ids entry")
         deltas = np.frombuffer(zstandard.ZstdDecompressor().decompress(raw[4:]), dtype=np.int64)
         return cls(np.cumsum(deltas, dtype=np.int64))
+
+
+class FrozenFinalIds:
+    """A set of final ids as it was at one instant (:meth:`FinalIds.freeze`): read-only, safe to
+    encode in another thread."""
+
+    __slots__ = ("recent", "sorted")
+
+    def __init__(self, sorted_ids: np.ndarray, recent: frozenset[int]) -> None:
+        self.sorted = sorted_ids
+        self.recent = recent
+
+    def encode(self) -> tuple[bytes, np.ndarray]:
+        """(the bytes :meth:`FinalIds.to_bytes` gives for this set, the merged sorted array).
+        numpy and zstd release the GIL for the heavy parts, so the event loop keeps running."""
+        arr = self.sorted
+        if self.recent:
+            extra = np.fromiter(self.recent, dtype=np.int64, count=len(self.recent))
+            arr = np.union1d(arr, extra)
+        return _encode(arr), arr
+
+
+def _encode(sorted_ids: np.ndarray) -> bytes:
+    deltas = np.diff(sorted_ids, prepend=np.int64(0)).astype(np.int64)
+    return _MAGIC + zstandard.ZstdCompressor(level=3).compress(deltas.tobytes())

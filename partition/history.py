@@ -24,7 +24,6 @@ folded.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Protocol
@@ -32,6 +31,7 @@ from typing import Protocol
 import msgspec
 
 from events.catalogue import Event
+from partition.slices import Slices
 
 __all__ = [
     "HISTORY",
@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 HISTORY = "history"  # the datatype
-ENCODE_SLICE = 500  # runs encoded between two yields to the event loop
 
 
 class Outcome(StrEnum):
@@ -162,10 +161,10 @@ class HistoryLog:
     async def chunks(taken: Pending) -> dict[str, bytes]:
         """One chunk per run of ``taken``: key (``chunk_key``) → its encoded entries."""
         out: dict[str, bytes] = {}
-        for i, (run_id, entries) in enumerate(taken.items(), 1):
+        slices = Slices()  # the event loop is handed back every millisecond
+        for run_id, entries in taken.items():
             out[chunk_key(run_id, entries[0].offset)] = encode_entries(entries)
-            if i % ENCODE_SLICE == 0:
-                await asyncio.sleep(0)
+            await slices.step()
         return out
 
     # ------------------------------------------------------------------ reading

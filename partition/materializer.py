@@ -26,6 +26,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from datamanager.errors import NotExist
 from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
@@ -34,11 +36,12 @@ from events.errors import DecodeError
 from events.reducer import Applied, Rejected, apply
 from events.state import RunState
 from partition.admission import Admission
-from partition.finals import FinalIds
+from partition.finals import FinalIds, FrozenFinalIds
 from partition.history import HISTORY, HistoryEntry, HistoryLog, Pending, merged, stored_history
 from partition.history import Outcome as Judged
 from partition.placement import key_partition, partition_for
 from partition.ports import PartitionOpener, PartitionStore
+from partition.slices import Slices
 from partition.waiters import ApplyOutcome, Waiters
 
 __all__ = [
@@ -59,7 +62,6 @@ _APPLIED = Judged.APPLIED
 _FINAL_PHASES = frozenset(p for p in Phase if p.is_final())
 FINAL_IDS = "final-ids"
 KEY_HOMES = 4096  # keys whose partition route_check remembers (cleared when full)
-ENCODE_SLICE = 500  # runs encoded between two yields to the event loop during a checkpoint
 
 
 def _answer(out: Outcome, event: Event, code: str, reason: str) -> None:
@@ -148,7 +150,7 @@ class Snapshot:
     finished: dict[str, RunState]
     covered: int
     events: int
-    final_ids: bytes | None
+    final_ids: FrozenFinalIds | None  # encoded by commit, in a thread
     history: Pending = field(default_factory=dict)
 
 
@@ -418,7 +420,7 @@ class PartitionMaterializer:
             finished=self._finished,
             covered=self.next_offset,
             events=self.pending_events,
-            final_ids=self.finals.to_bytes() if self._finished else None,
+            final_ids=self.finals.freeze() if self._finished else None,
             history=self.history.take(),
         )
         self._dirty, self._finished = {}, {}
@@ -436,8 +438,10 @@ class PartitionMaterializer:
         while this runs (the snapshot was taken out of the live state by :meth:`prepare`).
         """
         puts: dict[str, dict[str, bytes]] = {ACTIVE: await _encoded(snap.dirty)}
+        merged: np.ndarray | None = None
         if snap.final_ids is not None:
-            puts[META] = {FINAL_IDS: snap.final_ids}
+            final_ids, merged = await asyncio.to_thread(snap.final_ids.encode)
+            puts[META] = {FINAL_IDS: final_ids}
         # A final run's state and a history chunk are written once: appended as new files, never
         # merged into (and rewriting) the files their ids fall into at every checkpoint.
         appends = {
@@ -449,6 +453,8 @@ class PartitionMaterializer:
             offsets_key(self.phases_topic, self.partition): phases_offset,
         }
         await self.writer.checkpoint(puts, {ACTIVE: list(snap.finished)}, offsets, appends=appends)
+        if snap.final_ids is not None and merged is not None:
+            self.finals.merged(snap.final_ids, merged)
         self._writing = None
         self.checkpointed_offset = snap.covered
         self.phases_offset = phases_offset
@@ -494,11 +500,11 @@ class PartitionMaterializer:
 
 
 async def _encoded(states: Mapping[str, RunState]) -> dict[str, bytes]:
-    """Encoded ``states``, yielding to the event loop every ``ENCODE_SLICE`` runs so that records
-    go on being applied while a large checkpoint is encoded."""
+    """Encoded ``states``, in slices of the event loop's time (``partition.slices``) so that
+    records go on being applied while a large checkpoint is encoded."""
     out: dict[str, bytes] = {}
-    for i, (run_id, state) in enumerate(states.items(), 1):
+    slices = Slices()
+    for run_id, state in states.items():
         out[run_id] = encode_state(state)
-        if i % ENCODE_SLICE == 0:
-            await asyncio.sleep(0)
+        await slices.step()
     return out
