@@ -64,6 +64,11 @@ CATCH_UP_STALL = 5.0
 
 CheckpointResult = Literal["ok", "fenced", "failed", "crashed", "nothing"]
 
+#: Spreads the partitions' checkpoint times over the interval (the golden ratio's fraction: any
+#: number of partitions lands evenly spread), so that a worker's partitions never all checkpoint
+#: in the same instant and stall the records of every partition at once.
+_SPREAD = 0.6180339887498949
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OwnerConfig:
@@ -126,6 +131,7 @@ class PartitionOwner:
         self._load_task: asyncio.Task[None] | None = None
         self._checkpoint_task: asyncio.Task[CheckpointResult] | None = None
         self._last_checkpoint = clock()
+        self._next_checkpoint = self._slot_after(self._last_checkpoint)
         # Records are read from the checkpoint's offset (see load): the first one must be there.
         self._skipping_to: int | None = None
         self._start_offset = 0  # the loaded checkpoint's next offset
@@ -252,6 +258,7 @@ class PartitionOwner:
         self.timekeeper.watch_all(pm.active, self._clock())
         self.pm = pm
         self._last_checkpoint = self._last_record = self._clock()
+        self._next_checkpoint = self._slot_after(self._last_checkpoint)
         self._settled.set()
         log.info(
             "partition loaded",
@@ -434,10 +441,25 @@ class PartitionOwner:
         pm = self.pm
         if pm is None or self.closed or self.dead or self.checkpointing or not pm.has_changes:
             return None
-        due = self._clock() - self._last_checkpoint >= self.config.checkpoint_interval
+        due = self._clock() >= self._next_checkpoint
         if due or pm.pending_events >= self.config.checkpoint_events:
             return self._start_checkpoint(crash_on_lost_send=True)
         return None
+
+    @property
+    def next_checkpoint(self) -> float:
+        """When (on the owner's clock) the next checkpoint is due, changes permitting."""
+        return self._next_checkpoint
+
+    def _slot_after(self, t: float) -> float:
+        """The first time from ``t`` on this partition's checkpoint schedule: every
+        ``checkpoint_interval`` seconds, shifted by a fraction of it that differs per partition
+        (``_SPREAD``), so the partitions of a worker take turns."""
+        interval = self.config.checkpoint_interval
+        if interval <= 0:
+            return t
+        shift = interval * ((self.partition * _SPREAD) % 1.0)
+        return t + (shift - t) % interval
 
     async def after_batch(self) -> None:
         """After each batch of records: publish the batch's counts, start a due checkpoint, and
@@ -523,6 +545,7 @@ class PartitionOwner:
             self._held = held + self._held
             return "failed"
         self._last_checkpoint = self._clock()
+        self._next_checkpoint = self._slot_after(self._last_checkpoint)
         metrics.CHECKPOINTS.labels("ok").inc()
         metrics.CHECKPOINT_SECONDS.observe(self._last_checkpoint - started)
         for record in held:
