@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType, field
+from msgspec import UNSET, Meta, UnsetType, field
 
 from api.errors import BadRequest
 from events import (
@@ -39,7 +39,7 @@ from events.errors import BadRequest as EventsBadRequest
 from events.errors import validation_message
 from events.executors import DEFAULT_LEASE_MS, MAX_EXECUTOR_ID, ExecutorId, LeaseMs
 from events.group import Group, GroupPrefix, validate_group_prefix
-from events.model import Lease, Name, RunId
+from events.model import Lease, Name, RunId, Shape
 from indexer import DEFAULT_LIMIT, MAX_LIMIT, Order
 
 __all__ = [
@@ -78,8 +78,6 @@ __all__ = [
     "require_executor_id",
     "require_run_id",
 ]
-
-_STRUCT: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 
 
 class RunAction(StrEnum):
@@ -128,13 +126,12 @@ IfMatch = Annotated[
 IdempotencyKey = Annotated[
     str, Meta(min_length=1, max_length=200, pattern="^[!-~](?:[ -~]*[!-~])?$")
 ]
-StrMap = dict[str, str]
 
 
 # -- bodies --------------------------------------------------------------------------------------
 
 
-class NewRun(Struct, **_STRUCT):
+class NewRun(Shape):
     """A new run from its tasks. ``name`` is required unless ``setup_errors`` is given (then it
     defaults to ``Setup Error``); a run needs tasks or setup errors. Inconsistent tasks, or setup
     errors, give a run in phase ``setuperror`` (still 201). A setup error is a message or
@@ -143,9 +140,9 @@ class NewRun(Struct, **_STRUCT):
     group: Group
     given_name: Name | UnsetType = field(default=UNSET, name="name")
     tasks: tuple[RunConfigTask, ...] = ()
-    environment: StrMap = {}
-    static_environment: StrMap = {}
-    annotations: StrMap = {}
+    environment: Mapping[str, str] = {}
+    static_environment: Mapping[str, str] = {}
+    annotations: Mapping[str, str] = {}
     given_setup_errors: tuple[str | SetupError, ...] = field(default=(), name="setup_errors")
 
     #: What ``__post_init__`` checks beyond the fields, for the JSON Schema.
@@ -177,22 +174,22 @@ class NewRun(Struct, **_STRUCT):
         )
 
 
-class RecreateRun(Struct, **_STRUCT):
+class RecreateRun(Shape):
     """A new run made from a finished one: successful tasks are kept (all renewed with
     ``from_start``), ``environment`` replaces the old one."""
 
     run_id: RunId
     from_start: bool = False
-    environment: StrMap = {}
+    environment: Mapping[str, str] = {}
 
 
-class RunActionRequest(Struct, **_STRUCT):
+class RunActionRequest(Shape):
     """start (queued → running), cancel (queued), stop (running)."""
 
     action_type: RunAction
 
 
-class ApproveTask(Struct, tag_field="action_type", tag="approve", **_STRUCT):
+class ApproveTask(Shape, tag_field="action_type", tag="approve"):
     """Approve a task that waits for approval."""
 
     action: ClassVar[TaskAction] = TaskAction.APPROVE
@@ -202,14 +199,14 @@ class ApproveTask(Struct, tag_field="action_type", tag="approve", **_STRUCT):
         return {}
 
 
-class SetTaskAnnotations(Struct, tag_field="action_type", tag="setannotations", **_STRUCT):
+class SetTaskAnnotations(Shape, tag_field="action_type", tag="setannotations"):
     """Replace a task's annotations."""
 
     action: ClassVar[TaskAction] = TaskAction.SET_ANNOTATIONS
-    annotations: StrMap
+    annotations: Mapping[str, str]
 
 
-class HeartbeatRequest(Struct, **_STRUCT):
+class HeartbeatRequest(Shape):
     """The body of an executor's heartbeat (optional: an empty body takes the default lease)."""
 
     lease_ms: LeaseMs = DEFAULT_LEASE_MS
@@ -220,7 +217,7 @@ CreateRequest = NewRun
 RecreateRequest = RecreateRun
 
 
-class ClaimTask(Struct, **_STRUCT):
+class ClaimTask(Shape):
     """An executor claims a ready task (``task.claimed``): the first claim wins, the holder's
     claim again renews its lease, any other is refused (409 naming the holder). The claim holds
     while the executor's heartbeats come at least every ``lease_ms``."""
@@ -229,7 +226,7 @@ class ClaimTask(Struct, **_STRUCT):
     lease_ms: Lease = DEFAULT_LEASE_MS
 
 
-class ReportStatus(Struct, **_STRUCT):
+class ReportStatus(Shape):
     """An executor reports a task's status (``task.status_changed``). With ``executor_id``: a
     report for a task another executor holds is refused (409), one for a ready task nobody
     holds claims it; without: accepted only for a task nobody holds."""
@@ -242,7 +239,7 @@ class ReportStatus(Struct, **_STRUCT):
 DEFAULT_STUCK_SECONDS = 600
 
 
-class StuckQuery(Struct, **_STRUCT):
+class StuckQuery(Shape):
     """The query of ``GET /stuck``."""
 
     older_than: Annotated[
@@ -255,7 +252,7 @@ class StuckQuery(Struct, **_STRUCT):
     ] = DEFAULT_STUCK_SECONDS
 
 
-class ListQuery(Struct, **_STRUCT):
+class ListQuery(Shape):
     """The query of ``GET /runs`` (each field is a query parameter; group, phase and result
     repeat, the others are given once). A group is a prefix by whole elements: ``/project/x``
     matches its branches, ``/a/b`` never ``/a/bc``; ``/`` matches every run, ``/project`` every

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from api.errors import BadRequest, NotFound, Unavailable
 from api.views import json_response
+from events.model import OpenShape, Shape
 
 if TYPE_CHECKING:
     from api.ports import DeadLetters
@@ -94,7 +96,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 
 # ------------------------------------------------------------------------------ shapes
-class DeadLetterSummary(msgspec.Struct, frozen=True, kw_only=True):
+class DeadLetterSummary(OpenShape):
     """One dead letter in a listing (what ``runstream dlq list --json`` prints)."""
 
     id: str  # PARTITION:OFFSET in the dead-letter topic
@@ -111,20 +113,20 @@ class DeadLetterSummary(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None
 
 
-class DeadLetterPage(msgspec.Struct, frozen=True, kw_only=True):
+class DeadLetterPage(OpenShape):
     dead_letters: list[DeadLetterSummary]
     #: Pass as ``cursor`` for the next (older) page; absent on the last page.
     next_cursor: str | None = None
 
 
-class DeadLetterValue(msgspec.Struct, frozen=True, kw_only=True):
+class DeadLetterValue(OpenShape):
     """The record's bytes: ``json`` (UTF-8 JSON, as text) or ``base64``."""
 
     encoding: Literal["json", "base64"]
     text: str
 
 
-class DeadLetter(DeadLetterSummary, frozen=True, kw_only=True):
+class DeadLetter(DeadLetterSummary):
     """One dead letter decoded (``runstream dlq show --json`` plus its value)."""
 
     headers: dict[str, str]
@@ -134,27 +136,27 @@ class DeadLetter(DeadLetterSummary, frozen=True, kw_only=True):
     decode_error: str | None = None  # else why they do not
 
 
-class RedriveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RedriveRequest(Shape):
     """What to redrive: named dead letters and/or filters (they all apply); ``all`` to take every
     dead letter when nothing else is given. ``dry_run``: say what would be sent, send nothing."""
 
-    ids: list[DlqId] = []
-    reasons: list[Reason] = []
-    source_partitions: list[SourcePartition] = []
+    ids: Sequence[DlqId] = []
+    reasons: Sequence[Reason] = []
+    source_partitions: Sequence[SourcePartition] = []
     since: When | None = None
     until: When | None = None
     all: bool = False
     dry_run: bool = False
 
 
-class _RedriveBody(RedriveRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _RedriveBody(RedriveRequest):
     """What the server decodes: ``since``/``until`` any text ``parse_time`` reads."""
 
     since: str | None = None
     until: str | None = None
 
 
-class RedriveItem(msgspec.Struct, frozen=True, kw_only=True):
+class RedriveItem(OpenShape):
     id: str
     outcome: Literal["redriven", "would_redrive", "skipped"]
     topic: str | None = None  # where it went (or would go)
@@ -162,7 +164,7 @@ class RedriveItem(msgspec.Struct, frozen=True, kw_only=True):
     why: str | None = None  # why it was skipped
 
 
-class RedriveResult(msgspec.Struct, frozen=True, kw_only=True):
+class RedriveResult(OpenShape):
     dry_run: bool
     redriven: int  # sent (or, dry run, that would be)
     skipped: int

@@ -18,12 +18,13 @@ from typing import Any
 
 import msgspec
 
+from events.model import Shape
 from partition.history import HistoryEntry
 
 __all__ = ["History", "history_paths"]
 
 
-class History(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class History(Shape):
     run_id: str
     events: list[HistoryEntry]
 

@@ -14,14 +14,14 @@ from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
 from api.bodies import Cursor
 from api.scopes import mask_state_dict, reveal_secrets
 from api.waiting import Waiting
 from events import Phase, Result, Run, RunConfig, RunState
 from events.executors import ExecutorId
-from events.model import Count, Lease, Millis, Name, RunId
+from events.model import Count, Lease, Millis, Name, OpenShape, RunId, Shape
 from events.state import state_to_dict
 from indexer import Page
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-class RunWithConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunWithConfig(Shape):
     """A run, its config and its revision (``tasks`` of both as arrays, see the module)."""
 
     run: Run
@@ -66,7 +66,7 @@ class RunWithConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 _INDEXED = "; from the index, to the second"
 
 
-class RunEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunEntry(Shape):
     """A run as the index lists it: enough for a runs page without a read per run. ``name`` is
     "" and ``counter`` 0 for runs indexed before phase changes carried them."""
 
@@ -81,14 +81,14 @@ class RunEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     end_time: Annotated[Millis, Meta(description="when it reached a final phase" + _INDEXED)] | None
 
 
-class RunPage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunPage(Shape):
     """One page of a listing; ``next_cursor`` is null on the last page."""
 
     runs: tuple[RunEntry, ...]
     next_cursor: Cursor | None
 
 
-class Error(Struct, frozen=True, kw_only=True):
+class Error(OpenShape):
     """Every error body. A 500 always says ``internal server error``. Other fields may come
     (``/healthz`` adds its detail): a client ignores what it does not know."""
 
@@ -98,7 +98,7 @@ class Error(Struct, frozen=True, kw_only=True):
     )
 
 
-class TaskClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskClaim(Shape):
     """A claim the run's owner applied: ``executor_id`` holds the task's attempt ``attempt``
     with a lease of ``lease_ms``."""
 
@@ -109,7 +109,7 @@ class TaskClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     lease_ms: Lease
 
 
-class StuckRun(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class StuckRun(Shape):
     """An active run with no progress since ``since`` (its enqueue or start, or a task's claim,
     start or end, whichever is latest); ``tasks``: those running or claimed since before then."""
 
@@ -120,7 +120,7 @@ class StuckRun(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tasks: tuple[Name, ...] = ()
 
 
-class StuckRuns(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class StuckRuns(Shape):
     """The runs with no progress for longer than asked, oldest first, from every worker's
     partitions. ``partial``: some partition was not answered for (a worker did not answer, a
     partition without a settled owner): runs may be missing."""
@@ -136,7 +136,7 @@ class StuckRuns(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ) = UNSET
 
 
-class ExecutorSeen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ExecutorSeen(Shape):
     """The last heartbeat of an executor this worker heard (every worker hears every one, a few
     ms after it is appended)."""
 

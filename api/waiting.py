@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
 from events import Phase, RunState, TaskStatus
 from events.model import (
@@ -42,6 +42,7 @@ from events.model import (
     PlannedTask,
     RunId,
     RunTask,
+    Shape,
     attempt_of,
     holder_of,
 )
@@ -74,7 +75,7 @@ class TaskWait(StrEnum):
 _HELD = frozenset({TaskWait.EXECUTOR, TaskWait.RUNNING})
 
 
-class RunWait(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunWait(Shape):
     """What a queued run waits for. ``running``: how many runs of ``group`` run now (the run
     index's view), ``limit``: the scheduler's cap per group (0: the scheduler is off),
     ``held_by``: the running runs."""
@@ -87,7 +88,7 @@ class RunWait(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     held_by: tuple[RunId, ...] = ()
 
 
-class TaskWaiting(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskWaiting(Shape):
     """What one task waits for. ``parents``: the parents that have not ended (``parents``);
     ``executor`` and ``since``: who holds it and since when (the claim, or the start while
     running); ``attempt``: set from 2 on; ``reason``: why the run service took it, when set."""
@@ -102,7 +103,7 @@ class TaskWaiting(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     reason: str | UnsetType = UNSET
 
 
-class Waiting(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Waiting(Shape):
     """What a run that is not final waits for: ``run`` for a queued run (else null), and one
     entry per task that has not ended, in the run config's order."""
 

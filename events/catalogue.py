@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Protocol
 
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
 from events.model import (
     Count,
@@ -45,6 +45,7 @@ from events.model import (
     RunConfigTask,
     RunId,
     SetupError,
+    Shape,
     TaskStatus,
     Timeout,
 )
@@ -111,7 +112,7 @@ class EventType(StrEnum):
         return self is EventType.PHASE_CHANGED or self is EventType.TASK_READY
 
 
-class RunCreated(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunCreated(Shape):
     """A new run from its tasks (the service builds the config and computes task levels).
 
     A run with ``setup_errors`` (or whose tasks fail the checks) is created in ``setuperror``
@@ -166,7 +167,7 @@ def run_created(req: CreationFields) -> RunCreated:
     )
 
 
-class SetupErrorsReported(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class SetupErrorsReported(Shape):
     """What the webhook receiver sends when a project's config does not parse: a run in
     ``setuperror`` named ``name`` (default ``Setup Error``) in ``group``."""
 
@@ -178,22 +179,22 @@ class SetupErrorsReported(Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     counter: Count = 0
 
 
-class StartRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class StartRequested(Shape):
     """The scheduler moves a queued run to running."""
 
 
-class CancelRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class CancelRequested(Shape):
     """Cancel a queued run."""
 
 
-class StopRequested(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class StopRequested(Shape):
     """Stop a running run (sets its stop flag). ``reason`` says why when the run service asked
     (``timeout``: the run ran past its own timeout); absent when a person or a producer asked."""
 
     reason: Annotated[str, Meta(max_length=200)] | UnsetType = UNSET
 
 
-class TaskStatusChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskStatusChanged(Shape):
     """An executor reports a task's new status. ``executor_id`` names the executor: a report for
     a task another executor holds is refused, and one for an unclaimed ready task claims it. A
     report without it is accepted only for a task no executor holds."""
@@ -207,7 +208,7 @@ class TaskStatusChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields
 DEFAULT_LEASE_MS = 30_000
 
 
-class TaskClaimed(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskClaimed(Shape):
     """Executor ``executor_id`` takes ready task ``task_id``: the first claim wins, the others are
     refused naming the holder. The claim holds while the executor heartbeats at least every
     ``lease_ms`` (``runs.heartbeats``); a claim by the holder again only renews its lease."""
@@ -224,7 +225,7 @@ class ReleaseReason(StrEnum):
     TIMEOUT = "timeout"  # the task ran (or was held) past its timeout: it fails
 
 
-class TaskReleased(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskReleased(Shape):
     """A decision the partition's owner took from time (never from a clock in the reducer):
     attempt ``attempt`` of task ``task_id``, held by ``executor_id`` ("" when no executor claimed
     it), is taken back. ``executor_lost``: back to ready while the task has retries left (the
@@ -248,20 +249,20 @@ def decision_id(run_id: str, kind: str, task_id: str = "", attempt: int = 0) -> 
     return f"{run_id}.{kind}.{attempt}.{task_id}"
 
 
-class TaskApproved(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskApproved(Shape):
     """Someone approved a task that waits for approval."""
 
     task_id: Name
 
 
-class TaskAnnotationsSet(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskAnnotationsSet(Shape):
     """Replace a task's annotations (approval metadata such as ``approvers``)."""
 
     task_id: Name
     annotations: Mapping[str, str]
 
 
-class PhaseChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):  # fmt: skip
+class PhaseChanged(Shape, omit_defaults=True):
     """Derived: the run's phase or result changed. ``seq`` goes up by one per run, from 1.
 
     The first change (seq 1) also carries the run's ``name`` and ``counter``, so the index can
@@ -276,7 +277,7 @@ class PhaseChanged(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     counter: Annotated[Count, Meta(description="the run's number; only at seq 1, 0 = none")] = 0
 
 
-class TaskReady(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskReady(Shape):
     """Derived: task ``task_id`` (at ``level``) may be executed now. ``seq`` goes up by one per
     run, from 1, independently of ``run.phase_changed``'s."""
 
@@ -319,7 +320,7 @@ PAYLOAD_TYPES: Mapping[EventType, type[Payload]] = {
 CURRENT_VERSIONS: Mapping[EventType, int] = dict.fromkeys(EventType, 1)
 
 
-class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+class Event(Shape, tag_field="type"):
     """The envelope: ``data`` is the payload of ``type`` at ``version``; ``at`` is ms since epoch.
 
     Abstract: every event is an instance of the subclass of its type (see :func:`make_event`).
@@ -334,73 +335,73 @@ class Event(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_f
 
 
 # One envelope per type; ``version`` is the current one (older ones are upcast before decoding).
-class RunCreatedEvent(Event, tag="run.created", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class RunCreatedEvent(Event, tag="run.created"):
     type: ClassVar[EventType] = EventType.RUN_CREATED
     version: Literal[1]
     data: RunCreated
 
 
-class SetupErrorsReportedEvent(Event, tag="run.setup_errors_reported", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class SetupErrorsReportedEvent(Event, tag="run.setup_errors_reported"):
     type: ClassVar[EventType] = EventType.SETUP_ERRORS_REPORTED
     version: Literal[1]
     data: SetupErrorsReported
 
 
-class StartRequestedEvent(Event, tag="run.start_requested", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class StartRequestedEvent(Event, tag="run.start_requested"):
     type: ClassVar[EventType] = EventType.START_REQUESTED
     version: Literal[1]
     data: StartRequested
 
 
-class CancelRequestedEvent(Event, tag="run.cancel_requested", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class CancelRequestedEvent(Event, tag="run.cancel_requested"):
     type: ClassVar[EventType] = EventType.CANCEL_REQUESTED
     version: Literal[1]
     data: CancelRequested
 
 
-class StopRequestedEvent(Event, tag="run.stop_requested", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class StopRequestedEvent(Event, tag="run.stop_requested"):
     type: ClassVar[EventType] = EventType.STOP_REQUESTED
     version: Literal[1]
     data: StopRequested
 
 
-class TaskStatusChangedEvent(Event, tag="task.status_changed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class TaskStatusChangedEvent(Event, tag="task.status_changed"):
     type: ClassVar[EventType] = EventType.TASK_STATUS_CHANGED
     version: Literal[1]
     data: TaskStatusChanged
 
 
-class TaskApprovedEvent(Event, tag="task.approved", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class TaskApprovedEvent(Event, tag="task.approved"):
     type: ClassVar[EventType] = EventType.TASK_APPROVED
     version: Literal[1]
     data: TaskApproved
 
 
-class TaskAnnotationsSetEvent(Event, tag="task.annotations_set", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class TaskAnnotationsSetEvent(Event, tag="task.annotations_set"):
     type: ClassVar[EventType] = EventType.TASK_ANNOTATIONS_SET
     version: Literal[1]
     data: TaskAnnotationsSet
 
 
-class TaskClaimedEvent(Event, tag="task.claimed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class TaskClaimedEvent(Event, tag="task.claimed"):
     type: ClassVar[EventType] = EventType.TASK_CLAIMED
     version: Literal[1]
     data: TaskClaimed
 
 
-class TaskReleasedEvent(Event, tag="task.released", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class TaskReleasedEvent(Event, tag="task.released"):
     type: ClassVar[EventType] = EventType.TASK_RELEASED
     version: Literal[1]
     data: TaskReleased
 
 
-class PhaseChangedEvent(Event, tag="run.phase_changed", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class PhaseChangedEvent(Event, tag="run.phase_changed"):
     type: ClassVar[EventType] = EventType.PHASE_CHANGED
     version: Literal[1]
     data: PhaseChanged
 
 
-class TaskReadyEvent(Event, tag="task.ready", frozen=True, kw_only=True, forbid_unknown_fields=True):  # fmt: skip
+class TaskReadyEvent(Event, tag="task.ready"):
     type: ClassVar[EventType] = EventType.TASK_READY
     version: Literal[1]
     data: TaskReady

@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Annotated, get_args
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Meta
 
 from events.catalogue import DEFAULT_LEASE_MS
 from events.errors import DecodeError, DecodeReason, validation_message
-from events.model import ExecutorId, Lease, Millis
+from events.model import ExecutorId, Lease, Millis, Shape
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_MS",
@@ -63,7 +63,7 @@ def heartbeat_interval_ms(lease_ms: int) -> int:
 DEFAULT_HEARTBEAT_INTERVAL_MS = heartbeat_interval_ms(DEFAULT_LEASE_MS)
 
 
-class Heartbeat(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Heartbeat(Shape):
     """The executor ``executor_id`` is alive; its claims hold for ``lease_ms`` from receipt.
 
     ``at`` is when the executor sent it (its clock, ms since the epoch): for people and tools.

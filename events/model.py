@@ -1,9 +1,10 @@
 """The run domain (Agola's runservice types): phases, results, tasks, run configs and runs.
 
-Every shape is a msgspec Struct (frozen, keyword-only, unknown fields refused, constraints in
-``Annotated[..., Meta(...)]``): this module is the one declaration the codec decodes and validates
-with, and the JSON Schemas come from. Times are integer milliseconds since the Unix epoch, UTC
-(``None`` when not reached yet): they round-trip exactly through JSON and compare as numbers.
+Every shape is a msgspec Struct below :class:`Shape` (frozen, keyword-only, unknown fields refused:
+the options are set there, once; constraints in ``Annotated[..., Meta(...)]``): this module is the
+one declaration the codec decodes and validates with, and the JSON Schemas come from. Times are
+integer milliseconds since the Unix epoch, UTC (``None`` when not reached yet): they round-trip
+exactly through JSON and compare as numbers.
 
 Mappings held by these types are plain ``dict`` objects typed ``Mapping``: nothing in ``events``
 mutates them after construction, and callers must not either.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, dataclass_transform
 
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, StructMeta, UnsetType, field
 
 __all__ = [
     "RUN_ID_PATTERN",
@@ -26,6 +27,7 @@ __all__ = [
     "Lease",
     "Millis",
     "Name",
+    "OpenShape",
     "Phase",
     "PlannedTask",
     "Result",
@@ -35,6 +37,7 @@ __all__ = [
     "RunId",
     "RunTask",
     "SetupError",
+    "Shape",
     "Step",
     "TaskDepend",
     "TaskStatus",
@@ -169,21 +172,48 @@ _CONDITION_STATUS = {
 }
 
 
-class SetupError(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _KwOnly(StructMeta):
+    """Makes ``kw_only`` the default of every Struct below :class:`Shape` and
+    :class:`OpenShape`: msgspec inherits ``frozen`` and ``forbid_unknown_fields`` from a base
+    class, but ``kw_only`` applies to the fields a class declares itself (``msgspec.StructMeta``
+    documents this way to change the default)."""
+
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **config: Any
+    ) -> Any:
+        config.setdefault("kw_only", True)
+        return super().__new__(mcls, name, bases, namespace, **config)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
+class Shape(Struct, metaclass=_KwOnly, frozen=True, forbid_unknown_fields=True):
+    """The base of every shape runstream decodes: frozen, keyword-only, unknown fields refused
+    (a typo must not pass silently). A subclass states only what is its own: ``tag``,
+    ``tag_field``, ``omit_defaults``..."""
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
+class OpenShape(Struct, metaclass=_KwOnly, frozen=True):
+    """Frozen and keyword-only like :class:`Shape`, but unknown fields are ignored: answers a
+    reader must take from a newer writer (an error body, a dead letter), and values that never
+    leave the process."""
+
+
+class SetupError(Shape):
     """Why a run could not be set up; ``task_ids`` names the tasks involved, if any."""
 
     message: str
     task_ids: tuple[Name, ...] = ()
 
 
-class TaskDepend(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TaskDepend(Shape):
     """A dependency of a task on ``task_id``."""
 
     task_id: Name
     conditions: tuple[DependCondition, ...] = ()
 
 
-class RunConfigTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunConfigTask(Shape):
     """The definition of one task, as submitted (``run.created``, ``POST /runs``).
 
     ``level`` is computed by the service: it is 0 here and set in the run config's
@@ -210,13 +240,13 @@ class RunConfigTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return 0
 
 
-class PlannedTask(RunConfigTask, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class PlannedTask(RunConfigTask):
     """A task of a run config: its definition and its ``level`` (0 = no parents)."""
 
     level: Count = 0
 
 
-class RunConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunConfig(Shape):
     """The non-state definition of a run; its ``id`` is the run id.
 
     ``static_environment`` (what the git event produced) never changes on recreation;
@@ -237,7 +267,7 @@ class RunConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     timeout_ms: Timeout | UnsetType = UNSET
 
 
-class RunTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunTask(Shape):
     """The state of one task of a run."""
 
     id: Name
@@ -280,7 +310,7 @@ def retries_of(task: RunConfigTask) -> int:
     return 0 if r is UNSET else r
 
 
-class Run(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Run(Shape):
     """The state of a run.
 
     ``counter`` is the run's number inside its root group; it is supplied by the producer (0

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from msgspec import UNSET, Struct
+from msgspec import UNSET
 from msgspec.structs import replace
 
 from events.advance import GRAPHS, graph_of, judge_at_start, judge_children
@@ -73,6 +73,7 @@ from events.catalogue import (
 from events.creation import create_run
 from events.model import (
     FINISHED_TASK_STATUSES,
+    OpenShape,
     Phase,
     PlannedTask,
     Result,
@@ -98,7 +99,7 @@ _NOTSTARTED = TaskStatus.NOTSTARTED
 _NO_IDS: frozenset[str] = frozenset()
 
 
-class Applied(Struct, frozen=True, kw_only=True):
+class Applied(OpenShape):
     """The event was applied (or was a duplicate: then ``state`` is the input, unchanged)."""
 
     state: RunState
@@ -106,7 +107,7 @@ class Applied(Struct, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
-class Rejected(Struct, frozen=True, kw_only=True):
+class Rejected(OpenShape):
     """The event was refused; ``state`` is the input state, unchanged (``None`` if no run)."""
 
     reason: str

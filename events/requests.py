@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
-from msgspec import Meta, Struct
+from msgspec import Meta
 
 from events.catalogue import SETUP_ERROR_RUN_NAME
-from events.model import Count, Millis, Name, RunConfigTask, RunId, SetupError
+from events.model import Count, Millis, Name, RunConfigTask, RunId, SetupError, Shape
 
 __all__ = [
     "MAX_REQUEST_ID",
@@ -48,7 +48,7 @@ RequestId = Annotated[
 ]
 
 
-class RunRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunRequest(Shape):
     """Create a run (the body of ``POST /runs``) and give it an id from the sequence.
 
     ``at`` (ms since the epoch) becomes the creation event's time; the time the request is
@@ -66,7 +66,7 @@ class RunRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     at: Millis | None = None
 
 
-class SetupErrorReport(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class SetupErrorReport(Shape):
     """A project's config did not parse: create a run in ``setuperror`` named ``name``.
 
     ``id`` is the request id; without one, the record's topic, partition and offset are used
@@ -91,7 +91,7 @@ class ReplyOutcome(StrEnum):
         return self is ReplyOutcome.CREATED
 
 
-class RequestReply(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RequestReply(Shape):
     """The answer to one request (at least once: a retried request gets the same answer)."""
 
     request_id: str
@@ -101,7 +101,7 @@ class RequestReply(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     at: Millis
 
 
-class Refusal(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Refusal(Shape):
     """The answer to an event the owner of its run refused (on ``runs.refusals``, key = run id,
     the partition with the same number as the run's in ``runs.events``): which event (``event_id``,
     ``type``), why (``code``, one of the refusal codes of docs/events.md, and ``reason``, the

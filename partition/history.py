@@ -31,6 +31,7 @@ from typing import Protocol
 import msgspec
 
 from events.catalogue import Event
+from events.model import Shape
 from partition.slices import Slices
 
 __all__ = [
@@ -59,7 +60,7 @@ class Outcome(StrEnum):
     REFUSED = "refused"
 
 
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class HistoryEntry(Shape):
     """One event judged for the run."""
 
     offset: int  # of the record in the run's partition of runs.events
