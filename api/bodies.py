@@ -23,18 +23,19 @@ from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType, field
+from msgspec.structs import force_setattr
 
 from api.errors import BadRequest
 from events import (
     SETUP_ERROR_RUN_NAME,
     Phase,
     Result,
-    RunConfigTask,
     SetupError,
     TaskStatus,
     is_run_id,
     validate_group,
 )
+from events.catalogue import CreationFields
 from events.errors import BadRequest as EventsBadRequest
 from events.errors import validation_message
 from events.executors import DEFAULT_LEASE_MS, MAX_EXECUTOR_ID, ExecutorId, LeaseMs
@@ -131,19 +132,19 @@ IdempotencyKey = Annotated[
 # -- bodies --------------------------------------------------------------------------------------
 
 
-class NewRun(Shape):
+# The creation fields of every creation (events.catalogue.CreationFields), three of them taken in
+# a wider form: ``group`` documented with its pattern, ``name`` optional, a setup error a message
+# too. Once made (decoded, or built by a client), a NewRun holds the narrow form (``name`` a name,
+# every setup error a SetupError): it is a CreationFields like any other.
+class NewRun(CreationFields):
     """A new run from its tasks. ``name`` is required unless ``setup_errors`` is given (then it
     defaults to ``Setup Error``); a run needs tasks or setup errors. Inconsistent tasks, or setup
     errors, give a run in phase ``setuperror`` (still 201). A setup error is a message or
     ``{"message", "task_ids"}``."""
 
+    name: Name | UnsetType = UNSET  # type: ignore[assignment]  # a name once made (__post_init__)
     group: Group
-    given_name: Name | UnsetType = field(default=UNSET, name="name")
-    tasks: tuple[RunConfigTask, ...] = ()
-    environment: Mapping[str, str] = {}
-    static_environment: Mapping[str, str] = {}
-    annotations: Mapping[str, str] = {}
-    given_setup_errors: tuple[str | SetupError, ...] = field(default=(), name="setup_errors")
+    setup_errors: tuple[str | SetupError, ...] = ()  # type: ignore[assignment]  # idem: SetupError
 
     #: What ``__post_init__`` checks beyond the fields, for the JSON Schema.
     JSON_SCHEMA_RULES: ClassVar[dict[str, Any]] = {
@@ -158,20 +159,15 @@ class NewRun(Shape):
             validate_group(self.group)
         except EventsBadRequest as exc:
             raise ValueError(f"{exc} - at `$.group`") from None
-        if not self.tasks and not self.given_setup_errors:
+        if not self.tasks and not self.setup_errors:
             raise ValueError("run has neither tasks nor setup errors - at `$.tasks`")
-        if self.given_name is UNSET and not self.given_setup_errors:
-            raise ValueError("field 'name' is required unless setup_errors is given - at `$`")
-
-    @property
-    def name(self) -> str:
-        return SETUP_ERROR_RUN_NAME if isinstance(self.given_name, UnsetType) else self.given_name
-
-    @property
-    def setup_errors(self) -> tuple[SetupError, ...]:
-        return tuple(
-            SetupError(message=e) if isinstance(e, str) else e for e in self.given_setup_errors
-        )
+        if self.name is UNSET:
+            if not self.setup_errors:
+                raise ValueError("field 'name' is required unless setup_errors is given - at `$`")
+            force_setattr(self, "name", SETUP_ERROR_RUN_NAME)
+        if any(isinstance(e, str) for e in self.setup_errors):
+            errors = (SetupError(message=e) if isinstance(e, str) else e for e in self.setup_errors)
+            force_setattr(self, "setup_errors", tuple(errors))
 
 
 class RecreateRun(Shape):

@@ -44,6 +44,7 @@ from datamanager import EtcdUnavailable
 from events import (
     CancelRequested,
     CannotRecreate,
+    CreationFields,
     Event,
     Payload,
     Phase,
@@ -100,7 +101,7 @@ _GROUP_PAGES = 10
 StateReader = Callable[[str], Awaitable[RunState | None]]
 
 
-def check_creatable(req: CreateRequest) -> None:
+def check_creatable(req: CreationFields) -> None:
     """400 unless ``req`` can form a run (checked before any run id is spent)."""
     check_create(group=req.group, tasks=req.tasks, setup_errors=req.setup_errors)
 

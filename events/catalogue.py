@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Protocol
+from typing import Annotated, ClassVar, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
@@ -59,6 +59,7 @@ __all__ = [
     "AnyEvent",
     "CancelRequested",
     "CancelRequestedEvent",
+    "CreationFields",
     "Event",
     "EventType",
     "Payload",
@@ -112,14 +113,12 @@ class EventType(StrEnum):
         return self is EventType.PHASE_CHANGED or self is EventType.TASK_READY
 
 
-class RunCreated(Shape):
-    """A new run from its tasks (the service builds the config and computes task levels).
-
-    A run with ``setup_errors`` (or whose tasks fail the checks) is created in ``setuperror``
-    with no tasks. For a recreation, ``recreated_from`` names the old run and ``kept_tasks``
-    lists the ids of tasks that keep their success from it. ``counter`` is the run number in its
-    root group, supplied by the producer (0 when unknown).
-    """
+class CreationFields(Shape):
+    """What a creation gives a new run, declared once: ``run.created``'s payload
+    (:class:`RunCreated`), a creation request of ``runs.requests``
+    (``events.requests.RunRequest``) and the body of ``POST /runs`` (``api.bodies.NewRun``) are
+    these fields, in this order, plus their own. A run with ``setup_errors`` (or whose tasks
+    fail the checks) is created in ``setuperror`` with no tasks."""
 
     name: Name
     group: str
@@ -128,43 +127,31 @@ class RunCreated(Shape):
     static_environment: Mapping[str, str] = {}
     annotations: Mapping[str, str] = {}
     setup_errors: tuple[SetupError, ...] = ()
+
+
+class RunCreated(CreationFields):
+    """A new run from its tasks (the service builds the config and computes task levels).
+
+    A run with ``setup_errors`` (or whose tasks fail the checks) is created in ``setuperror``
+    with no tasks. For a recreation, ``recreated_from`` names the old run and ``kept_tasks``
+    lists the ids of tasks that keep their success from it. ``counter`` is the run number in its
+    root group, supplied by the producer (0 when unknown).
+    """
+
     recreated_from: RunId | None = None
     kept_tasks: tuple[Name, ...] = ()
     counter: Count = 0
     timeout_ms: Timeout | UnsetType = UNSET  # the run's own timeout (issue 20); UNSET: none
 
 
-class CreationFields(Protocol):
-    """What a creation request gives a new run (``POST /runs``'s body, a ``runs.requests``
-    record): read-only, so any Struct with these fields or properties fits."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def group(self) -> str: ...
-    @property
-    def tasks(self) -> tuple[RunConfigTask, ...]: ...
-    @property
-    def environment(self) -> Mapping[str, str]: ...
-    @property
-    def static_environment(self) -> Mapping[str, str]: ...
-    @property
-    def annotations(self) -> Mapping[str, str]: ...
-    @property
-    def setup_errors(self) -> tuple[SetupError, ...]: ...
+#: The fields a creation request copies into its ``run.created``.
+_CREATION_FIELDS = CreationFields.__struct_fields__
 
 
 def run_created(req: CreationFields) -> RunCreated:
-    """The ``run.created`` payload of a creation request (no recreation, no run number yet)."""
-    return RunCreated(
-        name=req.name,
-        group=req.group,
-        tasks=req.tasks,
-        environment=req.environment,
-        static_environment=req.static_environment,
-        annotations=req.annotations,
-        setup_errors=req.setup_errors,
-    )
+    """The ``run.created`` payload of a creation request (``POST /runs``'s body, a
+    ``runs.requests`` record): its :class:`CreationFields`, no recreation, no run number yet."""
+    return RunCreated(**{f: getattr(req, f) for f in _CREATION_FIELDS})
 
 
 class SetupErrorsReported(Shape):

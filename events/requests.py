@@ -4,7 +4,8 @@ A producer that cannot reach etcd cannot allocate a run id. It sends a request i
 run id, and runstream allocates one from the sequence, exactly once per request id, appends the
 creation event to ``runs.events`` and replies on ``runs.replies`` (key = request id):
 
-* :class:`RunRequest` on ``runs.requests``: what ``POST /runs`` takes, plus ``request_id``;
+* :class:`RunRequest` on ``runs.requests``: the creation fields ``POST /runs`` takes too
+  (``events.catalogue.CreationFields``), plus ``request_id``;
 * :class:`SetupErrorReport` on ``runs.setup-errors``: the webhook receiver's report of a
   project whose config does not parse (a run in ``setuperror``); its ``id`` is the request id;
 * :class:`RequestReply` on ``runs.replies``: the request id, the run id it was given (``created``)
@@ -22,8 +23,8 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from events.catalogue import SETUP_ERROR_RUN_NAME
-from events.model import Count, Millis, Name, RunConfigTask, RunId, SetupError, Shape
+from events.catalogue import SETUP_ERROR_RUN_NAME, CreationFields
+from events.model import Count, Millis, Name, RunId, SetupError, Shape
 
 __all__ = [
     "MAX_REQUEST_ID",
@@ -48,7 +49,7 @@ RequestId = Annotated[
 ]
 
 
-class RunRequest(Shape):
+class RunRequest(CreationFields):
     """Create a run (the body of ``POST /runs``) and give it an id from the sequence.
 
     ``at`` (ms since the epoch) becomes the creation event's time; the time the request is
@@ -56,13 +57,6 @@ class RunRequest(Shape):
     """
 
     request_id: RequestId
-    name: Name
-    group: str
-    tasks: tuple[RunConfigTask, ...] = ()
-    environment: Mapping[str, str] = {}
-    static_environment: Mapping[str, str] = {}
-    annotations: Mapping[str, str] = {}
-    setup_errors: tuple[SetupError, ...] = ()
     at: Millis | None = None
 
 
