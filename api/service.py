@@ -396,7 +396,7 @@ class RunService:
                 groups=(group,), phases=(Phase.RUNNING,), order=Order.ASC, limit=MAX_LIMIT,
                 cursor=cursor,
             )  # fmt: skip
-            out += [e.id_text for e in page.runs if e.group == group]
+            out += [e.id for e in page.runs if e.group == group]
             cursor = page.next_cursor
             if cursor is None:
                 break

@@ -19,11 +19,11 @@ from msgspec import UNSET, Meta, UnsetType
 from api.bodies import Cursor
 from api.scopes import mask_state_dict, reveal_secrets
 from api.waiting import Waiting
-from events import Phase, Result, Run, RunConfig, RunState
+from events import Phase, Run, RunConfig, RunState
 from events.executors import ExecutorId
 from events.model import Count, Lease, Millis, Name, OpenShape, RunId, Shape
 from events.state import state_to_dict
-from indexer import Page
+from indexer import Page, RunEntry
 
 __all__ = [
     "RESPONSE_TYPES",
@@ -61,24 +61,6 @@ class RunWithConfig(Shape):
         ]
         | None
     ) = None
-
-
-_INDEXED = "; from the index, to the second"
-
-
-class RunEntry(Shape):
-    """A run as the index lists it: enough for a runs page without a read per run. ``name`` is
-    "" and ``counter`` 0 for runs indexed before phase changes carried them."""
-
-    id: RunId
-    group: str
-    phase: Phase
-    result: Result
-    name: Annotated[str, Meta(description='the run\'s name ("" when the index was not told)')]
-    counter: Annotated[Count, Meta(description="the run's number in its root group (0: none)")]
-    enqueue_time: Annotated[Millis, Meta(description="when it was created" + _INDEXED)] | None
-    start_time: Annotated[Millis, Meta(description="when it started running" + _INDEXED)] | None
-    end_time: Annotated[Millis, Meta(description="when it reached a final phase" + _INDEXED)] | None
 
 
 class RunPage(Shape):
@@ -173,22 +155,8 @@ def run_view(state: RunState, waiting: Waiting | None = None) -> dict[str, Any]:
 
 
 def page_view(page: Page) -> RunPage:
-    """The :class:`RunPage` of an index page."""
-    runs = tuple(
-        RunEntry(
-            id=e.id_text,
-            group=e.group,
-            phase=e.phase,
-            result=e.result,
-            name=e.name,
-            counter=e.counter,
-            enqueue_time=e.enqueue_time,
-            start_time=e.start_time,
-            end_time=e.end_time,
-        )
-        for e in page.runs
-    )
-    return RunPage(runs=runs, next_cursor=page.next_cursor)
+    """The :class:`RunPage` of an index page (its entries as the index made them)."""
+    return RunPage(runs=page.runs, next_cursor=page.next_cursor)
 
 
 def etag(state: RunState) -> str:

@@ -1,14 +1,20 @@
-"""Value types of the index: entries, pages, sort order, statistics, and the phase/result codes."""
+"""Value types of the index: entries, pages, sort order, statistics, and the phase/result codes.
+
+:class:`RunEntry` is also what ``GET /api/v1/runs`` lists: the API encodes the index's entries
+as they are (one declaration, the OpenAPI component comes from it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
+from msgspec import Meta
 
-from events import Phase, Result, format_run_id
+from events import RUN_ID_WIDTH, Phase, Result
+from events.model import Count, Millis, RunId, Shape
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -74,52 +80,33 @@ class Order(StrEnum):
         return self is Order.DESC
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunEntry:
-    """What the index knows about one run. ``name`` is "" and ``counter`` 0 when the index was
-    not told (runs indexed from phase changes written before they carried them); times are
-    milliseconds since the Unix epoch to the second (the index keeps seconds), None when
-    unknown or not reached yet."""
+_INDEXED = "; from the index, to the second"
 
-    run_id: int
+
+# Positional (kw_only=False): a page makes up to 100 entries with ``map`` over its columns.
+class RunEntry(Shape, kw_only=False):
+    """A run as the index lists it: enough for a runs page without a read per run. ``name`` is
+    "" and ``counter`` 0 for runs indexed before phase changes carried them."""
+
+    id: RunId
     group: str
     phase: Phase
     result: Result
-    name: str = ""
-    counter: int = 0
-    enqueue_time: int | None = None
-    start_time: int | None = None
-    end_time: int | None = None
+    name: Annotated[str, Meta(description='the run\'s name ("" when the index was not told)')]
+    counter: Annotated[Count, Meta(description="the run's number in its root group (0: none)")]
+    enqueue_time: Annotated[Millis, Meta(description="when it was created" + _INDEXED)] | None
+    start_time: Annotated[Millis, Meta(description="when it started running" + _INDEXED)] | None
+    end_time: Annotated[Millis, Meta(description="when it reached a final phase" + _INDEXED)] | None
 
     @property
-    def id_text(self) -> str:
-        """The run id in its fixed-width text form."""
-        return format_run_id(self.run_id)
+    def run_id(self) -> int:
+        """The run id as the index keys it (``id`` is its fixed-width text form)."""
+        return int(self.id)
 
 
-_FIELDS = (
-    "run_id",
-    "group",
-    "phase",
-    "result",
-    "name",
-    "counter",
-    "enqueue_time",
-    "start_time",
-    "end_time",
-)
-_new = object.__new__
-(
-    _set_id,
-    _set_group,
-    _set_phase,
-    _set_result,
-    _set_name,
-    _set_counter,
-    _set_enq,
-    _set_start,
-    _set_end,
-) = (RunEntry.__dict__[name].__set__ for name in _FIELDS)
+#: A run id's text form (``events.format_run_id`` without its range check: the index holds ids
+#: in range only).
+format_id = f"{{:0{RUN_ID_WIDTH}d}}".format
 
 
 def make_entry(
@@ -133,21 +120,11 @@ def make_entry(
     start_time: int | None = None,
     end_time: int | None = None,
 ) -> RunEntry:
-    """``RunEntry(run_id=..., ...)``, about 2× cheaper: a page builds up to 100 of them, and the
-    generated ``__init__`` of a frozen dataclass routes every field through keyword passing and
-    ``object.__setattr__``. Writes the slots directly (the instance is new, so nothing is mutated
-    after creation); ``tests/unit/test_index_query.py`` checks it equals the real constructor."""
-    entry = _new(RunEntry)
-    _set_id(entry, run_id)
-    _set_group(entry, group)
-    _set_phase(entry, phase)
-    _set_result(entry, result)
-    _set_name(entry, name)
-    _set_counter(entry, counter)
-    _set_enq(entry, enqueue_time)
-    _set_start(entry, start_time)
-    _set_end(entry, end_time)
-    return entry
+    """The :class:`RunEntry` of what the index holds for ``run_id``; times are milliseconds to
+    the second, None when unknown or not reached yet."""
+    return RunEntry(
+        format_id(run_id), group, phase, result, name, counter, enqueue_time, start_time, end_time
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,7 +29,7 @@ from indexer.model import (
     Order,
     Page,
     RunEntry,
-    make_entry,
+    format_id,
     pr_code,
 )
 
@@ -276,8 +276,8 @@ def _entries(index: RunIndex, slots: Slots) -> tuple[RunEntry, ...]:
     codes = index.pr[slots].tolist()
     return tuple(
         map(
-            make_entry,
-            (slots + index.base).tolist(),
+            RunEntry,
+            map(format_id, (slots + index.base).tolist()),
             [names[g] for g in index.gid[slots].tolist()],
             [_PHASE_OF[c] for c in codes],
             [_RESULT_OF[c] for c in codes],

@@ -101,7 +101,7 @@ def _dump_lines(key: str, data: bytes) -> Iterator[dict[str, Any]]:
     }
     for e in index.entries():
         yield {
-            "key": e.id_text,
+            "key": e.id,
             "value": {
                 "group": e.group,
                 "phase": str(e.phase),

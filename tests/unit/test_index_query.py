@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import Phase, Result
+from events import Phase, Result, format_run_id
 from indexer import (
     BadCursor,
     BadGroup,
@@ -93,7 +93,7 @@ class Reference:
     def entry(self, rid: int, *, facts: bool = True) -> RunEntry:
         g, p, r, _ = self.runs[rid]
         more = vars(self.facts[rid]) if facts else {}
-        return RunEntry(run_id=rid, group=g, phase=p, result=r, **more)
+        return make_entry(run_id=rid, group=g, phase=p, result=r, **more)
 
     def list(
         self,
@@ -269,12 +269,12 @@ times = st.one_of(st.none(), st.integers(0, 2**42))
     counter=st.integers(0, 2**32),
     t=st.tuples(times, times, times),
 )
-def test_fast_entry_constructor_equals_the_dataclass(
+def test_make_entry_equals_the_constructor(
     rid: int, g: str, p: Phase, r: Result, name: str, counter: int, t: tuple[int | None, ...]
 ) -> None:
     fast = make_entry(rid, g, p, r, name, counter, *t)
     real = RunEntry(
-        run_id=rid,
+        id=format_run_id(rid),
         group=g,
         phase=p,
         result=r,
@@ -286,7 +286,10 @@ def test_fast_entry_constructor_equals_the_dataclass(
     )
     assert fast == real
     assert hash(fast) == hash(real)
-    assert make_entry(rid, g, p, r) == RunEntry(run_id=rid, group=g, phase=p, result=r)
+    assert make_entry(rid, g, p, r) == RunEntry(
+        id=format_run_id(rid), group=g, phase=p, result=r, name="", counter=0,
+        enqueue_time=None, start_time=None, end_time=None,
+    )  # fmt: skip
     with pytest.raises(AttributeError):
         fast.group = "/other"  # type: ignore[misc]
 
@@ -297,7 +300,7 @@ def test_update_rules() -> None:
     assert not ix.apply(7, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1)  # older: ignored
     assert not ix.apply(7, "/project/a", Phase.FINISHED, Result.SUCCESS, 2)  # same seq: ignored
     assert ix.apply(7, "/project/a", Phase.FINISHED, Result.FAILED, 3)
-    assert ix.get(7) == RunEntry(
+    assert ix.get(7) == make_entry(
         run_id=7, group="/project/a", phase=Phase.FINISHED, result=Result.FAILED
     )
     with pytest.raises(ConflictingGroup):
@@ -315,7 +318,7 @@ def test_facts_come_from_the_phase_changes_once_each() -> None:
     ix, at = RunIndex(), 1_780_000_000_250
     ix.apply(7, "/project/a", Phase.QUEUED, Result.UNKNOWN, 1, at=at, name="ci", counter=42)
     ix.apply(7, "/project/a", Phase.RUNNING, Result.UNKNOWN, 2, at=at + 5_000)
-    assert ix.get(7) == RunEntry(
+    assert ix.get(7) == make_entry(
         run_id=7,
         group="/project/a",
         phase=Phase.RUNNING,
