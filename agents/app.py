@@ -10,22 +10,24 @@ from typing import Any
 
 import faust
 
+from agents import quirks
 from agents.config import Settings
 
-__all__ = ["FETCH_MAX_WAIT_MS", "Topics", "consumer_fetcher", "create_app", "self_url"]
+__all__ = ["FETCH_MAX_WAIT_MS", "Topics", "create_app", "self_url"]
 
 log = logging.getLogger("runstream.app")
 
 #: How long the broker may hold a fetch of the worker's consumer open while none of the
-#: partitions in it has a new record. Faust fixes aiokafka's ``fetch_max_wait_ms`` at 1,500 ms,
-#: and aiokafka sends no fetch for a partition while a fetch to its broker is in flight: once
-#: the records of a busy partition wait more than its prefetch backoff (100 ms: an event-loop
-#: hiccup) to be handed to Faust, the next fetch goes out for the *idle* partitions of that broker
-#: alone, and the busy one is fetched again only when the broker gives up on it. Every write then
-#: waited ~1.5 s for its apply (bench/bench_api.py: bursts of 1.41-1.52 s applies, p99 of a
-#: creation 1.5-1.7 s in about half the phases). 50 ms bounds that wait; an idle worker sends
-#: 20 empty fetches a second for it. (Short waits once made a partition taken over before its
-#: first commit never catch up: the owner now seeks to its checkpoint, see partition.owner.load.)
+#: partitions in it has a new record. Faust fixes aiokafka's ``fetch_max_wait_ms`` at 1,500 ms
+#: with no setting for it (``agents.quirks.override_fixed_fetch_wait``), and aiokafka sends no
+#: fetch for a partition while a fetch to its broker is in flight: once the records of a busy
+#: partition wait more than its prefetch backoff (100 ms: an event-loop hiccup) to be handed to
+#: Faust, the next fetch goes out for the *idle* partitions of that broker alone, and the busy
+#: one is fetched again only when the broker gives up on it. Every write then waited ~1.5 s for
+#: its apply (bench/bench_api.py: bursts of 1.41-1.52 s applies, p99 of a creation 1.5-1.7 s in
+#: about half the phases). 50 ms bounds that wait; an idle worker sends 20 empty fetches a second
+#: for it. (Short waits once made a partition taken over before its first commit never catch
+#: up: a new owner now reads on from its checkpoint, see agents.quirks.seek_once_flowing.)
 FETCH_MAX_WAIT_MS = 50
 
 
@@ -108,17 +110,7 @@ def create_app(settings: Settings) -> faust.App:
 
 
 async def _short_fetch_wait(app: faust.App, *_: Any, **__: Any) -> None:
-    """``FETCH_MAX_WAIT_MS`` on the consumer's fetcher (Faust has no setting for it; the fetcher
-    reads the value for every fetch it sends, and exists once the consumer has partitions)."""
-    fetcher = consumer_fetcher(app)
-    if fetcher is None:
+    """``FETCH_MAX_WAIT_MS`` for the consumer's fetches, at every assignment (Faust has no
+    setting for it: ``agents.quirks.override_fixed_fetch_wait``)."""
+    if not quirks.override_fixed_fetch_wait(app, FETCH_MAX_WAIT_MS):
         log.warning("the Kafka consumer's fetcher was not found: fetches wait up to 1.5 s")
-        return
-    fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-
-
-def consumer_fetcher(app: faust.App) -> Any:
-    """aiokafka's fetcher inside the app's consumer (``None`` when not started or not found)."""
-    thread = getattr(app.consumer, "_thread", None)
-    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
-    return fetcher if hasattr(fetcher, "_fetch_max_wait_ms") else None

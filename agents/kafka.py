@@ -2,18 +2,19 @@
 
 Every reader that is not a Faust agent (the indexer, the phase stream, replay, ``runstream
 verify``, the tests and benchmarks) builds its consumer here, so the few aiokafka quirks they
-all meet are handled once: a fresh consumer knows no topic metadata, and stopping a consumer
-right after it started can raise a stray ``CancelledError``.
+all meet are handled once (``agents.quirks``): a fresh consumer knows no topic metadata, and
+stopping a consumer right after it started can raise a stray ``CancelledError``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from agents import quirks
 
 __all__ = [
     "Record",
@@ -30,15 +31,9 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
-    """Stop ``consumer``; aiokafka can raise a stray ``CancelledError`` from its internal task
-    when a consumer is stopped right after it started. Swallow only that one (a cancellation of
-    the calling task itself still propagates)."""
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
+    """Stop ``consumer``, even right after it started
+    (``agents.quirks.stop_despite_stray_cancel``)."""
+    await quirks.stop_despite_stray_cancel(consumer)
 
 
 @asynccontextmanager
@@ -57,10 +52,9 @@ async def bare_consumer(bootstrap: str, **opts: Any) -> AsyncIterator[AIOKafkaCo
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    """The partitions of ``topic`` (empty if it does not exist). A consumer knows no topic
-    metadata right after it starts, so fetch it."""
-    cluster = await consumer._client.fetch_all_metadata()  # no public call returns this
-    return sorted(cluster.partitions_for_topic(topic) or ())
+    """The partitions of ``topic`` (empty if it does not exist), asked of the cluster: a consumer
+    knows no topic metadata right after it starts (``agents.quirks.uncached_partitions_for_topic``)."""
+    return sorted(await quirks.uncached_partitions_for_topic(consumer, topic))
 
 
 async def log_bounds(

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from agents import kafka, metrics
+from agents import kafka, metrics, quirks
 from agents.config import Settings
 from agents.health import stop_for, wrong_storage_line
 from agents.resources import Resources
@@ -124,15 +124,13 @@ class MaterializerService:
 
     # ------------------------------------------------------------------ the owner's hooks
     async def seek(self, partition: int, offset: int) -> None:
-        consumer: Any = self.app.consumer  # Faust's Consumer (ConsumerT lacks the flow's state)
-        if not consumer.flow_active:
-            # Not while a rebalance has the flow stopped: Faust then drops a batch it fetched and
-            # seeks back to the committed offsets, which would undo this seek.
-            await asyncio.wait_for(consumer.can_resume_flow.wait(), FLOW_WAIT)
-        # In the consumer's thread (seek_wait), where aiokafka runs: Faust's plain seek changes
-        # aiokafka's fetcher from this thread, and a fetch being drained there crashed the worker
-        # (KeyError in aiokafka's fetched_records).
-        await consumer.seek_wait({TP(self.settings.topic_events, partition): offset})
+        """The owner reads on from ``offset``: once Faust's flow runs (a seek made during a
+        rebalance is undone), in the consumer's thread (``agents.quirks.seek_once_flowing``)."""
+        await quirks.seek_once_flowing(
+            self.app.consumer,
+            {TP(self.settings.topic_events, partition): offset},
+            flow_wait=FLOW_WAIT,
+        )
 
     async def crash(self, exc: BaseException) -> None:
         log.error("materializer lost a send; stopping the worker", extra={"error": str(exc)})
@@ -282,8 +280,7 @@ class _FaustSender:
     ) -> Awaitable[RecordMeta]:
         # Faust's producer has no batch call: its aiokafka producer's (the same connection and
         # idempotent sequence as Faust's own sends) saves the per-record send of both layers.
-        faust_producer: Any = self._app.producer  # the aiokafka driver's (_ensure_producer)
-        producer = faust_producer._ensure_producer()
+        producer = quirks.producer_for_batches(self._app.producer)
         sent: list[tuple[Awaitable[Any], int]] = []
         batch, n = producer.create_batch(), 0
         for key, value in records:

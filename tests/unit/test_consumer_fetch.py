@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents.app import FETCH_MAX_WAIT_MS, _short_fetch_wait, consumer_fetcher, create_app
+from agents.app import FETCH_MAX_WAIT_MS, _short_fetch_wait, create_app
 from agents.config import Settings
+from agents.quirks import consumer_fetcher
 
 
 async def test_the_fetch_wait_is_set_at_every_assignment(monkeypatch: pytest.MonkeyPatch) -> None:

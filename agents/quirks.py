@@ -1,0 +1,188 @@
+"""Faust's and aiokafka's quirks, and runstream's workaround for each, in one place.
+
+Everything here reaches past the libraries' public API (a private attribute, a method of a
+concrete class that its interface does not declare) or works around behaviour they document
+nowhere. Each workaround is one small function named for what it works around, with the upstream
+code or issue it answers and the versions it was verified against (:data:`VERIFIED`). The rest of
+runstream calls these functions and never touches the libraries' insides itself.
+
+``tests/unit/test_quirks.py`` and ``tests/integration/test_quirks.py`` fail when the libraries
+change under a workaround: a private attribute gone from a real started consumer or producer, a
+default we override that moved, the behaviour we work around no longer occurring (then drop the
+workaround), or an installed version outside the range verified here (then read the upstream
+code again and widen the range).
+
+Upstream links point at the tags verified: faust-streaming v0.15.2 (the installed 0.15.3 ships
+the same sources) and aiokafka v0.14.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:  # the bare-consumer tools import this module without loading Faust
+    import faust
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.types import TP
+    from faust.types.transports import ConsumerT, ProducerT
+
+__all__ = [
+    "FAUST_FETCH_MAX_WAIT_MS",
+    "VERIFIED",
+    "consumer_fetcher",
+    "override_fixed_fetch_wait",
+    "producer_for_batches",
+    "seek_once_flowing",
+    "stop_despite_stray_cancel",
+    "uncached_partitions_for_topic",
+]
+
+#: distribution → (lowest version verified, first version not verified): the installed versions
+#: must fall in these ranges (``tests/unit/test_quirks.py``). Before widening a range, read the
+#: upstream code each quirk below links to, at the new version.
+VERIFIED: dict[str, tuple[str, str]] = {
+    "faust-streaming": ("0.15.2", "0.16"),
+    "aiokafka": ("0.14.0", "0.15"),
+}
+
+
+# ------------------------------------------------------------------------------------- Faust
+#: What Faust fixes aiokafka's ``fetch_max_wait_ms`` at for the worker's consumer.
+FAUST_FETCH_MAX_WAIT_MS = 1500
+
+
+class FetchWait(Protocol):
+    """aiokafka's ``Fetcher``, as far as :func:`override_fixed_fetch_wait` uses it."""
+
+    _fetch_max_wait_ms: int
+
+
+def consumer_fetcher(app: faust.App) -> FetchWait | None:
+    """aiokafka's fetcher inside the Faust app's consumer (``app.consumer._thread._consumer.
+    _fetcher``), ``None`` when the consumer is not started or the path is not there any more.
+    Read by :func:`override_fixed_fetch_wait`."""
+    thread = getattr(app.consumer, "_thread", None)
+    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    return cast(FetchWait, fetcher) if hasattr(fetcher, "_fetch_max_wait_ms") else None
+
+
+def override_fixed_fetch_wait(app: faust.App, wait_ms: int) -> bool:
+    """Works around Faust fixing ``fetch_max_wait_ms`` at 1,500 ms with no setting for it: sets
+    ``wait_ms`` on aiokafka's fetcher of the app's consumer. Returns ``False`` when the fetcher
+    was not found (nothing changed).
+
+    Why runstream needs a shorter wait is told where it is set (``agents.app.FETCH_MAX_WAIT_MS``).
+    The fetcher exists once the consumer has started, and it reads the value each time it builds
+    a fetch request, so call it at every assignment (``app.on_partitions_assigned``: a public
+    signal); setting an ``int`` attribute from the event loop's thread while aiokafka runs in
+    Faust's consumer thread is safe.
+
+    Upstream (faust-streaming 0.15.2 / aiokafka 0.14.0):
+
+    * Faust's fixed value: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L615
+      (``faust.Settings`` has no setting for it);
+    * aiokafka stores it at https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L407
+      and reads it for every request at https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L663.
+    """
+    fetcher = consumer_fetcher(app)
+    if fetcher is None:
+        return False
+    fetcher._fetch_max_wait_ms = wait_ms
+    return True
+
+
+async def seek_once_flowing(
+    consumer: ConsumerT, offsets: Mapping[TP, int], *, flow_wait: float
+) -> None:
+    """Seek the worker's consumer to ``offsets`` so that the seek sticks. Works around two
+    things Faust does, and is what ``OwnerHooks.seek`` (a partition's owner reading on from its
+    checkpoint, ``partition.owner``) runs on in the worker:
+
+    * **A seek made during a rebalance is undone.** While a rebalance has Faust's flow stopped,
+      Faust drops any batch it fetched and seeks every partition back to its committed offset,
+      and after the rebalance it seeks them there again before the flow resumes. So wait (at
+      most ``flow_wait`` seconds, then ``TimeoutError``) until ``consumer.flow_active``:
+      ``flow_active`` and ``can_resume_flow`` are public attributes of Faust's concrete
+      ``Consumer``, not of the ``ConsumerT`` interface ``app.consumer`` is typed as.
+      This is also why a new owner must seek itself rather than trust Kafka's position: the
+      seek back is aiokafka's ``seek_to_committed``, which leaves alone a partition that has no
+      committed offset (taken over before its first commit), at a position past the records of
+      the dropped batch, which never come.
+      Code: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/consumer.py#L767-L774
+      (the dropped batch), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/tables/recovery.py#L319
+      (after a rebalance), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/consumer.py#L446-L447
+      (the flow's state), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/consumer.py#L901
+      (no commit, no seek). Issues: https://github.com/faust-streaming/faust/issues/216,
+      https://github.com/faust-streaming/faust/issues/221.
+    * **Faust's plain ``seek`` runs aiokafka from the wrong thread.** ``Consumer.seek`` calls
+      aiokafka's ``seek`` from the event loop's thread while aiokafka runs in Faust's consumer
+      thread; a fetch being drained there crashed the worker (``KeyError`` in aiokafka's
+      ``fetched_records``). ``seek_wait`` (declared by ``ConsumerT``) seeks in the consumer's
+      thread and waits for it. Code:
+      https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/consumer.py#L1453-L1454
+      (plain seek), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L1007-L1025
+      (``seek_wait``).
+    """
+    flow = cast("FaustConsumer", consumer)
+    if not flow.flow_active:
+        await asyncio.wait_for(flow.can_resume_flow.wait(), flow_wait)
+    await consumer.seek_wait(offsets)
+
+
+def producer_for_batches(producer: ProducerT) -> AIOKafkaProducer:
+    """Works around Faust's producer having no batch call: the aiokafka producer inside it (its
+    private ``_ensure_producer()``), whose public ``create_batch`` / ``send_batch`` send many
+    records to one partition at once on the same connection and idempotent sequence as Faust's
+    own sends. Raises Faust's ``NotReady`` before the producer started. Only while Faust's
+    ``producer_threaded`` setting is off (its default; runstream never turns it on): a threaded
+    producer runs aiokafka in another thread.
+
+    Code: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L1378-L1381
+    (``_ensure_producer``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/producer/producer.py#L525-L537
+    (``create_batch``, ``send_batch``).
+    """
+    inner: AIOKafkaProducer = cast(Any, producer)._ensure_producer()
+    return inner
+
+
+# ----------------------------------------------------------------------------------- aiokafka
+async def uncached_partitions_for_topic(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic`` (empty if it does not exist), asked of the cluster. Works
+    around aiokafka's ``partitions_for_topic`` reading only the consumer's metadata cache, which
+    a consumer without subscriptions never fills (it bootstraps with a metadata request for no
+    topic), and ``topics()`` returning the names only of the metadata it fetches. The client's
+    ``fetch_all_metadata`` (what ``topics()`` calls) is the one call returning partitions.
+
+    Code: https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/consumer.py#L629-L650
+    (``topics``, ``partitions_for_topic``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/client.py#L344-L349
+    (``fetch_all_metadata``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/client.py#L220
+    (the bootstrap's request for no topic).
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
+
+
+async def stop_despite_stray_cancel(consumer: AIOKafkaConsumer) -> None:
+    """Stop ``consumer`` even right after it started. Works around aiokafka raising a stray
+    ``CancelledError`` then: a consumer without a group starts a task in its coordinator that
+    has not run yet when ``stop`` cancels and awaits it, and awaiting a task cancelled before
+    its first step raises; ``stop`` then ends there, leaving its fetcher's task running and its
+    client open. So first let that task start (one turn of the event loop), and should the
+    error come anyway swallow it: only that one, a cancellation of the calling task itself
+    still propagates.
+
+    Issue: https://github.com/aio-libs/aiokafka/issues/647 (open). Code:
+    https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/group_coordinator.py#L178-L181
+    (``close``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/consumer.py#L506-L521
+    (``stop``).
+    """
+    try:
+        await asyncio.sleep(0)
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise

@@ -1,0 +1,147 @@
+"""Faust's and aiokafka's quirks (``agents/quirks.py``) on the real broker, with the installed
+versions: the private names each workaround uses are there on a real started consumer and
+producer, the behaviour each works around still happens, and each workaround works."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.types import TP
+
+from agents import quirks
+from agents.app import FETCH_MAX_WAIT_MS, create_app
+from agents.materializer_service import _FaustSender
+from tests.harness import make_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+
+
+async def _topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+        for _ in range(100):  # a new topic's metadata reaches the broker's cache shortly after
+            described = await admin.describe_topics([name])
+            if len(described[0]["partitions"]) == partitions:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def _until(check: Any, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_faust_quirks_on_a_started_worker(kafka_bootstrap: str, unique: str) -> None:
+    settings = make_settings(unique, kafka_bootstrap, "unused", "unused", partitions=2)
+    await _topic(kafka_bootstrap, settings.topic_events, 2)
+    app = create_app(settings)
+    topic = app.runstream_topics.events  # type: ignore[attr-defined]
+    seen: list[tuple[int, bytes | None]] = []
+
+    @app.agent(topic)
+    async def collect(stream):  # type: ignore[no-untyped-def]
+        async for event in stream.events():
+            if event.message.partition == 0:
+                seen.append((event.message.offset, event.value))
+
+    await app.start()
+    try:
+        consumer: Any = app.consumer
+        await _until(lambda: consumer.assignment() and consumer.flow_active and not app.rebalancing)
+
+        # Faust's fixed fetch wait: aiokafka's consumer keeps Faust's value, its fetcher has ours
+        # (set at the assignment by agents.app through override_fixed_fetch_wait).
+        fetcher = quirks.consumer_fetcher(app)
+        assert fetcher is not None
+        assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+        assert consumer._thread._consumer._fetch_max_wait_ms == quirks.FAUST_FETCH_MAX_WAIT_MS
+
+        # Faust's producer has no batch call: the aiokafka one inside it sends a batch.
+        assert isinstance(quirks.producer_for_batches(app.producer), AIOKafkaProducer)
+        values = [b"v0", b"v1", b"v2"]
+        sent = await _FaustSender(app).send_batch(
+            settings.topic_events, 0, [(b"k", v) for v in values]
+        )
+        assert (await sent).offset == 2
+        await _until(lambda: len(seen) == 3)
+        assert seen == list(enumerate(values))
+
+        # A seek once the flow runs, in the consumer's thread: the records come again from there.
+        assert isinstance(consumer.can_resume_flow, asyncio.Event)
+        await quirks.seek_once_flowing(consumer, {TP(settings.topic_events, 0): 1}, flow_wait=30)
+        await _until(lambda: len(seen) == 5)
+        assert seen[3:] == [(1, b"v1"), (2, b"v2")]
+    finally:
+        await app.stop()
+
+
+async def test_a_fresh_consumer_knows_no_partitions_until_asked(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    await _topic(kafka_bootstrap, kafka_topic, 3)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        assert consumer.partitions_for_topic(kafka_topic) is None
+        assert kafka_topic in await consumer.topics()  # public, but names only...
+        assert consumer.partitions_for_topic(kafka_topic) is None  # ...and the cache stays empty
+        assert await quirks.uncached_partitions_for_topic(consumer, kafka_topic) == {0, 1, 2}
+        assert await quirks.uncached_partitions_for_topic(consumer, kafka_topic + ".none") == set()
+    finally:
+        await quirks.stop_despite_stray_cancel(consumer)
+
+
+async def test_a_consumer_stopped_right_after_it_started(kafka_bootstrap: str) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer.stop()  # the stray one, which leaves the fetcher running
+    assert not consumer._fetcher._fetch_task.done()
+    await consumer._fetcher.close()
+    await consumer._client.close()
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    await quirks.stop_despite_stray_cancel(consumer)
+    assert consumer._fetcher._fetch_task.done()  # stopped all the way
+    task = asyncio.current_task()
+    assert task is not None
+    assert not task.cancelling()
+
+
+async def test_seeking_to_the_committed_offset_leaves_a_partition_without_one_alone(
+    kafka_bootstrap: str, kafka_topic: str, unique: str
+) -> None:
+    """Why a new owner seeks to its checkpoint itself (``seek_once_flowing``): Faust's seek back
+    to the committed offsets does not move a partition that has none."""
+    await _topic(kafka_bootstrap, kafka_topic, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(kafka_topic, f"v{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    tp = TopicPartition(kafka_topic, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=f"quirks-{unique}", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, 3)
+        assert await consumer.seek_to_committed(tp) == {tp: None}
+        assert await consumer.position(tp) == 3
+    finally:
+        await consumer.stop()

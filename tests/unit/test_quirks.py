@@ -1,0 +1,261 @@
+"""Faust's, aiokafka's and aiohttp's quirks (``agents/quirks.py``, ``api/server.py``): each test
+fails when the library changes under a workaround: the installed version leaves the range it was
+verified against, the private name it uses is gone, the default it overrides moved, the
+behaviour it works around stopped happening (then the workaround can go), or the workaround
+stopped working. tests/integration/test_quirks.py checks the same on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import socket
+from importlib.metadata import version
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import orjson
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.group_coordinator import NoGroupCoordinator
+from aiokafka.consumer.subscription_state import SubscriptionState
+from faust.exceptions import NotReady
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.consumer import ThreadDelegateConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Producer as FaustProducer
+from faust.types import TP
+from faust.types.transports import ConsumerT, ProducerT
+
+from agents import quirks
+from agents.app import FETCH_MAX_WAIT_MS, create_app
+from agents.config import Settings
+from api.server import AIOHTTP_VERIFIED, JsonRunner, _JsonErrorHandler
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
+# --------------------------------------------------------------------------------- versions
+@pytest.mark.parametrize(
+    ("dist", "verified"), [*quirks.VERIFIED.items(), ("aiohttp", AIOHTTP_VERIFIED)]
+)
+def test_the_installed_version_is_one_the_quirks_were_verified_against(
+    dist: str, verified: tuple[str, str]
+) -> None:
+    low, high = verified
+    assert _version(low) <= _version(version(dist)) < _version(high), (
+        f"{dist} {version(dist)} is outside [{low}, {high}): read again the upstream code the "
+        "quirks link to (agents/quirks.py, api/server.py), then widen the range"
+    )
+
+
+# ------------------------------------------------------------ Faust's fixed fetch wait
+def test_faust_still_fixes_the_fetch_wait_and_has_no_setting_for_it() -> None:
+    source = inspect.getsource(AIOKafkaConsumerThread._create_worker_consumer)
+    assert f"fetch_max_wait_ms={quirks.FAUST_FETCH_MAX_WAIT_MS}," in source
+    # A setting would be the public way: use it then, and drop the quirk.
+    assert not [name for name in dir(faust.Settings) if "fetch_max_wait" in name]
+    assert "consumer_max_fetch_size" in dir(faust.Settings)  # (the look-up itself works)
+    assert FETCH_MAX_WAIT_MS < quirks.FAUST_FETCH_MAX_WAIT_MS
+
+
+def test_aiokafkas_fetcher_reads_the_wait_for_every_request() -> None:
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
+    assert "self._fetch_max_wait_ms," in inspect.getsource(Fetcher._get_actions_per_node)
+
+
+def test_the_fetch_wait_override_says_when_the_fetcher_is_not_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = create_app(Settings(app_id="quirks-unit"))
+    assert not quirks.override_fixed_fetch_wait(app, 50)  # not started: no fetcher yet
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=quirks.FAUST_FETCH_MAX_WAIT_MS)
+    thread = SimpleNamespace(_consumer=SimpleNamespace(_fetcher=fetcher))
+    monkeypatch.setattr(app.consumer, "_thread", thread)
+    assert quirks.override_fixed_fetch_wait(app, 50)
+    assert fetcher._fetch_max_wait_ms == 50
+
+
+# ------------------------------------------------------- Faust's seeks and its flow
+def test_the_flows_state_is_on_fausts_consumer_not_on_its_interface() -> None:
+    assert FaustConsumer.flow_active is True
+    assert "can_resume_flow" in FaustConsumer.__annotations__
+    # Once ConsumerT declares them, seek_once_flowing needs no cast.
+    assert not hasattr(ConsumerT, "flow_active")
+    assert "seek_wait" in ConsumerT.__abstractmethods__
+
+
+async def test_faust_still_drops_a_batch_fetched_while_its_flow_is_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The behaviour ``seek_once_flowing`` waits out: records fetched while the flow is stopped
+    are not handed on, and every partition is sought back to its committed offset."""
+    app = create_app(Settings(app_id="quirks-unit"))
+    consumer = app.consumer
+    tp = TP("quirks.events", 0)
+    sought: list[bool] = []
+
+    async def fetched(*_: float) -> Any:
+        return {tp: [object()]}, {tp}
+
+    async def perform_seek() -> None:
+        sought.append(True)
+
+    monkeypatch.setattr(consumer, "_wait_next_records", fetched)
+    monkeypatch.setattr(consumer, "perform_seek", perform_seek)
+    consumer.stop_flow()
+    handed_on = [m async for m in consumer.getmany(timeout=0.1)]
+    assert (handed_on, sought) == ([], [True])
+
+
+def test_fausts_plain_seek_runs_aiokafka_on_the_callers_thread_and_seek_wait_does_not() -> None:
+    assert "self._thread.seek(" in inspect.getsource(ThreadDelegateConsumer._seek)
+    assert "call_thread" not in inspect.getsource(AIOKafkaConsumerThread.seek)
+    assert "call_thread" in inspect.getsource(AIOKafkaConsumerThread.seek_wait)
+
+
+class _FlowConsumer:
+    def __init__(self) -> None:
+        self.flow_active = False
+        self.can_resume_flow = asyncio.Event()
+        self.sought: list[dict[TP, int]] = []
+
+    async def seek_wait(self, offsets: dict[TP, int]) -> None:
+        self.sought.append(dict(offsets))
+
+
+async def test_a_seek_gives_up_when_the_flow_never_resumes() -> None:
+    consumer = _FlowConsumer()
+    offsets = {TP("quirks.events", 1): 7}
+    with pytest.raises(TimeoutError):
+        await quirks.seek_once_flowing(consumer, offsets, flow_wait=0.05)  # type: ignore[arg-type]
+    assert consumer.sought == []
+    consumer.flow_active = True
+    await quirks.seek_once_flowing(consumer, offsets, flow_wait=0.05)  # type: ignore[arg-type]
+    assert consumer.sought == [offsets]
+
+
+# ------------------------------------------------------ Faust's producer has no batches
+def test_fausts_producer_has_no_batch_call_and_aiokafkas_has() -> None:
+    for cls in (ProducerT, FaustProducer):
+        assert not hasattr(cls, "send_batch")
+        assert not hasattr(cls, "create_batch")
+    assert callable(FaustProducer._ensure_producer)
+    assert callable(AIOKafkaProducer.create_batch)
+    assert callable(AIOKafkaProducer.send_batch)
+
+
+def test_the_batch_producer_is_not_there_before_the_producer_started() -> None:
+    app = create_app(Settings(app_id="quirks-unit"))
+    with pytest.raises(NotReady):
+        quirks.producer_for_batches(app.producer)
+
+
+# ------------------------------------------------------------- aiokafka's metadata cache
+def test_aiokafka_still_reads_a_topics_partitions_from_its_cache_only() -> None:
+    cached = inspect.getsource(AIOKafkaConsumer.partitions_for_topic)
+    assert "self._client.cluster.partitions_for_topic(topic)" in cached
+    # topics() fetches metadata but keeps only the names (and does not fill the cache).
+    assert "return cluster.topics()" in inspect.getsource(AIOKafkaConsumer.topics)
+    assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
+
+
+# -------------------------------------------------------- aiokafka's stray CancelledError
+async def test_aiokafka_still_raises_a_stray_cancel_when_stopped_right_after_start() -> None:
+    """What ``stop_despite_stray_cancel`` works around, without a broker: a consumer without a
+    group stopped before its coordinator's task ran (integration: on a real consumer)."""
+    client = AIOKafkaClient(bootstrap_servers="127.0.0.1:1")
+    coordinator = NoGroupCoordinator(client, SubscriptionState())
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await coordinator.close()
+    finally:
+        await client.close()
+    task = asyncio.current_task()
+    assert task is not None
+    assert not task.cancelling()
+
+
+class _StrayCancel:
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    async def stop(self) -> None:
+        self.stopped += 1
+        raise asyncio.CancelledError
+
+
+async def test_the_stray_cancel_is_swallowed_and_a_real_one_is_not() -> None:
+    consumer = _StrayCancel()
+    await quirks.stop_despite_stray_cancel(consumer)  # type: ignore[arg-type]
+    assert consumer.stopped == 1
+
+    async def cancelled_then_stop() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # the caller is being cancelled: its CancelledError must go through
+        await quirks.stop_despite_stray_cancel(consumer)  # type: ignore[arg-type]
+
+    task = asyncio.ensure_future(cancelled_then_stop())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# ------------------------------------------------------------ aiohttp's unparsed requests
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _answer_to_a_long_request_line(runner: web.AppRunner) -> tuple[int, bytes, bytes]:
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /" + b"x" * 300 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+def _app() -> web.Application:
+    # A short line limit (a handler argument): the handler aiohttp makes must keep it.
+    return web.Application(handler_args={"max_line_size": 100})
+
+
+async def test_aiohttp_still_answers_an_unparsed_request_in_plain_text() -> None:
+    """The behaviour ``json_errors_for_unparsed_requests`` works around, and the private hook it
+    is reached through."""
+    assert inspect.iscoroutinefunction(web.AppRunner._make_server)
+    status, head, body = await _answer_to_a_long_request_line(web.AppRunner(_app()))
+    assert status == 400
+    assert b"application/json" not in head.lower()
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+
+
+async def test_json_runner_answers_an_unparsed_request_in_json_with_aiohttps_own_handler() -> None:
+    runner = JsonRunner(_app())
+    status, head, body = await _answer_to_a_long_request_line(runner)
+    assert status == 400
+    assert b"application/json" in head.lower()
+    assert set(orjson.loads(body)) == {"message"}
+    runner = JsonRunner(_app())
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        assert isinstance(runner.server(), _JsonErrorHandler)
+    finally:
+        await runner.cleanup()
