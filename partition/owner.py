@@ -58,8 +58,8 @@ __all__ = [
 
 log = logging.getLogger("runstream.owner")
 
-#: Seconds without a record, while catching up, before the owner reads again from its next
-#: offset (``PartitionOwner.keep_catching_up``).
+#: Seconds without a record, while catching up and while the log's reader waits for records,
+#: before the owner asks to read again from its next offset (``PartitionOwner.keep_catching_up``).
 CATCH_UP_STALL = 5.0
 
 CheckpointResult = Literal["ok", "fenced", "failed", "crashed", "nothing"]
@@ -132,10 +132,11 @@ class PartitionOwner:
         self._checkpoint_task: asyncio.Task[CheckpointResult] | None = None
         self._last_checkpoint = clock()
         self._next_checkpoint = self._slot_after(self._last_checkpoint)
-        # Records are read from the checkpoint's offset (see load): the first one must be there.
-        self._skipping_to: int | None = None
-        self._start_offset = 0  # the loaded checkpoint's next offset
-        self._last_record = clock()  # when a record last came (the catch-up watchdog)
+        # Reading on from the checkpoint (see _read_on): the offset the log was asked to read
+        # from, until its record comes; the offset the loaded checkpoint ends at.
+        self._reading_from: int | None = None
+        self._checkpoint_offset = 0
+        self._last_record = clock()  # when a record last came (keep_catching_up)
         self._warned_ahead = False
         # Counts of the records handled since the last batch ended, published to the metrics
         # once per batch: a Prometheus increment per record costs more than the bookkeeping.
@@ -240,20 +241,13 @@ class PartitionOwner:
             return
         pm.waiters = self._waiters
         self.catch_up_to = ends.get(p, 0)
-        # Read on from the checkpoint, whatever offset Kafka has for the group: the committed
-        # offset may lag the checkpoint (acks go to Kafka after it) or be ahead of it (the
-        # object storage was restored), and the consumer's position may have passed records
-        # never delivered: Faust drops a batch fetched while a rebalance stopped its flow and
-        # seeks back to the committed offsets, which aiokafka skips for a partition that has
-        # none, so a partition taken over before its first commit never got its records
-        # (tests/integration/test_api_owners.py, with short fetch waits). Every record before
-        # the one at the checkpoint's offset is dropped (a stale fetch) or, below the
-        # checkpoint, acknowledged.
-        self._skipping_to = pm.next_offset
+        # A new owner reads on from its checkpoint: the log is asked to read from there,
+        # whatever it would have delivered first (see _read_on).
+        self._reading_from = pm.next_offset
         await self._hooks.seek(p, pm.next_offset)
         if self.closed:
             return
-        self._start_offset = pm.next_offset
+        self._checkpoint_offset = pm.next_offset
         pm.touched = set()
         self.timekeeper.watch_all(pm.active, self._clock())
         self.pm = pm
@@ -293,17 +287,9 @@ class PartitionOwner:
         if pm is None or self.closed or self.dead:
             return
         self._last_record = self._clock()
-        if offset < pm.next_offset or self._skipping_to is not None:
-            if offset < self._start_offset:
-                record.ack()  # below the checkpoint we started from: safe to commit now
-                return
-            if offset != self._skipping_to:
-                # Applied already (fetched again after a seek; its first copy is held), or a
-                # record fetched before the seek, which comes again after the one skipped to.
-                if self._skipping_to is not None and offset > self._skipping_to:
-                    self._warn_ahead(offset, self._skipping_to)
-                return
-            self._skipping_to = None
+        out_of_order = offset < pm.next_offset or self._reading_from is not None
+        if out_of_order and not self._read_on(offset, record):
+            return
         tally = self._tally
         tally.records += 1
         # A record whose key is missing or hashes to another partition is a dead letter
@@ -335,6 +321,39 @@ class PartitionOwner:
         finally:
             self._idle.set()
 
+    # -------------------------------------------------------- reading on from the checkpoint
+    def _read_on(self, offset: int, record: Held) -> bool:
+        """Whether to apply a record that is not simply the next one in order (below the next
+        offset to apply, or come while the log is asked to read from elsewhere).
+
+        The rules of reading on from the checkpoint. An owner applies its partition's records in
+        offset order, starting at its checkpoint's offset, and trusts no position of the log's
+        reader: the offset committed for the consumer group may lag the checkpoint (acks go to
+        Kafka after it) or be ahead of it (the object storage was restored), and a reader may
+        have passed records it never delivered (the wiring knows how its reader does). So at
+        load, and again when catching up stalls (:meth:`keep_catching_up`), it asks the wiring
+        to read from the offset it needs (``OwnerHooks.seek``), and until that record comes:
+
+        * a record below the checkpoint it started from is in that checkpoint: acknowledged (its
+          offset may be committed), not applied;
+        * a record it applied already (read again after a seek): dropped, its first copy is
+          held until a checkpoint covers it;
+        * a record past the offset it asked for was read before the seek took effect: dropped,
+          it comes again after the one asked for (said once in the log: Kafka's committed offset
+          was ahead of the checkpoint);
+        * the record at the offset asked for is applied, and from there on records come in
+          order."""
+        asked = self._reading_from
+        if offset < self._checkpoint_offset:
+            record.ack()
+            return False
+        if offset == asked:
+            self._reading_from = None
+            return True
+        if asked is not None and offset > asked:
+            self._warn_ahead(offset, asked)
+        return False
+
     def _warn_ahead(self, offset: int, checkpoint_offset: int) -> None:
         """Once per owner: records past the checkpoint came before the one at its offset."""
         if self._warned_ahead:
@@ -351,12 +370,12 @@ class PartitionOwner:
         )
 
     async def keep_catching_up(self, agent_waiting: float) -> None:
-        """Called by the wiring's timer, with how long the agent has been waiting for records
-        (0 while it is busy): while catching up, if the agent waited ``CATCH_UP_STALL`` seconds
-        and no record of this partition came meanwhile, read again from the next offset to
-        apply. Catching up means records are there to read, so an agent left waiting means the
-        consumer's position went past records it never delivered (``load`` explains how); this
-        keeps such a partition from answering 503 for ever if it happens another way."""
+        """Called by the wiring's timer, with how long its reader has been waiting for records
+        (0 while it is busy): while catching up, if the reader waited ``CATCH_UP_STALL`` seconds
+        and no record of this partition came meanwhile, ask to read again from the next offset to
+        apply (:meth:`_read_on`). Catching up means records are there to read, so a reader left
+        waiting has passed records it never delivered; this keeps such a partition from
+        answering 503 for ever."""
         pm = self.pm
         if pm is None or self.serving or self.closed or self.dead:
             return
@@ -371,7 +390,7 @@ class PartitionOwner:
             },
         )
         self._last_record = self._clock()
-        self._skipping_to = pm.next_offset
+        self._reading_from = pm.next_offset
         try:
             await self._hooks.seek(self.partition, pm.next_offset)
         except Exception:  # revoked meanwhile, or the consumer is stopping: the next tick retries
