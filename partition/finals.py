@@ -48,6 +48,13 @@ class FinalIds:
         highs = [int(arr[-1])] if arr.size else []
         return min(lows + list(recent)), max(highs + list(recent))
 
+    def sorted_ids(self) -> np.ndarray:
+        """Every id of the set, ascending, as a read-only array (merges the recent ids first)."""
+        self.compact()
+        view = self._sorted.view()
+        view.flags.writeable = False
+        return view
+
     def compact(self) -> None:
         """Merge the recent ids into the sorted array (done before every checkpoint)."""
         if self._recent:

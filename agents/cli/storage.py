@@ -54,9 +54,7 @@ def _value(entry_id: str, raw: bytes) -> Any:
     if entry_id == FINAL_IDS:
         try:
             ids = FinalIds.from_bytes(raw)
-            ids.compact()
-            # FinalIds has no iterator (the materializer only asks membership); read its array.
-            return {"final_ids": len(ids), "ids": [int(i) for i in ids._sorted]}
+            return {"final_ids": len(ids), "ids": ids.sorted_ids().tolist()}
         except ValueError:
             pass
     try:
