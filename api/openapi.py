@@ -110,11 +110,6 @@ def _components() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         rules = getattr(cls, "JSON_SCHEMA_RULES", None)
         if isinstance(cls, type) and rules is not None:  # what __post_init__ checks beyond
             schemas[cls.__name__].update(rules)  # the fields
-    # A run is shown in its stored form: the tasks maps of Run and RunConfig as arrays.
-    for name in ("Run", "RunConfig"):
-        tasks = schemas[name]["properties"]["tasks"]
-        tasks.update(type="array", items=tasks.pop("additionalProperties"))
-        tasks.pop("default", None)
     query = schemas.pop(ListQuery.__name__)
     return schemas, [_query_parameter(n, s) for n, s in query["properties"].items()]
 

@@ -25,7 +25,10 @@ import contextvars
 import hashlib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any
+
+from msgspec.structs import replace
+
+from events.model import RunConfig
 
 __all__ = [
     "ALL_SCOPES",
@@ -34,7 +37,7 @@ __all__ = [
     "ROUTE_SCOPES",
     "Scope",
     "Tokens",
-    "mask_state_dict",
+    "mask_config",
     "parse_scopes",
     "parse_tokens_env",
     "parse_tokens_file",
@@ -179,25 +182,12 @@ def reveal_secrets() -> bool:
     return revealing.get()
 
 
-def _masked(env: Any) -> Any:
-    return dict.fromkeys(env, MASK) if isinstance(env, Mapping) else env
+def _masked(env: Mapping[str, str]) -> Mapping[str, str]:
+    return dict.fromkeys(env, MASK)
 
 
-def mask_state_dict(d: dict[str, Any]) -> dict[str, Any]:
-    """A run's stored form (``events.state.state_to_dict``) with the values of its config's
-    ``environment`` and of every task's ``environment`` masked (a new dict; ``d`` unchanged)."""
-    config = d.get("config")
-    if not isinstance(config, dict):
-        return d
-    config = dict(config)
-    if "environment" in config:
-        config["environment"] = _masked(config["environment"])
-    tasks = config.get("tasks")
-    if isinstance(tasks, list):
-        config["tasks"] = [
-            {**t, "environment": _masked(t["environment"])}
-            if isinstance(t, dict) and "environment" in t
-            else t
-            for t in tasks
-        ]
-    return {**d, "config": config}
+def mask_config(config: RunConfig) -> RunConfig:
+    """``config`` with the values of its ``environment`` and of every task's ``environment``
+    masked (the keys stay)."""
+    tasks = {tid: replace(t, environment=_masked(t.environment)) for tid, t in config.tasks.items()}
+    return replace(config, environment=_masked(config.environment), tasks=tasks)

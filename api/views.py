@@ -3,13 +3,16 @@ the functions that render runs, pages and JSON responses.
 
 A run is shown in its stored form (``events.state``): ``Run`` and ``RunConfig`` as declared in
 ``events.model``, with their ``tasks`` maps as arrays in submission order (a task carries its
-id), so the API and the data files agree on one shape; ``api.openapi`` documents that one
-difference. ``seq`` is the run's revision (the sequence number of its last phase or result
-change, also sent as the ``ETag``).
+id), so the API and the data files agree on one shape: :class:`RunView` and
+:class:`RunConfigView` are those two with that one difference, and a run's answer is encoded from
+them (the OpenAPI components come from the same Structs, so the two cannot drift). ``seq`` is the
+run's revision (the sequence number of its last phase or result change, also sent as the
+``ETag``).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
 import msgspec
@@ -17,20 +20,21 @@ from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
 from api.bodies import Cursor
-from api.scopes import mask_state_dict, reveal_secrets
+from api.scopes import mask_config, reveal_secrets
 from api.waiting import Waiting
-from events import Phase, Run, RunConfig, RunState
+from events import Phase, PlannedTask, Run, RunConfig, RunState, RunTask
 from events.executors import ExecutorId
 from events.model import Count, Lease, Millis, Name, OpenShape, RunId, Shape
-from events.state import state_to_dict
 from indexer import Page, RunEntry
 
 __all__ = [
     "RESPONSE_TYPES",
     "Error",
     "ExecutorSeen",
+    "RunConfigView",
     "RunEntry",
     "RunPage",
+    "RunView",
     "RunWithConfig",
     "StuckRun",
     "StuckRuns",
@@ -42,11 +46,45 @@ __all__ = [
 ]
 
 
+def _shown_doc(cls: type) -> str:
+    return f"{inspect.cleandoc(cls.__doc__ or '')}\n\n``tasks``: an array, in submission order."
+
+
+# Run and RunConfig as shown (and stored): every field as declared in events.model, but ``tasks``,
+# an array in submission order instead of the map by task id (a task carries its id).
+class RunView(Run):
+    __doc__ = _shown_doc(Run)
+
+    tasks: tuple[RunTask, ...] = ()  # type: ignore[assignment]  # the map's values, in order
+
+
+class RunConfigView(RunConfig):
+    __doc__ = _shown_doc(RunConfig)
+
+    tasks: tuple[PlannedTask, ...] = ()  # type: ignore[assignment]  # the map's values, in order
+
+
+_RUN_FIELDS = Run.__struct_fields__
+_CONFIG_FIELDS = RunConfig.__struct_fields__
+
+
+def _shown_run(run: Run) -> RunView:
+    values = {f: getattr(run, f) for f in _RUN_FIELDS}
+    values["tasks"] = tuple(run.tasks.values())
+    return RunView(**values)
+
+
+def _shown_config(config: RunConfig) -> RunConfigView:
+    values = {f: getattr(config, f) for f in _CONFIG_FIELDS}
+    values["tasks"] = tuple(config.tasks.values())
+    return RunConfigView(**values)
+
+
 class RunWithConfig(Shape):
     """A run, its config and its revision (``tasks`` of both as arrays, see the module)."""
 
-    run: Run
-    run_config: RunConfig
+    run: RunView
+    run_config: RunConfigView
     seq: Annotated[
         Count,
         Meta(description="revision: sequence number of the last phase or result change (the ETag)"),
@@ -143,15 +181,17 @@ RESPONSE_TYPES = (RunWithConfig, RunPage, Error, ExecutorSeen, TaskClaim, StuckR
 _encode = msgspec.json.Encoder().encode
 
 
-def run_view(state: RunState, waiting: Waiting | None = None) -> dict[str, Any]:
-    """:class:`RunWithConfig` of a run state, as plain JSON values (the stored form), with what
-    it waits for (``api.waiting``). ``environment`` values (the run's and each task's) are
-    masked unless the request being answered holds the ``execute`` scope (``api.scopes``)."""
-    d = state_to_dict(state)
-    if not reveal_secrets():
-        d = mask_state_dict(d)
-    view = msgspec.to_builtins(waiting) if waiting is not None else None
-    return {"run": d["run"], "run_config": d["config"], "seq": state.seq, "waiting": view}
+def run_view(state: RunState, waiting: Waiting | None = None) -> RunWithConfig:
+    """:class:`RunWithConfig` of a run state (the stored form), with what it waits for
+    (``api.waiting``). ``environment`` values (the run's and each task's) are masked unless the
+    request being answered holds the ``execute`` scope (``api.scopes``)."""
+    config = state.config if reveal_secrets() else mask_config(state.config)
+    return RunWithConfig(
+        run=_shown_run(state.run),
+        run_config=_shown_config(config),
+        seq=state.seq,
+        waiting=waiting,
+    )
 
 
 def page_view(page: Page) -> RunPage:
