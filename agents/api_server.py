@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from aiohttp import web
 
@@ -41,10 +40,12 @@ from agents.resources import Resources
 from agents.routing import OwnedRuns, UrlMap
 from api import ApiDeps, JsonRunner, create_api
 from api.app import CLUSTER_KEY
-from datamanager import IdAllocator
+from api.ports import KeyRecord, StoreUnavailable
+from datamanager import EtcdUnavailable, IdAllocator
 from datamanager.keys import sequence_key
+from events import Phase, Result
 from events.catalogue import Event
-from indexer import RunIndex
+from indexer import Order, Page
 
 __all__ = [
     "ApiServer",
@@ -64,13 +65,79 @@ API_LINGER = 0.001
 
 
 class _IndexHandle:
-    """The index service replaces its index when it loads a dump; the API keeps this handle."""
+    """``api.ports.RunListing``: the index service replaces its index when it loads a dump, so
+    the API keeps this handle, which lists from the current one."""
 
     def __init__(self, service: IndexService) -> None:
         self._service = service
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._service.index, name)
+    def list_runs(
+        self,
+        *,
+        groups: Collection[str] = (),
+        phases: Collection[Phase] | None = None,
+        results: Collection[Result] | None = None,
+        last_run: bool = False,
+        order: Order = Order.DESC,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        return self._service.index.list_runs(
+            groups=groups, phases=phases, results=results, last_run=last_run, order=order,
+            limit=limit, cursor=cursor,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _store() -> Iterator[None]:
+    """etcd not answering, as the API's ``StoreUnavailable`` (``api`` knows no datamanager
+    error: the translation is here, at the boundary)."""
+    try:
+        yield
+    except EtcdUnavailable as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+class _Numbers:
+    """``api.ports.RunCounters``: ``agents.counters.RunNumbers``, etcd's errors translated."""
+
+    def __init__(self, numbers: RunNumbers) -> None:
+        self._numbers = numbers
+
+    async def next(self, name: str) -> int:
+        with _store():
+            return await self._numbers.next(name)
+
+    async def give_back(self, name: str, n: int) -> bool:
+        with _store():
+            return await self._numbers.give_back(name, n)
+
+    async def void(self, name: str, n: int, *, run_id: str, reason: str) -> None:
+        with _store():
+            await self._numbers.void(name, n, run_id=run_id, reason=reason)
+
+
+class _Keys:
+    """``api.ports.CreationKeys``: ``agents.creation.CreationKeys``, etcd's errors translated."""
+
+    def __init__(self, keys: CreationKeys) -> None:
+        self._keys = keys
+
+    async def lookup_key(self, key: str) -> KeyRecord | None:
+        with _store():
+            return await self._keys.lookup_key(key)
+
+    async def claim_key(self, key: str, run_id: int, digest: str) -> bool:
+        with _store():
+            return await self._keys.claim_key(key, run_id, digest)
+
+    async def bind_number(self, key: str, number: int) -> bool:
+        with _store():
+            return await self._keys.bind_number(key, number)
+
+    async def number_for_key(self, key: str, root: str, run_id: str) -> int:
+        with _store():
+            return await self._keys.number_for_key(key, root, run_id)
 
 
 class _Sink:
@@ -149,18 +216,18 @@ class ApiServer:
         deps = ApiDeps(
             owners=self.owners,
             ids=ids,
-            index=cast(RunIndex, _IndexHandle(index)),
+            index=_IndexHandle(index),
             feed=self.feed,
             ready=lambda: readiness(
                 materializer.owned, index_loaded=index.ready.is_set(), lag=self.lag.lag
             ),
             clock=lambda: int(time.time() * 1000),
             self_url=self_url(settings),
-            counters=numbers,
+            counters=_Numbers(numbers),
             executors=executors,
             max_running_per_group=settings.max_running_per_group,
-            creation_keys=CreationKeys(
-                resources.kv, ids, numbers, retention=settings.creation_key_retention
+            creation_keys=_Keys(
+                CreationKeys(resources.kv, ids, numbers, retention=settings.creation_key_retention)
             ),
             dead_letters=DeadLetterTopic(settings),
         )

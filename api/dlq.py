@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 import orjson
@@ -28,9 +28,6 @@ from api.errors import BadRequest, NotFound, Unavailable
 from api.views import json_response
 from events.model import OpenShape, Shape
 
-if TYPE_CHECKING:
-    from api.ports import DeadLetters
-
 __all__ = [
     "DLQ_CURSOR_PATTERN",
     "DLQ_ID_PATTERN",
@@ -39,6 +36,7 @@ __all__ = [
     "DeadLetterPage",
     "DeadLetterSummary",
     "DeadLetterValue",
+    "DeadLetters",
     "DlqCursor",
     "DlqSelection",
     "PageBuilder",
@@ -322,6 +320,29 @@ def parse_redrive(body: bytes) -> tuple[DlqSelection, bool]:
             'source_partitions, since, until), or send "all": true'
         )
     return selection, req.dry_run
+
+
+class DeadLetters(Protocol):
+    """The dead-letter topic, for the operator's routes under ``/api/v1/dlq`` (``agents.dlq``
+    implements it with bare consumers; nothing is committed). A port of ``api.ports``, declared
+    here beside the shapes it speaks of."""
+
+    async def page(
+        self, selection: DlqSelection, *, limit: int, after: DlqCursor | None
+    ) -> DeadLetterPage:
+        """The selected dead letters newest first (``api.dlq.sort_key`` descending), at most
+        ``limit``, starting after ``after``; ``next_cursor`` set when more follow. Raises
+        ``api.errors.Unavailable`` when Kafka does not answer."""
+        ...
+
+    async def get(self, partition: int, offset: int) -> DeadLetter | None:
+        """The dead letter at ``partition:offset`` decoded (None: there is none)."""
+        ...
+
+    async def redrive(self, selection: DlqSelection, *, dry_run: bool) -> RedriveResult:
+        """Append the selected dead letters to their source topics (``dry_run``: send nothing),
+        as ``runstream dlq redrive``; says what was redriven and skipped, one item each."""
+        ...
 
 
 # ------------------------------------------------------------------------------ handlers

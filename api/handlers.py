@@ -46,7 +46,7 @@ from api.bodies import (
 )
 from api.errors import ApiError, Conflict, NotFound, Unavailable
 from api.history import History
-from api.ports import ApiDeps, Executors, KeyRecord, Local, Remote
+from api.ports import ApiDeps, Executors, KeyRecord, Local, Remote, StoreUnavailable
 from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
 from api.service import (
     KEY_REUSED_STATUS,
@@ -57,7 +57,6 @@ from api.service import (
     key_reused_message,
 )
 from api.views import StuckRuns, etag, json_response, page_view, run_view
-from datamanager import EtcdUnavailable
 from events import (
     Heartbeat,
     RunState,
@@ -178,7 +177,7 @@ class Handlers:
                 record = await records.lookup_key(key)  # a try of the same key was first
                 if record is not None:
                     break
-        except EtcdUnavailable as exc:
+        except StoreUnavailable as exc:
             raise Unavailable(f"creation keys cannot be read now ({exc}); retry") from exc
         if record is None:
             raise Unavailable(f"the record of Idempotency-Key {key!r} keeps vanishing; retry")

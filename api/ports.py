@@ -11,15 +11,15 @@ for a run whose partition this process owns and serves.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from api.dlq import DeadLetter, DeadLetterPage, DlqCursor, DlqSelection, RedriveResult
+from api.dlq import DeadLetters
 from api.views import ExecutorSeen, StuckRun
-from events import Event, RunState
+from events import Event, Phase, Result, RunState
 from events.executors import Heartbeat
-from indexer import RunIndex
+from indexer import Order, Page
 from partition.history import HistoryEntry
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "Remote",
     "Route",
     "RunCounters",
+    "RunListing",
+    "StoreUnavailable",
     "Unsettled",
     "Written",
 ]
@@ -129,6 +131,32 @@ class Owners(Protocol):
         ...
 
 
+class RunListing(Protocol):
+    """The run index's listings (``indexer.RunIndex`` satisfies it): eventual, from
+    ``runs.phases``."""
+
+    def list_runs(
+        self,
+        *,
+        groups: Collection[str] = (),
+        phases: Collection[Phase] | None = None,
+        results: Collection[Result] | None = None,
+        last_run: bool = False,
+        order: Order = Order.DESC,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of the runs under any of ``groups`` (``indexer.query.list_runs``); raises
+        ``indexer.QueryError`` for a bad group, cursor or limit."""
+        ...
+
+
+class StoreUnavailable(Exception):
+    """A port's store did not answer (etcd, for run numbers and creation keys): the request may
+    succeed later (the API answers 503). The worker's adapters raise it in place of their
+    store's own errors (``agents.api_server``), so ``api`` knows none of them."""
+
+
 class IdSource(Protocol):
     """Monotonic run ids (``datamanager.IdAllocator`` satisfies it)."""
 
@@ -138,7 +166,8 @@ class IdSource(Protocol):
 
 
 class RunCounters(Protocol):
-    """Run numbers per root group (``datamanager.Counters`` satisfies it)."""
+    """Run numbers per root group (``datamanager.Counters``, through ``agents.api_server``).
+    Every method raises :class:`StoreUnavailable` when its store (etcd) does not answer."""
 
     async def next(self, name: str) -> int:
         """The next number of counter ``name``: dense and increasing across every process."""
@@ -171,7 +200,7 @@ class CreationKeys(Protocol):
     """Idempotent creation (``agents.creation.CreationKeys``): one etcd record per key
     (``<run id> <digest>``), made once, shared with ``runs.requests`` (docs/api.md, "Idempotent
     creation"), and the run number bound to it when a try's outcome is unknown. Every method
-    raises ``datamanager.EtcdUnavailable`` when etcd does not answer."""
+    raises :class:`StoreUnavailable` when its store (etcd) does not answer."""
 
     async def lookup_key(self, key: str) -> KeyRecord | None:
         """The record of ``key`` (None: none yet, or it expired)."""
@@ -220,28 +249,6 @@ class Executors(Protocol):
         ...
 
 
-class DeadLetters(Protocol):
-    """The dead-letter topic, for the operator's routes under ``/api/v1/dlq`` (``agents.dlq``
-    implements it with bare consumers; nothing is committed)."""
-
-    async def page(
-        self, selection: DlqSelection, *, limit: int, after: DlqCursor | None
-    ) -> DeadLetterPage:
-        """The selected dead letters newest first (``api.dlq.sort_key`` descending), at most
-        ``limit``, starting after ``after``; ``next_cursor`` set when more follow. Raises
-        ``api.errors.Unavailable`` when Kafka does not answer."""
-        ...
-
-    async def get(self, partition: int, offset: int) -> DeadLetter | None:
-        """The dead letter at ``partition:offset`` decoded (None: there is none)."""
-        ...
-
-    async def redrive(self, selection: DlqSelection, *, dry_run: bool) -> RedriveResult:
-        """Append the selected dead letters to their source topics (``dry_run``: send nothing),
-        as ``runstream dlq redrive``; says what was redriven and skipped, one item each."""
-        ...
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiDeps:
     """Everything :func:`api.create_api` needs. ``ready`` describes readiness for ``/healthz``:
@@ -252,7 +259,7 @@ class ApiDeps:
 
     owners: Owners
     ids: IdSource
-    index: RunIndex
+    index: RunListing
     feed: PhaseFeed
     ready: Callable[[], Mapping[str, Any]]
     clock: Callable[[], int]

@@ -37,10 +37,9 @@ from api.bodies import (
     TaskActionRequest,
 )
 from api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
-from api.ports import ApiDeps, Refused
+from api.ports import ApiDeps, Refused, StoreUnavailable
 from api.views import TaskClaim
 from api.waiting import Waiting, waiting
-from datamanager import EtcdUnavailable
 from events import (
     CancelRequested,
     CannotRecreate,
@@ -66,7 +65,7 @@ from events import (
     run_created,
 )
 from events.model import attempt_of, holder_of
-from indexer import MAX_LIMIT, Page
+from indexer import MAX_LIMIT, Order, Page
 
 __all__ = [
     "KEY_REUSED_STATUS",
@@ -140,8 +139,6 @@ class RunService:
         return state
 
     def list_runs(self, q: ListQuery) -> Page:
-        from indexer import Order
-
         return self.deps.index.list_runs(
             groups=q.groups,
             phases=q.phases or None,
@@ -227,14 +224,14 @@ class RunService:
         if counters is not None and number is None and not seen:
             try:
                 number = await counters.next(root)
-            except EtcdUnavailable as exc:
+            except StoreUnavailable as exc:
                 raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
         bound = number is None
         if counters is not None:
             if number is None:
                 try:
                     number = await records.number_for_key(key, root, run_id)
-                except EtcdUnavailable as exc:
+                except StoreUnavailable as exc:
                     raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
             event = self._event(msgspec.structs.replace(data, counter=number), run_id, event.id)
         unbound = None if bound else number  # a number this try must keep or give back
@@ -293,7 +290,7 @@ class RunService:
         if counters is not None:
             try:
                 number = await counters.next(root)
-            except EtcdUnavailable as exc:
+            except StoreUnavailable as exc:
                 raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
             event = self._event(msgspec.structs.replace(data, counter=number), run_id, event.id)
         try:
@@ -387,8 +384,6 @@ class RunService:
     def group_running(self, group: str) -> list[str]:
         """The ids of the runs of ``group`` (that very group, not the groups under it) that run,
         as the run index lists them: what the scheduler counts against its limit."""
-        from indexer import Order
-
         out: list[str] = []
         cursor: str | None = None
         for _ in range(_GROUP_PAGES):

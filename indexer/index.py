@@ -32,6 +32,7 @@ from indexer.groups import GroupDict
 from indexer.model import IndexStats, Order, Page, RunEntry, make_entry, pr_code, pr_decode
 from indexer.names import NameDict
 from indexer.postings import Postings
+from indexer.query import iter_runs, list_runs
 
 __all__ = ["DEFAULT_MAX_GAP", "MAX_SPAN", "RunIndex"]
 
@@ -309,8 +310,6 @@ class RunIndex:
         cursor: str | None = None,
     ) -> Page:
         """See :func:`indexer.query.list_runs`."""
-        from indexer.query import list_runs
-
         return list_runs(
             self,
             groups=groups,
@@ -324,8 +323,6 @@ class RunIndex:
 
     def entries(self, order: Order = Order.ASC) -> Iterator[RunEntry]:
         """Every run in id order. Do not apply updates while iterating."""
-        from indexer.query import iter_runs
-
         return iter_runs(self, order)
 
     # ----------------------------------------------------------------- figures

@@ -13,7 +13,7 @@ exists). ``lastrun`` without a phase or result filter takes each group's kept gr
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,7 @@ import numpy.typing as npt
 from events import Phase, Result
 from indexer.cursor import decode_cursor, encode_cursor
 from indexer.errors import BadLimit
+from indexer.groups import GroupDict
 from indexer.model import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -32,11 +33,10 @@ from indexer.model import (
     format_id,
     pr_code,
 )
+from indexer.names import NameDict
+from indexer.postings import Postings
 
-if TYPE_CHECKING:
-    from indexer.index import RunIndex
-
-__all__ = ["active_runs", "iter_runs", "list_runs", "page_size"]
+__all__ = ["Columns", "active_runs", "iter_runs", "list_runs", "page_size"]
 
 Slots = npt.NDArray[np.int64]
 _MERGE_MAX_GROUPS = 64
@@ -49,6 +49,28 @@ for _p in PHASE_CODES:
         _PHASE_OF[pr_code(_p, _r)], _RESULT_OF[pr_code(_p, _r)] = _p, _r
 
 
+class Columns(Protocol):
+    """What a query reads of the index (``indexer.index.RunIndex`` holds it): one slot per run
+    id from ``base``, ``span`` slots, a column per fact, and per group its posting list, size and
+    greatest slot. The index calls the queries; they never import it."""
+
+    groups: GroupDict
+    names: NameDict
+    base: int
+    span: int
+    count: int
+    gid: npt.NDArray[np.uint32]
+    pr: npt.NDArray[np.uint8]
+    counter: npt.NDArray[np.uint32]
+    nid: npt.NDArray[np.uint32]
+    enq: npt.NDArray[np.uint32]
+    start: npt.NDArray[np.uint32]
+    end: npt.NDArray[np.uint32]
+    postings: list[Postings]
+    sizes: npt.NDArray[np.uint32]
+    lasts: npt.NDArray[np.uint32]
+
+
 def page_size(limit: int | None) -> int:
     """``limit`` made a page size: None or 0 → 25, above 100 → 100. Raises ``BadLimit`` if < 0."""
     if limit is None or limit == 0:
@@ -59,7 +81,7 @@ def page_size(limit: int | None) -> int:
 
 
 def list_runs(
-    index: RunIndex,
+    index: Columns,
     *,
     groups: Collection[str] = (),
     phases: Collection[Phase] | None = None,
@@ -97,9 +119,7 @@ def list_runs(
     return Page(runs=runs, next_cursor=encode_cursor(runs[-1].run_id, order) if more else None)
 
 
-def iter_runs(
-    index: RunIndex, order: Order = Order.ASC, chunk: int = 1 << 16
-) -> Iterator[RunEntry]:
+def iter_runs(index: Columns, order: Order = Order.ASC, chunk: int = 1 << 16) -> Iterator[RunEntry]:
     """Every run, in id order (for exports and checks). Do not apply updates meanwhile."""
     starts = range(0, index.span, chunk)
     for s in reversed(starts) if order.is_desc() else starts:
@@ -108,7 +128,7 @@ def iter_runs(
         yield from entries
 
 
-def active_runs(index: RunIndex) -> Iterator[tuple[int, str, Phase, tuple[int, int]]]:
+def active_runs(index: Columns) -> Iterator[tuple[int, str, Phase, tuple[int, int]]]:
     """``(run id, group, phase, (counter, enqueue seconds))`` of every queued or running run, in
     id order: one vectorized scan of the phase column (the scheduler's view; about a millisecond
     a million runs). The pair is the run's creation order within its root group (0 = unknown)."""
@@ -138,7 +158,7 @@ def _pr_mask(
     return ok
 
 
-def _slot_range(index: RunIndex, after: int | None, desc: bool) -> tuple[int, int]:
+def _slot_range(index: Columns, after: int | None, desc: bool) -> tuple[int, int]:
     """Candidate slots [lo, hi): after the cursor's run in the listing order."""
     if after is None:
         return 0, index.span
@@ -148,7 +168,7 @@ def _slot_range(index: RunIndex, after: int | None, desc: bool) -> tuple[int, in
     return min(max(rel + 1, 0), index.span), index.span
 
 
-def _use_postings(index: RunIndex, gids: npt.NDArray[np.uint32], width: int) -> bool:
+def _use_postings(index: Columns, gids: npt.NDArray[np.uint32], width: int) -> bool:
     if len(gids) <= _MERGE_MAX_GROUPS:
         return True
     total = int(index.sizes[gids].sum())  # vectorized: a type level holds thousands of groups
@@ -181,7 +201,7 @@ def _take(
 
 
 def _from_postings(
-    index: RunIndex,
+    index: Columns,
     gids: npt.NDArray[np.uint32],
     ok: npt.NDArray[np.bool_] | None,
     lo: int,
@@ -208,7 +228,7 @@ def _merge(parts: Sequence[Slots], desc: bool, need: int) -> Slots:
 
 
 def _scan(
-    index: RunIndex,
+    index: Columns,
     gids: npt.NDArray[np.uint32] | None,
     ok: npt.NDArray[np.bool_] | None,
     lo: int,
@@ -240,7 +260,7 @@ def _scan(
 
 
 def _last_runs(
-    index: RunIndex,
+    index: Columns,
     gids: npt.NDArray[np.uint32] | None,
     ok: npt.NDArray[np.bool_] | None,
     lo: int,
@@ -270,7 +290,7 @@ def _last_runs(
     return arr[::-1] if desc else arr
 
 
-def _entries(index: RunIndex, slots: Slots) -> tuple[RunEntry, ...]:
+def _entries(index: Columns, slots: Slots) -> tuple[RunEntry, ...]:
     names = index.groups.names
     run_names = index.names.names
     codes = index.pr[slots].tolist()
