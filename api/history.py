@@ -2,8 +2,9 @@
 
 Every event the run's owner judged for the run, in log order, with what became of it: ``applied``,
 ``duplicate`` (an event id applied before: nothing changed) or ``refused`` (the reducer's reason,
-or "run is final"). Events for a run id that never existed are not anyone's history (they count
-in ``runstream_events_total{outcome="rejected"}`` only). The worker records these entries with
+or "run is final"). Events for a run id that never existed are not anyone's history: they are
+refused and counted only (in ``runstream_events_total{outcome="rejected"}``, a label value kept
+for the dashboards that use it). The worker records these entries with
 the run's state in every checkpoint (``partition.history``), so they survive restarts and a replay
 rebuilds them from the log.
 

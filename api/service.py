@@ -41,13 +41,13 @@ from api.ports import ApiDeps, Refused, StoreUnavailable
 from api.views import TaskClaim
 from api.waiting import Waiting, waiting
 from events import (
+    Applied,
     CancelRequested,
     CannotRecreate,
     CreationFields,
     Event,
     Payload,
     Phase,
-    Rejected,
     RunCreated,
     RunState,
     StartRequested,
@@ -215,7 +215,7 @@ class RunService:
         root = counter_root(data.group)
         event = self._event(data, run_id, f"{run_id}.created")
         check = apply(None, event)
-        if isinstance(check, Rejected):
+        if not isinstance(check, Applied):  # the reducer refused it
             await self._give_back(root, number, run_id, "refused")
             raise BadRequest(check.reason)
         records, counters = self.deps.creation_keys, self.deps.counters
@@ -282,7 +282,7 @@ class RunService:
         # reducer refuses a creation only when the run exists (active, or in the final-id set).
         event = self._event(data, run_id, f"{run_id}.created")
         check = apply(None, event)
-        if isinstance(check, Rejected):
+        if not isinstance(check, Applied):  # the reducer refused it
             raise BadRequest(check.reason)
         # The run number is taken last, when only the append and the owner's judgement are left
         # (datamanager.counters: a number a failed creation kept is given back or voided).
@@ -444,7 +444,7 @@ class RunService:
         """Check ``event`` against ``state``, append it, and answer with the owner's judgement
         (a refusal: ``refused(reason)``, 400 unless the caller says otherwise)."""
         check = apply(state, event)
-        if isinstance(check, Rejected):
+        if not isinstance(check, Applied):  # the reducer refused it
             raise refused(check.reason)
         if check.duplicate:
             return check.state  # a retry of an applied request: nothing to append

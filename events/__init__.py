@@ -71,7 +71,7 @@ from events.model import (
     TaskStatus,
 )
 from events.recreate import can_recreate, recreate, recreated_task_id
-from events.reducer import Applied, Outcome, Rejected, apply
+from events.reducer import Applied, Refused, Rejected, Verdict, apply
 from events.state import ID_GENERATION, RunState
 
 __all__ = [
@@ -95,11 +95,11 @@ __all__ = [
     "EventsError",
     "ExecutorId",
     "Heartbeat",
-    "Outcome",
     "Payload",
     "Phase",
     "PhaseChanged",
     "PlannedTask",
+    "Refused",
     "Rejected",
     "ReleaseReason",
     "Result",
@@ -121,6 +121,7 @@ __all__ = [
     "TaskReleased",
     "TaskStatus",
     "TaskStatusChanged",
+    "Verdict",
     "apply",
     "can_recreate",
     "check_create",

@@ -5,8 +5,9 @@ Wire forms:
 * an event is the envelope ``{"type", "version", "id", "run_id", "at", "data"}`` (exactly these
   keys; ``at`` is integer ms since the epoch, UTC; ``run_id`` the 16-digit form);
 * a *commit* (several events appended together in one Kafka record, docs/events.md "Commits:
-  several events in one record") is a JSON array of envelopes. ``decode_record`` accepts either form; a commit with any
-  bad event is rejected whole.
+  several events in one record") is a JSON array of envelopes. ``decode_record`` accepts either
+  form; a commit with any bad event does not decode at all (the whole record is one dead letter:
+  a refusal is the reducer's, of an event that decoded).
 
 Decoding validates and builds the typed events in one pass, from the Structs of
 ``events.catalogue`` (a tagged union on ``type``). It raises :class:`~events.errors.DecodeError`

@@ -5,7 +5,7 @@ Contract:
 * pure and deterministic: no clock, no randomness. Derived ``run.phase_changed`` events take
   their ``at`` from the triggering event and the id ``f"{run_id}.phase.{seq}"``, so replaying a
   log gives identical states and identical derived events;
-* never raises on a legal-but-refused request: it returns ``Rejected(reason, state)`` with the
+* never raises on a legal-but-refused request: it returns ``Refused(reason, state)`` with the
   state unchanged (the event id is *not* remembered, so a replay refuses it the same way);
 * idempotent: an event whose id is in the run's recent-id window returns
   ``Applied(state, derived=(), duplicate=True)`` with the very same state object;
@@ -87,7 +87,7 @@ from events.model import (
 )
 from events.state import ID_GENERATION, RunState
 
-__all__ = ["Applied", "Outcome", "Rejected", "apply"]
+__all__ = ["Applied", "Refused", "Rejected", "Verdict", "apply"]
 
 _RUNNING = Phase.RUNNING
 _UNKNOWN = Result.UNKNOWN
@@ -107,36 +107,41 @@ class Applied(OpenShape):
     duplicate: bool = False
 
 
-class Rejected(OpenShape):
+class Refused(OpenShape):
     """The event was refused; ``state`` is the input state, unchanged (``None`` if no run)."""
 
     reason: str
     state: RunState | None
 
 
-Outcome = Applied | Rejected
+#: The reducer's verdict on one event (what :func:`apply` returns).
+Verdict = Applied | Refused
+
+#: The name ``Refused`` had before the project said "refused" everywhere; kept for callers not
+#: renamed yet (``partition/materializer.py``). Use ``Refused``.
+Rejected = Refused
 
 
-def apply(state: RunState | None, event: Event) -> Outcome:
+def apply(state: RunState | None, event: Event) -> Verdict:
     """Fold ``event`` into ``state`` (see the module docstring for the full contract)."""
     kind = event.type
     if state is None:
         if kind is _RUN_CREATED or kind is EventType.SETUP_ERRORS_REPORTED:
             return _created(event)
-        return Rejected(reason=f"unknown run {event.run_id}: {kind} before its creation", state=None)  # fmt: skip
+        return Refused(reason=f"unknown run {event.run_id}: {kind} before its creation", state=None)  # fmt: skip
     eid = event.id
     if eid in state.recent_ids or eid in state.older_ids:
         return _applied(state, (), True)
     run = state.run
     if event.run_id != run.id:
-        return Rejected(reason=f"event for run {event.run_id} applied to run {run.id}", state=state)
+        return Refused(reason=f"event for run {event.run_id} applied to run {run.id}", state=state)
     if type(event) is TaskStatusChangedEvent:  # most events: no table, no final-phase check
         return _task_status(state, event)
     handler = _HANDLERS.get(kind)
     if handler is None:
-        return Rejected(reason=f"{kind} cannot be applied to an existing run", state=state)
+        return Refused(reason=f"{kind} cannot be applied to an existing run", state=state)
     if run.phase in _FINAL_PHASES and handler is not _exists:
-        return Rejected(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
+        return Refused(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
     return handler(state, event)
 
 
@@ -172,10 +177,10 @@ def _state(
     )
 
 
-def _created(event: Event) -> Outcome:
+def _created(event: Event) -> Verdict:
     made = create_run(event)
     if isinstance(made, str):
-        return Rejected(reason=made, state=None)
+        return Refused(reason=made, state=None)
     run, config, open_tasks = made
     # The run did not exist before: its first phase and result are always a change (seq 1).
     derived = (_phase_event(run, 1, event.at),)
@@ -271,31 +276,31 @@ def _settle(run: Run, changes: dict[str, object], open_tasks: int, failed: bool,
         GRAPHS.pop(run.id, None)
 
 
-def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Outcome:
+def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Verdict:
     # The hot path (most events): the phase check of _commit is done for the one possible change,
     # and _state and _applied are written out inline (a call costs as much as a line here).
     run = state.run
     if run.phase is not _RUNNING:
         if run.phase in _FINAL_PHASES:  # apply() leaves this check to us
-            return Rejected(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
-        return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
+            return Refused(reason=f"run {run.id} is {run.phase}: a final phase never changes", state=state)  # fmt: skip
+        return Refused(reason=f"run {run.id} is {run.phase}, not running", state=state)
     data = event.data
     tid, new = data.task_id, data.status
     task = run.tasks.get(tid)
     if task is None:
-        return Rejected(reason=f"run {run.id} has no task {tid!r}", state=state)
+        return Refused(reason=f"run {run.id} has no task {tid!r}", state=state)
     old = task.status
     if old in _FINISHED or new is old or new is _NOTSTARTED:
-        return Rejected(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
+        return Refused(reason=f"task {tid!r} cannot go from {old} to {new}", state=state)
     executor = data.executor_id
     holder = task.holder
     claim = False  # a report naming an executor claims an unclaimed ready task
     if holder is not UNSET:
         if executor != holder:
-            return Rejected(reason=f"task {tid!r} is held by executor {holder}", state=state)
+            return Refused(reason=f"task {tid!r} is held by executor {holder}", state=state)
     elif executor is not UNSET:
         if task.released is not UNSET and executor in task.released:
-            return Rejected(reason=f"executor {executor} lost task {tid!r}: its lease lapsed", state=state)  # fmt: skip
+            return Refused(reason=f"executor {executor} lost task {tid!r}: its lease lapsed", state=state)  # fmt: skip
         claim = old is _NOTSTARTED
     config = state.config
     if old is _NOTSTARTED:  # parents_ended and the approval check, inlined (no graph needed)
@@ -303,9 +308,9 @@ def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Outcome:
         current = run.tasks
         for d in planned.depends:
             if current[d.task_id].status not in _FINISHED:
-                return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
+                return Refused(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
         if planned.needs_approval and not task.approved and new in _EXECUTED:
-            return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
+            return Refused(reason=f"task {tid!r} is waiting for approval", state=state)
     at = event.at
     open_tasks = state.open_tasks
     tasks = dict(run.tasks)
@@ -362,10 +367,10 @@ def _task_status(state: RunState, event: TaskStatusChangedEvent) -> Outcome:
     return Applied(state=new_state, derived=derived)
 
 
-def _start(state: RunState, event: Event) -> Outcome:
+def _start(state: RunState, event: Event) -> Verdict:
     run = state.run
     if run.phase is not Phase.QUEUED:
-        return Rejected(reason=f"run {run.id} is {run.phase}: only a queued run starts", state=state)  # fmt: skip
+        return Refused(reason=f"run {run.id} is {run.phase}: only a queued run starts", state=state)  # fmt: skip
     at = event.at
     graph = graph_of(state.config)
     tasks = dict(run.tasks)
@@ -380,10 +385,10 @@ def _start(state: RunState, event: Event) -> Outcome:
     return _commit(state, event, done, open_tasks, running, ready=ready)
 
 
-def _cancel(state: RunState, event: Event) -> Outcome:
+def _cancel(state: RunState, event: Event) -> Verdict:
     run = state.run
     if run.phase is not Phase.QUEUED:
-        return Rejected(reason=f"run {run.id} is {run.phase}: only a queued run is cancelled", state=state)  # fmt: skip
+        return Refused(reason=f"run {run.id} is {run.phase}: only a queued run is cancelled", state=state)  # fmt: skip
     at = event.at
     tasks = _end_not_started(run.tasks, TaskStatus.CANCELLED, at)
     return _commit(state, event, replace(run, phase=Phase.CANCELLED, end_time=at, tasks=tasks), 0)
@@ -401,10 +406,10 @@ def _end_not_started(tasks: Mapping[str, RunTask], status: TaskStatus, at: int) 
     return out
 
 
-def _stop(state: RunState, event: Event) -> Outcome:
+def _stop(state: RunState, event: Event) -> Verdict:
     run = state.run
     if run.phase is not _RUNNING:
-        return Rejected(reason=f"run {run.id} is {run.phase}: only a running run stops", state=state)  # fmt: skip
+        return Refused(reason=f"run {run.id} is {run.phase}: only a running run stops", state=state)  # fmt: skip
     if run.stop:  # a retried stop must not fail (Agola): accepted, nothing changes
         return _commit(state, event, run, state.open_tasks)
     at = event.at
@@ -415,84 +420,84 @@ def _stop(state: RunState, event: Event) -> Outcome:
     return _commit(state, event, replace(run, **changes), open_tasks)
 
 
-def _task_approved(state: RunState, event: Event) -> Outcome:
+def _task_approved(state: RunState, event: Event) -> Verdict:
     run = state.run
     data = event.data
     assert isinstance(data, TaskApproved)  # the table routes task.approved here
     task = run.tasks.get(data.task_id)
     if task is None:
-        return Rejected(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
+        return Refused(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
     if task.approved:
-        return Rejected(reason=f"task {task.id!r} is already approved", state=state)
+        return Refused(reason=f"task {task.id!r} is already approved", state=state)
     if not task.waiting_approval:
-        return Rejected(reason=f"task {task.id!r} is not waiting for approval", state=state)
+        return Refused(reason=f"task {task.id!r} is not waiting for approval", state=state)
     # Only a task of a running run that is not stopping waits for approval: now it is ready.
     tasks = {**run.tasks, task.id: replace(task, approved=True, waiting_approval=False)}
     return _commit(state, event, replace(run, tasks=tasks), state.open_tasks, ready=[task.id])
 
 
-def _task_annotations(state: RunState, event: Event) -> Outcome:
+def _task_annotations(state: RunState, event: Event) -> Verdict:
     run = state.run
     data = event.data
     assert isinstance(data, TaskAnnotationsSet)  # the table routes task.annotations_set here
     task = run.tasks.get(data.task_id)
     if task is None:
-        return Rejected(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
+        return Refused(reason=f"run {run.id} has no task {data.task_id!r}", state=state)
     tasks = {**run.tasks, task.id: replace(task, annotations=dict(data.annotations))}
     return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
 
 
-def _task_claimed(state: RunState, event: Event) -> Outcome:
+def _task_claimed(state: RunState, event: Event) -> Verdict:
     run = state.run
     data = event.data
     assert isinstance(data, TaskClaimed)  # the table routes task.claimed here
     tid, executor = data.task_id, data.executor_id
     if run.phase is not _RUNNING:
-        return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
+        return Refused(reason=f"run {run.id} is {run.phase}, not running", state=state)
     task = run.tasks.get(tid)
     if task is None:
-        return Rejected(reason=f"run {run.id} has no task {tid!r}", state=state)
+        return Refused(reason=f"run {run.id} has no task {tid!r}", state=state)
     holder = task.holder
     if holder is not UNSET and holder != executor:
-        return Rejected(reason=f"task {tid!r} is held by executor {holder}", state=state)
+        return Refused(reason=f"task {tid!r} is held by executor {holder}", state=state)
     if task.status in _FINISHED:
-        return Rejected(reason=f"task {tid!r} cannot be claimed: it ended {task.status}", state=state)  # fmt: skip
+        return Refused(reason=f"task {tid!r} cannot be claimed: it ended {task.status}", state=state)  # fmt: skip
     if holder is not UNSET:  # the holder claims again: its lease is renewed
         tasks = {**run.tasks, tid: replace(task, lease_ms=data.lease_ms)}
         return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
     if task.released is not UNSET and executor in task.released:
-        return Rejected(reason=f"executor {executor} lost task {tid!r}: its lease lapsed", state=state)  # fmt: skip
+        return Refused(reason=f"executor {executor} lost task {tid!r}: its lease lapsed", state=state)  # fmt: skip
     if task.status is not _NOTSTARTED:
-        return Rejected(reason=f"task {tid!r} is {task.status} without a holder: not ready to claim", state=state)  # fmt: skip
+        return Refused(reason=f"task {tid!r} is {task.status} without a holder: not ready to claim", state=state)  # fmt: skip
     planned = state.config.tasks[tid]
     for d in planned.depends:
         if run.tasks[d.task_id].status not in _FINISHED:
-            return Rejected(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
+            return Refused(reason=f"task {tid!r} is not ready: a parent has not ended", state=state)  # fmt: skip
     if task.waiting_approval or (planned.needs_approval and not task.approved):
-        return Rejected(reason=f"task {tid!r} is waiting for approval", state=state)
+        return Refused(reason=f"task {tid!r} is waiting for approval", state=state)
     if run.stop:
-        return Rejected(reason=f"run {run.id} is stopping: task {tid!r} will not run", state=state)  # fmt: skip
+        return Refused(reason=f"run {run.id} is stopping: task {tid!r} will not run", state=state)  # fmt: skip
     claimed = replace(task, holder=executor, lease_ms=data.lease_ms, claim_time=event.at)
     tasks = {**run.tasks, tid: claimed}
     return _commit(state, event, replace(run, tasks=tasks), state.open_tasks)
 
 
-def _task_released(state: RunState, event: Event) -> Outcome:
+def _task_released(state: RunState, event: Event) -> Verdict:
     run = state.run
     data = event.data
     assert isinstance(data, TaskReleased)  # the table routes task.released here
     tid = data.task_id
     if run.phase is not _RUNNING:
-        return Rejected(reason=f"run {run.id} is {run.phase}, not running", state=state)
+        return Refused(reason=f"run {run.id} is {run.phase}, not running", state=state)
     task = run.tasks.get(tid)
     if task is None:
-        return Rejected(reason=f"run {run.id} has no task {tid!r}", state=state)
+        return Refused(reason=f"run {run.id} has no task {tid!r}", state=state)
     holder, attempt = holder_of(task), attempt_of(task)
     if task.status in _FINISHED:
-        return Rejected(reason=f"stale release of task {tid!r}: it ended {task.status}", state=state)  # fmt: skip
+        return Refused(reason=f"stale release of task {tid!r}: it ended {task.status}", state=state)  # fmt: skip
     if attempt != data.attempt or holder != data.executor_id or (not holder and task.status is _NOTSTARTED):  # fmt: skip
         held = f"held by {holder}" if holder else "held by no executor"
-        return Rejected(reason=f"stale release of task {tid!r}: attempt {attempt} is {task.status}, {held}", state=state)  # fmt: skip
+        return Refused(reason=f"stale release of task {tid!r}: attempt {attempt} is {task.status}, {held}", state=state)  # fmt: skip
     released = task.released if task.released is not UNSET else ()
     if holder:
         released = (*released, holder)
@@ -515,7 +520,7 @@ def _task_released(state: RunState, event: Event) -> Outcome:
     return _end_task(state, event, tid, ended)
 
 
-def _end_task(state: RunState, event: Event, tid: str, ended: RunTask) -> Outcome:
+def _end_task(state: RunState, event: Event, tid: str, ended: RunTask) -> Verdict:
     """``state`` with task ``tid`` ended as ``ended``: its children judged (unless the run is
     stopping), the run's result and phase settled, as when an executor reports the end."""
     run, config, at = state.run, state.config, event.at
@@ -534,8 +539,8 @@ def _end_task(state: RunState, event: Event, tid: str, ended: RunTask) -> Outcom
     return _commit(state, event, replace(run, **changes), open_tasks, ready=ready)
 
 
-def _exists(state: RunState, event: Event) -> Outcome:
-    return Rejected(reason=f"run {state.run.id} already exists", state=state)
+def _exists(state: RunState, event: Event) -> Verdict:
+    return Refused(reason=f"run {state.run.id} already exists", state=state)
 
 
 _FINAL_PHASES = frozenset(p for p in Phase if p.is_final())

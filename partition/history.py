@@ -38,6 +38,7 @@ __all__ = [
     "HISTORY",
     "HistoryEntry",
     "HistoryLog",
+    "HistoryOutcome",
     "HistoryStore",
     "Outcome",
     "Pending",
@@ -52,12 +53,18 @@ __all__ = [
 HISTORY = "history"  # the datatype
 
 
-class Outcome(StrEnum):
-    """What the owner did with an event judged for an existing run."""
+class HistoryOutcome(StrEnum):
+    """What the owner did with an event judged for an existing run, as the run's history
+    records it (the ``outcome`` of ``GET /api/v1/runs/{run_id}/history``)."""
 
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     REFUSED = "refused"
+
+
+#: The name :class:`HistoryOutcome` had; kept for callers not renamed yet
+#: (``partition/materializer.py``).
+Outcome = HistoryOutcome
 
 
 class HistoryEntry(Shape):
@@ -68,7 +75,7 @@ class HistoryEntry(Shape):
     event_id: str
     type: str
     at: int  # the event's time, ms since the epoch
-    outcome: Outcome
+    outcome: HistoryOutcome
     reason: str = ""  # why it was refused
     seq: int | None = None  # the run's revision once applied
 
@@ -126,7 +133,7 @@ class HistoryLog:
         event: Event,
         offset: int,
         index: int,
-        outcome: Outcome,
+        outcome: HistoryOutcome,
         *,
         reason: str = "",
         seq: int | None = None,

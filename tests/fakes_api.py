@@ -30,7 +30,7 @@ from api.ports import KeyRecord, OwnedStuck
 from api.views import ExecutorSeen, StuckRun
 from events import Applied, Event, EventType, Heartbeat, RunState, apply, encode
 from indexer import RunIndex
-from partition.history import HistoryEntry, Outcome
+from partition.history import HistoryEntry, HistoryOutcome
 from tests.fakes_dlq import FakeDeadLetters, dead_letter
 
 
@@ -81,7 +81,7 @@ class FakeOwners:
             return await fut
         return self.apply(event)
 
-    def _note(self, event: Event, offset: int, outcome: Outcome, **kw: Any) -> None:
+    def _note(self, event: Event, offset: int, outcome: HistoryOutcome, **kw: Any) -> None:
         entry = HistoryEntry(
             offset=offset, index=0, event_id=event.id, type=str(event.type), at=event.at,
             outcome=outcome, **kw,
@@ -108,12 +108,12 @@ class FakeOwners:
         if not isinstance(out, Applied):
             decision: Written | Refused = Refused(out.reason)
             if event.run_id in self.states:
-                self._note(event, n, Outcome.REFUSED, reason=out.reason)
+                self._note(event, n, HistoryOutcome.REFUSED, reason=out.reason)
         else:
             self.states[event.run_id] = out.state
             self.derived.extend(out.derived)
             decision = Written(out.state, duplicate=out.duplicate)
-            outcome = Outcome.DUPLICATE if out.duplicate else Outcome.APPLIED
+            outcome = HistoryOutcome.DUPLICATE if out.duplicate else HistoryOutcome.APPLIED
             self._note(event, n, outcome, seq=out.state.seq)
         pending = self._pending.pop(event.id, None)
         if pending is not None and not pending.done():

@@ -25,9 +25,9 @@ from events import (
     apply,
     encode,
     format_run_id,
+    reducer,
 )
 from events.catalogue import EventType
-from events.reducer import Rejected
 from partition import metrics
 from partition.admission import Admission, RefusalCode, refusal_code
 from partition.finals import FinalIds
@@ -86,7 +86,7 @@ def _every_refusal() -> list[tuple[RefusalCode, Event, object]]:
 def test_every_reducer_refusal_has_its_code(case: tuple[RefusalCode, Event, object]) -> None:
     code, event, state = case
     out = apply(state, event)  # type: ignore[arg-type]
-    assert isinstance(out, Rejected), out
+    assert isinstance(out, reducer.Refused), out
     assert refusal_code(event.type, out.reason) is code, out.reason
 
 

@@ -28,7 +28,7 @@ from tests.unit.test_events_support import (
     applied,
     created,
     ev,
-    rejected,
+    refused,
     task,
 )
 
@@ -122,9 +122,9 @@ def test_setup_errors_reported_creates_a_setuperror_run() -> None:
     )
 
 
-def test_setup_errors_reported_without_errors_is_rejected() -> None:
+def test_setup_errors_reported_without_errors_is_refused() -> None:
     assert (
-        "no setup errors" in rejected(None, ev(SetupErrorsReported(group=GROUP, errors=()))).reason
+        "no setup errors" in refused(None, ev(SetupErrorsReported(group=GROUP, errors=()))).reason
     )
 
 
@@ -136,18 +136,16 @@ def test_setup_errors_reported_without_errors_is_rejected() -> None:
         ({"group": "/nope/p1"}, "is not one of"),
     ],
 )
-def test_creation_that_cannot_form_a_run_is_rejected(kw: dict[str, str], message: str) -> None:
-    assert message in rejected(None, ev(created(task("a"), **kw))).reason
+def test_creation_that_cannot_form_a_run_is_refused(kw: dict[str, str], message: str) -> None:
+    assert message in refused(None, ev(created(task("a"), **kw))).reason
 
 
-def test_creation_without_tasks_nor_errors_is_rejected() -> None:
-    assert "neither tasks nor setup errors" in rejected(None, ev(created())).reason
+def test_creation_without_tasks_nor_errors_is_refused() -> None:
+    assert "neither tasks nor setup errors" in refused(None, ev(created())).reason
 
 
 def test_kept_tasks_must_be_tasks_of_the_run() -> None:
-    assert (
-        "not tasks of the run" in rejected(None, ev(created(task("a"), kept_tasks=("z",)))).reason
-    )
+    assert "not tasks of the run" in refused(None, ev(created(task("a"), kept_tasks=("z",)))).reason
 
 
 def test_kept_tasks_start_successful() -> None:
@@ -156,32 +154,32 @@ def test_kept_tasks_start_successful() -> None:
     assert state.open_tasks == 1
 
 
-def test_second_creation_of_a_run_is_rejected_and_its_retry_is_a_duplicate() -> None:
+def test_second_creation_of_a_run_is_refused_and_its_retry_is_a_duplicate() -> None:
     first = ev(created(task("a")))
     state = applied(None, first).state
-    assert "already exists" in rejected(state, ev(created(task("a")))).reason
+    assert "already exists" in refused(state, ev(created(task("a")))).reason
     again = applied(state, first)
     assert again.duplicate
     assert again.state is state
     assert again.derived == ()
 
 
-def test_events_for_an_unknown_run_are_rejected() -> None:
+def test_events_for_an_unknown_run_are_refused() -> None:
     for data in (StartRequested(), status("a", TaskStatus.RUNNING), StopRequested()):
-        assert "unknown run" in rejected(None, ev(data)).reason
+        assert "unknown run" in refused(None, ev(data)).reason
 
 
-def test_event_for_another_run_is_rejected() -> None:
+def test_event_for_another_run_is_refused() -> None:
     state = queued(task("a"))
     assert (
-        "applied to run" in rejected(state, ev(StartRequested(), run_id="0000000000000008")).reason
+        "applied to run" in refused(state, ev(StartRequested(), run_id="0000000000000008")).reason
     )
 
 
 def test_phase_changed_is_never_accepted_as_input() -> None:
     state = queued(task("a"))
     data = PhaseChanged(group=GROUP, phase=Phase.RUNNING, result=Result.UNKNOWN, seq=2)
-    assert "cannot be applied" in rejected(state, ev(data)).reason
+    assert "cannot be applied" in refused(state, ev(data)).reason
 
 
 # -- start, cancel, stop -------------------------------------------------------------------------
@@ -193,7 +191,7 @@ def test_start_only_from_queued_sets_start_time() -> None:
     assert out.state.run.phase is Phase.RUNNING
     assert out.state.run.start_time == 7777
     assert phases(out) == [(Phase.RUNNING, Result.UNKNOWN, 2)]
-    assert "only a queued run starts" in rejected(out.state, ev(StartRequested())).reason
+    assert "only a queued run starts" in refused(out.state, ev(StartRequested())).reason
 
 
 def test_start_of_a_run_whose_tasks_are_all_done_finishes_it() -> None:
@@ -216,14 +214,14 @@ def test_cancel_only_from_queued_cancels_tasks_not_started() -> None:
     assert (run.phase, run.result, run.end_time) == (Phase.CANCELLED, Result.UNKNOWN, 60)
     assert run.tasks["a"].status is TaskStatus.CANCELLED
     assert run.tasks["s"].status is TaskStatus.SKIPPED
-    assert "final phase never changes" in rejected(out.state, ev(CancelRequested())).reason
+    assert "final phase never changes" in refused(out.state, ev(CancelRequested())).reason
     started = running(task("a"))
-    assert "only a queued run is cancelled" in rejected(started, ev(CancelRequested())).reason
+    assert "only a queued run is cancelled" in refused(started, ev(CancelRequested())).reason
 
 
 def test_stop_only_while_running() -> None:
     state = queued(task("a"))
-    assert "only a running run stops" in rejected(state, ev(StopRequested())).reason
+    assert "only a running run stops" in refused(state, ev(StopRequested())).reason
 
 
 def test_stop_sets_flag_result_and_waits_for_running_tasks() -> None:
@@ -292,35 +290,35 @@ def test_failure_of_a_task_with_ignore_failure_does_not_fail_the_run() -> None:
         (TaskStatus.RUNNING, TaskStatus.NOTSTARTED),
     ],
 )
-def test_illegal_task_transitions_are_rejected(before: TaskStatus, after: TaskStatus) -> None:
+def test_illegal_task_transitions_are_refused(before: TaskStatus, after: TaskStatus) -> None:
     state = running(task("a"), task("b"))
     if before is TaskStatus.SUCCESS:
         state = applied(state, ev(status("a", TaskStatus.RUNNING))).state
     state = applied(state, ev(status("a", before))).state
-    assert "cannot go from" in rejected(state, ev(status("a", after))).reason
+    assert "cannot go from" in refused(state, ev(status("a", after))).reason
 
 
 def test_task_events_need_a_running_run_and_a_known_task() -> None:
-    assert "not running" in rejected(queued(task("a")), ev(status("a", TaskStatus.RUNNING))).reason
-    assert "no task 'z'" in rejected(running(task("a")), ev(status("z", TaskStatus.RUNNING))).reason
+    assert "not running" in refused(queued(task("a")), ev(status("a", TaskStatus.RUNNING))).reason
+    assert "no task 'z'" in refused(running(task("a")), ev(status("z", TaskStatus.RUNNING))).reason
 
 
 def test_task_needing_approval_waits_until_approved() -> None:
     state = running(task("a", needs_approval=True), task("b"))
-    assert "waiting for approval" in rejected(state, ev(status("a", TaskStatus.RUNNING))).reason
-    assert "not waiting for approval" in rejected(state, ev(TaskApproved(task_id="b"))).reason
-    assert "no task" in rejected(state, ev(TaskApproved(task_id="z"))).reason
+    assert "waiting for approval" in refused(state, ev(status("a", TaskStatus.RUNNING))).reason
+    assert "not waiting for approval" in refused(state, ev(TaskApproved(task_id="b"))).reason
+    assert "no task" in refused(state, ev(TaskApproved(task_id="z"))).reason
     state = applied(state, ev(TaskApproved(task_id="a"))).state
     t = state.run.tasks["a"]
     assert t.approved
     assert not t.waiting_approval
-    assert "already approved" in rejected(state, ev(TaskApproved(task_id="a"))).reason
+    assert "already approved" in refused(state, ev(TaskApproved(task_id="a"))).reason
     assert applied(state, ev(status("a", TaskStatus.RUNNING))).state.run.tasks["a"].start_time
 
 
 def test_approval_is_refused_before_the_run_starts() -> None:
     state = queued(task("a", needs_approval=True))
-    assert "not waiting for approval" in rejected(state, ev(TaskApproved(task_id="a"))).reason
+    assert "not waiting for approval" in refused(state, ev(TaskApproved(task_id="a"))).reason
 
 
 def test_task_annotations_are_replaced() -> None:
@@ -329,7 +327,7 @@ def test_task_annotations_are_replaced() -> None:
     state = applied(state, ev(first)).state
     state = applied(state, ev(TaskAnnotationsSet(task_id="a", annotations={"y": "2"}))).state
     assert state.run.tasks["a"].annotations == {"y": "2"}
-    assert "no task" in rejected(state, ev(TaskAnnotationsSet(task_id="q", annotations={}))).reason
+    assert "no task" in refused(state, ev(TaskAnnotationsSet(task_id="q", annotations={}))).reason
 
 
 def test_final_phases_never_change() -> None:
@@ -343,7 +341,7 @@ def test_final_phases_never_change() -> None:
         status("a", TaskStatus.FAILED),
         TaskAnnotationsSet(task_id="a", annotations={}),
     ):
-        assert "final phase" in rejected(state, ev(data)).reason
+        assert "final phase" in refused(state, ev(data)).reason
 
 
 # -- idempotency and the id window ---------------------------------------------------------------
@@ -359,10 +357,10 @@ def test_duplicate_event_changes_nothing() -> None:
     assert dup.derived == ()
 
 
-def test_rejected_event_is_not_remembered() -> None:
+def test_refused_event_is_not_remembered() -> None:
     state = queued(task("a"))
     e = ev(StopRequested())
-    rejected(state, e)
+    refused(state, e)
     assert not state.has_seen(e.id)
 
 

@@ -9,7 +9,7 @@ from events import (
     Applied,
     Event,
     Payload,
-    Rejected,
+    Refused,
     RunConfigTask,
     RunCreated,
     RunState,
@@ -46,9 +46,9 @@ def applied(state: RunState | None, event: Event) -> Applied:
     return out
 
 
-def rejected(state: RunState | None, event: Event) -> Rejected:
+def refused(state: RunState | None, event: Event) -> Refused:
     out = apply(state, event)
-    assert isinstance(out, Rejected), out
+    assert isinstance(out, Refused), out
     assert out.state is state
     return out
 

@@ -32,9 +32,9 @@ from events import (
     make_event,
 )
 from events.model import RunConfigTask, attempt_of, holder_of
-from events.reducer import Applied, Rejected, apply
+from events.reducer import Applied, Refused, apply
 from partition.admission import refusal_code as code_of
-from tests.unit.test_events_support import RUN, applied, created, ev, rejected, task
+from tests.unit.test_events_support import RUN, applied, created, ev, refused, task
 
 S = TaskStatus
 LOST = ReleaseReason.EXECUTOR_LOST
@@ -70,7 +70,7 @@ def test_the_first_claim_wins_and_a_second_is_refused_naming_the_holder() -> Non
     state = applied(state, ev(claim("a", "ex-1"))).state
     t = state.run.tasks["a"]
     assert (t.holder, t.lease_ms, t.status) == ("ex-1", 30_000, S.NOTSTARTED)
-    out = rejected(state, ev(claim("a", "ex-2")))
+    out = refused(state, ev(claim("a", "ex-2")))
     assert out.reason == "task 'a' is held by executor ex-1"
     assert code_of(EventType.TASK_CLAIMED, out.reason) == "task_held"
 
@@ -86,22 +86,22 @@ def test_the_holder_claiming_again_renews_its_lease_only() -> None:
 
 def test_a_task_not_ready_cannot_be_claimed() -> None:
     state = start(task("a"), task("b", "a"))
-    out = rejected(state, ev(claim("b", "ex-1")))
+    out = refused(state, ev(claim("b", "ex-1")))
     assert code_of(EventType.TASK_CLAIMED, out.reason) == "task_not_ready"
     queued = applied(None, ev(created(task("a")))).state
-    assert "not running" in rejected(queued, ev(claim("a", "ex-1"))).reason
+    assert "not running" in refused(queued, ev(claim("a", "ex-1"))).reason
 
 
 def test_a_waiting_approval_task_cannot_be_claimed() -> None:
     state = start(task("a", needs_approval=True))
-    assert "approval" in rejected(state, ev(claim("a", "ex-1"))).reason
+    assert "approval" in refused(state, ev(claim("a", "ex-1"))).reason
 
 
 def test_reports_from_another_executor_or_anonymous_are_refused_for_a_held_task() -> None:
     state = start(task("a"))
     state = applied(state, ev(claim("a", "ex-1"))).state
-    assert "held by executor ex-1" in rejected(state, ev(report("a", S.RUNNING, "ex-2"))).reason
-    assert "held by executor ex-1" in rejected(state, ev(report("a", S.RUNNING))).reason
+    assert "held by executor ex-1" in refused(state, ev(report("a", S.RUNNING, "ex-2"))).reason
+    assert "held by executor ex-1" in refused(state, ev(report("a", S.RUNNING))).reason
     state = applied(state, ev(report("a", S.RUNNING, "ex-1"))).state
     out = applied(state, ev(report("a", S.SUCCESS, "ex-1")))
     assert out.state.run.phase is Phase.FINISHED
@@ -114,7 +114,7 @@ def test_a_report_naming_an_executor_claims_an_unclaimed_ready_task() -> None:
     state = applied(state, ev(report("a", S.RUNNING, "ex-9"), at=5_000)).state
     t = state.run.tasks["a"]
     assert (t.holder, t.claim_time, t.lease_ms) == ("ex-9", 5_000, 30_000)
-    assert "held by executor ex-9" in rejected(state, ev(report("a", S.SUCCESS, "ex-8"))).reason
+    assert "held by executor ex-9" in refused(state, ev(report("a", S.SUCCESS, "ex-8"))).reason
 
 
 def test_anonymous_reports_keep_working_as_before() -> None:
@@ -136,8 +136,8 @@ def test_a_lost_executor_with_retries_left_puts_the_task_back_to_ready() -> None
     ready_ids = [d.id for d in out.derived]
     assert ready_ids == [f"{RUN}.ready.2"]  # a new ready seq: derived ids stay unique
     # The lost executor is refused for the task from then on; another takes it.
-    assert "its lease lapsed" in rejected(out.state, ev(report("a", S.SUCCESS, "ex-1"))).reason
-    assert "its lease lapsed" in rejected(out.state, ev(claim("a", "ex-1"))).reason
+    assert "its lease lapsed" in refused(out.state, ev(report("a", S.SUCCESS, "ex-1"))).reason
+    assert "its lease lapsed" in refused(out.state, ev(claim("a", "ex-1"))).reason
     state = applied(out.state, ev(claim("a", "ex-2"))).state
     state = applied(state, ev(report("a", S.RUNNING, "ex-2"))).state
     # The second attempt has no retries left: losing it fails the task and the run.
@@ -190,13 +190,13 @@ def test_stale_releases_are_refused_and_change_nothing() -> None:
     first = release(state, "a")
     state2 = applied(state, ev(first)).state
     # The same decision again with another id (a zombie owner past the id window): refused.
-    out = rejected(state2, ev(first))
+    out = refused(state2, ev(first))
     assert code_of(EventType.TASK_RELEASED, out.reason) == "stale_release"
     # The wrong holder, an unclaimed task, an ended task.
     wrong = TaskReleased(task_id="b", executor_id="ex-3", attempt=1, reason=LOST)
-    assert "stale release" in rejected(state2, ev(wrong)).reason
+    assert "stale release" in refused(state2, ev(wrong)).reason
     none = TaskReleased(task_id="b", executor_id="", attempt=1, reason=TIMEOUT)
-    assert "stale release" in rejected(state2, ev(none)).reason
+    assert "stale release" in refused(state2, ev(none)).reason
 
 
 def test_the_same_decision_id_twice_is_a_duplicate() -> None:
@@ -280,12 +280,12 @@ def test_any_interleaving_keeps_one_holder_and_ends_every_attempt_once(
                 assert out.duplicate
                 assert out.state is state
             else:
-                assert isinstance(out, Rejected)
+                assert isinstance(out, Refused)
             continue
         eid = f"s{next(ids)}"
         out = apply(state, make_event(data, id=eid, run_id=RUN, at=2_000 + len(eid)))  # type: ignore[arg-type]
         last = (eid, data, isinstance(out, Applied))
-        if isinstance(out, Rejected):
+        if isinstance(out, Refused):
             assert out.state is state
             continue
         new = out.state.run.tasks["a"]

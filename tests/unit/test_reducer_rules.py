@@ -21,7 +21,7 @@ from events import (
     check_tasks,
 )
 from events.checks import plan_tasks
-from tests.unit.test_events_support import RUN, applied, created, ev, rejected, task
+from tests.unit.test_events_support import RUN, applied, created, ev, refused, task
 
 S = TaskStatus
 C = DependCondition
@@ -62,7 +62,7 @@ def test_roots_are_ready_at_start_children_when_their_parents_end() -> None:
     assert ready == ["a", "b"]
     state, ready = end(state, "a", S.SUCCESS)
     assert ready == []  # b has not ended
-    assert "not ready" in rejected(state, ev(status("c", S.RUNNING))).reason
+    assert "not ready" in refused(state, ev(status("c", S.RUNNING))).reason
     state, ready = end(state, "b", S.SUCCESS)
     assert ready == ["c"]
 
@@ -114,11 +114,11 @@ def test_waiting_approval_only_once_the_task_would_be_ready_and_approval_makes_i
     state, ready = start(task("a"), task("gate", "a", needs_approval=True), task("after", "gate"))
     assert ready == ["a"]
     assert not state.run.tasks["gate"].waiting_approval  # its parent has not ended
-    assert "not waiting" in rejected(state, ev(TaskApproved(task_id="gate"))).reason
+    assert "not waiting" in refused(state, ev(TaskApproved(task_id="gate"))).reason
     state, ready = end(state, "a", S.SUCCESS)
     assert ready == []
     assert state.run.tasks["gate"].waiting_approval
-    assert "waiting for approval" in rejected(state, ev(status("gate", S.RUNNING))).reason
+    assert "waiting for approval" in refused(state, ev(status("gate", S.RUNNING))).reason
     out = applied(state, ev(TaskApproved(task_id="gate"), at=5))
     assert readies(out) == ["gate"]
     [d] = out.derived
