@@ -4,7 +4,8 @@
   wait for their apply, and where the other partitions' owners are (Faust's assignment).
 * ``KafkaPhaseFeed`` (``PhaseFeed``): ``agents.phasefeed.PhaseHub``, one consumer of
   ``runs.phases`` per worker fanned out to every SSE client; cursors resume without loss or
-  repetition.
+  repetition. Another one follows ``runs.tasks`` for the ready-task stream, started by its first
+  client (a worker nobody asks for ready tasks never reads them).
 * ``ApiServer``: ``api.create_api`` on ``Settings.web_host:web_port`` inside the worker's loop,
   with the tokens of the settings (``agents.access``: none → loopback only) and the cluster's
   secret for the hop between workers, read before it serves.
@@ -32,8 +33,13 @@ from agents.health import LagMonitor, readiness
 from agents.indexing import IndexService
 from agents.liveness import Executors
 from agents.materializer_service import MaterializerService
+from agents.phasefeed import (
+    READY_CURSOR_PREFIX,
+    decode_feed_cursor,
+    encode_feed_cursor,
+    is_ready_task,
+)
 from agents.phasefeed import PhaseHub as KafkaPhaseFeed
-from agents.phasefeed import decode_feed_cursor, encode_feed_cursor
 from agents.producer import EventProducer
 from agents.readback import end_offsets
 from agents.resources import Resources
@@ -205,6 +211,12 @@ class ApiServer:
             apply_timeout=settings.apply_timeout,
         )
         self.feed = KafkaPhaseFeed(settings.kafka, settings.topic_phases)
+        self.task_feed = KafkaPhaseFeed(
+            settings.kafka,
+            settings.topic_tasks,
+            streams=is_ready_task,
+            cursor_prefix=READY_CURSOR_PREFIX,
+        )
         self.lag = LagMonitor(
             bootstrap=settings.kafka,
             events_topic=settings.topic_events,
@@ -230,6 +242,7 @@ class ApiServer:
                 CreationKeys(resources.kv, ids, numbers, retention=settings.creation_key_retention)
             ),
             dead_letters=DeadLetterTopic(settings),
+            task_feed=self.task_feed,
         )
         self.app = create_api(
             deps,
@@ -265,9 +278,10 @@ class ApiServer:
             lag_task.cancel()
             # Event streams end first (their clients resume elsewhere), then the server stops
             # within SHUTDOWN_SECONDS, whatever a client does.
-            close = getattr(self.feed, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+            for feed in (self.feed, self.task_feed):
+                close = getattr(feed, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
             await runner.cleanup()
             await self.sink.stop()

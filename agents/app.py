@@ -60,6 +60,7 @@ class Topics:
         self.events = raw(settings.topic_events)
         self.setup_errors = raw(settings.topic_setup_errors)
         self.phases = raw(settings.topic_phases)
+        self.tasks = raw(settings.topic_tasks)
         self.dlq = raw(settings.topic_dlq)
         self.requests = raw(settings.topic_requests)
         self.replies = raw(settings.topic_replies)

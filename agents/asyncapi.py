@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import Settings
-from events.catalogue import EVENT_TYPES
+from events.catalogue import EVENT_TYPES, EventType
 from events.documents import components, dumps, json_schemas, wire_types
 from partition.outbox import DEAD_LETTER_HEADERS
 
@@ -86,11 +86,24 @@ CHANNELS: Mapping[str, Channel] = {
         "receive",
     ),
     "topic_phases": Channel(
-        "derived events",
-        "What runstream derives: every phase or result change of a run (run.phase_changed, seq "
-        "+1 per run from 1) and every task that becomes ready (task.ready). One event per "
-        "record, on the partition of the same number as the run's runs.events partition.",
-        "derived",
+        "phase changes",
+        "Every phase or result change of a run (run.phase_changed, seq +1 per run from 1), what "
+        "the run index and the phase stream follow. One event per record, on the partition of "
+        "the same number as the run's runs.events partition. Phase changes only: ready tasks "
+        "are on the tasks topic (a log written before that topic existed also holds task.ready "
+        "records here; skip them).",
+        "phase_change",
+        "the run id",
+        "receive",
+        partitioner="the partition number of the run's runs.events partition",
+    ),
+    "topic_tasks": Channel(
+        "ready tasks",
+        "Every task that becomes ready (task.ready, seq +1 per run from 1), what executors "
+        "follow before they claim a task (task.claimed on the events topic). One event per "
+        "record, on the partition of the same number as the run's runs.events partition. No "
+        "order with the phases topic: only within each topic, per run.",
+        "task_ready",
         "the run id",
         "receive",
         partitioner="the partition number of the run's runs.events partition",
@@ -132,10 +145,6 @@ CHANNELS: Mapping[str, Channel] = {
 
 def _payloads() -> dict[str, Any]:
     wire = wire_types()
-    derived = tuple(cls for kind, cls in EVENT_TYPES.items() if kind.is_derived())
-    union: Any = derived[0]
-    for cls in derived[1:]:
-        union = union | cls
     return {
         "record": wire["record.json"],
         "setup_error_report": wire["setup-error-report.json"],
@@ -143,7 +152,8 @@ def _payloads() -> dict[str, Any]:
         "request_reply": wire["request-reply.json"],
         "heartbeat": wire["heartbeat.json"],
         "refusal": wire["refusal.json"],
-        "derived": union,
+        "phase_change": EVENT_TYPES[EventType.PHASE_CHANGED],
+        "task_ready": EVENT_TYPES[EventType.TASK_READY],
     }
 
 

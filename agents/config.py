@@ -319,6 +319,12 @@ class Settings:
         help="secret the workers sign their relayed requests with (X-Runstream-* headers); "
         "empty: one generated at the first start and kept in etcd under the prefix",
     )
+    topic_tasks: str = setting(
+        "runs.tasks",
+        env="RUNSTREAM_TOPIC_TASKS",
+        help="output topic of the derived task.ready events, which executors follow (key = run "
+        "id, the run's partition number; docs/events.md)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

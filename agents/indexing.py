@@ -2,8 +2,10 @@
 
 Each worker answers listing queries for all runs, so its index must see every partition of
 ``runs.phases``, not a consumer group's share: the agent reads all partitions with a bare
-aiokafka consumer (manual assignment, no group). Start-up = newest valid dump + the log tail from
-the offsets the dump covers. One worker at a time writes dumps, under an etcd lease lock.
+aiokafka consumer (manual assignment, no group). That topic holds phase changes only: the ready
+tasks, most of what the owners derive, are on ``runs.tasks``, which the index never reads.
+Start-up = newest valid dump + the log tail from the offsets the dump covers. One worker at a time
+writes dumps, under an etcd lease lock.
 
 Dumps live under the deployment's object prefix (``agents.keys.index_prefix``); a dump whose
 offsets name another phases topic is another deployment's and is never loaded. The dumps every
@@ -81,7 +83,7 @@ class IndexFollower:
         for ev in events:
             data = ev.data
             if not isinstance(data, PhaseChanged):
-                continue
+                continue  # a task.ready of a log written before runs.tasks existed
             try:
                 changed = self.index.apply(
                     parse_run_id(ev.run_id),

@@ -63,6 +63,7 @@ class MaterializerService:
             phases_topic=settings.topic_phases,
             dlq_topic=settings.topic_dlq,
             refusals_topic=settings.topic_refusals,
+            tasks_topic=settings.topic_tasks,
             max_event_bytes=settings.max_event_bytes,
             checkpoint_interval=settings.checkpoint_interval,
             checkpoint_events=settings.checkpoint_events,

@@ -1,14 +1,17 @@
-"""The ``runs.phases`` stream for every SSE client of a worker, from one consumer.
+"""The ``runs.phases`` stream (and the ``runs.tasks`` one) for every SSE client of a worker, from
+one consumer per topic.
 
-``PhaseHub`` (``api.ports.PhaseFeed``) keeps one bare consumer per process, assigned every
-partition of ``runs.phases`` from their end at start-up. A pump task decodes each record once and
-offers its ``run.phase_changed`` events, with their (partition, offset), to every follower's
-bounded queue. A follower whose queue is full is behind by more than ``queue_limit`` events: it is
-disconnected (its iterator ends), so it resumes from its last cursor instead of holding the others
-back or growing the heap.
+``PhaseHub`` (``api.ports.PhaseFeed``) keeps one bare consumer per process and topic, assigned
+every partition of its topic from their end when first followed. A pump task decodes each record
+once and offers the events it streams (:func:`is_phase_change`: the ``run.phase_changed`` events
+of ``runs.phases``; :func:`is_ready_task`: the ``task.ready`` events of ``runs.tasks``), with
+their (partition, offset), to every follower's bounded queue. A follower whose queue is full is
+behind by more than ``queue_limit`` events: it is disconnected (its iterator ends), so it resumes
+from its last cursor instead of holding the others back or growing the heap.
 
 A cursor is the vector of next offsets of every partition just after the event it names
-(``v1.<p0>.<p1>...``). A follower resuming from a cursor subscribes first (from then on the queue
+(``v1.<p0>.<p1>...`` on the phase stream, ``r1.<p0>.<p1>...`` on the ready-task stream: a
+cursor of one stream is refused by the other). A follower resuming from a cursor subscribes first (from then on the queue
 holds everything past the hub's position), reads what lies between its cursor and that position
 with a short-lived consumer of its own, then goes on from the queue, skipping by offset whatever
 it already had: every later event exactly once, in order per partition.
@@ -20,37 +23,45 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.kafka import assign_at, bare_consumer, log_bounds, partitions_of, read_range
 from api.errors import CursorExpired, InvalidCursor, Unavailable
-from events.catalogue import Event
+from events.catalogue import Event, EventType
 from events.codec import decode_record
 from events.errors import DecodeError
 from partition.materializer import phase_seq
 
-__all__ = ["PhaseHub", "decode_feed_cursor", "encode_feed_cursor"]
+__all__ = [
+    "READY_CURSOR_PREFIX",
+    "PhaseHub",
+    "decode_feed_cursor",
+    "encode_feed_cursor",
+    "is_phase_change",
+    "is_ready_task",
+]
 
 log = logging.getLogger("runstream.phasefeed")
 
-_CURSOR_PREFIX = "v1"
+_CURSOR_PREFIX = "v1"  # the phase stream's; the ready-task stream's is READY_CURSOR_PREFIX
+READY_CURSOR_PREFIX = "r1"
 
 # (partition, offset, event): what the pump hands every follower; shared, never copied.
 _Item = tuple[int, int, Event]
 
 
-def encode_feed_cursor(positions: Sequence[int]) -> str:
+def encode_feed_cursor(positions: Sequence[int], prefix: str = _CURSOR_PREFIX) -> str:
     """``v1.<offset of partition 0>.<offset of partition 1>...`` (next offsets to read)."""
-    return ".".join([_CURSOR_PREFIX, *(str(o) for o in positions)])
+    return ".".join([prefix, *(str(o) for o in positions)])
 
 
-def decode_feed_cursor(cursor: str, partitions: int) -> list[int]:
+def decode_feed_cursor(cursor: str, partitions: int, prefix: str = _CURSOR_PREFIX) -> list[int]:
     """Inverse of :func:`encode_feed_cursor`; ``InvalidCursor`` naming what is wrong."""
     parts = cursor.split(".")
-    if parts[0] != _CURSOR_PREFIX or len(parts) != partitions + 1:
+    if parts[0] != prefix or len(parts) != partitions + 1:
         raise InvalidCursor(f"malformed cursor {cursor[:60]!r}: not a cursor of this event stream")
     try:
         offsets = [int(p) for p in parts[1:]]
@@ -61,13 +72,28 @@ def decode_feed_cursor(cursor: str, partitions: int) -> list[int]:
     return offsets
 
 
-def _phase_events(value: bytes | None) -> list[Event]:
+def is_phase_change(event: Event) -> bool:
+    """The events of the phase stream (``runs.phases``): ``run.phase_changed``. A log written
+    before ``runs.tasks`` existed also holds ``task.ready`` there: left out, as they always were."""
+    return phase_seq(event) >= 0
+
+
+def is_ready_task(event: Event) -> bool:
+    """The events of the ready-task stream (``runs.tasks``): ``task.ready``."""
+    return event.type is EventType.TASK_READY
+
+
+def _events(value: bytes | None, streams: Callable[[Event], bool]) -> list[Event]:
     if value is None:
         return []
     try:
-        return [ev for ev in decode_record(value) if phase_seq(ev) >= 0]
+        return [ev for ev in decode_record(value) if streams(ev)]
     except DecodeError:
         return []  # the materializer writes only valid events; a foreign record is skipped
+
+
+def _phase_events(value: bytes | None) -> list[Event]:  # bench/bench_sse.py decodes with it
+    return _events(value, is_phase_change)
 
 
 class _Follower:
@@ -122,7 +148,9 @@ class _Subscription:
 
 
 class PhaseHub:
-    """``PhaseFeed`` over ``runs.phases``: one consumer per process, fanned out to followers.
+    """``PhaseFeed`` over one topic (``runs.phases`` unless told): one consumer per process,
+    fanned out to followers. ``streams``: which events of the topic it streams;
+    ``cursor_prefix``: the first part of its cursors (each stream its own).
 
     Starts on the first :meth:`follow` (or :meth:`start`). :meth:`close` ends every follower's
     iterator at once and stops the consumer; it is idempotent, and ``follow`` answers 503 after
@@ -137,9 +165,13 @@ class PhaseHub:
         queue_limit: int = 10_000,
         poll_ms: int = 500,
         catch_up_ms: int = 200,
+        streams: Callable[[Event], bool] = is_phase_change,
+        cursor_prefix: str = _CURSOR_PREFIX,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.streams = streams
+        self.cursor_prefix = cursor_prefix
         self.queue_limit = queue_limit
         self.poll_ms = poll_ms
         self.catch_up_ms = catch_up_ms
@@ -177,7 +209,7 @@ class PhaseHub:
                 raise
             self._stack, self._consumer = stack, consumer
             self._positions = [ends[p] for p in parts]
-            self._pump = asyncio.create_task(self._run(consumer), name="phase-hub")
+            self._pump = asyncio.create_task(self._run(consumer), name=f"hub-{self.topic}")
 
     async def close(self) -> None:
         """End every follower's iterator now, then stop the consumer. Idempotent."""
@@ -198,7 +230,7 @@ class PhaseHub:
         if after is None:
             positions = list(self._positions)  # from now: what the hub has not fanned out yet
         else:
-            positions = decode_feed_cursor(after, len(self._positions))
+            positions = decode_feed_cursor(after, len(self._positions), self.cursor_prefix)
             starts, ends = await log_bounds(consumer, self.topic, range(len(positions)))
             for p, pos in enumerate(positions):
                 if pos < starts[p]:
@@ -251,7 +283,7 @@ class PhaseHub:
                     if offset < positions[p]:
                         continue  # already read while catching up (or the cursor was ahead)
                     positions[p] = offset + 1
-                    yield encode_feed_cursor(positions), event
+                    yield encode_feed_cursor(positions, self.cursor_prefix), event
                 if follower.ended:
                     break
                 follower.wake.clear()  # nothing queued and no await since the check: no race
@@ -275,8 +307,8 @@ class PhaseHub:
             async for p, msgs in batches:
                 for m in msgs:
                     positions[p] = m.offset + 1
-                    for event in _phase_events(m.value):
-                        yield encode_feed_cursor(positions), event
+                    for event in _events(m.value, self.streams):
+                        yield encode_feed_cursor(positions, self.cursor_prefix), event
                         if self._closed:
                             return
                 if follower.ended:
@@ -295,7 +327,10 @@ class PhaseHub:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("the phase stream consumer failed; clients resume from their cursors")
+            log.exception(
+                "the event stream consumer failed; clients resume from their cursors",
+                extra={"topic": self.topic},
+            )
             self._end_all()
             async with self._lock:
                 if self._consumer is consumer:
@@ -305,11 +340,12 @@ class PhaseHub:
     def _fan_out(self, batch: dict[TopicPartition, list[Any]]) -> None:
         # Synchronous on purpose: between two awaits, ``_positions`` is exactly what every
         # follower's queue has received, which is what ``follow`` relies on.
+        streams = self.streams
         for tp, msgs in batch.items():
             p = tp.partition
             for m in msgs:
                 self._positions[p] = m.offset + 1
-                for event in _phase_events(m.value):
+                for event in _events(m.value, streams):
                     item = (p, m.offset, event)
                     lagging = [f for f in self._followers if not f.offer(item)]
                     for f in lagging:

@@ -114,9 +114,11 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the runstream topics when missing; refuse to run when ``runs.events``,
-    ``runs.phases`` and ``runs.refusals`` differ in partitions (phase changes and answers go to
-    the partition of the same number).
-    Then check the input topics' settings (:func:`topic_warnings`)."""
+    ``runs.phases``, ``runs.tasks`` and ``runs.refusals`` differ in partitions (phase changes,
+    ready tasks and answers go to the partition of the same number). One of those created
+    beside an existing ``runs.events`` (an upgrade adding ``runs.tasks``) gets its partition
+    count, whatever ``--partitions`` says. Then check the input topics' settings
+    (:func:`topic_warnings`)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, client_id="runstream-admin")
     await admin.start()
     try:
@@ -129,12 +131,24 @@ async def ensure_topics(settings: Settings) -> None:
             settings.topic_replies,
             settings.topic_heartbeats,
             settings.topic_refusals,
+            settings.topic_tasks,
+        ]
+        same = [
+            settings.topic_events,
+            settings.topic_phases,
+            settings.topic_tasks,
+            settings.topic_refusals,
         ]
         existing = set(await admin.list_topics())
+        partitions = dict.fromkeys(names, settings.partitions)
+        if settings.topic_events in existing:
+            [log_topic] = await admin.describe_topics([settings.topic_events])
+            if log_topic["partitions"]:  # its outputs go to the partition of the same number
+                partitions.update(dict.fromkeys(same, len(log_topic["partitions"])))
         missing = [
             NewTopic(
                 n,
-                num_partitions=settings.partitions,
+                num_partitions=partitions[n],
                 replication_factor=settings.replication,
                 topic_configs=topic_configs(settings, n),
             )
@@ -145,17 +159,15 @@ async def ensure_topics(settings: Settings) -> None:
             await admin.create_topics(missing)
             log.info("created topics", extra={"topics": [t.name for t in missing]})
         for _ in range(100):  # new topics show their partitions in metadata shortly after
-            described = await admin.describe_topics(
-                [settings.topic_events, settings.topic_phases, settings.topic_refusals]
-            )
+            described = await admin.describe_topics(same)
             counts = {d["topic"]: len(d["partitions"]) for d in described}
             if all(counts.values()):
                 break
             await asyncio.sleep(0.1)
         if len(set(counts.values())) != 1:  # the outputs go to the partition of the same number
             raise RuntimeError(
-                f"{settings.topic_events}, {settings.topic_phases} and {settings.topic_refusals} "
-                f"must have the same number of partitions, found {counts}"
+                f"{', '.join(same[:-1])} and {same[-1]} must have the same number of partitions, "
+                f"found {counts}"
             )
         await check_topics(admin, [settings.topic_events, settings.topic_setup_errors])
     finally:

@@ -68,6 +68,7 @@ def create_api(
 
     app.on_cleanup.append(close_relay)
     events = EventStream(deps.feed, heartbeat)
+    ready_tasks = EventStream(deps.task_feed, heartbeat, what="the ready-task stream")
     doc = openapi_document()
 
     async def openapi(request: web.Request) -> web.Response:
@@ -76,6 +77,7 @@ def create_api(
     r = app.router
     # /runs/events before /runs/{run_id}: routes match in the order they are added.
     r.add_get(f"{PREFIX}/runs/events", events.handle, allow_head=False)
+    r.add_get(f"{PREFIX}/runs/tasks/events", ready_tasks.handle, allow_head=False)
     r.add_get(f"{PREFIX}/runs", h.list_runs, allow_head=False)
     r.add_post(f"{PREFIX}/runs", h.create_run)
     r.add_get(f"{PREFIX}/runs/{{run_id}}", h.get_run, allow_head=False)

@@ -238,38 +238,51 @@ def _runs_paths(list_params: list[dict[str, Any]]) -> dict[str, Any]:
                 },
             }
         },
-        "/api/v1/runs/events": {
-            "get": {
-                "operationId": "runEvents",
-                "security": _AUTH,
-                "summary": "Phase changes as server-sent events",
-                "description": "Frames `id: <cursor>` + `data: <run.phase_changed JSON>`; comment "
-                "lines `: keepalive` as heartbeats. Resume with `after` or `Last-Event-ID`: "
-                f"every later event exactly once. {_STRICT}",
-                "parameters": [
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": "cursor of the last event seen",
-                    },
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "the stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
-                    "400": _error("malformed cursor, or a query parameter unknown or repeated"),
-                    "401": _E401,
-                    "410": _error(
-                        "cursor older than what the log retains: start again without one"
-                    ),
-                    "500": _E500,
-                    "503": _E503,
+        "/api/v1/runs/events": _event_stream(
+            "runEvents",
+            "Phase changes as server-sent events",
+            "`data: <run.phase_changed JSON>` (from `runs.phases`; never a `task.ready`)",
+        ),
+        "/api/v1/runs/tasks/events": _event_stream(
+            "readyTaskEvents",
+            "Ready tasks as server-sent events",
+            "`data: <task.ready JSON>` (from `runs.tasks`: what executors follow; cursors of "
+            "its own, not those of `/api/v1/runs/events`)",
+        ),
+    }
+
+
+def _event_stream(operation_id: str, summary: str, data: str) -> dict[str, Any]:
+    """A ``GET`` of server-sent events (``api.sse``) whose frames carry ``data``."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "security": _AUTH,
+            "summary": summary,
+            "description": f"Frames `id: <cursor>` + {data}; comment lines `: keepalive` as "
+            "heartbeats. Resume with `after` or `Last-Event-ID`: every later event exactly "
+            f"once. {_STRICT}",
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "cursor of the last event seen",
                 },
-            }
-        },
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "the stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("malformed cursor, or a query parameter unknown or repeated"),
+                "401": _E401,
+                "410": _error("cursor older than what the log retains: start again without one"),
+                "500": _E500,
+                "503": _E503,
+            },
+        }
     }
 
 

@@ -220,11 +220,13 @@ class CreationKeys(Protocol):
 
 
 class PhaseFeed(Protocol):
-    """The ``runs.phases`` stream, for server-sent events."""
+    """The ``runs.phases`` stream (``run.phase_changed``), or the ``runs.tasks`` one
+    (``task.ready``), for server-sent events."""
 
     async def follow(self, after: str | None) -> AsyncIterator[tuple[str, Event]]:
-        """An endless iterator of ``(cursor, run.phase_changed event)``, starting just after the
-        event whose cursor is ``after`` (``None``: from now on).
+        """An endless iterator of ``(cursor, event)`` (a ``run.phase_changed``, or a
+        ``task.ready`` of the ready-task stream), starting just after the event whose cursor is
+        ``after`` (``None``: from now on).
 
         Validates ``after`` *before* returning (so the API can answer with a status before it
         starts streaming): raises ``api.errors.CursorExpired`` (410) when the log no longer holds
@@ -276,3 +278,6 @@ class ApiDeps:
     creation_keys: CreationKeys | None = None
     #: The dead-letter topic (``agents.dlq``); None: the ``/api/v1/dlq`` routes answer 503.
     dead_letters: DeadLetters | None = None
+    #: The ready tasks (``runs.tasks``) for ``GET /api/v1/runs/tasks/events``; None: it
+    #: answers 503.
+    task_feed: PhaseFeed | None = None

@@ -66,6 +66,7 @@ R, W, X, A = Scope.READ, Scope.WRITE, Scope.EXECUTE, Scope.ADMIN
 ROUTE_SCOPES: Mapping[tuple[str, str], Scope] = {
     ("GET", f"{_API}/runs"): R,
     ("GET", f"{_API}/runs/events"): R,
+    ("GET", f"{_API}/runs/tasks/events"): R,
     ("GET", f"{_API}/runs/{{run_id}}"): R,
     ("GET", f"{_API}/runs/{{run_id}}/history"): R,
     ("GET", f"{_API}/stuck"): R,

@@ -1,8 +1,10 @@
-"""``GET /api/v1/runs/events``: the phase changes as server-sent events.
+"""``GET /api/v1/runs/events``: the phase changes as server-sent events; ``GET
+/api/v1/runs/tasks/events``: the ready tasks, the same way (each stream follows one topic,
+``runs.phases`` or ``runs.tasks``, with cursors of its own).
 
-Frames: ``id: <cursor>\\ndata: <run.phase_changed envelope JSON>\\n\\n``; a comment line
-``: keepalive\\n\\n`` every ``heartbeat`` seconds without events, so proxies keep the
-connection and clients notice a dead one. Resume with ``?after=<cursor>`` or the
+Frames: ``id: <cursor>\\ndata: <run.phase_changed or task.ready envelope JSON>\\n\\n``; a
+comment line ``: keepalive\\n\\n`` every ``heartbeat`` seconds without events, so proxies keep
+the connection and clients notice a dead one. Resume with ``?after=<cursor>`` or the
 ``Last-Event-ID`` header (the query wins): the stream continues just after that event, with no
 loss and no repetition. A cursor older than what the log retains gives 410 before any frame.
 Any other query parameter, or ``after`` given twice, is 400 (``api.bodies.parse_events_query``).
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api.bodies import parse_events_query
-from api.errors import InvalidCursor
+from api.errors import InvalidCursor, Unavailable
 from api.ports import PhaseFeed
 from events import Event, encode
 
@@ -44,8 +46,9 @@ class EventStream:
     a burst, every client gets it in one send, not one per event. The stream ends when the feed's
     iterator ends (the feed closing, or letting a lagging client go) or the client goes away."""
 
-    def __init__(self, feed: PhaseFeed, heartbeat: float) -> None:
-        self.feed = feed
+    def __init__(self, feed: PhaseFeed | None, heartbeat: float, *, what: str = "") -> None:
+        self.feed = feed  # None: every request answers 503 (this worker does not serve it)
+        self.what = what or "the event stream"
         self.heartbeat = heartbeat
         # Every stream gets the same event objects: encode each once, not once per client.
         self._encoded: dict[int, tuple[Event, bytes]] = {}
@@ -67,6 +70,8 @@ class EventStream:
         after = parse_events_query(request.query) or request.headers.get("Last-Event-ID") or None
         if after is not None and ("\n" in after or "\r" in after or len(after) > 1024):
             raise InvalidCursor("cursor must be one line of at most 1024 characters")
+        if self.feed is None:
+            raise Unavailable(f"{self.what} is not served by this worker")
         stream = await self.feed.follow(after)  # raises 410 / 400 before any byte is sent
         response = web.StreamResponse(
             headers={

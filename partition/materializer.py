@@ -10,13 +10,15 @@ State of a partition (in the datamanager, one checkpoint per partition):
 * ``final``: run id → encoded ``RunState`` of runs in a final phase (only on storage; written
   once, appended: ``PartitionWriter.checkpoint``'s ``appends``);
 * ``meta/final-ids``: the compact set of final run ids (``partition.finals``);
-* the manifest's offsets: the next ``runs.events`` offset to apply and the ``runs.phases`` end
-  offset at checkpoint time (recovery scans ``runs.phases`` from there so that phase changes
-  already emitted are not emitted twice).
+* the manifest's offsets: the next ``runs.events`` offset to apply, and the ``runs.phases`` and
+  ``runs.tasks`` offsets below which every derived event of the records it covers is
+  acknowledged (recovery scans both topics from there so that phase changes and ready tasks
+  already emitted are not emitted twice; a manifest without a ``runs.tasks`` offset, written
+  before that topic existed, scans it from 0).
 
 Exactly-once: a record below ``next_offset`` is skipped (it is in the checkpoint); the reducer
-drops an event id it has already applied; derived phase changes are deterministic, and those found
-in the ``runs.phases`` tail at recovery are suppressed.
+drops an event id it has already applied; derived events are deterministic, and those found in
+the ``runs.phases`` and ``runs.tasks`` tails at recovery are suppressed.
 """
 
 from __future__ import annotations
@@ -170,11 +172,16 @@ class PartitionMaterializer:
         finals: FinalIds | None = None,
         next_offset: int = 0,
         phases_offset: int = 0,
+        tasks_topic: str = "",
+        tasks_offset: int = 0,
     ) -> None:
         self.writer = writer
         self.topic = topic
         self.partition = partition
         self.phases_topic = phases_topic
+        # runs.tasks ("": ready tasks are on the phases topic, no offset of their own is kept)
+        self.tasks_topic = tasks_topic
+        self.tasks_offset = tasks_offset
         self.max_event_bytes = max_event_bytes
         self.partitions = partitions  # 0: do not check where runs are created
         self.active: dict[str, RunState] = active or {}
@@ -184,7 +191,7 @@ class PartitionMaterializer:
         self.checkpointed_offset = next_offset
         self._dirty: dict[str, RunState] = {}
         self._finished: dict[str, RunState] = {}
-        self._suppress: set[str] = set()  # ids of derived events already on runs.phases
+        self._suppress: set[str] = set()  # ids of derived events already on runs.phases/tasks
         self.pending_events = 0
         self._writing: Snapshot | None = None
         # Writes waiting for their apply (partition.owner shares its own here).
@@ -210,6 +217,7 @@ class PartitionMaterializer:
         max_event_bytes: int,
         partitions: int = 0,
         claim: bool = True,
+        tasks_topic: str = "",
     ) -> PartitionMaterializer:
         """Open the partition in the datamanager and load the active runs and final ids of its
         latest checkpoint. ``claim`` (default) fences any previous owner of the partition."""
@@ -234,11 +242,14 @@ class PartitionMaterializer:
             finals=finals,
             next_offset=offsets.get(offsets_key(topic, partition), 0),
             phases_offset=offsets.get(offsets_key(phases_topic, partition), 0),
+            tasks_topic=tasks_topic,
+            tasks_offset=offsets.get(offsets_key(tasks_topic, partition), 0) if tasks_topic else 0,
         )
 
     def suppress_emitted(self, emitted: Iterable[str]) -> None:
-        """Ids of derived events (phase changes, ready tasks) already on ``runs.phases``: do not
-        emit them again (derived ids are deterministic: ``<run>.phase.<seq>``, ``<run>.ready.<seq>``)."""
+        """Ids of derived events (phase changes, ready tasks) already on ``runs.phases`` or
+        ``runs.tasks``: do not emit them again (derived ids are deterministic:
+        ``<run>.phase.<seq>``, ``<run>.ready.<seq>``)."""
         self._suppress.update(emitted)
 
     # ------------------------------------------------------------------------- applying
@@ -395,7 +406,7 @@ class PartitionMaterializer:
             self._emit(result.derived, out)
 
     def _emit(self, derived: tuple[Event, ...], out: Outcome) -> None:
-        """Add ``derived`` to the record's output, but those already on ``runs.phases``."""
+        """Add ``derived`` to the record's output, but those already on their topic."""
         suppress = self._suppress
         if not suppress:  # the usual case: nothing was emitted before a recovery
             out.derived.extend(derived)
@@ -428,12 +439,13 @@ class PartitionMaterializer:
         self._writing = snap
         return snap
 
-    async def commit(self, snap: Snapshot, phases_offset: int) -> int:
+    async def commit(self, snap: Snapshot, phases_offset: int, tasks_offset: int = 0) -> int:
         """Write ``snap`` as the partition's new checkpoint; returns the offset it covers.
 
         ``phases_offset``: the ``runs.phases`` offset below which every phase change derived from
-        the snapshot's records is acknowledged. Raises ``datamanager.errors.Fenced`` when another
-        owner took the partition (drop this materializer), or the storage error; call
+        the snapshot's records is acknowledged; ``tasks_offset``: the same for the ready tasks on
+        ``runs.tasks`` (kept only with a ``tasks_topic``). Raises ``datamanager.errors.Fenced``
+        when another owner took the partition (drop this materializer), or the storage error; call
         :meth:`restore` on failure to keep the changes for the next try. Records may be applied
         while this runs (the snapshot was taken out of the live state by :meth:`prepare`).
         """
@@ -452,12 +464,15 @@ class PartitionMaterializer:
             offsets_key(self.topic, self.partition): snap.covered,
             offsets_key(self.phases_topic, self.partition): phases_offset,
         }
+        if self.tasks_topic:
+            offsets[offsets_key(self.tasks_topic, self.partition)] = tasks_offset
         await self.writer.checkpoint(puts, {ACTIVE: list(snap.finished)}, offsets, appends=appends)
         if snap.final_ids is not None and merged is not None:
             self.finals.merged(snap.final_ids, merged)
         self._writing = None
         self.checkpointed_offset = snap.covered
         self.phases_offset = phases_offset
+        self.tasks_offset = tasks_offset
         return snap.covered
 
     def restore(self, snap: Snapshot) -> None:

@@ -1,7 +1,15 @@
-"""What one partition's owner sends to Kafka: phase changes to ``runs.phases`` (on the partition
-with the same number, key = run id), the answers to refused events to ``runs.refusals`` (the
-same) and dead letters to ``runs.dlq``, held as pending sends until
-the next checkpoint waits for them (``partition.owner``). No Faust here."""
+"""What one partition's owner sends to Kafka: phase changes to ``runs.phases`` and ready tasks to
+``runs.tasks`` (both on the partition with the same number, key = run id), the answers to refused
+events to ``runs.refusals`` (the same) and dead letters to ``runs.dlq``, held as pending sends
+until the next checkpoint waits for them (``partition.owner``). No Faust here.
+
+Exactly once: a checkpoint is written only once every send of the records it covers is
+acknowledged, and it records, per output topic, the offset below which they all are
+(:class:`Settled`). A new owner reads what lies beyond those offsets on *both* topics
+(:meth:`Outbox.emitted_since`): the derived events of records past the checkpoint that a dead
+owner sent already, which the materializer then does not send again (their ids are
+deterministic). Per topic, the order of a run's derived events is the order they were derived in;
+between the two topics there is no order."""
 
 from __future__ import annotations
 
@@ -13,12 +21,12 @@ from dataclasses import dataclass
 
 import msgspec
 
-from events.catalogue import Event
+from events.catalogue import Event, EventType
 from events.codec import decode_record, encode
 from events.errors import DecodeError
 from events.requests import Refusal
 from partition.materializer import DeadLetter
-from partition.ports import LogSender, RecordMeta
+from partition.ports import LogReader, LogSender, RecordMeta
 
 __all__ = ["DEAD_LETTER_HEADERS", "Headers", "Outbox", "Settled", "dead_letter_headers", "emitted"]
 
@@ -27,7 +35,8 @@ _encode_refusal = msgspec.json.Encoder().encode
 
 Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None
 TRUNCATED_DEAD_LETTER = 64 << 10
-BATCH_FROM = 16  # phase changes of one record sent as one batch from this many
+BATCH_FROM = 16  # derived events of one record for one topic sent as one batch from this many
+_TASK_READY = EventType.TASK_READY
 
 
 #: The headers runstream adds to a dead letter, and what each holds (docs/events.md, AsyncAPI).
@@ -62,8 +71,8 @@ def dead_letter_headers(
 
 
 def emitted(records: Iterable[bytes]) -> set[str]:
-    """Ids of the derived events (phase changes, ready tasks) in ``runs.phases`` records
-    (unreadable ones skipped)."""
+    """Ids of the derived events (phase changes, ready tasks) in ``runs.phases`` or ``runs.tasks``
+    records (unreadable ones skipped)."""
     out: set[str] = set()
     for raw in records:
         with contextlib.suppress(DecodeError):
@@ -74,10 +83,12 @@ def emitted(records: Iterable[bytes]) -> set[str]:
 @dataclass(frozen=True, slots=True)
 class Settled:
     """The sends of one checkpoint, all finished: the ``runs.phases`` offset below which every
-    phase change is acknowledged, and how many sends failed (their records are not in Kafka)."""
+    phase change is acknowledged, the ``runs.tasks`` one below which every ready task is, and
+    how many sends failed (their records are not in Kafka)."""
 
     phases_offset: int
     lost: int
+    tasks_offset: int = 0
 
 
 class Outbox:
@@ -92,36 +103,49 @@ class Outbox:
         dlq_topic: str,
         partition: int,
         refusals_topic: str = "",
+        tasks_topic: str = "",
     ) -> None:
         self._sender = sender
         self._refusals_topic = refusals_topic
         self._source_topic = source_topic
         self._phases_topic = phases_topic
+        # "" (or the phases topic): ready tasks go with the phase changes, as before runs.tasks.
+        self._tasks_topic = tasks_topic or phases_topic
         self._dlq_topic = dlq_topic
         self._partition = partition
         self._pending: list[Awaitable[RecordMeta]] = []
 
     async def phase_changes(self, events: Sequence[Event]) -> None:
-        """Queue ``events`` (the derived events of one record) for ``runs.phases``, in order,
-        one record each (the caller counts them in ``PHASE_CHANGES``). Many of them (a commit's)
-        go as one batch: a send per record costs more than the batch's appends. A few (one event
-        per record) go one by one, into the producer's open batch: a batch of their own per
-        record would wait for the broker's answer to the one before."""
+        """Queue ``events`` (the derived events of one record) in order, one record each:
+        ``task.ready`` to ``runs.tasks``, the phase changes to ``runs.phases`` (the caller counts
+        them in ``PHASE_CHANGES``). Many for one topic (a commit's) go as one batch: a send per
+        record costs more than the batch's appends. A few (one event per record) go one by one,
+        into the producer's open batch: a batch of their own per record would wait for the
+        broker's answer to the one before."""
+        phases, tasks = self._phases_topic, self._tasks_topic
+        if len(events) < BATCH_FROM:  # the usual case: no list to build
+            for ev in events:
+                await self._send(tasks if ev.type is _TASK_READY else phases, ev)
+        elif tasks == phases:
+            await self._queue(phases, events)
+        else:
+            await self._queue(phases, [ev for ev in events if ev.type is not _TASK_READY])
+            await self._queue(tasks, [ev for ev in events if ev.type is _TASK_READY])
+
+    async def _queue(self, topic: str, events: Sequence[Event]) -> None:
+        """Queue ``events`` for ``topic`` in order: one batch from ``BATCH_FROM``, else one by one."""
         if len(events) < BATCH_FROM:
             for ev in events:
-                self._pending.append(
-                    await self._sender.send(
-                        self._phases_topic,
-                        ev.run_id.encode(),
-                        encode(ev),
-                        partition=self._partition,
-                        headers=None,
-                    )
-                )
+                await self._send(topic, ev)
             return
         records = [(ev.run_id.encode(), encode(ev)) for ev in events]
+        self._pending.append(await self._sender.send_batch(topic, self._partition, records))
+
+    async def _send(self, topic: str, ev: Event) -> None:
         self._pending.append(
-            await self._sender.send_batch(self._phases_topic, self._partition, records)
+            await self._sender.send(
+                topic, ev.run_id.encode(), encode(ev), partition=self._partition, headers=None
+            )
         )
 
     async def dead_letter(
@@ -181,15 +205,38 @@ class Outbox:
         taken, self._pending = self._pending, []
         return taken
 
-    async def settle(self, sends: list[Awaitable[RecordMeta]], phases_offset: int) -> Settled:
-        """Wait for every send of ``sends`` to finish (none is left running)."""
+    async def settle(
+        self, sends: list[Awaitable[RecordMeta]], phases_offset: int, tasks_offset: int = 0
+    ) -> Settled:
+        """Wait for every send of ``sends`` to finish (none is left running). ``phases_offset``,
+        ``tasks_offset``: the offsets acknowledged before (what the result cannot go below)."""
         lost = 0
+        phases, tasks = self._phases_topic, self._tasks_topic
         for meta in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(meta, BaseException):
                 lost += 1
-            elif meta.topic == self._phases_topic:
+                continue
+            if meta.topic == phases:
                 phases_offset = max(phases_offset, meta.offset + 1)
-        return Settled(phases_offset=phases_offset, lost=lost)
+            if meta.topic == tasks:
+                tasks_offset = max(tasks_offset, meta.offset + 1)
+        return Settled(phases_offset=phases_offset, lost=lost, tasks_offset=tasks_offset)
+
+    async def emitted_since(
+        self, reader: LogReader, phases_offset: int, tasks_offset: int
+    ) -> set[str]:
+        """Ids of the derived events already in the log beyond a checkpoint's offsets: the tail
+        of ``runs.phases`` from ``phases_offset`` and the tail of ``runs.tasks`` from
+        ``tasks_offset`` (read together). The phases tail is read for ready tasks too: a worker
+        of a version before ``runs.tasks`` sent them there, and they are not sent again."""
+        p, phases, tasks = self._partition, self._phases_topic, self._tasks_topic
+        if tasks == phases:
+            return emitted(await reader.read_values(phases, p, phases_offset))
+        tails = await asyncio.gather(
+            reader.read_values(phases, p, phases_offset),
+            reader.read_values(tasks, p, tasks_offset),
+        )
+        return emitted(tails[0]) | emitted(tails[1])
 
 
 def _foreign(headers: Headers) -> list[tuple[str, bytes]]:

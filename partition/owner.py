@@ -6,8 +6,8 @@ One object per owned partition (pure core, thin edges: no Faust here), from its 
 * the records applied since the last checkpoint, acknowledged (so that Kafka may commit their
   offsets) only once a checkpoint covering them is swapped in, so Kafka's committed offset never
   passes the manifest;
-* the pending sends: phase changes to ``runs.phases`` (on the partition with the same number)
-  and dead letters to ``runs.dlq``;
+* the pending sends: phase changes to ``runs.phases`` and ready tasks to ``runs.tasks`` (on the
+  partition with the same number) and dead letters to ``runs.dlq``;
 * the checkpoint rules, run in the background, one in flight at a time, while records go on
   being applied (the snapshot is copy-on-write): ok → ack the records it covers; ``Fenced`` →
   this owner is dead and the wiring starts a fresh one; any other failure → the snapshot goes
@@ -15,9 +15,9 @@ One object per owned partition (pure core, thin edges: no Faust here), from its 
   the wiring crashes the worker, because a phase change or dead letter was lost and only a
   restart from the last checkpoint derives it again;
 * loading: claim the partition in the datamanager (which fences a previous owner), load its
-  latest checkpoint, read the ``runs.phases`` tail beyond the manifest so that phase changes
-  emitted before a crash are not emitted twice, and note the catch-up point (the partition's
-  end offset at assignment);
+  latest checkpoint, read the ``runs.phases`` and ``runs.tasks`` tails beyond the manifest so
+  that phase changes and ready tasks emitted before a crash are not emitted twice, and note the
+  catch-up point (the partition's end offset at assignment);
 * the writes waiting for their apply (:mod:`partition.waiters`), which the HTTP API awaits.
 
 The wiring (``agents.materializer_service``) feeds records with :meth:`PartitionOwner.handle`, calls
@@ -42,7 +42,7 @@ from partition import metrics
 from partition.decisions import LivenessView, Stuck, Timekeeper, stuck
 from partition.history import HistoryEntry
 from partition.materializer import Outcome, PartitionMaterializer, Snapshot
-from partition.outbox import Headers, Outbox, dead_letter_headers, emitted
+from partition.outbox import Headers, Outbox, dead_letter_headers
 from partition.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
 from partition.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
 
@@ -76,6 +76,7 @@ class OwnerConfig:
     phases_topic: str
     dlq_topic: str
     refusals_topic: str = ""  # runs.refusals: the answers to refused events ("" = none sent)
+    tasks_topic: str = ""  # runs.tasks: the ready tasks ("" = on phases_topic, as before it)
     max_event_bytes: int = 1 << 20
     checkpoint_interval: float = 5.0
     checkpoint_events: int = 50_000
@@ -121,8 +122,10 @@ class PartitionOwner:
             dlq_topic=config.dlq_topic,
             partition=partition,
             refusals_topic=config.refusals_topic,
+            tasks_topic=config.tasks_topic,
         )
         self._acked_phases = 0  # runs.phases offset acknowledged, not yet in a manifest
+        self._acked_tasks = 0  # runs.tasks offset acknowledged, not yet in a manifest
         self._settled = asyncio.Event()  # loaded, closed or dead: records need not wait
         # Set unless a record is applied and its sends are not all queued yet (a send may wait
         # for room in the producer's buffer): a snapshot is only taken while it is set.
@@ -221,8 +224,9 @@ class PartitionOwner:
                 await asyncio.sleep(min(5.0, 0.2 * attempt))
 
     async def load(self) -> None:
-        """Claim the partition, load its latest checkpoint and the ``runs.phases`` tail beyond
-        it, and note the catch-up point. Raises what the ports raise (call again)."""
+        """Claim the partition, load its latest checkpoint and the ``runs.phases`` and
+        ``runs.tasks`` tails beyond it, and note the catch-up point. Raises what the ports raise
+        (call again)."""
         started = self._clock()
         cfg, p = self.config, self.partition
         # One look at the log gives the partition count and where catching up ends.
@@ -234,9 +238,10 @@ class PartitionOwner:
             phases_topic=cfg.phases_topic,
             max_event_bytes=cfg.max_event_bytes,
             partitions=len(ends),
+            tasks_topic=cfg.tasks_topic,
         )
-        tail = await self._reader.read_values(cfg.phases_topic, p, pm.phases_offset)
-        pm.suppress_emitted(emitted(tail))
+        tails = self._outbox.emitted_since(self._reader, pm.phases_offset, pm.tasks_offset)
+        pm.suppress_emitted(await tails)
         if self.closed:
             return
         pm.waiters = self._waiters
@@ -543,12 +548,17 @@ class PartitionOwner:
         crash_on_lost_send: bool,
     ) -> CheckpointResult:
         started = self._clock()
-        settled = await self._outbox.settle(sends, max(pm.phases_offset, self._acked_phases))
+        settled = await self._outbox.settle(
+            sends,
+            max(pm.phases_offset, self._acked_phases),
+            max(pm.tasks_offset, self._acked_tasks),
+        )
         phases_offset = self._acked_phases = settled.phases_offset
+        tasks_offset = self._acked_tasks = settled.tasks_offset
         if settled.lost:
             return await self._lost_sends(snap, held, settled.lost, crash_on_lost_send)
         try:
-            await pm.commit(snap, phases_offset)
+            await pm.commit(snap, phases_offset, tasks_offset)
         except Fenced:
             metrics.CHECKPOINTS.labels("fenced").inc()
             log.warning(

@@ -2,7 +2,8 @@
 
 ``FakeOwners`` plays the owner of every partition: a write is applied at once by the real
 reducer (as the owner's materializer does before the API answers); ``Fakes.materialize()`` plays
-the indexer and the phase stream (index entries, phase changes on a ``FakeFeed``).
+the indexer and the two event streams (index entries, phase changes on a ``FakeFeed``, ready
+tasks on another).
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ class Fakes:
     ids: FakeIds = field(default_factory=FakeIds)
     index: RunIndex = field(default_factory=RunIndex)
     feed: FakeFeed = field(default_factory=FakeFeed)
+    task_feed: FakeFeed = field(default_factory=FakeFeed)
     executors: FakeExecutors = field(default_factory=FakeExecutors)
     creation_keys: FakeCreationKeys = field(default_factory=FakeCreationKeys)
     dead_letters: FakeDeadLetters = field(
@@ -255,12 +257,14 @@ class Fakes:
             executors=self.executors,
             dead_letters=self.dead_letters,
             creation_keys=self.creation_keys,
+            task_feed=self.task_feed,
         )
 
     def materialize(self) -> None:
         """Apply the events logged since the last call (when the owner did not apply them at
-        once), then do what the indexer and the phase stream do with the derived phase changes:
-        index entries, and phase changes on the feed."""
+        once), then do what the indexer and the event streams do with the derived events: index
+        entries and phase changes on the feed from the phase changes, the ready tasks on the
+        ready-task feed."""
         if not self.owners.apply_writes:
             for event in self.owners.events[self.applied :]:
                 self.owners.apply(event)
@@ -268,7 +272,8 @@ class Fakes:
         for d in self.owners.derived[self.published :]:
             data = d.data
             if d.type is EventType.TASK_READY:
-                continue  # the indexer and the phase stream skip ready tasks (issue 13)
+                self.task_feed.publish(d)  # runs.tasks: never seen by the index
+                continue
             self.index.apply(
                 int(d.run_id),
                 data.group,  # type: ignore[union-attr]

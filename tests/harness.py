@@ -45,6 +45,7 @@ def make_settings(
         "topic_replies": f"{unique}.replies",
         "topic_refusals": f"{unique}.refusals",
         "topic_heartbeats": f"{unique}.heartbeats",
+        "topic_tasks": f"{unique}.tasks",
         "partitions": partitions,
         "checkpoint_interval": 0.5,
         # Tests start runs themselves; the scheduler's own tests turn it on.

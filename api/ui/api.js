@@ -111,15 +111,15 @@ export const api = {
   },
 };
 
-// ------------------------------------------------------------------------------ phase stream
-const EVENTS = "/api/v1/runs/events";
-
-/** The phase changes of every run, to every listener, over one connection for the page.
- * Without a token: an EventSource (the browser resumes with Last-Event-ID by itself). With a
- * token: fetch() reading the same stream, because an EventSource cannot send Authorization; it
- * resumes the same way, sending Last-Event-ID itself. */
-class PhaseStream {
-  constructor() {
+// ----------------------------------------------------------------------------- event streams
+/** One server-sent event stream of the API (phase changes, or ready tasks), to every listener,
+ * over one connection for the page. Without a token: an EventSource (the browser resumes with
+ * Last-Event-ID by itself). With a token: fetch() reading the same stream, because an
+ * EventSource cannot send Authorization; it resumes the same way, sending Last-Event-ID itself. */
+class EventStream {
+  constructor(url) {
+    this.url = url;
+    this.running = false;
     this.listeners = new Set();
     this.stateListeners = new Set();
     this.state = "closed";
@@ -159,12 +159,21 @@ class PhaseStream {
   /** (Re)connect, e.g. after the token changed; the cursor is kept, nothing is lost. */
   restart() {
     this.stop();
+    this.running = true;
     const gen = ++this.generation;
     if (token()) this.fetchLoop(gen);
     else this.openSource(gen);
   }
 
+  /** Connect from now on, unless connected (a page that needs the stream while it is shown). */
+  follow() {
+    if (this.running) return;
+    this.last = null;
+    this.restart();
+  }
+
   stop() {
+    this.running = false;
     this.generation++;
     if (this.source) this.source.close();
     if (this.abort) this.abort.abort();
@@ -173,7 +182,7 @@ class PhaseStream {
   }
 
   openSource(gen) {
-    const url = this.last ? `${EVENTS}?after=${encodeURIComponent(this.last)}` : EVENTS;
+    const url = this.last ? `${this.url}?after=${encodeURIComponent(this.last)}` : this.url;
     const source = new EventSource(url);
     this.source = source;
     this.setState("connecting");
@@ -201,7 +210,7 @@ class PhaseStream {
       try {
         const headers = authHeaders({ Accept: "text/event-stream" });
         if (this.last) headers["Last-Event-ID"] = this.last;
-        const response = await fetch(EVENTS, { headers, signal: abort.signal, cache: "no-store" });
+        const response = await fetch(this.url, { headers, signal: abort.signal, cache: "no-store" });
         if (response.status === 410) this.last = null; // too old: follow from now on
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         this.setState("live");
@@ -243,4 +252,8 @@ class PhaseStream {
   }
 }
 
-export const phases = new PhaseStream();
+/** The phase changes of every run (runs.phases): followed as long as the console is open. */
+export const phases = new EventStream("/api/v1/runs/events");
+/** The tasks becoming ready (runs.tasks, never mixed into the phase stream): a run's page
+ * follows them while its run is active. */
+export const readyTasks = new EventStream("/api/v1/runs/tasks/events");

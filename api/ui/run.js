@@ -1,7 +1,7 @@
 // A run: its summary, actions, task graph and table, environment keys, annotations, setup
 // errors and history. It reloads itself when the phase stream says the run changed.
 
-import { api, phases, token } from "./api.js";
+import { api, phases, readyTasks, token } from "./api.js";
 import { deps, drawGraph, statusLabel, taskStatus } from "./graph.js";
 import { badge, duration, errorText, h, notice, time } from "./ui.js";
 
@@ -270,6 +270,8 @@ export function renderRun(root, runId) {
       if (closed) return;
       seq = got.seq;
       active = !["setuperror", "cancelled", "finished"].includes(got.run.phase);
+      if (active) readyTasks.follow(); // tasks of a final run never become ready
+      else readyTasks.stop();
       const text = JSON.stringify(got);
       if (text === shown && !force) return; // unchanged: keep the page (and the focus) as it is
       shown = text;
@@ -295,12 +297,16 @@ export function renderRun(root, runId) {
     });
   }
 
-  // Phase changes (their seq is the run's revision) and, where the worker publishes them, tasks
-  // becoming ready (task.ready, with a seq of their own): either way the run is read again.
+  // Phase changes (their seq is the run's revision) on the phase stream, and tasks becoming
+  // ready (task.ready, with a seq of their own) on the ready-task stream: either way the run is
+  // read again.
   const unsubscribe = phases.on((event) => {
     if (event.run_id !== runId) return;
     if (event.type === "run.phase_changed" && event.data.seq <= seq) return;
     refresh();
+  });
+  const unsubscribeReady = readyTasks.on((event) => {
+    if (event.run_id === runId) refresh();
   });
   // Claims and status reports move no phase: while the run is active, read it again now and
   // then (only while the page is shown) so holders and what tasks wait for stay current.
@@ -313,5 +319,7 @@ export function renderRun(root, runId) {
     closed = true;
     clearInterval(timer);
     unsubscribe();
+    unsubscribeReady();
+    readyTasks.stop();
   };
 }

@@ -118,7 +118,8 @@ def _ready_seq(event: Event) -> int:
 
 
 def derived_events(records: dict[int, list[tuple[int, bytes | None, bytes, Any]]]) -> list[Event]:
-    """Every derived event (``run.phase_changed``, ``task.ready``) of ``runs.phases`` records."""
+    """Every derived event (``run.phase_changed``, ``task.ready``) of ``runs.phases`` or
+    ``runs.tasks`` records."""
     out: list[Event] = []
     for p in sorted(records):
         for _, _, value, _ in records[p]:
@@ -187,7 +188,13 @@ async def verify_pipeline(
     t = Tally()
     dm = await resources.datamanager()
     tally_states(await materialized_states(dm, s.topic_events, range(s.partitions)), oracle, t)
-    tally_phases(derived_events(await read_topic(s.kafka, s.topic_phases)), oracle, t)
+    phases = derived_events(await read_topic(s.kafka, s.topic_phases))
+    tasks = derived_events(await read_topic(s.kafka, s.topic_tasks))
+    tally_phases(phases + tasks, oracle, t)
+    misplaced = sum(_ready_seq(e) >= 0 for e in phases) + sum(phase_seq(e) >= 0 for e in tasks)
+    if misplaced:  # ready tasks belong on runs.tasks, phase changes on runs.phases
+        t.diverged += misplaced
+        t.example(f"{misplaced} derived events on the other kind's topic")
     if index:
         await tally_index(s, resources, oracle, t)
     return t

@@ -222,6 +222,9 @@ async def test_the_console_in_a_real_browser(
             browser.save_screenshot(str(shots / "runs.png"))
 
             # ---- A run: started from the page, its tasks finished through the log.
+            # The run page's 5 s re-read is turned off: what it shows after the tasks end (no
+            # phase change) comes from its ready-task stream alone.
+            browser.execute_script("window.setInterval = () => 0")
             browser.find_element(By.LINK_TEXT, pipeline["id"]).click()
             until(browser, "the run page", lambda d: d.find_element(By.ID, "run-id").text == pipeline["id"])  # fmt: skip
             # Only what the phase allows is offered: queued → start, cancel; running → stop.
@@ -238,8 +241,9 @@ async def test_the_console_in_a_real_browser(
                 return by_id["test"]["status"] == "success" and by_id["deploy"]["waiting_approval"]
 
             await wait_until(deploy_waits, within=WAIT, what="deploy to wait for approval")
-            browser.refresh()  # task changes are not phase changes: read the run again
-            until(browser, "the graph", lambda d: len(graph_tasks(d)) == 4)
+            # No reload, no re-read by timer: the page reads the run again on its task.ready
+            # events (GET /api/v1/runs/tasks/events) as on its phase changes.
+            until(browser, "notify shown ready", lambda d: len(graph_tasks(d)) == 4 and graph_tasks(d)["notify"] == ("ready", "ready"))  # fmt: skip
             drawn = graph_tasks(browser)
             assert drawn["build"] == ("success", "success")
             assert drawn["test"] == ("success", "success")

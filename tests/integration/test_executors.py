@@ -341,7 +341,7 @@ async def test_a_claimed_task_past_its_timeout_fails_and_its_on_failure_child_ru
             assert slow["reason"] == "timeout"
 
             async def child_ready() -> bool:
-                for rows in (await read_topic(s.kafka, s.topic_phases)).values():
+                for rows in (await read_topic(s.kafka, s.topic_tasks)).values():
                     for _, _, value, _ in rows:
                         for e in decode_record(value):
                             if e.type is EventType.TASK_READY and e.run_id == run_id and e.data.task_id == "fix":  # type: ignore[union-attr]  # fmt: skip

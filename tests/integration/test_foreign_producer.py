@@ -1,7 +1,8 @@
 """A producer in another language, configured only as docs/events.md says: Debian's kcat
 (librdkafka) creates a run through the creation topic, reads the run id it was given, reports
 every task's status (key = run id, ``-X partitioner=murmur2_random``) and reads the phase
-changes back. The run finishes; nothing lands in the dead-letter topic.
+changes back, and the ready tasks from their own topic. The run finishes; nothing lands in the
+dead-letter topic.
 
 kcat is installed by the project's set-up (``deploy/local up``, ``.ci/run``); without it this
 test fails — a missing tool never passes as a skip.
@@ -129,4 +130,13 @@ async def run_one(b: str, s: Settings, request_id: str, group: str) -> str:
         (2, "running", "unknown"),
         (3, "finished", "success"),
     ]
+    # 5. What an executor follows: the ready tasks on runs.tasks, and only there.
+    ready = [v for k, v in consume(b, s.topic_tasks) if k == run_id]
+    assert [(v["type"], v["data"]["task_id"], v["data"]["seq"]) for v in ready] == [  # type: ignore[index]
+        ("task.ready", "compile", 1),
+        ("task.ready", "test", 2),
+    ]
+    assert {v["type"] for k, v in consume(b, s.topic_phases) if k == run_id} == {
+        "run.phase_changed"
+    }
     return run_id

@@ -2,7 +2,8 @@
 
 Every test writes ``run.phase_changed`` records straight to a fresh topic (one event per record,
 as the materializer does) and checks what followers receive: every change exactly once and in
-order per partition, resumption from a cursor, 410/400 for cursors, ``close()``, slow followers.
+order per partition, resumption from a cursor, 410/400 for cursors, ``close()``, slow followers;
+and a hub of the ready-task stream, which streams ``task.ready`` only, with cursors of its own.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from agents.kafka import bare_consumer, partitions_of
-from agents.phasefeed import PhaseHub, decode_feed_cursor, encode_feed_cursor
+from agents.phasefeed import (
+    READY_CURSOR_PREFIX,
+    PhaseHub,
+    decode_feed_cursor,
+    encode_feed_cursor,
+    is_ready_task,
+)
 from api.errors import CursorExpired, InvalidCursor, Unavailable
-from events import Phase, PhaseChanged, Result, encode, make_event
+from events import Phase, PhaseChanged, Result, TaskReady, encode, make_event
 from events.catalogue import Event
 from tests.harness import wait_until
 
@@ -266,3 +273,45 @@ async def test_a_slow_follower_is_disconnected_without_holding_back_the_others(
         resumed, _ = await until_marks(await hub.follow(had[-1][0]))
         assert sorted(runs(resumed)) == sorted(runs(log.written[2:]))
         assert per_partition(resumed) == per_partition(log.written[2:])
+
+
+async def test_a_ready_task_hub_streams_only_ready_tasks_with_cursors_of_its_own(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    async with (
+        log_of(kafka_bootstrap, kafka_topic) as log,
+        hub_of(kafka_bootstrap, kafka_topic) as phases,
+    ):
+        ready = PhaseHub(
+            kafka_bootstrap, kafka_topic, streams=is_ready_task, cursor_prefix=READY_CURSOR_PREFIX
+        )
+        try:
+            from_now = await ready.follow(None)
+            changes = await phases.follow(None)
+            # Both kinds on one topic (a log written before runs.tasks): each hub keeps its own.
+            for n in range(1, 7):
+                p = n % PARTITIONS
+                task = TaskReady(task_id=f"t{n}", level=0, seq=1)
+                ev = make_event(task, id=f"{n:016d}.ready.1", run_id=f"{n:016d}", at=n)
+                await log.producer.send_and_wait(kafka_topic, encode(ev), partition=p)
+                await log.producer.send_and_wait(kafka_topic, encode(change(n)), partition=p)
+            got = [await anext(from_now) for _ in range(6)]
+            assert sorted(ev.id for _, ev in got) == sorted(
+                f"{n:016d}.ready.1" for n in range(1, 7)
+            )
+            assert all(c.startswith(f"{READY_CURSOR_PREFIX}.") for c, _ in got)
+            seen = [await anext(changes) for _ in range(6)]
+            assert {type(ev.data) for _, ev in seen} == {PhaseChanged}
+            # A cursor of the phase stream is not one of this stream, and the other way round.
+            with pytest.raises(InvalidCursor, match="malformed"):
+                await ready.follow(seen[-1][0])
+            with pytest.raises(InvalidCursor, match="malformed"):
+                await phases.follow(got[-1][0])
+            # Resuming from its own cursor: every later ready task exactly once.
+            rest = await ready.follow(encode_feed_cursor([0] * PARTITIONS, READY_CURSOR_PREFIX))
+            again = [await anext(rest) for _ in range(6)]
+            assert sorted(ev.id for _, ev in again) == sorted(ev.id for _, ev in got)
+            for stream in (from_now, changes, rest):
+                await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            await ready.close()

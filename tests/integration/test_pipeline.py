@@ -13,7 +13,7 @@ from agents.producer import EventProducer
 from agents.readback import end_offsets, materialized_states, phase_changes, read_topic
 from agents.resources import Resources
 from agents.workload import generate
-from events.catalogue import Event
+from events.catalogue import Event, EventType
 from events.codec import decode_record, encode
 from partition.materializer import phase_seq
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
@@ -42,15 +42,24 @@ def check_phase_stream(derived: list[Event], oracle: Oracle) -> None:
         assert [encode(e) for e in evs] == want, rid
 
 
-def check_derived_stream(records: dict[int, list[Any]], oracle: Oracle) -> None:
-    """Every derived event on the phases topic (phase changes and task.ready), per run in log
-    order, is exactly the oracle's stream: nothing missing, nothing twice."""
-    by_run: dict[str, list[bytes]] = {}
-    for p in sorted(records):
-        for _, _, value, _ in records[p]:
-            for ev in decode_record(value):
-                by_run.setdefault(ev.run_id, []).append(encode(ev))
-    assert by_run == {rid: [encode(e) for e in evs] for rid, evs in oracle.derived.items()}
+def check_derived_stream(
+    phases: dict[int, list[Any]], tasks: dict[int, list[Any]], oracle: Oracle
+) -> None:
+    """The phases topic holds the oracle's phase changes and the tasks topic its ready tasks,
+    each per run in log order, keyed by run id: nothing missing, nothing twice, nothing on the
+    other topic."""
+    for records, ready in ((phases, False), (tasks, True)):
+        by_run: dict[str, list[bytes]] = {}
+        for p in sorted(records):
+            for _, key, value, _ in records[p]:
+                for ev in decode_record(value):
+                    assert key == ev.run_id.encode()
+                    by_run.setdefault(ev.run_id, []).append(encode(ev))
+        want = {
+            rid: [encode(e) for e in evs if (e.type is EventType.TASK_READY) is ready]
+            for rid, evs in oracle.derived.items()
+        }
+        assert by_run == {rid: evs for rid, evs in want.items() if evs}
 
 
 async def test_thousand_runs_match_the_oracle(
@@ -74,7 +83,7 @@ async def test_thousand_runs_match_the_oracle(
     assert got == oracle.encoded()
     phases = await read_topic(s.kafka, s.topic_phases)
     check_phase_stream(phase_changes(phases), oracle)
-    check_derived_stream(phases, oracle)
+    check_derived_stream(phases, await read_topic(s.kafka, s.topic_tasks), oracle)
     await resources.close()
 
     # The log rebuilds the same state: replay into a fresh prefix, then verify against live.

@@ -19,7 +19,7 @@ from events.catalogue import Event
 from events.codec import encode, encode_commit
 from partition.placement import partition_for
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
-from tests.integration.test_pipeline import check_phase_stream, produce
+from tests.integration.test_pipeline import check_derived_stream, check_phase_stream, produce
 from tests.oracle import Oracle
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]
@@ -41,7 +41,11 @@ async def settle_and_compare(s: Settings, events: list[Event], resources: Resour
     got = await materialized_states(dm, s.topic_events, range(s.partitions))
     assert got.keys() == oracle.states.keys()
     assert got == oracle.encoded()
-    check_phase_stream(phase_changes(await read_topic(s.kafka, s.topic_phases)), oracle)
+    phases = await read_topic(s.kafka, s.topic_phases)
+    check_phase_stream(phase_changes(phases), oracle)
+    # A dead worker's ready tasks beyond its checkpoint are read back from runs.tasks, not sent
+    # again: each exactly once, on its own topic.
+    check_derived_stream(phases, await read_topic(s.kafka, s.topic_tasks), oracle)
 
 
 async def test_sigkill_mid_load_loses_nothing_and_repeats_nothing(

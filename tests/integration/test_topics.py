@@ -54,6 +54,8 @@ async def test_input_topics_are_created_with_unlimited_retention(
     assert configs[s.topic_setup_errors]["retention.ms"] == "-1"
     # The derived topics keep the broker's default: they can be rebuilt.
     assert configs[s.topic_phases]["retention.ms"] != "-1"
+    tasks = await _describe_configs(admin, [s.topic_tasks])
+    assert tasks[s.topic_tasks]["retention.ms"] == configs[s.topic_phases]["retention.ms"]
     assert topic_warnings() == []
     for topic in (s.topic_events, s.topic_setup_errors):
         assert _gauge(topic, "retention.ms") == 0
@@ -111,10 +113,34 @@ async def test_existing_unsafe_topics_are_reported(
     assert topic_warnings()[0].as_dict()["topic"] == s.topic_events
 
 
+async def test_an_output_topic_added_by_an_upgrade_gets_the_partitions_of_the_log(
+    kafka_bootstrap: str, unique: str, admin: AIOKafkaAdminClient
+) -> None:
+    # A deployment whose topics were made with 3 partitions, from before runs.tasks existed,
+    # upgraded with settings that say 2: its new runs.tasks must follow runs.events' count.
+    old = _settings(unique, kafka_bootstrap)
+    await admin.create_topics(
+        [
+            NewTopic(t, num_partitions=3, replication_factor=1)
+            for t in (old.topic_events, old.topic_phases, old.topic_refusals)
+        ]
+    )
+    for _ in range(100):
+        if all(d["partitions"] for d in await admin.describe_topics([old.topic_events])):
+            break
+        await asyncio.sleep(0.1)
+    await ensure_topics(old)
+    [tasks] = await admin.describe_topics([old.topic_tasks])
+    assert len(tasks["partitions"]) == 3
+    [requests] = await admin.describe_topics([old.topic_requests])
+    assert len(requests["partitions"]) == 2  # a topic with no partition rule: as the settings say
+
+
 def test_replication_above_one_asks_for_replication_minus_one_in_sync() -> None:
     s = Settings(replication=3)
     assert topic_configs(s, s.topic_events) == {"retention.ms": "-1", "min.insync.replicas": "2"}
     assert topic_configs(s, s.topic_phases) == {"min.insync.replicas": "2"}
+    assert topic_configs(s, s.topic_tasks) == {"min.insync.replicas": "2"}
     assert topic_configs(Settings(), Settings().topic_phases) == {}
 
 

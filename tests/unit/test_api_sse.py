@@ -1,13 +1,21 @@
-"""``GET /api/v1/runs/events``: frames, heartbeats, resume without loss or repetition, 410/400."""
+"""``GET /api/v1/runs/events``: frames, heartbeats, resume without loss or repetition, 410/400;
+``GET /api/v1/runs/tasks/events``: the ready tasks the same way, never mixed with phase changes."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from api import create_api
 from events import Phase, PhaseChanged, Result, make_event
-from tests.unit.test_api_support import GROUP, served
+from tests.fakes_api import Fakes
+from tests.unit.test_api_support import GROUP, new_run, served
 
 EVENTS = "/api/v1/runs/events"
+READY = "/api/v1/runs/tasks/events"
 
 
 def phase_event(n: int) -> Any:
@@ -84,3 +92,43 @@ async def test_expired_cursor_is_410_and_malformed_cursor_400_as_json() -> None:
         frames, _ = await read_frames(resp, 2)
         assert [c for c, _ in frames] == ["3", "4"]
         resp.close()
+
+
+async def test_ready_tasks_have_a_stream_of_their_own_and_phase_changes_keep_theirs() -> None:
+    async with served() as (client, fakes):
+        phases = await client.get(EVENTS)
+        ready = await client.get(READY)
+        assert ready.status == 200
+        assert ready.headers["Content-Type"] == "text/event-stream"
+        body = new_run({"id": "a", "name": "a"}, {"id": "b", "name": "b"})
+        created = await client.post("/api/v1/runs", json=body)
+        run_id = (await created.json())["run"]["id"]
+        await client.put(f"/api/v1/runs/{run_id}/actions", json={"action_type": "start"})
+        fakes.materialize()
+        got, _ = await read_frames(ready, 2)
+        assert [c for c, _ in got] == ["0", "1"]  # cursors of its own
+        events = [json.loads(d) for _, d in got]
+        assert {e["type"] for e in events} == {"task.ready"}
+        assert {(e["run_id"], e["data"]["task_id"]) for e in events} == {
+            (run_id, "a"),
+            (run_id, "b"),
+        }
+        changes, _ = await read_frames(phases, 2)  # queued, running: no ready task among them
+        assert {json.loads(d)["type"] for _, d in changes} == {"run.phase_changed"}
+        for resp in (phases, ready):
+            resp.close()
+        # Resumed from its last cursor, like the phase stream.
+        again = await client.get(READY, params={"after": "0"})
+        frames, _ = await read_frames(again, 1)
+        assert frames == got[1:]
+        again.close()
+        assert (await client.get(READY, params={"after": "x"})).status == 400
+
+
+async def test_a_worker_without_a_ready_task_feed_answers_503() -> None:
+    deps = replace(Fakes().deps(), task_feed=None)
+    async with TestClient(TestServer(create_api(deps))) as client:
+        resp = await client.get(READY)
+        assert resp.status == 503
+        assert "ready-task stream" in (await resp.json())["message"]
+        assert (await client.get(EVENTS, params={"after": "x"})).status == 400

@@ -30,7 +30,7 @@ from partition.decisions import RETRY_AFTER, Timekeeper, last_progress, stuck
 from partition.owner import PartitionOwner
 from tests.fakes_owner import FakeRecord
 from tests.unit.test_events_support import created, ev, task
-from tests.unit.test_owner import CONFIG, TOPIC, Rig
+from tests.unit.test_owner import CONFIG, TASKS, TOPIC, Rig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -175,7 +175,7 @@ async def test_with_retries_the_task_comes_back_ready_and_the_lost_executor_is_r
     await rig.feed()
     t = rig.state().run.tasks["a"]
     assert (t.status, t.attempt, t.released) == (TaskStatus.NOTSTARTED, 2, ("ex-1",))
-    ready = [decode(v) for v in rig.log.values("runs.phases")]
+    ready = [decode(v) for v in rig.log.values(TASKS)]
     assert [e.data.task_id for e in ready if e.type is EventType.TASK_READY] == ["a", "a"]  # type: ignore[union-attr]
     # The lost executor comes back: refused. Another executor claims and finishes it.
     rig.append(rig.at(TaskStatusChanged(task_id="a", status=TaskStatus.SUCCESS, executor_id="ex-1")))  # fmt: skip
@@ -206,7 +206,7 @@ async def test_a_task_past_its_timeout_fails_and_its_on_failure_child_becomes_re
     await rig.feed()
     state = rig.state()
     assert (state.run.tasks["a"].status, state.run.tasks["a"].reason) == (TaskStatus.FAILED, "timeout")  # fmt: skip
-    ready = [decode(v) for v in rig.log.values("runs.phases")]
+    ready = [decode(v) for v in rig.log.values(TASKS)]
     assert [e.data.task_id for e in ready if e.type is EventType.TASK_READY][-1] == "fix"  # type: ignore[union-attr]
 
 

@@ -13,6 +13,7 @@ import pytest
 from events import (
     DecodeError,
     Event,
+    EventType,
     Rejected,
     StartRequested,
     StopRequested,
@@ -40,11 +41,12 @@ from tests.unit.test_events_support import created, ev, task
 
 pytestmark = pytest.mark.timeout(30)  # a waiter that is never resolved fails, not hangs
 
-TOPIC, PHASES, DLQ = "runs.events", "runs.phases", "runs.dlq"
+TOPIC, PHASES, TASKS, DLQ = "runs.events", "runs.phases", "runs.tasks", "runs.dlq"
 NAME = partition_name(TOPIC, 0)
 CONFIG = OwnerConfig(
     topic=TOPIC,
     phases_topic=PHASES,
+    tasks_topic=TASKS,
     dlq_topic=DLQ,
     max_event_bytes=4096,
     checkpoint_interval=0.0,  # always due: the tests decide when to checkpoint
@@ -113,13 +115,20 @@ class Rig:
         return {**self.dm.entries(NAME, ACTIVE), **self.dm.entries(NAME, FINAL)}
 
     def phase_keys(self) -> list[tuple[str, int]]:
-        """(run id, seq) of the phase changes sent (task.ready events left out)."""
-        evs = map(decode, self.log.values(PHASES))
-        return [(e.run_id, phase_seq(e)) for e in evs if phase_seq(e) >= 0]
+        """(run id, seq) of the phase changes sent (the phases topic holds nothing else)."""
+        evs = [decode(v) for v in self.log.values(PHASES)]
+        assert all(phase_seq(e) >= 0 for e in evs), "a ready task on the phases topic"
+        return [(e.run_id, phase_seq(e)) for e in evs]
+
+    def ready_ids(self) -> list[str]:
+        """Ids of the ready tasks sent (the tasks topic holds nothing else), in order."""
+        evs = [decode(v) for v in self.log.values(TASKS)]
+        assert all(e.type is EventType.TASK_READY for e in evs), "not a ready task"
+        return [e.id for e in evs]
 
     def sent_ids(self) -> list[str]:
-        """Ids of every derived event sent (phase changes and ready tasks), in order."""
-        return [e.id for e in map(decode, self.log.values(PHASES))]
+        """Ids of every derived event sent: the phase changes in order, then the ready tasks."""
+        return [e.id for e in map(decode, self.log.values(PHASES))] + self.ready_ids()
 
 
 async def loaded() -> Rig:
@@ -167,6 +176,116 @@ async def test_phase_changes_already_on_the_phases_topic_are_not_sent_again() ->
     # The ready tasks of the start are not sent again either (their own ids, not phase seqs).
     assert rig.sent_ids() == [f"{rid(1)}.phase.1", f"{rid(1)}.phase.2", f"{rid(1)}.ready.1"]
     assert await again.checkpoint() == "ok"
+
+
+def chain(n: int) -> list[Event]:
+    """A run of two tasks, b after a: created, started (a ready), a ran (b ready)."""
+    r = rid(n)
+    return [
+        ev(created(task("a"), task("b", "a")), run_id=r),
+        ev(StartRequested(), run_id=r),
+        ev(TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING), run_id=r),
+        ev(TaskStatusChanged(task_id="a", status=TaskStatus.SUCCESS), run_id=r),
+    ]
+
+
+async def test_ready_tasks_go_to_the_tasks_topic_and_phase_changes_to_the_phases_topic() -> None:
+    rig = await loaded()
+    for e in chain(1):
+        rig.append(e)
+    await rig.feed()
+    assert rig.phase_keys() == [(rid(1), 1), (rid(1), 2)]
+    assert rig.ready_ids() == [f"{rid(1)}.ready.1", f"{rid(1)}.ready.2"]
+    # Key = run id, on the partition of the same number as the run's runs.events partition.
+    derived = [s for s in rig.log.sent if s.topic in (PHASES, TASKS)]
+    assert {(s.key, s.partition) for s in derived} == {(rid(1).encode(), 0)}
+    assert await rig.owner.checkpoint() == "ok"
+    assert rig.dm.calls[-1].offsets[offsets_key(TASKS, 0)] == 2
+
+
+async def test_a_commit_sends_its_phase_changes_and_ready_tasks_each_in_order() -> None:
+    rig = await loaded()
+    r = rid(1)
+    # 20 tasks without parents: the start makes them all ready (a batch), with 2 phase changes.
+    events = [ev(created(*(task(f"t{i:02}") for i in range(20))), run_id=r), script(1)[1]]
+    rig.append(*events)
+    await rig.feed()
+    want = Oracle().feed(events).derived[r]
+    assert len(want) == 22
+    assert rig.log.values(PHASES) == [encode(e) for e in want if e.type is not EventType.TASK_READY]
+    assert rig.log.values(TASKS) == [encode(e) for e in want if e.type is EventType.TASK_READY]
+    assert await rig.owner.checkpoint() == "ok"
+    offsets = rig.dm.calls[-1].offsets
+    assert (offsets[offsets_key(PHASES, 0)], offsets[offsets_key(TASKS, 0)]) == (2, 20)
+
+
+async def test_ready_tasks_already_on_the_tasks_topic_are_not_sent_again() -> None:
+    rig = await loaded()
+    first = chain(1)
+    for e in first[:2]:  # created, started: a ready
+        rig.append(e)
+    await rig.feed()
+    assert await rig.owner.checkpoint() == "ok"  # covers ready.1 (tasks offset 1)
+    for e in first[2:]:  # a ran: b ready
+        rig.append(e)
+    await rig.feed()
+    assert rig.ready_ids() == [f"{rid(1)}.ready.1", f"{rid(1)}.ready.2"]
+    # A crash after the checkpoint: a new owner applies the last two records again; the tail of
+    # the tasks topic beyond the manifest's offset says b's ready task was sent already.
+    rig.fed = 2
+    again = rig.new_owner()
+    await again.load()
+    await rig.feed(again)
+    assert rig.ready_ids() == [f"{rid(1)}.ready.1", f"{rid(1)}.ready.2"]
+    assert rig.phase_keys() == [(rid(1), 1), (rid(1), 2)]
+    assert await again.checkpoint() == "ok"
+    # The offset is where this owner's own sends begin (it sent none): b's ready task, below no
+    # manifest offset, is read again by the next recovery, and again not sent.
+    assert rig.dm.calls[-1].offsets[offsets_key(TASKS, 0)] == 1
+    third = rig.new_owner()
+    await third.load()
+    rig.append(ev(TaskStatusChanged(task_id="b", status=TaskStatus.RUNNING), run_id=rid(1)))
+    await rig.feed(third)
+    assert rig.ready_ids() == [f"{rid(1)}.ready.1", f"{rid(1)}.ready.2"]
+
+
+async def test_ready_tasks_sent_to_the_phases_topic_before_an_upgrade_are_not_sent_again() -> None:
+    rig = Rig()
+    # A worker of the version before runs.tasks: ready tasks with the phase changes.
+    old = PartitionOwner(
+        0,
+        config=OwnerConfig(topic=TOPIC, phases_topic=PHASES, dlq_topic=DLQ),
+        datamanager=rig.dm,
+        reader=rig.log,
+        sender=rig.log,
+        hooks=rig.hooks,
+    )
+    await old.load()
+    first = chain(1)
+    rig.append(first[0])
+    await rig.feed(old)
+    assert await old.checkpoint() == "ok"  # a manifest without a runs.tasks offset
+    assert offsets_key(TASKS, 0) not in rig.dm.calls[-1].offsets
+    rig.append(first[1])
+    await rig.feed(old)
+    assert [decode(v).id for v in rig.log.values(PHASES)] == [
+        f"{rid(1)}.phase.1",
+        f"{rid(1)}.phase.2",
+        f"{rid(1)}.ready.1",
+    ]
+    # It dies; an upgraded worker applies the start again: ready.1 is in the phases tail.
+    rig.fed = 1
+    new = rig.new_owner()
+    await new.load()
+    await rig.feed(new)
+    assert rig.log.values(TASKS) == []
+    assert len(rig.log.values(PHASES)) == 3
+    for e in first[2:]:  # from now on, ready tasks go to runs.tasks
+        rig.append(e)
+    await rig.feed(new)
+    assert rig.ready_ids() == [f"{rid(1)}.ready.2"]
+    assert await new.checkpoint() == "ok"
+    assert rig.dm.calls[-1].offsets[offsets_key(TASKS, 0)] == 1
 
 
 async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_comes(
@@ -261,9 +380,13 @@ async def test_checkpoint_ok_acks_the_records_it_covers() -> None:
     assert await rig.owner.checkpoint() == "ok"
     assert acks(rig.records) == [1] * 5
     assert rig.stored() == Oracle().feed(events).encoded()
-    phases = len(rig.log.values(PHASES))
-    assert phases == sum(map(len, Oracle().feed(events).derived.values()))
-    assert rig.dm.calls[-1].offsets == {offsets_key(TOPIC, 0): 5, offsets_key(PHASES, 0): phases}
+    phases, tasks = len(rig.log.values(PHASES)), len(rig.log.values(TASKS))
+    assert phases + tasks == sum(map(len, Oracle().feed(events).derived.values()))
+    assert rig.dm.calls[-1].offsets == {
+        offsets_key(TOPIC, 0): 5,
+        offsets_key(PHASES, 0): phases,
+        offsets_key(TASKS, 0): tasks,
+    }
     assert await rig.owner.checkpoint() == "nothing"
     assert acks(rig.records) == [1] * 5
 
