@@ -134,19 +134,20 @@ IdempotencyKey = Annotated[
 
 # The creation fields of every creation (events.catalogue.CreationFields), three of them taken in
 # a wider form: ``group`` documented with its pattern, ``name`` optional, a setup error a message
-# too. Once made (decoded, or built by a client), a NewRun holds the narrow form (``name`` a name,
-# every setup error a SetupError): it is a CreationFields like any other.
+# too. Made (decoded, or built by a client), a NewRun holds setup errors as SetupError and, when
+# it has setup errors, a name; the server then checks it (``check``, by ``parse_create``), after
+# which it is a CreationFields like any other. A client sends it unchecked: the server judges.
 class NewRun(CreationFields):
     """A new run from its tasks. ``name`` is required unless ``setup_errors`` is given (then it
     defaults to ``Setup Error``); a run needs tasks or setup errors. Inconsistent tasks, or setup
     errors, give a run in phase ``setuperror`` (still 201). A setup error is a message or
     ``{"message", "task_ids"}``."""
 
-    name: Name | UnsetType = UNSET  # type: ignore[assignment]  # a name once made (__post_init__)
+    name: Name | UnsetType = UNSET  # type: ignore[assignment]  # a name once checked
     group: Group
-    setup_errors: tuple[str | SetupError, ...] = ()  # type: ignore[assignment]  # idem: SetupError
+    setup_errors: tuple[str | SetupError, ...] = ()  # type: ignore[assignment]  # SetupError once made
 
-    #: What ``__post_init__`` checks beyond the fields, for the JSON Schema.
+    #: What :meth:`check` checks beyond the fields, for the JSON Schema.
     JSON_SCHEMA_RULES: ClassVar[dict[str, Any]] = {
         "anyOf": [
             {"required": ["name", "tasks"], "properties": {"tasks": {"minItems": 1}}},
@@ -155,19 +156,23 @@ class NewRun(CreationFields):
     }
 
     def __post_init__(self) -> None:
-        try:
-            validate_group(self.group)
-        except EventsBadRequest as exc:
-            raise ValueError(f"{exc} - at `$.group`") from None
-        if not self.tasks and not self.setup_errors:
-            raise ValueError("run has neither tasks nor setup errors - at `$.tasks`")
-        if self.name is UNSET:
-            if not self.setup_errors:
-                raise ValueError("field 'name' is required unless setup_errors is given - at `$`")
+        if self.name is UNSET and self.setup_errors:
             force_setattr(self, "name", SETUP_ERROR_RUN_NAME)
         if any(isinstance(e, str) for e in self.setup_errors):
             errors = (SetupError(message=e) if isinstance(e, str) else e for e in self.setup_errors)
             force_setattr(self, "setup_errors", tuple(errors))
+
+    def check(self) -> None:
+        """400 naming the field unless the group is one, the run has tasks or setup errors, and
+        a name (given, or the default of a setup-error run)."""
+        try:
+            validate_group(self.group)
+        except EventsBadRequest as exc:
+            raise BadRequest(f"invalid request body: {exc} - at `$.group`") from None
+        if not self.tasks and not self.setup_errors:
+            raise BadRequest("invalid request body: run has neither tasks nor setup errors - at `$.tasks`")  # fmt: skip
+        if self.name is UNSET:
+            raise BadRequest("invalid request body: field 'name' is required unless setup_errors is given - at `$`")  # fmt: skip
 
 
 class RecreateRun(Shape):
@@ -326,9 +331,15 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
 
 
 def parse_create(raw: bytes) -> NewRun | RecreateRun:
-    """A new run, or a recreation when the body has ``run_id``; 400 naming the field."""
+    """A new run (checked: :meth:`NewRun.check`), or a recreation when the body has ``run_id``;
+    400 naming the field."""
     keys = _decode(_keys, raw)
-    return _decode(_recreate if "run_id" in keys else _new_run, raw)  # type: ignore[no-any-return]
+    if "run_id" in keys:
+        recreation: RecreateRun = _decode(_recreate, raw)
+        return recreation
+    new: NewRun = _decode(_new_run, raw)
+    new.check()
+    return new
 
 
 def parse_run_action(raw: bytes) -> RunAction:

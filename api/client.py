@@ -1,11 +1,18 @@
 """The Python client of the HTTP API (httpx): ``AsyncClient``, written once, and ``Client``, its
 blocking facade (each method runs the async one on a private event loop).
 
+Every shape is the server's own Struct: request bodies are built from ``api.bodies`` (``NewRun``,
+``ClaimTask``...) and answers decoded into ``api.views`` and ``api.history`` (``RunWithConfig``,
+``RunPage``, ``History``, ``TaskClaim``, ``StuckRuns``, ``ExecutorSeen``), so a method returns
+typed objects (``run.run.phase``, ``page.runs[0].id``). A body is converted as the server decodes
+it (a malformed field is ``BadRequest`` in the server's words, before anything is sent); the
+rules beyond the fields are the server's to judge.
+
 Every non-2xx answer raises the ``api.errors`` class of its status (``BadRequest`` 400,
 ``Unauthorized`` 401, ``NotFound`` 404, ``Conflict`` 409, ``Gone`` 410, ``PayloadTooLarge`` 413,
 ``ServerError`` 5xx, ``ApiError`` otherwise) carrying the status and the server's message; a body
 that is not ``{"message": ...}`` gives a message with the status and the start of the body. No
-answer at all raises ``Unreachable``. Methods return the decoded JSON bodies.
+answer at all raises ``Unreachable``.
 
 A 503 (the run's partition has no settled owner: a rebalance, the owner still loading) is retried
 with bounded backoff (``api.wire.RETRIES``, honouring ``Retry-After``). Actions carry an
@@ -13,9 +20,10 @@ with bounded backoff (``api.wire.RETRIES``, honouring ``Retry-After``). Actions 
 creation answered 503 after its event was appended (the owner moved while it waited) can, when
 retried, make a second run: the first one's id is not known to the caller.
 
-``watch`` follows ``GET /api/v1/runs/events``: it yields ``WatchEvent(cursor, event)`` and, when
-the connection ends or breaks, reconnects with ``Last-Event-ID`` set to the last cursor seen, so
-no event is lost or repeated. A cursor the log no longer retains raises ``Gone``.
+``watch`` follows ``GET /api/v1/runs/events``: it yields ``WatchEvent(cursor, event)`` (the
+``run.phase_changed`` event, decoded by ``events.decode``) and, when the connection ends or
+breaks, reconnects with ``Last-Event-ID`` set to the last cursor seen, so no event is lost or
+repeated. A cursor the log no longer retains raises ``Gone``.
 """
 
 from __future__ import annotations
@@ -38,8 +46,21 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
-from api.errors import Unreachable
+from api.bodies import (
+    ApproveTask,
+    ClaimTask,
+    HeartbeatRequest,
+    NewRun,
+    ReportStatus,
+    RunAction,
+    SetTaskAnnotations,
+    explain,
+)
+from api.errors import BadRequest, Unreachable
+from api.history import History
+from api.views import ExecutorSeen, RunPage, RunWithConfig, StuckRuns, TaskClaim
 from api.wire import (
     DEFAULT_URL,
     RETRIES,
@@ -50,14 +71,22 @@ from api.wire import (
     auth_headers,
     body_of,
     content_of,
+    decode_body,
     error_from_response,
     headers_of,
     retry_delay,
     with_retry_key,
 )
+from events import Event, RunConfigTask, SetupError, decode
 from events.executors import DEFAULT_LEASE_MS
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client", "WatchEvent", "error_from_response"]
+
+_T = TypeVar("_T")
+#: A task as a caller may give it: the Struct, or its JSON object (``{"id", "name", ...}``).
+TaskSpec = RunConfigTask | Mapping[str, Any]
+#: A setup error as a caller may give it: a message, the Struct, or its JSON object.
+SetupErrorSpec = str | SetupError | Mapping[str, Any]
 
 
 class AsyncClient:
@@ -79,7 +108,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _do(self, call: Call) -> Any:
+    async def _send(self, call: Call) -> httpx.Response:
         call = with_retry_key(call)
         for attempt in range(RETRIES + 1):
             try:
@@ -95,46 +124,59 @@ class AsyncClient:
             if response.status_code != 503 or attempt == RETRIES:
                 break
             await asyncio.sleep(retry_delay(attempt, response.headers.get("Retry-After")))
-        return body_of(response)
+        return response
+
+    async def _do(self, call: Call) -> None:
+        """A call answered without a body (204)."""
+        body_of(await self._send(call))
+
+    async def _get(self, call: Call, kind: type[_T]) -> _T:
+        """A call whose answer is a ``kind`` (the server's Struct)."""
+        response = await self._send(call)
+        return decode_body(body_of(response), kind, response.status_code)
 
     async def create_run(
         self,
         *,
         group: str,
         name: str | None = None,
-        tasks: Sequence[Mapping[str, Any]] = (),
+        tasks: Sequence[TaskSpec] = (),
         environment: Mapping[str, str] | None = None,
         static_environment: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
-        setup_errors: Sequence[str | Mapping[str, Any]] = (),
+        setup_errors: Sequence[SetupErrorSpec] = (),
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        """``{"run", "run_config", "seq"}`` of the new run. ``idempotency_key``: the same run
-        however often the creation is sent (a webhook's delivery id, say); without one the
-        client makes a key per call, so its own retries after a 503 never make a second run."""
-        call = Calls.create(
-            group=group, name=name, tasks=tasks, environment=environment,
-            static_environment=static_environment, annotations=annotations, setup_errors=setup_errors,
-        )  # fmt: skip
+    ) -> RunWithConfig:
+        """The new run, its config and revision. ``idempotency_key``: the same run however
+        often the creation is sent (a webhook's delivery id, say); without one the client makes
+        a key per call, so its own retries after a 503 never make a second run. Tasks and
+        setup errors are Structs or their JSON values."""
+        body = _body(
+            NewRun,
+            group=group,
+            name=name,
+            tasks=tasks,
+            environment=environment,
+            static_environment=static_environment,
+            annotations=annotations,
+            setup_errors=setup_errors,
+        )
+        call = Calls.create(body)
         if idempotency_key is not None:
             call = Call(call.method, call.path, call.params, call.body, {"Idempotency-Key": idempotency_key})  # fmt: skip
-        result: dict[str, Any] = await self._do(call)
-        return result
+        return await self._get(call, RunWithConfig)
 
     async def recreate_run(
         self, run_id: str, *, from_start: bool = False, environment: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._do(Calls.recreate(run_id, from_start, environment))
-        return result
+    ) -> RunWithConfig:
+        return await self._get(Calls.recreate(run_id, from_start, environment), RunWithConfig)
 
-    async def get_run(self, run_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._do(Call("GET", f"/api/v1/runs/{run_id}"))
-        return result
+    async def get_run(self, run_id: str) -> RunWithConfig:
+        return await self._get(Call("GET", f"/api/v1/runs/{run_id}"), RunWithConfig)
 
-    async def run_history(self, run_id: str) -> dict[str, Any]:
-        """``{"run_id", "events"}``: every event judged for the run, in log order."""
-        result: dict[str, Any] = await self._do(Call("GET", f"/api/v1/runs/{run_id}/history"))
-        return result
+    async def run_history(self, run_id: str) -> History:
+        """Every event judged for the run, in log order (``History.events``)."""
+        return await self._get(Call("GET", f"/api/v1/runs/{run_id}/history"), History)
 
     async def list_runs(
         self,
@@ -146,26 +188,25 @@ class AsyncClient:
         order: str = "desc",
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> dict[str, Any]:
-        """``{"runs": [...], "next_cursor": ...}``."""
+    ) -> RunPage:
+        """One page: ``runs`` (``indexer.RunEntry``) and ``next_cursor``."""
         call = Calls.list(groups, phases, results, last_run, order, limit, cursor)
-        result: dict[str, Any] = await self._do(call)
-        return result
+        return await self._get(call, RunPage)
 
     async def start(
         self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
     ) -> None:
-        await self._do(Calls.run_action(run_id, "start", expected_seq, idempotency_key))
+        await self._do(Calls.run_action(run_id, RunAction.START, expected_seq, idempotency_key))
 
     async def cancel(
         self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
     ) -> None:
-        await self._do(Calls.run_action(run_id, "cancel", expected_seq, idempotency_key))
+        await self._do(Calls.run_action(run_id, RunAction.CANCEL, expected_seq, idempotency_key))
 
     async def stop(
         self, run_id: str, *, expected_seq: int | None = None, idempotency_key: str | None = None
     ) -> None:
-        await self._do(Calls.run_action(run_id, "stop", expected_seq, idempotency_key))
+        await self._do(Calls.run_action(run_id, RunAction.STOP, expected_seq, idempotency_key))
 
     async def approve_task(
         self,
@@ -175,7 +216,7 @@ class AsyncClient:
         expected_seq: int | None = None,
         idempotency_key: str | None = None,
     ) -> None:
-        await self._do(Calls.task_action(run_id, task_id, {"action_type": "approve"}, expected_seq, idempotency_key))  # fmt: skip
+        await self._do(Calls.task_action(run_id, task_id, ApproveTask(), expected_seq, idempotency_key))  # fmt: skip
 
     async def set_task_annotations(
         self,
@@ -186,7 +227,7 @@ class AsyncClient:
         expected_seq: int | None = None,
         idempotency_key: str | None = None,
     ) -> None:
-        body = {"action_type": "setannotations", "annotations": dict(annotations)}
+        body = _body(SetTaskAnnotations, annotations=annotations)
         await self._do(Calls.task_action(run_id, task_id, body, expected_seq, idempotency_key))
 
     async def claim(
@@ -197,22 +238,18 @@ class AsyncClient:
         *,
         lease_ms: int | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> TaskClaim:
         """Executor ``executor_id`` claims task ``task_id`` (its lease: ``lease_ms``, else the
-        server's default, 30 s): ``{"run_id", "task_id", "executor_id", "attempt", "lease_ms"}``
-        once the run's owner applied it. ``Conflict`` (409, code ``task_held``) when another
-        executor holds the task: its message names the holder. A retry of the call (a 503) is
-        the same event: it carries one ``Idempotency-Key`` (``idempotency_key``, or one made
-        here)."""
-        body: dict[str, Any] = {"executor_id": executor_id}
-        if lease_ms is not None:
-            body["lease_ms"] = lease_ms
+        default, 30 s): the claim (``executor_id``, ``attempt``, ``lease_ms``) once the run's
+        owner applied it. ``Conflict`` (409, code ``task_held``) when another executor holds
+        the task: its message names the holder. A retry of the call (a 503) is the same event:
+        it carries one ``Idempotency-Key`` (``idempotency_key``, or one made here)."""
+        body = _body(ClaimTask, executor_id=executor_id, lease_ms=lease_ms)
         key = idempotency_key or f"client.{uuid.uuid4().hex}"
         path = f"{_task_path(run_id, task_id)}/claim"
-        result: dict[str, Any] = await self._do(
-            Call("POST", path, body=body, headers={"Idempotency-Key": key})
+        return await self._get(
+            Call("POST", path, body=body, headers={"Idempotency-Key": key}), TaskClaim
         )
-        return result
 
     async def report(
         self,
@@ -227,34 +264,30 @@ class AsyncClient:
         executor ``executor_id``; returns once the run's owner applied it. ``Conflict`` (409)
         when another executor holds the task (``task_held``), this one lost it
         (``lease_lapsed``) or the task is past that status (``task_transition``)."""
-        body: dict[str, Any] = {"status": status}
-        if executor_id is not None:
-            body["executor_id"] = executor_id
+        body = _body(ReportStatus, status=status, executor_id=executor_id)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         await self._do(Call("PUT", f"{_task_path(run_id, task_id)}/status", body=body, headers=headers))  # fmt: skip
 
-    async def stuck(self, older_than: float = 600) -> dict[str, Any]:
-        """``{"runs": [{"run_id", "group", "phase", "since", "tasks"}], "partial"}``: the active
-        runs of every worker with no progress for ``older_than`` seconds, oldest first."""
+    async def stuck(self, older_than: float = 600) -> StuckRuns:
+        """The active runs of every worker with no progress for ``older_than`` seconds, oldest
+        first (``runs``), and whether some worker did not answer (``partial``)."""
         params: list[tuple[str, str | int | float | bool | None]] = [("older_than", int(older_than))]  # fmt: skip
-        result: dict[str, Any] = await self._do(Call("GET", "/api/v1/stuck", params=params))
-        return result
+        return await self._get(Call("GET", "/api/v1/stuck", params=params), StuckRuns)
 
     async def heartbeat(self, executor_id: str, *, lease_ms: int = DEFAULT_LEASE_MS) -> None:
         """Executor ``executor_id`` is alive: its claims hold ``lease_ms`` more (any worker
         appends it; returns once Kafka acknowledged it). Send one every ``lease_ms / 3``."""
         path = f"/api/v1/executors/{quote(executor_id, safe='')}/heartbeat"
-        await self._do(Call("POST", path, body={"lease_ms": lease_ms}))
+        await self._do(Call("POST", path, body=_body(HeartbeatRequest, lease_ms=lease_ms)))
 
-    async def get_executor(self, executor_id: str) -> dict[str, Any]:
+    async def get_executor(self, executor_id: str) -> ExecutorSeen:
         """The last heartbeat of ``executor_id`` the worker heard (``NotFound``: none)."""
         path = f"/api/v1/executors/{quote(executor_id, safe='')}"
-        result: dict[str, Any] = await self._do(Call("GET", path))
-        return result
+        return await self._get(Call("GET", path), ExecutorSeen)
 
     async def watch(
         self, after: str | None = None, *, reconnect: bool = True, retry_delay: float = 1.0
-    ) -> AsyncGenerator[WatchEvent, None]:
+    ) -> AsyncGenerator[WatchEvent[Event], None]:
         """Phase changes after cursor ``after`` (None: from now on), forever (see the module
         docstring). With ``reconnect=False`` it ends when the connection does."""
         last = after
@@ -270,7 +303,7 @@ class AsyncClient:
                 return
             await asyncio.sleep(retry_delay)
 
-    async def _watch_once(self, after: str | None) -> AsyncIterator[WatchEvent]:
+    async def _watch_once(self, after: str | None) -> AsyncIterator[WatchEvent[Event]]:
         headers = {"Accept": "text/event-stream"}
         if after is not None:
             headers["Last-Event-ID"] = after
@@ -278,11 +311,22 @@ class AsyncClient:
         async with self._http.stream("GET", "/api/v1/runs/events", headers=headers, timeout=timeout) as response:  # fmt: skip
             if not response.is_success:
                 raise error_from_response(response.status_code, await response.aread())
-            parser = SseParser()
+            parser = SseParser(decode)
             async for line in response.aiter_lines():
                 item = parser.feed(line)
                 if item is not None:
                     yield item
+
+
+def _body(kind: type[_T], **values: Any) -> _T:
+    """The request Struct ``kind`` (``api.bodies``) of ``values`` (None: not given), each a
+    Struct or its JSON values, converted as the server decodes a body: a malformed one is
+    ``BadRequest`` in the server's words, before anything is sent. Rules beyond the fields
+    (``NewRun.check``) are the server's to judge."""
+    try:
+        return msgspec.convert({k: v for k, v in values.items() if v is not None}, kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request body: {explain(exc, kind)}") from None
 
 
 def _task_path(run_id: str, task_id: str) -> str:

@@ -1,17 +1,24 @@
 """The client's parts without I/O: request building, error parsing, retry timing, the SSE line
-parser (``api.client.AsyncClient`` does the I/O; ``Client`` runs it)."""
+parser (``api.client.AsyncClient`` does the I/O; ``Client`` runs it).
+
+Request bodies are the server's own Structs (``api.bodies``), encoded by msgspec; answers are
+decoded into the server's own response Structs (``api.views``, ``api.history``) by
+:func:`decode_body`, so the client and the server share one declaration of every shape.
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import httpx
+import msgspec
 import orjson
 
+from api.bodies import RecreateRun, RunAction, RunActionRequest, TaskActionRequest
 from api.errors import ApiError, error_for_status
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "auth_headers",
     "body_of",
     "content_of",
+    "decode_body",
     "error_from_response",
     "headers_of",
     "retry_delay",
@@ -65,12 +73,16 @@ def with_retry_key(call: Call) -> Call:
     return Call(call.method, call.path, call.params, call.body, headers)
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WatchEvent:
-    """One server-sent event: its resume ``cursor`` and the ``run.phase_changed`` envelope."""
+class WatchEvent(Generic[T]):
+    """One server-sent event: its resume ``cursor`` and the envelope it carries (from
+    ``AsyncClient.watch``: the ``run.phase_changed`` event, an ``events.Event``)."""
 
     cursor: str
-    event: dict[str, Any]
+    event: T
 
 
 _Params = list[tuple[str, str | int | float | bool | None]]
@@ -78,10 +90,12 @@ _Params = list[tuple[str, str | int | float | bool | None]]
 
 @dataclass(frozen=True, slots=True)
 class Call:
+    """One request; ``body`` is a request Struct (``api.bodies``), encoded as JSON."""
+
     method: str
     path: str
     params: _Params | None = None
-    body: Any = None
+    body: msgspec.Struct | None = None
     headers: dict[str, str] | None = None
 
 
@@ -104,40 +118,17 @@ def _if_match(expected_seq: int | None, key: str | None = None) -> dict[str, str
     return headers or None
 
 
-def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
-
-
 class Calls:
     """Request building shared by both clients (no I/O)."""
 
     @staticmethod
-    def create(
-        *,
-        group: str,
-        name: str | None,
-        tasks: Sequence[Mapping[str, Any]],
-        environment: Mapping[str, str] | None,
-        static_environment: Mapping[str, str] | None,
-        annotations: Mapping[str, str] | None,
-        setup_errors: Sequence[str | Mapping[str, Any]],
-    ) -> Call:
-        body = _drop_none(
-            {
-                "name": name,
-                "group": group,
-                "tasks": list(tasks),
-                "environment": environment,
-                "static_environment": static_environment,
-                "annotations": annotations,
-                "setup_errors": list(setup_errors) or None,
-            }
-        )
+    def create(body: msgspec.Struct) -> Call:
+        """``POST /runs`` with a ``NewRun`` (or a ``RecreateRun``)."""
         return Call("POST", "/api/v1/runs", body=body)
 
     @staticmethod
     def recreate(run_id: str, from_start: bool, environment: Mapping[str, str] | None) -> Call:
-        body = _drop_none({"run_id": run_id, "from_start": from_start, "environment": environment})
+        body = RecreateRun(run_id=run_id, from_start=from_start, environment=environment or {})
         return Call("POST", "/api/v1/runs", body=body)
 
     @staticmethod
@@ -164,12 +155,12 @@ class Calls:
 
     @staticmethod
     def run_action(
-        run_id: str, action: str, expected_seq: int | None, key: str | None = None
+        run_id: str, action: RunAction, expected_seq: int | None, key: str | None = None
     ) -> Call:
         return Call(
             "PUT",
             f"/api/v1/runs/{run_id}/actions",
-            body={"action_type": action},
+            body=RunActionRequest(action_type=action),
             headers=_if_match(expected_seq, key),
         )
 
@@ -177,7 +168,7 @@ class Calls:
     def task_action(
         run_id: str,
         task_id: str,
-        body: dict[str, Any],
+        body: TaskActionRequest,
         expected_seq: int | None,
         key: str | None = None,
     ) -> Call:
@@ -193,16 +184,28 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def body_of(response: httpx.Response) -> Any:
+def body_of(response: httpx.Response) -> bytes:
+    """The body of a 2xx answer (b"" for a 204); raises the ``api.errors`` class of any other."""
     if not response.is_success:
         raise error_from_response(response.status_code, response.content)
-    if response.status_code == 204 or not response.content:
-        return None
-    return orjson.loads(response.content)
+    return response.content
+
+
+def decode_body(content: bytes, kind: type[T], status: int = 200) -> T:
+    """``content`` (a 2xx answer) decoded into ``kind``, the server's own Struct. An answer the
+    Struct does not describe (a server of another version) raises ``ApiError`` with the status
+    and what did not fit."""
+    try:
+        return msgspec.json.decode(content, type=kind)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise ApiError(f"the answer (status {status}) is not a {kind.__name__}: {exc}", status=status) from None  # fmt: skip
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def content_of(call: Call) -> bytes | None:
-    return None if call.body is None else orjson.dumps(call.body)
+    return None if call.body is None else _encode(call.body)
 
 
 def headers_of(call: Call) -> dict[str, str]:
@@ -212,19 +215,25 @@ def headers_of(call: Call) -> dict[str, str]:
     return headers
 
 
-class SseParser:
-    """Lines of a ``text/event-stream`` → events (the subset the server sends: id, data)."""
+class SseParser(Generic[T]):
+    """Lines of a ``text/event-stream`` → events (the subset the server sends: id, data), each
+    decoded by ``decode`` (``events.decode`` for typed events; default: the JSON values)."""
 
-    def __init__(self) -> None:
+    @overload
+    def __init__(self: SseParser[Any]) -> None: ...
+    @overload
+    def __init__(self, decode: Callable[[bytes], T]) -> None: ...
+    def __init__(self, decode: Callable[[bytes], Any] = orjson.loads) -> None:
         self.cursor: str | None = None
         self._data: list[str] = []
+        self._decode = decode
 
-    def feed(self, line: str) -> WatchEvent | None:
+    def feed(self, line: str) -> WatchEvent[T] | None:
         if not line:
             if not self._data:
                 return None
             data, self._data = "\n".join(self._data), []
-            return WatchEvent(cursor=self.cursor or "", event=orjson.loads(data))
+            return WatchEvent(cursor=self.cursor or "", event=self._decode(data.encode()))
         if line.startswith(":"):
             return None  # a comment: heartbeat
         name, _, value = line.partition(":")

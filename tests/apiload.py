@@ -20,8 +20,9 @@ import httpx
 from agents.producer import EventProducer
 from api.client import AsyncClient
 from api.errors import ApiError, Unavailable, Unreachable
+from api.views import RunView, RunWithConfig
 from events.catalogue import TaskStatusChanged, make_event
-from events.model import TaskStatus
+from events.model import RunTask, TaskStatus
 from tests.harness import Worker
 
 T = TypeVar("T")
@@ -111,19 +112,19 @@ async def report(executor: EventProducer, run_id: str, task: str, status: TaskSt
     await executor.append([make_event(data, id=f"exec-{run_id}-{n}", run_id=run_id, at=1_780_000_000_000 + n)])  # fmt: skip
 
 
-def task_of(run: dict[str, Any], task_id: str) -> dict[str, Any]:
-    task: dict[str, Any] = next(t for t in run["tasks"] if t["id"] == task_id)
-    return task
+def task_of(run: RunView, task_id: str) -> RunTask:
+    return next(t for t in run.tasks if t.id == task_id)
 
 
-async def until(cl: Cluster, run_id: str, cond: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:  # fmt: skip
+async def until(cl: Cluster, run_id: str, cond: Callable[[RunView], bool]) -> RunWithConfig:
     """The run (read through random workers) once ``cond(run)`` holds; the last read otherwise."""
-    got: dict[str, Any] = {}
+    got = None
     for _ in range(300):
         got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
-        if cond(got["run"]):
+        if cond(got.run):
             break
         await asyncio.sleep(0.1)
+    assert got is not None
     return got
 
 
@@ -145,27 +146,27 @@ async def one_run(cl: Cluster, executor: EventProducer, group: str, problems: li
             group=group, name="ci", tasks=TASKS, environment={"DEPLOY_TOKEN": SECRET}
         ),
     )
-    run_id = created["run"]["id"]
+    run_id = created.run.id
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
     expect(got == created, f"{run_id}: read after create differs")
     # One key per logical action: a retry after a 503 (outcome unknown) is the same event.
     k = key()
     await cl.call("start", run_id, lambda c: c.start(run_id, idempotency_key=k))
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
-    expect(got["run"]["phase"] == "running", f"{run_id}: started but reads {got['run']['phase']}")
+    expect(got.run.phase == "running", f"{run_id}: started but reads {got.run.phase}")
     # The executor runs the ready root task; deploy then waits for its approval.
     await report(executor, run_id, "build", TaskStatus.RUNNING, 0)
     await report(executor, run_id, "build", TaskStatus.SUCCESS, 1)
-    got = await until(cl, run_id, lambda run: task_of(run, "deploy")["waiting_approval"])
+    got = await until(cl, run_id, lambda run: task_of(run, "deploy").waiting_approval)
     k = key()
     await cl.call("approve", run_id, lambda c: c.approve_task(run_id, "deploy", idempotency_key=k))
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
-    deploy = task_of(got["run"], "deploy")
-    expect(deploy["approved"], f"{run_id}: approved but reads {deploy}")
+    deploy = task_of(got.run, "deploy")
+    expect(deploy.approved, f"{run_id}: approved but reads {deploy}")
     await report(executor, run_id, "deploy", TaskStatus.RUNNING, 2)
     await report(executor, run_id, "deploy", TaskStatus.SUCCESS, 3)
-    got = await until(cl, run_id, lambda run: run["phase"] == "finished")
-    expect(got["run"]["phase"] == "finished", f"{run_id}: never finished")
+    got = await until(cl, run_id, lambda run: run.phase == "finished")
+    expect(got.run.phase == "finished", f"{run_id}: never finished")
     try:
         k = key()
         await cl.call("stop", run_id, lambda c: c.stop(run_id, idempotency_key=k))
@@ -173,14 +174,14 @@ async def one_run(cl: Cluster, executor: EventProducer, group: str, problems: li
     except ApiError as exc:
         expect(exc.status == 400, f"{run_id}: stop of a finished run answered {exc.status}")
     got = await cl.call("get", run_id, lambda c: c.get_run(run_id))
-    expect(got["run"]["result"] == "success", f"{run_id}: result {got['run']['result']}")
+    expect(got.run.result == "success", f"{run_id}: result {got.run.result}")
     new = await cl.call("recreate", run_id, lambda c: c.recreate_run(run_id, from_start=True))
-    new_id = new["run"]["id"]
+    new_id = new.run.id
     got = await cl.call("get", new_id, lambda c: c.get_run(new_id))
     expect(got == new, f"{new_id}: read after recreate differs")
     k1, k2 = key(), key()
     await cl.call("start", new_id, lambda c: c.start(new_id, idempotency_key=k1))
     await cl.call("stop", new_id, lambda c: c.stop(new_id, idempotency_key=k2))
     got = await cl.call("get", new_id, lambda c: c.get_run(new_id))
-    expect(got["run"]["stop"] is True, f"{new_id}: stopped but reads stop={got['run']['stop']}")
+    expect(got.run.stop is True, f"{new_id}: stopped but reads stop={got.run.stop}")
     return new_id

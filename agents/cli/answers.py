@@ -85,14 +85,12 @@ async def _from_history(client: AsyncClient, run_id: str, event_id: str, since_o
         history = await client.run_history(run_id)
     except (ApiError, OSError):
         return None  # no such run here yet, or no API to ask: runs.refusals may know
-    for entry in history.get("events", []):
-        if entry.get("event_id") == event_id and int(entry.get("offset", 0)) >= since_offset:
-            outcome = str(entry.get("outcome"))
-            reason = str(entry.get("reason", ""))
-            code = ""
+    for entry in history.events:
+        if entry.event_id == event_id and entry.offset >= since_offset:
+            outcome, reason, code = str(entry.outcome), entry.reason, ""
             if outcome == "refused":
                 with contextlib.suppress(ValueError):
-                    code = str(refusal_code(EventType(entry.get("type")), reason))
+                    code = str(refusal_code(EventType(entry.type), reason))
             return Answer(event_id, outcome, code, reason)
     return None
 

@@ -414,15 +414,17 @@ def _runs_stuck(client: Client, args: argparse.Namespace) -> None:
     """``runs stuck``: one line per run with no progress for ``--older-than`` seconds."""
     from datetime import UTC, datetime
 
+    import msgspec
+
     body = client.stuck(older_than=args.older_than)
     if args.json:
-        print(json.dumps(body, indent=2, sort_keys=True), file=args.out)
+        print(json.dumps(msgspec.to_builtins(body), indent=2, sort_keys=True), file=args.out)
         return
-    for r in body["runs"]:
-        since = datetime.fromtimestamp(r["since"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        tasks = f"  tasks {','.join(r['tasks'])}" if r["tasks"] else ""
-        print(f"{r['run_id']}  {r['phase']}  since {since}  {r['group']}{tasks}", file=args.out)
-    if body["partial"]:
+    for r in body.runs:
+        since = datetime.fromtimestamp(r.since / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        tasks = f"  tasks {','.join(r.tasks)}" if r.tasks else ""
+        print(f"{r.run_id}  {r.phase}  since {since}  {r.group}{tasks}", file=args.out)
+    if body.partial:
         print("partial: some worker or partition did not answer; runs may be missing", file=sys.stderr)  # fmt: skip
 
 

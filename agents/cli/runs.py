@@ -21,13 +21,19 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import msgspec
+
 from api.client import DEFAULT_URL, Client
 from api.errors import ApiError, NotFound
+from api.history import History
+from api.views import RunPage, RunWithConfig
+from events import Event, PhaseChanged
+from events.model import attempt_of, holder_of
 
 __all__ = [
     "WATCH_HEADER",
@@ -82,22 +88,27 @@ def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
-def _print_run(body: dict[str, Any], out: TextIO) -> None:
-    run = body["run"]
-    print(f"run {run['id']}  {run['name']}  {run['group']}", file=out)
-    print(f"phase {run['phase']}  result {run['result']}  revision {body.get('seq')}", file=out)
-    for err in body["run_config"].get("setup_errors", []):
-        print(f"setup error: {err['message']}", file=out)
-    waiting = body.get("waiting") or {}
-    if waiting.get("run"):
-        print(f"waiting for {waiting['run']['text']}", file=out)
-    why = {w["task_id"]: w["text"] for w in waiting.get("tasks", [])}
+def _print_run(body: RunWithConfig, out: TextIO) -> None:
+    run = body.run
+    print(f"run {run.id}  {run.name}  {run.group}", file=out)
+    print(f"phase {run.phase}  result {run.result}  revision {body.seq}", file=out)
+    for err in body.run_config.setup_errors:
+        print(f"setup error: {err.message}", file=out)
+    waiting = body.waiting
+    if waiting is not None and waiting.run is not None:
+        print(f"waiting for {waiting.run.text}", file=out)
+    why = {w.task_id: w.text for w in waiting.tasks} if waiting is not None else {}
     rows = [
-        (t["id"], t["status"], t.get("holder", ""), str(t.get("attempt", "")), why.get(t["id"], ""))
-        for t in run["tasks"]
+        (t.id, str(t.status), holder_of(t), _attempt(t.attempt), why.get(t.id, ""))
+        for t in run.tasks
     ]
     if rows:
         _table(["TASK", "STATUS", "HOLDER", "ATTEMPT", "WAITING FOR"], rows, out)
+
+
+def _attempt(attempt: object) -> str:
+    """A task's attempt as the table shows it: "" for the first (the API leaves it out)."""
+    return str(attempt) if isinstance(attempt, int) else ""
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -107,8 +118,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> N
 
 
 def _emit(args: argparse.Namespace, body: Any, table: Callable[[Any, TextIO], None]) -> None:
-    if args.json:
-        print(json.dumps(body, indent=2, sort_keys=True), file=args.out)
+    if args.json:  # the answer's JSON (a Struct as the server encoded it)
+        print(json.dumps(msgspec.to_builtins(body), indent=2, sort_keys=True), file=args.out)
     else:
         table(body, args.out)
 
@@ -150,38 +161,38 @@ def _list(c: Client, args: argparse.Namespace) -> None:
         last_run=args.lastrun, order=args.order, limit=args.limit, cursor=args.cursor,
     )  # fmt: skip
 
-    def table(body: Any, out: TextIO) -> None:
+    def table(body: RunPage, out: TextIO) -> None:
         rows = [
             (
-                r["id"],
-                f"#{r['counter']}" if r.get("counter") else "",
-                r.get("name", ""),
-                r["phase"],
-                r["result"],
-                r["group"],
-                *(_when(r.get(k)) for k in ("enqueue_time", "start_time", "end_time")),
+                r.id,
+                f"#{r.counter}" if r.counter else "",
+                r.name,
+                str(r.phase),
+                str(r.result),
+                r.group,
+                *(_when(t) for t in (r.enqueue_time, r.start_time, r.end_time)),
             )
-            for r in body["runs"]
+            for r in body.runs
         ]
         head = ["ID", "#", "NAME", "PHASE", "RESULT", "GROUP", "ENQUEUED", "STARTED", "ENDED"]
         _table(head, rows, out)
-        if body["next_cursor"]:
-            print(f"next page: --cursor {body['next_cursor']}", file=out)
+        if body.next_cursor:
+            print(f"next page: --cursor {body.next_cursor}", file=out)
 
     _emit(args, page, table)
 
 
 def _history(c: Client, args: argparse.Namespace) -> None:
-    def table(body: Any, out: TextIO) -> None:
+    def table(body: History, out: TextIO) -> None:
         rows = [
             (
-                f"{e['offset']}:{e['index']}",
-                e["outcome"],
-                e["type"],
-                e["event_id"],
-                e["reason"] or ("" if e["seq"] is None else f"revision {e['seq']}"),
+                f"{e.offset}:{e.index}",
+                str(e.outcome),
+                e.type,
+                e.event_id,
+                e.reason or ("" if e.seq is None else f"revision {e.seq}"),
             )
-            for e in body["events"]
+            for e in body.events
         ]
         _table(["OFFSET", "OUTCOME", "TYPE", "EVENT ID", "REVISION / REASON"], rows, out)
 
@@ -240,12 +251,14 @@ def _row(cells: Sequence[str]) -> str:
     return "  ".join([*padded, *cells[len(_WATCH_WIDTHS) :]]).rstrip()
 
 
-def watch_line(cursor: str, previous: str | None, event: Mapping[str, Any]) -> str:
+def watch_line(cursor: str, previous: str | None, event: Event) -> str:
     """One line of ``runs watch``: partition, offset, run, phase, result, group."""
-    d = event["data"]
-    where = event_position(cursor, previous, event["run_id"])
+    d = event.data
+    where = event_position(cursor, previous, event.run_id)
     partition, offset = (str(where[0]), str(where[1])) if where else ("?", "?")
-    return _row([partition, offset, event["run_id"], d["phase"], d["result"], d["group"]])
+    if not isinstance(d, PhaseChanged):  # the phase stream carries nothing else
+        return _row([partition, offset, event.run_id, str(event.type)])
+    return _row([partition, offset, event.run_id, str(d.phase), str(d.result), d.group])
 
 
 def _watch(c: Client, args: argparse.Namespace) -> None:
@@ -260,7 +273,8 @@ def _watch(c: Client, args: argparse.Namespace) -> None:
     try:
         for item in c.watch(after):
             if args.json:
-                print(json.dumps({"cursor": item.cursor, "event": item.event}), file=args.out, flush=True)  # fmt: skip
+                line = {"cursor": item.cursor, "event": msgspec.to_builtins(item.event)}
+                print(json.dumps(line), file=args.out, flush=True)
             else:
                 print(watch_line(item.cursor, last, item.event), file=args.out, flush=True)
             last = item.cursor
@@ -289,12 +303,12 @@ def report_event_id(
     return f"report.{digest.hexdigest()}"
 
 
-def task_attempt(body: Mapping[str, Any], task_id: str) -> int:
+def task_attempt(body: RunWithConfig, task_id: str) -> int:
     """The current attempt of ``task_id`` in a ``GET /runs/{id}`` answer (tasks carry
     ``attempt`` from 2 on); 1 when the task is not there."""
-    for task in body.get("run", {}).get("tasks", ()):
-        if task.get("id") == task_id:
-            return int(task.get("attempt") or 1)
+    for task in body.run.tasks:
+        if task.id == task_id:
+            return attempt_of(task)
     return 1
 
 

@@ -87,7 +87,7 @@ async def test_every_api_answer_matches_the_materialized_state(
 
             async def one(i: int) -> None:
                 body = await cl.call("create", "", lambda c: c.create_run(group=f"/project/{unique}/branch/b{i % 7}", name="r", tasks=TASKS))  # fmt: skip
-                run_id = body["run"]["id"]
+                run_id = body.run.id
                 answers.append(("create", run_id, f"{run_id}.created", 201))
                 if rng.random() < 0.5:
                     await conflict(run_id)

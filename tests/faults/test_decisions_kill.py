@@ -71,7 +71,7 @@ async def test_killing_the_owner_mid_decisions_appends_each_release_exactly_once
                 timed = i % 2 == 1
                 task = {"id": "t", "name": "t", **({"timeout_ms": TIMEOUT_MS} if timed else {})}
                 made = await client.create_run(group=f"/project/{unique}/branch/b{i}", name=f"r{i}", tasks=[task])  # fmt: skip
-                run_id = made["run"]["id"]
+                run_id = made.run.id
                 run_ids.append(run_id)
                 await client.start(run_id)
                 lease = 600_000 if timed else LEASE_MS  # the timed ones keep their lease
@@ -94,7 +94,7 @@ async def test_killing_the_owner_mid_decisions_appends_each_release_exactly_once
 
             async def all_ended() -> bool:
                 for run_id in run_ids:
-                    if (await client.get_run(run_id))["run"]["phase"] != "finished":
+                    if (await client.get_run(run_id)).run.phase != "finished":
                         return False
                 return True
 
@@ -102,8 +102,8 @@ async def test_killing_the_owner_mid_decisions_appends_each_release_exactly_once
             recovery = time.monotonic() - killed
             reasons = []
             for run_id in run_ids:
-                run = (await client.get_run(run_id))["run"]
-                reasons.append(run["tasks"][0]["reason"])
+                run = (await client.get_run(run_id)).run
+                reasons.append(run.tasks[0].reason)
         await asyncio.sleep(RETRY_AFTER + 2)  # a decision appended again would show by now
         counts = await _releases(s.kafka, s.topic_events)
         lost = sum(1 for r in run_ids if (r, "t", 1) not in counts)

@@ -43,9 +43,9 @@ async def test_the_api_of_a_real_worker(
             created = await client.create_run(
                 group=f"/project/{unique}/branch/main", name="ci", tasks=TASKS
             )
-            run_id = created["run"]["id"]
-            assert created["run"]["phase"] == "queued"
-            assert (await client.get_run(run_id))["run"]["phase"] == "queued"  # read-your-writes
+            run_id = created.run.id
+            assert created.run.phase == "queued"
+            assert (await client.get_run(run_id)).run.phase == "queued"  # read-your-writes
 
             await client.start(run_id)
             async with EventProducer(s.kafka, s.topic_events) as executor:
@@ -57,26 +57,26 @@ async def test_the_api_of_a_real_worker(
                                                       id=f"exec-{i}", run_id=run_id, at=1_780_000_000_000 + i)])  # fmt: skip
 
             async def finished() -> bool:
-                return (await client.get_run(run_id))["run"]["phase"] == "finished"
+                return (await client.get_run(run_id)).run.phase == "finished"
 
             await wait_until(finished, within=60, what="the run to finish")
-            run = (await client.get_run(run_id))["run"]
-            assert run["result"] == "success"
+            run = (await client.get_run(run_id)).run
+            assert run.result == "success"
 
             async def listed() -> bool:
                 page = await client.list_runs(groups=[f"/project/{unique}"])
-                return [(r["id"], r["phase"]) for r in page["runs"]] == [(run_id, "finished")]
+                return [(r.id, r.phase) for r in page.runs] == [(run_id, "finished")]
 
             await wait_until(listed, within=30, what="the index to list the finished run")
 
             async def streamed() -> bool:
-                return len([i for i in seen if i.event["run_id"] == run_id]) >= 3
+                return len([i for i in seen if i.event.run_id == run_id]) >= 3
 
             await wait_until(streamed, within=30, what="the phase changes on the event stream")
             watcher.cancel()
-            mine = [i for i in seen if i.event["run_id"] == run_id]
-            assert [i.event["data"]["seq"] for i in mine] == [1, 2, 3]
-            assert [i.event["data"]["phase"] for i in mine] == ["queued", "running", "finished"]
+            mine = [i for i in seen if i.event.run_id == run_id]
+            assert [i.event.data.seq for i in mine] == [1, 2, 3]
+            assert [i.event.data.phase for i in mine] == ["queued", "running", "finished"]
 
             # Resume from the first event's cursor: exactly the later ones, no repeat.
             resumed = []
@@ -84,7 +84,7 @@ async def test_the_api_of_a_real_worker(
                 resumed.append(item)
                 if len(resumed) == 2:
                     break
-            assert [i.event["data"]["seq"] for i in resumed] == [2, 3]
+            assert [i.event.data.seq for i in resumed] == [2, 3]
 
             with pytest.raises(NotFound):
                 await client.get_run("9999999999999999")
@@ -127,10 +127,10 @@ async def test_an_oversize_creation_is_413_and_leaves_no_trace(
 
             async def listed() -> bool:
                 page = await client.list_runs(groups=[group])
-                return [r["id"] for r in page["runs"]] == [small["run"]["id"]]
+                return [r.id for r in page.runs] == [small.run.id]
 
             await wait_until(listed, within=30, what="the index to list the small run only")
-            big_id = f"{int(small['run']['id']) - 1:016d}"  # the id the big one was given
+            big_id = f"{int(small.run.id) - 1:016d}"  # the id the big one was given
             with pytest.raises(NotFound):
                 await client.get_run(big_id)
     finally:

@@ -12,6 +12,7 @@ import pytest
 
 from api.client import AsyncClient
 from api.errors import ApiError, Conflict
+from api.views import TaskClaim
 from tests.harness import Worker, make_settings, prepare_topics, wait_healthy, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]
@@ -38,15 +39,18 @@ async def test_two_executors_claim_one_task_over_http_one_wins_and_the_run_finis
                 group=f"/project/{unique}/branch/main",
                 tasks=[{"id": "build", "name": "build"}],
             )
-            run_id = created["run"]["id"]
-            assert created["waiting"]["run"]["what"] == "slot"
+            run_id = created.run.id
+            assert created.waiting is not None
+            assert created.waiting.run is not None
+            assert created.waiting.run.what == "slot"
 
             async def running() -> bool:
-                return bool((await alice.get_run(run_id))["run"]["phase"] == "running")
+                return bool((await alice.get_run(run_id)).run.phase == "running")
 
             await wait_until(running, within=WAIT, what="the scheduler to start the run")
             got = await alice.get_run(run_id)
-            assert [t["what"] for t in got["waiting"]["tasks"]] == ["claim"]
+            assert got.waiting is not None
+            assert [t.what for t in got.waiting.tasks] == ["claim"]
 
             # Both executors claim the ready task at once: exactly one claim is applied.
             answers = await asyncio.gather(
@@ -54,15 +58,14 @@ async def test_two_executors_claim_one_task_over_http_one_wins_and_the_run_finis
                 bob.claim(run_id, "build", "exec-bob", lease_ms=60_000),
                 return_exceptions=True,
             )
-            won = [a for a in answers if isinstance(a, dict)]
+            won = [a for a in answers if isinstance(a, TaskClaim)]
             lost = [a for a in answers if isinstance(a, BaseException)]
             assert (len(won), len(lost)) == (1, 1), answers
             [claim], [refusal] = won, lost
-            holder = claim["executor_id"]
-            assert claim == {
-                "run_id": run_id, "task_id": "build", "executor_id": holder, "attempt": 1,
-                "lease_ms": 60_000,
-            }  # fmt: skip
+            holder = claim.executor_id
+            assert claim == TaskClaim(
+                run_id=run_id, task_id="build", executor_id=holder, attempt=1, lease_ms=60_000,
+            )  # fmt: skip
             assert isinstance(refusal, Conflict), refusal
             assert refusal.status == 409
             assert refusal.message == f"task 'build' is held by executor {holder}"
@@ -70,12 +73,14 @@ async def test_two_executors_claim_one_task_over_http_one_wins_and_the_run_finis
             holder_client = by_name[holder]
             other = "exec-bob" if holder == "exec-alice" else "exec-alice"
 
-            waits = (await alice.get_run(run_id))["waiting"]["tasks"]
-            assert (waits[0]["what"], waits[0]["executor"]) == ("executor", holder)
+            waiting = (await alice.get_run(run_id)).waiting
+            assert waiting is not None
+            waits = waiting.tasks
+            assert (waits[0].what, waits[0].executor) == ("executor", holder)
             stuck = await alice.stuck(older_than=0)
-            assert stuck["partial"] is False
-            assert [r["run_id"] for r in stuck["runs"]] == [run_id]
-            assert stuck["runs"][0]["tasks"] == ["build"]
+            assert stuck.partial is False
+            assert [r.run_id for r in stuck.runs] == [run_id]
+            assert list(stuck.runs[0].tasks) == ["build"]
 
             await holder_client.report(run_id, "build", "running", holder)
             with pytest.raises(Conflict) as held:
@@ -84,11 +89,11 @@ async def test_two_executors_claim_one_task_over_http_one_wins_and_the_run_finis
             await holder_client.report(run_id, "build", "success", holder)
 
             got = await alice.get_run(run_id)  # a 204 is the truth: the owner applied it
-            assert (got["run"]["phase"], got["run"]["result"]) == ("finished", "success")
-            assert got["run"]["tasks"][0]["holder"] == holder
-            assert got["waiting"] is None
+            assert (got.run.phase, got.run.result) == ("finished", "success")
+            assert got.run.tasks[0].holder == holder
+            assert got.waiting is None
             history = await alice.run_history(run_id)
-            types = [e["type"] for e in history["events"] if e["outcome"] == "applied"]
+            types = [e.type for e in history.events if e.outcome == "applied"]
             assert types.count("task.claimed") == 1
             assert types.count("task.status_changed") == 2
     except ApiError as exc:

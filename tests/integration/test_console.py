@@ -199,25 +199,25 @@ async def test_the_console_in_a_real_browser(
     try:
         await wait_healthy(url, within=120)
         async with AsyncClient(url) as client:
-            pipeline = (await client.create_run(group=f"{group}/branch/main", name="pipeline", tasks=PIPELINE, environment={"DEPLOY_KEY": "s3cr3t-value"}, annotations={"commit": "4f2a9c1"}))["run"]  # fmt: skip
-            lint = (await client.create_run(group=f"{group}/branch/dev", name="lint", tasks=LINT))["run"]  # fmt: skip
+            pipeline = (await client.create_run(group=f"{group}/branch/main", name="pipeline", tasks=PIPELINE, environment={"DEPLOY_KEY": "s3cr3t-value"}, annotations={"commit": "4f2a9c1"})).run  # fmt: skip
+            lint = (await client.create_run(group=f"{group}/branch/dev", name="lint", tasks=LINT)).run  # fmt: skip
 
             # ---- Runs: both listed, newest first, with their number and name.
             browser.get(f"{url}/ui/#/runs?group={group}")
             until(browser, "the phase stream", lambda d: d.find_element(By.ID, "stream-state").text == "live")  # fmt: skip
-            until(browser, "both runs listed with their names", lambda d: row_cells(d, lint["id"])["name"] == "lint" and row_cells(d, pipeline["id"])["name"] == "pipeline")  # fmt: skip
+            until(browser, "both runs listed with their names", lambda d: row_cells(d, lint.id)["name"] == "lint" and row_cells(d, pipeline.id)["name"] == "pipeline")  # fmt: skip
             ids = [r.get_attribute("data-run-id") for r in browser.find_elements(By.CSS_SELECTOR, "#runs-body tr")]  # fmt: skip
-            assert ids == [lint["id"], pipeline["id"]]  # newest first
-            cells = row_cells(browser, lint["id"])
+            assert ids == [lint.id, pipeline.id]  # newest first
+            cells = row_cells(browser, lint.id)
             assert (cells["phase"], cells["result"]) == ("queued", "unknown")
-            assert cells["counter"] == f"#{lint['counter']}" or lint["counter"] == 0
+            assert cells["counter"] == f"#{lint.counter}" or lint.counter == 0
             browser.execute_script("window.__notReloaded = true")
 
             # ---- The row follows the stream: started through the API, finished through the log.
-            await client.start(lint["id"])
-            until(browser, "lint's row to say running", lambda d: row_cells(d, lint["id"])["phase"] == "running")  # fmt: skip
-            await finish_tasks(s.kafka, s.topic_events, lint["id"], ["lint"], "exec")
-            until(browser, "lint's row to say finished / success", lambda d: (row_cells(d, lint["id"])["phase"], row_cells(d, lint["id"])["result"]) == ("finished", "success"))  # fmt: skip
+            await client.start(lint.id)
+            until(browser, "lint's row to say running", lambda d: row_cells(d, lint.id)["phase"] == "running")  # fmt: skip
+            await finish_tasks(s.kafka, s.topic_events, lint.id, ["lint"], "exec")
+            until(browser, "lint's row to say finished / success", lambda d: (row_cells(d, lint.id)["phase"], row_cells(d, lint.id)["result"]) == ("finished", "success"))  # fmt: skip
             assert browser.execute_script("return window.__notReloaded === true"), "page reloaded"
             browser.save_screenshot(str(shots / "runs.png"))
 
@@ -225,20 +225,20 @@ async def test_the_console_in_a_real_browser(
             # The run page's 5 s re-read is turned off: what it shows after the tasks end (no
             # phase change) comes from its ready-task stream alone.
             browser.execute_script("window.setInterval = () => 0")
-            browser.find_element(By.LINK_TEXT, pipeline["id"]).click()
-            until(browser, "the run page", lambda d: d.find_element(By.ID, "run-id").text == pipeline["id"])  # fmt: skip
+            browser.find_element(By.LINK_TEXT, pipeline.id).click()
+            until(browser, "the run page", lambda d: d.find_element(By.ID, "run-id").text == pipeline.id)  # fmt: skip
             # Only what the phase allows is offered: queued → start, cancel; running → stop.
             assert offered(browser) == ["action-start", "action-cancel"]
             browser.find_element(By.ID, "action-start").click()
             until(browser, "the run to be running", lambda d: d.find_element(By.ID, "run-phase").text == "running")  # fmt: skip
             until(browser, "only stop offered", lambda d: offered(d) == ["action-stop"])
 
-            await finish_tasks(s.kafka, s.topic_events, pipeline["id"], ["build", "test"], "exec")
+            await finish_tasks(s.kafka, s.topic_events, pipeline.id, ["build", "test"], "exec")
 
             async def deploy_waits() -> bool:
-                run = (await client.get_run(pipeline["id"]))["run"]
-                by_id = {t["id"]: t for t in run["tasks"]}
-                return by_id["test"]["status"] == "success" and by_id["deploy"]["waiting_approval"]
+                run = (await client.get_run(pipeline.id)).run
+                by_id = {t.id: t for t in run.tasks}
+                return by_id["test"].status == "success" and by_id["deploy"].waiting_approval
 
             await wait_until(deploy_waits, within=WAIT, what="deploy to wait for approval")
             # No reload, no re-read by timer: the page reads the run again on its task.ready
@@ -272,9 +272,9 @@ async def test_the_console_in_a_real_browser(
             until(browser, "deploy to be ready", lambda d: graph_tasks(d)["deploy"] == ("ready", "ready"))  # fmt: skip
             marks = browser.find_element(By.CSS_SELECTOR, '#task-graph g[data-task-id="deploy"] .task-marks').text  # fmt: skip
             assert "approved" in marks
-            deploy = next(t for t in (await client.get_run(pipeline["id"]))["run"]["tasks"] if t["id"] == "deploy")  # fmt: skip
-            assert deploy["approved"]
-            assert not deploy["waiting_approval"]
+            deploy = next(t for t in (await client.get_run(pipeline.id)).run.tasks if t.id == "deploy")  # fmt: skip
+            assert deploy.approved
+            assert not deploy.waiting_approval
             browser.save_screenshot(str(shots / "run-approved.png"))
 
             # ---- Dead letters: counts from /metrics, after one record the worker cannot read.
@@ -293,8 +293,8 @@ async def test_the_console_in_a_real_browser(
             await wait_until(counted, within=WAIT, what="the dead letter on /metrics")
             # A record without a key on a partition that is not its run's: a dead letter that
             # redrive sends where it belongs (keyed by its run id).
-            home = partition_for(lint["id"], s.partitions)
-            stray = make_event(TaskStatusChanged(task_id="lint", status=TaskStatus.SUCCESS), id="ui-redrive-me", run_id=lint["id"], at=1_780_000_000_999)  # fmt: skip
+            home = partition_for(lint.id, s.partitions)
+            stray = make_event(TaskStatusChanged(task_id="lint", status=TaskStatus.SUCCESS), id="ui-redrive-me", run_id=lint.id, at=1_780_000_000_999)  # fmt: skip
             producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all")
             await producer.start()
             try:
@@ -346,7 +346,7 @@ async def test_the_console_in_a_real_browser(
 
             async def history_ids() -> list[str]:
                 async with httpx.AsyncClient() as h:
-                    got = await h.get(f"{url}/api/v1/runs/{lint['id']}/history")
+                    got = await h.get(f"{url}/api/v1/runs/{lint.id}/history")
                 return [e["event_id"] for e in got.json()["events"]]
 
             assert "ui-redrive-me" not in await history_ids()  # a dry run sends nothing
@@ -363,7 +363,7 @@ async def test_the_console_in_a_real_browser(
             # ---- A phone's width: the runs page still reads.
             browser.set_window_size(390, 844)
             browser.get(f"{url}/ui/#/runs?group={group}")
-            until(browser, "the runs at phone width", lambda d: row_cells(d, pipeline["id"])["phase"] == "running")  # fmt: skip
+            until(browser, "the runs at phone width", lambda d: row_cells(d, pipeline.id)["phase"] == "running")  # fmt: skip
             browser.save_screenshot(str(shots / "runs-phone.png"))
 
             # ---- Nothing left 127.0.0.1, and no script failed.
@@ -394,17 +394,17 @@ async def test_the_console_with_an_api_token(
     try:
         await wait_healthy(url, within=120)
         async with AsyncClient(url, token=token) as client:
-            run = (await client.create_run(group=f"{group}/branch/main", name="ci", tasks=LINT))["run"]  # fmt: skip
+            run = (await client.create_run(group=f"{group}/branch/main", name="ci", tasks=LINT)).run  # fmt: skip
             browser.get(f"{url}/ui/#/runs?group={group}")
             refused = until(browser, "the 401", lambda d: "401" in d.find_element(By.ID, "runs-status").text and d.find_element(By.ID, "runs-status").text)  # fmt: skip
             assert "Authorization: Bearer" in refused
             browser.find_element(By.ID, "token").send_keys(token)
             browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
-            until(browser, "the run listed", lambda d: row_cells(d, run["id"])["name"] == "ci")
+            until(browser, "the run listed", lambda d: row_cells(d, run.id)["name"] == "ci")
             until(browser, "the phase stream", lambda d: d.find_element(By.ID, "stream-state").text == "live")  # fmt: skip
             assert browser.execute_script("return sessionStorage.getItem('runstream.token')") == token  # fmt: skip
-            await client.start(run["id"])
-            until(browser, "the row to say running", lambda d: row_cells(d, run["id"])["phase"] == "running")  # fmt: skip
+            await client.start(run.id)
+            until(browser, "the row to say running", lambda d: row_cells(d, run.id)["phase"] == "running")  # fmt: skip
             browser.save_screenshot(str(tmp_path / "runs-with-token.png"))
             assert requested_hosts(browser) == {"http://127.0.0.1"}
             assert script_errors(browser) == []

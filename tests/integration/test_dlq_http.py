@@ -42,8 +42,8 @@ async def test_dead_letters_over_http(
     try:
         await wait_healthy(url)
         async with AsyncClient(url, token="admin-token") as client:
-            run = (await client.create_run(group=f"/project/{unique}/branch/main", name="r", tasks=[{"id": "a", "name": "a"}]))["run"]  # fmt: skip
-        run_id = run["id"]
+            run = (await client.create_run(group=f"/project/{unique}/branch/main", name="r", tasks=[{"id": "a", "name": "a"}])).run  # fmt: skip
+        run_id = run.id
         home = partition_for(run_id, s.partitions)
         producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all")
         await producer.start()

@@ -35,6 +35,7 @@ from agents.resources import Resources
 from api.client import AsyncClient
 from events import (
     EventType,
+    RunTask,
     TaskClaimed,
     TaskStatus,
     TaskStatusChanged,
@@ -112,9 +113,9 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def _task(client: AsyncClient, run_id: str, task: str) -> dict[str, Any]:
-    tasks = (await client.get_run(run_id))["run"]["tasks"]
-    return next(t for t in tasks if t["id"] == task)  # type: ignore[no-any-return]
+async def _task(client: AsyncClient, run_id: str, task: str) -> RunTask:
+    tasks = (await client.get_run(run_id)).run.tasks
+    return next(t for t in tasks if t.id == task)
 
 
 async def _answers(s: Any) -> dict[str, dict[str, Any]]:
@@ -156,14 +157,14 @@ async def test_a_killed_executor_loses_its_task_and_no_run_waits_for_ever(
     try:
         await wait_healthy(url)
         async with AsyncClient(url) as client, EventProducer(s.kafka, s.topic_events) as producer:
-            first = (await client.create_run(group=group, name="a", tasks=[{"id": "build", "name": "build", "retries": 1}]))["run"]["id"]  # fmt: skip
-            second = (await client.create_run(group=group, name="b", tasks=[{"id": "t", "name": "t"}]))["run"]["id"]  # fmt: skip
+            first = (await client.create_run(group=group, name="a", tasks=[{"id": "build", "name": "build", "retries": 1}])).run.id  # fmt: skip
+            second = (await client.create_run(group=group, name="b", tasks=[{"id": "t", "name": "t"}])).run.id  # fmt: skip
 
             async def phase(run_id: str, want: str) -> bool:
-                return bool((await client.get_run(run_id))["run"]["phase"] == want)
+                return bool((await client.get_run(run_id)).run.phase == want)
 
             await wait_until(lambda: phase(first, "running"), within=60, what="the first run to start")  # fmt: skip
-            assert (await client.get_run(second))["run"]["phase"] == "queued"
+            assert (await client.get_run(second)).run.phase == "queued"
 
             ex1, ex2 = Executor(producer, "ex-1"), Executor(producer, "ex-2")
             beats = executor_process(s.kafka, s.topic_heartbeats, "ex-1", tmp_path / "ex1.log")
@@ -172,11 +173,11 @@ async def test_a_killed_executor_loses_its_task_and_no_run_waits_for_ever(
 
             async def held() -> bool:
                 t = await _task(client, first, "build")
-                return bool(t.get("holder") == "ex-1" and t["status"] == "running")
+                return bool(t.holder == "ex-1" and t.status == "running")
 
             await wait_until(held, within=30, what="ex-1 to hold build")
             await asyncio.sleep(2 * LEASE_MS / 1000)  # its heartbeats keep the task
-            assert (await _task(client, first, "build"))["status"] == "running"
+            assert (await _task(client, first, "build")).status == "running"
 
             beats.kill()  # SIGKILL: the executor's host is gone
             beats.wait()
@@ -184,14 +185,14 @@ async def test_a_killed_executor_loses_its_task_and_no_run_waits_for_ever(
 
             async def back_to_ready() -> bool:
                 t = await _task(client, first, "build")
-                return bool(t["status"] == "notstarted" and t.get("attempt") == 2)
+                return bool(t.status == "notstarted" and t.attempt == 2)
 
             await wait_until(back_to_ready, within=30, what="build to be released and ready again")
             print(
                 f"released {time.monotonic() - killed:.2f} s after the kill (lease {LEASE_MS} ms)"
             )
             t = await _task(client, first, "build")
-            assert t.get("released") == ["ex-1"]
+            assert t.released == ("ex-1",)
 
             # The dead executor comes back: refused, and told so on runs.refusals.
             late = await ex1.report(first, "build", TaskStatus.SUCCESS)
@@ -199,7 +200,7 @@ async def test_a_killed_executor_loses_its_task_and_no_run_waits_for_ever(
             await ex2.report(first, "build", TaskStatus.RUNNING)
             await ex2.report(first, "build", TaskStatus.SUCCESS)
             await wait_until(lambda: phase(first, "finished"), within=30, what="the first run to finish")  # fmt: skip
-            assert (await client.get_run(first))["run"]["result"] == "success"
+            assert (await client.get_run(first)).run.result == "success"
 
             async def answered() -> bool:
                 return late in await _answers(s)
@@ -211,9 +212,9 @@ async def test_a_killed_executor_loses_its_task_and_no_run_waits_for_ever(
             await wait_until(lambda: phase(second, "running"), within=60, what="the second run to start")  # fmt: skip
             await Executor(producer, "ex-3").claim(second, "t")
             await wait_until(lambda: phase(second, "finished"), within=30, what="the second run to end")  # fmt: skip
-            assert (await client.get_run(second))["run"]["result"] == "failed"
+            assert (await client.get_run(second)).run.result == "failed"
             t = await _task(client, second, "t")
-            assert (t["status"], t["reason"]) == ("failed", "executor_lost")
+            assert (t.status, t.reason) == ("failed", "executor_lost")
 
             releases = await _released(s)
             assert sorted((e.run_id, e.data.task_id, e.data.attempt) for e in releases) == sorted(
@@ -251,7 +252,7 @@ async def test_two_executors_claim_one_task_at_once_and_exactly_one_holds_it(
             EventProducer(s.kafka, s.topic_events) as p1,
             EventProducer(s.kafka, s.topic_events) as p2,
         ):
-            run_id = (await client.create_run(group=f"/project/{unique}/branch/main", name="c", tasks=[{"id": "a", "name": "a"}]))["run"]["id"]  # fmt: skip
+            run_id = (await client.create_run(group=f"/project/{unique}/branch/main", name="c", tasks=[{"id": "a", "name": "a"}])).run.id  # fmt: skip
             await client.start(run_id)
             ids = await asyncio.gather(
                 Executor(p1, "left").claim(run_id, "a", lease_ms=30_000),
@@ -260,16 +261,16 @@ async def test_two_executors_claim_one_task_at_once_and_exactly_one_holds_it(
 
             async def judged() -> bool:
                 history = await client.run_history(run_id)
-                return {e["event_id"] for e in history["events"]} >= set(ids)
+                return {e.event_id for e in history.events} >= set(ids)
 
             await wait_until(judged, within=30, what="both claims to be judged")
-            history = {e["event_id"]: e for e in (await client.run_history(run_id))["events"]}
-            outcomes = sorted(history[i]["outcome"] for i in ids)
+            history = {e.event_id: e for e in (await client.run_history(run_id)).events}
+            outcomes = sorted(history[i].outcome for i in ids)
             assert outcomes == ["applied", "refused"]
-            winner = next(i for i in ids if history[i]["outcome"] == "applied")
+            winner = next(i for i in ids if history[i].outcome == "applied")
             loser = next(i for i in ids if i != winner)
             holder = "left" if winner == ids[0] else "right"
-            assert (await _task(client, run_id, "a"))["holder"] == holder
+            assert (await _task(client, run_id, "a")).holder == holder
 
             async def answered() -> bool:
                 return loser in await _answers(s)
@@ -327,18 +328,18 @@ async def test_a_claimed_task_past_its_timeout_fails_and_its_on_failure_child_ru
     try:
         await wait_healthy(url)
         async with AsyncClient(url) as client, EventProducer(s.kafka, s.topic_events) as producer:
-            run_id = (await client.create_run(group=f"/project/{unique}/branch/main", name="t", tasks=tasks))["run"]["id"]  # fmt: skip
+            run_id = (await client.create_run(group=f"/project/{unique}/branch/main", name="t", tasks=tasks)).run.id  # fmt: skip
             await client.start(run_id)
             await Executor(producer, "sleepy").claim(run_id, "slow", lease_ms=600_000)
             claimed = time.monotonic()
 
             async def timed_out() -> bool:
-                return bool((await _task(client, run_id, "slow"))["status"] == "failed")
+                return bool((await _task(client, run_id, "slow")).status == "failed")
 
             await wait_until(timed_out, within=30, what="the task to time out")
             print(f"timed out {time.monotonic() - claimed:.2f} s after the claim (timeout 2 s)")
             slow = await _task(client, run_id, "slow")
-            assert slow["reason"] == "timeout"
+            assert slow.reason == "timeout"
 
             async def child_ready() -> bool:
                 for rows in (await read_topic(s.kafka, s.topic_tasks)).values():
@@ -349,7 +350,7 @@ async def test_a_claimed_task_past_its_timeout_fails_and_its_on_failure_child_ru
                 return False
 
             await wait_until(child_ready, within=30, what="fix's task.ready")
-            run = (await client.get_run(run_id))["run"]
-            assert (run["phase"], run["result"]) == ("running", "failed")
+            run = (await client.get_run(run_id)).run
+            assert (run.phase, run.result) == ("running", "failed")
     finally:
         worker.stop()

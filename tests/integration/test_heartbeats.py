@@ -70,7 +70,7 @@ async def test_a_worker_hears_heartbeats_from_http_the_cli_and_any_producer(
                     seen = await client.get_executor(executor_id)
                 except NotFound:
                     return False
-                return all(seen[k] == v for k, v in expected.items())
+                return all(getattr(seen, k) == v for k, v in expected.items())
 
             # The follower reads from the end once it is positioned: until then a heartbeat is
             # not heard. Send until one is, then every later one must be.

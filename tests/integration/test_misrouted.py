@@ -73,14 +73,14 @@ async def test_wrong_partition_and_keyless_records_are_dead_letters_and_redrive_
                 await client.create_run(
                     group=f"/project/{unique}/branch/main", name="ci", tasks=TASKS
                 )
-            )["run"]["id"]
+            ).run.id
             await client.start(run_id)
             home = partition_for(run_id, PARTITIONS)
             wrong, keyless_at = (home + 1) % PARTITIONS, (home + 2) % PARTITIONS
 
             async def task_statuses() -> dict[str, str]:
-                run = (await client.get_run(run_id))["run"]
-                return {t["id"]: t["status"] for t in run["tasks"]}
+                run = (await client.get_run(run_id)).run
+                return {t.id: t.status for t in run.tasks}
 
             # The wrong partitioner: key = run id, but a partition murmur2 does not give it.
             build = [
@@ -181,13 +181,13 @@ async def test_wrong_partition_and_keyless_records_are_dead_letters_and_redrive_
             assert [(p.key, p.partition) for p in plans] == [(run_id.encode(), home)] * 3
 
             async def finished() -> bool:
-                return bool((await client.get_run(run_id))["run"]["phase"] == "finished")
+                return bool((await client.get_run(run_id)).run.phase == "finished")
 
             await wait_until(finished, within=60, what="the run to finish")
-            run = (await client.get_run(run_id))["run"]
-            assert run["result"] == "success"
-            history = (await client.run_history(run_id))["events"]
-            assert all(e["outcome"] != "refused" for e in history), history
+            run = (await client.get_run(run_id)).run
+            assert run.result == "success"
+            history = (await client.run_history(run_id)).events
+            assert all(e.outcome != "refused" for e in history), history
             async with httpx.AsyncClient() as h:
                 text = (await h.get(f"{url}/metrics")).text
             assert metric(text, "runstream_events_rejected_total", "unknown_run") == 0

@@ -100,7 +100,7 @@ async def test_ready_tasks_land_on_runs_tasks_and_runs_phases_carries_phase_chan
             runs = []
             for n in range(4):  # spread over the partitions
                 created = await client.create_run(group=f"/project/{unique}/branch/b{n}", name="t", tasks=TASKS)  # fmt: skip
-                run_id = created["run"]["id"]
+                run_id = created.run.id
                 runs.append(run_id)
                 await client.start(run_id)
                 for tid in ("compile", "lint", "test"):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ import pytest
 from agents.producer import EventProducer
 from api.client import AsyncClient
 from api.errors import ApiError
+from api.views import RunView
 from events.catalogue import TaskStatusChanged, make_event
 from events.model import TaskStatus
 from tests.harness import Worker, free_port, make_settings, prepare_topics, wait_until
@@ -51,10 +52,10 @@ async def _retrying(call: Callable[[], Awaitable[T]], *, within: float = 90) -> 
             await asyncio.sleep(0.5)
 
 
-def max_overlap(runs: list[dict[str, Any]]) -> int:
+def max_overlap(runs: list[RunView]) -> int:
     """The most runs running at one instant, from their [start, end) times."""
     points = sorted(
-        itertools.chain.from_iterable(((r["start_time"], 1), (r["end_time"], -1)) for r in runs),
+        itertools.chain.from_iterable(((r.start_time, 1), (r.end_time, -1)) for r in runs),
         key=lambda p: (p[0], p[1]),  # an end at the same millisecond as a start comes first
     )
     now = best = 0
@@ -85,7 +86,7 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
     created: list[str] = []  # run ids in creation order
     finished: set[str] = set()
     reported: set[str] = set()
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, RunView] = {}
     try:
 
         async def healthy() -> bool:
@@ -106,13 +107,13 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
                 c = clients[alive[(i // 2) % len(alive)]]
                 group = groups[i % 2]
                 made = await _retrying(lambda: c.create_run(group=group, name="ci", tasks=TASKS))
-                assert made["run"]["phase"] == "queued"
-                rid = made["run"]["id"]
+                assert made.run.phase == "queued"
+                rid = made.run.id
                 created.append(rid)
 
                 async def listed() -> bool:
                     pages = [await clients[a].list_runs(groups=[group]) for a in alive]
-                    return all(rid in {r["id"] for r in p["runs"]} for p in pages)
+                    return all(rid in {r.id for r in p.runs} for p in pages)
 
                 await wait_until(listed, within=60, what=f"run {rid} in every index")
 
@@ -122,15 +123,15 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
                 for rid in created:
                     if rid in finished:
                         continue
-                    run = (await _retrying(lambda rid=rid: c.get_run(rid)))["run"]  # type: ignore[misc]
+                    run = (await _retrying(lambda rid=rid: c.get_run(rid))).run  # type: ignore[misc]
                     runs[rid] = run
-                    if run["phase"] == "finished":
+                    if run.phase == "finished":
                         finished.add(rid)
-                    elif run["phase"] == "running" and rid not in reported:
+                    elif run.phase == "running" and rid not in reported:
                         reported.add(rid)
                         # Real time (the same clock as the scheduler's starts): the end time
                         # is when the run really ended, after this test saw it running.
-                        at = max(int(time.time() * 1000), run["start_time"] + 1)
+                        at = max(int(time.time() * 1000), run.start_time + 1)
                         events = [
                             make_event(
                                 TaskStatusChanged(task_id="a", status=st),
@@ -160,16 +161,16 @@ async def test_the_scheduler_caps_each_group_across_two_workers_and_a_kill(
         for c in clients:
             await c.aclose()
         for g in groups:
-            mine = [runs[r] for r in created if runs[r]["group"] == g]
+            mine = [runs[r] for r in created if runs[r].group == g]
             assert len(mine) == 6
-            assert all(r["start_time"] is not None for r in mine)
+            assert all(r.start_time is not None for r in mine)
             assert max_overlap(mine) <= n, f"{g}: more than {n} runs ran at once"
         # Run numbers: one sequence for the project, dense, in creation order.
-        assert [runs[r]["counter"] for r in created] == list(range(1, len(created) + 1))
+        assert [runs[r].counter for r in created] == list(range(1, len(created) + 1))
         if n == 1:  # one at a time: started in creation order (whatever the ids' order)
             for g in groups:
-                mine = [r for r in created if runs[r]["group"] == g]
-                assert sorted(mine, key=lambda r: runs[r]["start_time"]) == mine
+                mine = [r for r in created if runs[r].group == g]
+                assert sorted(mine, key=lambda r: runs[r].start_time) == mine
     finally:
         for w in workers:
             w.stop()

@@ -54,7 +54,7 @@ def s3_settings(unique: str, kafka: str, etcd: str, ep: S3Endpoint, bucket: str)
 async def names_listed(s: Settings) -> list[str]:
     async with AsyncClient(f"http://127.0.0.1:{s.web_port}") as client:
         page = await client.list_runs(groups=["/project/shared"], limit=100)
-    return sorted(r["name"] for r in page["runs"])
+    return sorted(r.name for r in page.runs)
 
 
 async def object_keys(resources: Resources) -> list[str]:

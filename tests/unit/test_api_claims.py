@@ -18,6 +18,7 @@ from api import create_api
 from api.cluster import ClusterKey
 from api.errors import BadRequest, Conflict
 from api.service import task_refusal
+from api.views import StuckRuns, TaskClaim
 from events import EventType, TaskReleased, TaskStatus, make_event
 from events.catalogue import ReleaseReason
 from partition.admission import RefusalCode, refusal_code
@@ -341,10 +342,10 @@ async def test_stuck_merges_every_workers_partitions_and_says_when_one_did_not_a
 async def test_client_claim_report_and_stuck(kind: str) -> None:
     async with served() as (tc, fakes), open_client(kind, url_of(tc)) as c:
         body = await c.create_run(name="b", group=GROUP, tasks=[task("build"), task("a b")])
-        run_id = body["run"]["id"]
+        run_id = body.run.id
         await c.start(run_id)
         got = await c.claim(run_id, "build", "runner-7", lease_ms=15_000)
-        assert got == {"run_id": run_id, "task_id": "build", "executor_id": "runner-7", "attempt": 1, "lease_ms": 15_000}  # fmt: skip
+        assert got == TaskClaim(run_id=run_id, task_id="build", executor_id="runner-7", attempt=1, lease_ms=15_000)  # fmt: skip
         with pytest.raises(Conflict) as held:
             await c.claim(run_id, "build", "runner-8")
         assert (held.value.status, held.value.message) == (409, "task 'build' is held by executor runner-7")  # fmt: skip
@@ -354,11 +355,11 @@ async def test_client_claim_report_and_stuck(kind: str) -> None:
         await c.report(run_id, "build", "success", executor_id="runner-7", idempotency_key="k1")
         await c.report(run_id, "build", "success", executor_id="runner-7", idempotency_key="k1")
         # A task id that is not a path segment as it is.
-        assert (await c.claim(run_id, "a b", "runner-7"))["task_id"] == "a b"
+        assert (await c.claim(run_id, "a b", "runner-7")).task_id == "a b"
         await c.report(run_id, "a b", "success", "runner-7")
-        assert (await c.get_run(run_id))["run"]["phase"] == "finished"
+        assert (await c.get_run(run_id)).run.phase == "finished"
         fakes.owners.now_ms = 2**42
-        assert (await c.stuck(older_than=1)) == {"runs": [], "partial": False}
+        assert (await c.stuck(older_than=1)) == StuckRuns(runs=(), partial=False)
         claims = [e for e in fakes.owners.events if e.type is EventType.TASK_CLAIMED]
         assert len(claims) == 2  # the refused one was never appended
 

@@ -73,11 +73,11 @@ async def test_client_round_trip_and_each_error_class_with_the_server_message(ki
     async with served(api_token="tok", max_body_bytes=4096) as (tc, fakes):
         async with open_client(kind, url_of(tc), token="tok") as c:
             body = await c.create_run(name="b", group=GROUP, tasks=[task("a")])
-            run_id = body["run"]["id"]
-            assert (await c.get_run(run_id))["run"]["phase"] == "queued"
-            await c.start(run_id, expected_seq=body["seq"])
+            run_id = body.run.id
+            assert (await c.get_run(run_id)).run.phase == "queued"
+            await c.start(run_id, expected_seq=body.seq)
             with pytest.raises(Conflict) as conflict:
-                await c.stop(run_id, expected_seq=body["seq"])
+                await c.stop(run_id, expected_seq=body.seq)
             assert conflict.value.status == 409
             assert "changed meanwhile" in conflict.value.message
             with pytest.raises(BadRequest, match="only a queued run starts") as bad:
@@ -89,7 +89,7 @@ async def test_client_round_trip_and_each_error_class_with_the_server_message(ki
                 await c.create_run(group=GROUP, name="x", tasks=[task("a")], annotations={"k": "v" * 5000})  # fmt: skip
             fakes.materialize()
             page = await c.list_runs(groups=[GROUP], phases=["running"])
-            assert [r["id"] for r in page["runs"]] == [run_id]
+            assert [r.id for r in page.runs] == [run_id]
             fakes.owners.fail_with = RuntimeError("boom")
             with pytest.raises(ServerError) as err:
                 await c.get_run(run_id)
@@ -104,7 +104,7 @@ async def test_sync_client_errors_carry_status_and_message() -> None:
 
         def calls() -> tuple[str, ApiError]:
             with Client(url_of(tc)) as c:
-                run_id = c.create_run(group=GROUP, setup_errors=["broken"])["run"]["id"]
+                run_id = c.create_run(group=GROUP, setup_errors=["broken"]).run.id
                 try:
                     c.recreate_run(run_id)
                 except ApiError as exc:
@@ -168,7 +168,7 @@ async def test_watch_resumes_across_dropped_connections_without_loss_or_repetiti
                 if len(got) == 6:
                     break
         assert [i.cursor for i in got] == ["1", "2", "3", "4", "5", "6"]
-        assert [i.event["run_id"][-1] for i in got] == ["2", "3", "4", "5", "6", "7"]
+        assert [i.event.run_id[-1] for i in got] == ["2", "3", "4", "5", "6", "7"]
         fakes.feed.truncate(5)
         async with AsyncClient(url_of(tc)) as c:
             with pytest.raises(Gone):
@@ -296,7 +296,7 @@ def test_every_runs_command_has_help() -> None:
 @both
 async def test_client_retry_with_an_idempotency_key_is_applied_once(kind: str) -> None:
     async with served() as (tc, fakes), open_client(kind, url_of(tc)) as c:
-        run_id = (await c.create_run(name="b", group=GROUP, tasks=[task("a")]))["run"]["id"]
+        run_id = (await c.create_run(name="b", group=GROUP, tasks=[task("a")])).run.id
         await c.start(run_id, idempotency_key="attempt-1")
         await c.start(run_id, idempotency_key="attempt-1")  # a retry after a lost answer
         starts = [e for e in fakes.owners.events if e.type.value == "run.start_requested"]
@@ -317,8 +317,8 @@ async def test_a_creation_with_the_same_idempotency_key_is_one_run() -> None:
         first = await c.create_run(**new_run(), idempotency_key="hook-1")
         again = await c.create_run(**new_run(), idempotency_key="hook-1")
         other = await c.create_run(**new_run())
-    assert first["run"]["id"] == again["run"]["id"]
-    assert other["run"]["id"] != first["run"]["id"]
+    assert first.run.id == again.run.id
+    assert other.run.id != first.run.id
     assert set(fakes.creation_keys.records) >= {"hook-1"}
 
 

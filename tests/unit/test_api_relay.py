@@ -74,7 +74,7 @@ async def test_any_worker_answers_any_request_through_the_owner() -> None:
     async with pair() as p, AsyncClient(p.url_a) as ca, AsyncClient(p.url_b) as cb:
         created = [await (ca if i % 2 else cb).create_run(**new_run(task("a"))) for i in range(6)]
         for body in created:
-            run_id = body["run"]["id"]
+            run_id = body.run.id
             owner = p.b if int(run_id) % 2 == 0 else p.a
             other = p.a if owner is p.b else p.b
             assert run_id in owner.owners.states  # applied by the owner ...
@@ -82,13 +82,13 @@ async def test_any_worker_answers_any_request_through_the_owner() -> None:
             for c in (ca, cb):  # read from either worker: the owner's live state
                 assert await c.get_run(run_id) == body
         # Actions through the non-owner: the owner's refusal comes back unchanged.
-        run_id = created[0]["run"]["id"]
+        run_id = created[0].run.id
         non_owner = ca if int(run_id) % 2 == 0 else cb
         await non_owner.start(run_id)
         with pytest.raises(BadRequest, match="only a queued run starts"):
             await non_owner.start(run_id)
         got = await non_owner.get_run(run_id)
-        assert got["run"]["phase"] == "running"
+        assert got.run.phase == "running"
 
 
 async def test_the_relay_passes_status_headers_and_body_back_unchanged() -> None:
@@ -117,15 +117,15 @@ async def test_the_relay_passes_status_headers_and_body_back_unchanged() -> None
 
 async def test_a_recreation_reads_the_old_run_from_its_owner() -> None:
     async with pair() as p, AsyncClient(p.url_a) as ca:
-        old = (await ca.create_run(**new_run(task("a"))))["run"]["id"]  # id 1, at A
+        old = (await ca.create_run(**new_run(task("a")))).run.id  # id 1, at A
         await ca.cancel(old)
         new = await ca.create_run(**new_run(task("a")))  # id 2 at B, so the next one is 3 at A
-        assert new["run"]["id"] == "0000000000000002"
+        assert new.run.id == "0000000000000002"
         await ca.start("0000000000000002")
         await ca.stop("0000000000000002")
         # Recreate run 2 (owned by B) through A: the new run gets id 3 (A), A reads 2 from B.
         body = await ca.recreate_run("0000000000000002", from_start=True)
-        assert body["run"]["id"] == "0000000000000003"
+        assert body.run.id == "0000000000000003"
         assert "0000000000000003" in p.a.owners.states
 
 
@@ -210,10 +210,10 @@ async def test_the_client_retries_503_then_succeeds() -> None:
             # Retried with the Idempotency-Key the client adds: the key's record keeps id 1, so
             # the retry creates that run once its owner settles, never a second one.
             created = await c.create_run(**new_run())
-            assert created["run"]["id"] == "0000000000000001"
+            assert created.run.id == "0000000000000001"
             assert len(fakes.creation_keys.records) == 1
             await settling
-            run_id = created["run"]["id"]
+            run_id = created.run.id
             # Actions carry an Idempotency-Key, so a retried action is applied once.
             fakes.owners.routes[run_id] = Unsettled("rebalance")
             settling = asyncio.ensure_future(settle())

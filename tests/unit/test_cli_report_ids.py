@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 
 from agents.cli.main import _report_id, build_parser
@@ -27,10 +28,28 @@ from agents.cli.runs import (
     task_attempt,
     watch_line,
 )
+from api.history import History
+from api.views import RunConfigView, RunView, RunWithConfig
 from api.wire import WatchEvent
+from events import Event, Phase, PhaseChanged, PlannedTask, Result, RunTask, make_event
+from partition.history import HistoryEntry, HistoryOutcome
 from partition.placement import partition_for
 
 RUN = "0000000000000042"
+
+
+def _run(tasks: dict[str, int | None]) -> RunWithConfig:
+    """A ``GET /runs/{id}`` answer whose tasks (id → attempt, None: the first) are not started."""
+    shown = tuple(
+        RunTask(id=t) if attempt is None else RunTask(id=t, attempt=attempt)
+        for t, attempt in tasks.items()
+    )
+    planned = tuple(PlannedTask(id=t, name=t) for t in tasks)
+    return RunWithConfig(
+        run=RunView(id=RUN, name="r", group="/project/p", tasks=shown),
+        run_config=RunConfigView(id=RUN, name="r", group="/project/p", tasks=planned),
+        seq=1,
+    )
 
 
 # -- the derived id ------------------------------------------------------------------------------
@@ -61,11 +80,11 @@ def test_the_attempt_and_every_other_input_change_it() -> None:
 
 
 def test_the_attempt_comes_from_the_run_as_the_api_shows_it() -> None:
-    body = {"run": {"tasks": [{"id": "build", "status": "ready", "attempt": 2}, {"id": "test", "status": "notstarted"}]}}  # fmt: skip
+    body = _run({"build": 2, "test": None})
     assert task_attempt(body, "build") == 2
     assert task_attempt(body, "test") == 1  # no attempt shown: the first
     assert task_attempt(body, "deploy") == 1  # not in the run: the report will be refused
-    assert task_attempt({}, "build") == 1
+    assert task_attempt(_run({}), "build") == 1
 
 
 # -- reading the attempt over the API ------------------------------------------------------------
@@ -81,8 +100,7 @@ class _Api(BaseHTTPRequestHandler):
         if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
             self._send(401, {"message": "missing or wrong API token"})
         elif self.path == f"/api/v1/runs/{RUN}":
-            tasks = [{"id": "build", "status": "ready", "attempt": 3}, {"id": "test", "status": "notstarted"}]  # fmt: skip
-            self._send(200, {"run": {"id": RUN, "tasks": tasks}})
+            self._send(200, msgspec.to_builtins(_run({"build": 3, "test": None})))
         else:
             self._send(404, {"message": "run not found"})
 
@@ -180,17 +198,17 @@ def test_the_help_says_how_the_id_is_made() -> None:
 # -- runs watch ----------------------------------------------------------------------------------
 
 
-def _event(run_id: str, phase: str, group: str = "/project/p1/branch/main") -> dict[str, Any]:
-    data = {"group": group, "phase": phase, "result": "unknown", "seq": 1}
-    return {"type": "run.phase_changed", "id": "x", "run_id": run_id, "at": 1, "data": data}
+def _event(run_id: str, phase: str, group: str = "/project/p1/branch/main") -> Event:
+    data = PhaseChanged(group=group, phase=Phase(phase), result=Result.UNKNOWN, seq=1)
+    return make_event(data, id="x", run_id=run_id, at=1)
 
 
 class _Client:
-    def __init__(self, items: list[WatchEvent]) -> None:
+    def __init__(self, items: list[WatchEvent[Event]]) -> None:
         self.items = items
         self.after: str | None = "unset"
 
-    def watch(self, after: str | None) -> Iterator[WatchEvent]:
+    def watch(self, after: str | None) -> Iterator[WatchEvent[Event]]:
         self.after = after
         yield from self.items
 
@@ -230,7 +248,7 @@ def test_watch_json_is_unchanged() -> None:
     args = _watch_args(json=True)
     _watch(_Client(items), args)  # type: ignore[arg-type]
     assert [json.loads(line) for line in args.out.getvalue().splitlines()] == [
-        {"cursor": "v1.0.1", "event": items[0].event}
+        {"cursor": "v1.0.1", "event": msgspec.to_builtins(items[0].event)}
     ]
 
 
@@ -254,15 +272,15 @@ class _History:
     """A client whose run history holds the first append of an id (applied) and a retry of it
     (a duplicate), further on in the log."""
 
-    async def run_history(self, run_id: str) -> dict[str, Any]:
+    async def run_history(self, run_id: str) -> History:
         entry = {"event_id": "report.x", "type": "task.status_changed", "at": 1, "index": 0}
-        return {
-            "run_id": run_id,
-            "events": [
-                {**entry, "offset": 5, "outcome": "applied"},
-                {**entry, "offset": 9, "outcome": "duplicate"},
+        return History(
+            run_id=run_id,
+            events=[
+                HistoryEntry(**entry, offset=5, outcome=HistoryOutcome.APPLIED),  # type: ignore[arg-type]
+                HistoryEntry(**entry, offset=9, outcome=HistoryOutcome.DUPLICATE),  # type: ignore[arg-type]
             ],
-        }
+        )
 
 
 async def test_a_retried_report_is_answered_from_its_own_append() -> None:
