@@ -54,7 +54,7 @@ function historyView(items) {
     { class: "timeline" },
     items.map((it) => {
       const ev = it.event || it;
-      const outcome = it.outcome || (it.rejected ? "refused" : it.reason ? "refused" : "applied");
+      const outcome = it.outcome || (it.reason ? "refused" : "applied");
       const reason = it.reason || it.message || "";
       return h(
         "li",
