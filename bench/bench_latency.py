@@ -1,0 +1,637 @@
+"""The latency a pipeline feels at every task edge, on a real worker, beside a floor measured in
+the same run.
+
+A run here is a chain of ``--chain`` tasks (task i+1 depends on task i). An executor in this
+process appends task i's ``task.status_changed`` ``success`` to ``runs.events`` with the project's
+producer (``agents.producer.EventProducer``: key = run id, partition = ``partition_for``) and
+waits for the worker's ``task.ready`` of task i+1 on the ready topic (``--ready-topic``;
+default: the setting ``topic_tasks`` when ``Settings`` has it, else ``topic_phases``). An **edge** is the time from the append call until this process' consumer
+sees that ``task.ready``: report, commit, apply, derive, emit, fetch. Each run in flight is a
+closed loop (report, wait for ready, report the next); a run's first ``task.ready`` (after its
+creation and start) is not an edge.
+
+* **Floor**: a bare Kafka record's round trip (``acks=all``, ``linger_ms=0``) through the same
+  broker, produced and consumed here on a topic of its own.
+* **Edges**: (a) one run at a time; (b) ``--inflight`` runs in flight; (c) ``--inflight-large``
+  runs in flight; (d) ``--inflight`` runs in flight beside a background load of ``--bg-rate``
+  events/s of other runs (``agents.workload``: created, started, tasks running and ending),
+  whose achieved rate is printed.
+* **HTTP reports**: case (d) with the reports sent as ``PUT /api/v1/runs/{id}/tasks/{task}/status``
+  (answered once the owner applied the event): the edge from the request to the ``task.ready``,
+  the response time itself, the worker's own part of it (``Server-Timing: app;dur``) and the
+  means of its write stages (``runstream_api_write_seconds``: append, apply).
+* **Failover** (``--no-failover`` skips it): a second worker joins the group; ``--inflight``
+  runs flow (loop k keeps to partition k mod partitions, so a stalled partition holds up its own
+  loops only), then the first worker is SIGKILLed: per partition it served, the time from the
+  kill until the first edge reported after the kill completes (its runs flow again), the longest
+  pause between edges on its partitions and on the survivor's, beside the consumer session
+  timeout in use (``--session-timeout`` sets it; the broker must allow it).
+
+Needs the local stack (``deploy/local up``; ``eval "$(deploy/local env)"``). Usage::
+
+    .venv/bin/python bench/bench_latency.py            # about 2 minutes
+    .venv/bin/python bench/bench_latency.py --quick    # about 30 seconds
+    .venv/bin/python bench/bench_latency.py --inflight 50 --bg-rate 5000 --no-failover
+
+Measured on a 2-core machine on 2026-12-06 with the defaults, while other work (test suites)
+ran on it, so only indicative (load average printed in the first line)::
+
+    load average 4.52 2.75 1.99 (2 cores); one worker, 4 partitions; ready topic blat89d2a6f6.tasks
+    chains of 10 tasks: an edge is task i's success appended → task i+1's task.ready seen here; EventProducer linger 0 ms
+    floor: bare Kafka record round trip (acks=all, linger 0)   n=2000  p50    0.88  p95    1.53  p99    2.42  p99.9   12.25  max   17.52 ms
+    (a) edge, one run at a time                                n=1350  p50    4.25  p95    7.90  p99   12.29  p99.9   22.54  max   49.21 ms
+          of which the append, until acknowledged              n=1350  p50    0.95  p95    2.70  p99    4.95  p99.9   12.45  max   14.73 ms
+    (b) edge, 20 runs in flight                                n=4500  p50   10.53  p95   23.62  p99   39.13  p99.9   46.81  max   49.43 ms
+          of which the append, until acknowledged              n=4500  p50    1.58  p95    4.09  p99    7.84  p99.9   38.44  max   38.57 ms
+    (c) edge, 200 runs in flight                               n=9000  p50   34.87  p95   83.41  p99  109.94  p99.9  128.11  max  128.32 ms
+          of which the append, until acknowledged              n=9000  p50   12.46  p95   34.25  p99   43.93  p99.9   84.50  max   84.71 ms
+    (d) edge, 20 runs in flight + background                   n=4500  p50   25.13  p95   98.41  p99  208.44  p99.9  370.70  max  411.94 ms
+          of which the append, until acknowledged              n=4500  p50    2.14  p95    8.39  p99   14.35  p99.9   23.82  max   41.12 ms
+        background of (d): 2,000 events/s achieved (asked 2,000)
+    HTTP: edge, PUT .../status → task.ready, 20 runs + bg      n=4500  p50  114.52  p95  334.06  p99  596.29  p99.9  757.62  max  769.89 ms
+    HTTP: PUT .../status response time (204)                   n=4500  p50  103.43  p95  317.74  p99  576.05  p99.9  742.79  max  769.35 ms
+          of which the worker's own time (Server-Timing app)   n=4500  p50   76.88  p95  293.63  p99  506.88  p99.9  692.00  max  704.58 ms
+          the worker's write stages, means: append until the log acknowledged 8.32 ms, then until the owner applied it 98.59 ms
+        background of HTTP: 2,000 events/s achieved (asked 2,000)
+    failover: 2 workers, 20 runs in flight, SIGKILL of the worker serving partitions [2, 3]; consumer session timeout 10.0 s
+        kill → its partitions' runs flow again (the first edge reported after the kill completes): partition 2 11.11 s, partition 3 11.14 s
+        kill → every one of them flows again: 11.14 s (session timeout 10.0 s)
+        longest pause between edges from the kill on: on those partitions 11.04 s, on the surviving worker's 0.70 s
+        edges during the failover case (all partitions)        n=34380 p50    6.89  p95   15.07  p99   26.31  p99.9  162.32  max 11071.37 ms
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import inspect
+import itertools
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from tqdm import tqdm
+
+from agents.config import Settings
+from agents.producer import EventProducer
+from agents.workload import iter_events
+from events import (
+    EventType,
+    RunConfigTask,
+    RunCreated,
+    StartRequested,
+    TaskDepend,
+    TaskStatus,
+    TaskStatusChanged,
+    decode_record,
+    format_run_id,
+    make_event,
+)
+from partition.placement import partition_for
+from tests.harness import Worker, free_port, make_settings, prepare_topics, wait_healthy
+
+#: First run id of the chains and of the background runs (a partition refuses a creation 16M ids
+#: away from its runs: both ranges stay well within that).
+CHAIN_IDS = 1_000_000
+BACKGROUND_IDS = 6_000_000
+#: Deadline of one edge: a hung system, not a figure.
+EDGE_DEADLINE = 60.0
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def row(label: str, ms: list[float]) -> str:
+    if not ms:
+        return f"{label:<58} n=0"
+    return (
+        f"{label:<58} n={len(ms):<5} p50 {pct(ms, 50):7.2f}  p95 {pct(ms, 95):7.2f}  "
+        f"p99 {pct(ms, 99):7.2f}  p99.9 {pct(ms, 99.9):7.2f}  max {max(ms):7.2f} ms"
+    )
+
+
+async def kafka_floor(bootstrap: str, n: int) -> list[float]:
+    """Round trips of a bare record (acks=all, linger 0) produced and consumed on a topic of its
+    own, with the consumer settings of the ready consumer."""
+    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=50)  # fmt: skip
+    await producer.start()
+    await consumer.start()
+    await asyncio.sleep(1.0)  # assigned, positioned at the end
+    out = []
+    try:
+        for i in tqdm(range(n), desc="floor", unit="rec", file=sys.stderr):
+            sent = time.perf_counter()
+            await producer.send_and_wait(topic, str(i).encode())
+            async for msg in consumer:
+                if msg.value == str(i).encode():
+                    break
+            out.append((time.perf_counter() - sent) * 1000)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return out
+
+
+def stage(what: str) -> None:
+    """A line on stderr with the time, between the progress bars."""
+    tqdm.write(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr)
+
+
+def ready_topic_of(s: Settings, choice: str | None) -> str:
+    """``choice`` is a Settings field (``topic_tasks``) or a topic name; none: ``topic_tasks``
+    when Settings has it, else ``topic_phases``."""
+    if choice is None:
+        choice = "topic_tasks" if hasattr(s, "topic_tasks") else "topic_phases"
+    value = getattr(s, choice, None) if choice.startswith("topic_") else None
+    return value if isinstance(value, str) else choice
+
+
+def own_topics(s: Settings, unique: str) -> Settings:
+    """Every ``topic_*`` setting unique to this bench (make_settings may not know a new one)."""
+    over: dict[str, Any] = {
+        f.name: f"{unique}.{f.name.removeprefix('topic_').replace('_', '-')}"
+        for f in dataclasses.fields(s)
+        if f.name.startswith("topic_") and not str(getattr(s, f.name)).startswith(unique)
+    }
+    return dataclasses.replace(s, **over) if over else s
+
+
+class Ready:
+    """One consumer of the ready topic (every partition, from its end): resolves the futures
+    waiting for a run's task ``task.ready`` with the time (perf_counter) it was seen. Records of
+    other runs (the background's) are skipped by their key, undecoded."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)  # fmt: skip
+        self.waiting: dict[tuple[str, str], asyncio.Future[float]] = {}
+        self.keys: dict[bytes, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        # Assigned by number: a fresh consumer knows no topic's partitions until its metadata
+        # is refreshed (up to metadata_max_age_ms later).
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+    def expect(self, run_id: str, task_id: str) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[(run_id, task_id)] = fut
+        key = run_id.encode()
+        self.keys[key] = self.keys.get(key, 0) + 1
+        return fut
+
+    async def wait(self, run_id: str, task_id: str, fut: asyncio.Future[float]) -> float:
+        try:
+            return await asyncio.wait_for(fut, EDGE_DEADLINE)
+        finally:
+            self.waiting.pop((run_id, task_id), None)
+            key = run_id.encode()
+            left = self.keys.get(key, 1) - 1
+            if left:
+                self.keys[key] = left
+            else:
+                self.keys.pop(key, None)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200)
+            seen = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    if r.key not in self.keys or r.value is None:
+                        continue
+                    for e in decode_record(r.value):
+                        if e.type is EventType.TASK_READY:
+                            fut = self.waiting.get((e.run_id, e.data.task_id))  # type: ignore[union-attr]
+                            if fut is not None and not fut.done():
+                                fut.set_result(seen)
+
+
+@dataclasses.dataclass
+class Edges:
+    """What one case measured."""
+
+    edges: list[float] = dataclasses.field(default_factory=list)  # ms, report → task.ready seen
+    reports: list[float] = dataclasses.field(default_factory=list)  # ms, the report call itself
+    server: list[float] = dataclasses.field(default_factory=list)  # ms, HTTP: the worker's own time
+    # (reported, seen, partition) of every edge, perf_counter seconds
+    done_at: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)
+    timeouts: int = 0
+    watch: Callable[[float, float, int], None] | None = None  # called with every done_at entry
+
+
+def chain_task(i: int) -> RunConfigTask:
+    """Task ``t<i>``, depending on ``t<i-1>``."""
+    depends = (TaskDepend(task_id=f"t{i - 1}"),) if i else ()
+    return RunConfigTask(id=f"t{i}", name=f"t{i}", depends=depends)
+
+
+class Bench:
+    def __init__(self, s: Settings, ready: Ready, producer: EventProducer, chain: int) -> None:
+        self.s = s
+        self.ready = ready
+        self.producer = producer
+        self.chain = chain
+        self.ids = itertools.count(CHAIN_IDS)
+        self.tasks = tuple(chain_task(i) for i in range(chain))
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def run_id(self, partition: int | None) -> str:
+        """The next run id (on ``partition`` when one is given)."""
+        while True:
+            rid = format_run_id(next(self.ids))
+            if partition is None or partition_for(rid, self.s.partitions) == partition:
+                return rid
+
+    async def start_run(self, partition: int | None = None) -> str:
+        """Create and start a run; returns once its first task is ready."""
+        rid = self.run_id(partition)
+        created = RunCreated(name=f"chain-{rid[-6:]}", group=f"/project/bench/branch/b{rid[-3:]}", tasks=self.tasks)  # fmt: skip
+        fut = self.ready.expect(rid, "t0")
+        at = self.now_ms()
+        await self.producer.append(
+            [
+                make_event(created, id=f"{rid}.created", run_id=rid, at=at),
+                make_event(StartRequested(), id=f"{rid}.start", run_id=rid, at=at),
+            ]
+        )
+        await self.ready.wait(rid, "t0", fut)
+        return rid
+
+    async def report(self, rid: str, i: int, http: httpx.AsyncClient | None) -> float | None:
+        """Report task ``i`` successful; over HTTP, returns the worker's own time for it (ms, its
+        ``Server-Timing: app;dur=``)."""
+        task = f"t{i}"
+        if http is None:
+            data = TaskStatusChanged(task_id=task, status=TaskStatus.SUCCESS)
+            await self.producer.append([make_event(data, id=f"{rid}.{task}.success", run_id=rid, at=self.now_ms())])  # fmt: skip
+            return None
+        r = await http.put(
+            f"/api/v1/runs/{rid}/tasks/{task}/status",
+            json={"status": "success"},
+            headers={"Idempotency-Key": f"{rid}.{task}.success"},
+        )
+        if r.status_code != 204:
+            raise RuntimeError(f"PUT status of {rid}/{task}: {r.status_code} {r.text[:200]}")
+        m = re.search(r"\bapp;dur=([0-9.]+)", r.headers.get("Server-Timing", ""))
+        return float(m.group(1)) if m else None
+
+    async def chain_run(self, out: Edges, bar: Any, http: httpx.AsyncClient | None = None, partition: int | None = None) -> None:  # fmt: skip
+        """One run, start to end: ``chain - 1`` edges, then its last report."""
+        try:
+            rid = await self.start_run(partition)
+        except TimeoutError:
+            out.timeouts += 1
+            return
+        part = partition_for(rid, self.s.partitions)
+        for i in range(self.chain - 1):
+            fut = self.ready.expect(rid, f"t{i + 1}")
+            t = time.perf_counter()
+            server = await self.report(rid, i, http)
+            out.reports.append((time.perf_counter() - t) * 1000)
+            if server is not None:
+                out.server.append(server)
+            try:
+                seen = await self.ready.wait(rid, f"t{i + 1}", fut)
+            except TimeoutError:
+                out.timeouts += 1
+                return  # the run is abandoned; its loop starts another
+            out.edges.append((seen - t) * 1000)
+            out.done_at.append((t, seen, part))
+            if out.watch is not None:
+                out.watch(t, seen, part)
+            bar.update()
+        await self.report(rid, self.chain - 1, http)
+
+    async def loops(self, label: str, inflight: int, runs_each: int, http: httpx.AsyncClient | None = None) -> Edges:  # fmt: skip
+        """``inflight`` closed loops of ``runs_each`` runs each."""
+        stage(label)
+        out = Edges()
+        bar = tqdm(total=inflight * runs_each * (self.chain - 1), desc=label, unit="edge", file=sys.stderr)  # fmt: skip
+
+        async def loop() -> None:
+            for _ in range(runs_each):
+                await self.chain_run(out, bar, http)
+
+        try:
+            await asyncio.gather(*(loop() for _ in range(inflight)))
+        finally:
+            bar.close()
+        return out
+
+    async def until(self, label: str, inflight: int, stop: asyncio.Event, out: Edges) -> None:
+        """``inflight`` closed loops of runs until ``stop`` is set, measured into ``out``. Loop k
+        keeps to partition k mod partitions: a stalled partition holds up its own loops only."""
+        bar = tqdm(desc=label, unit="edge", file=sys.stderr)
+
+        async def loop(partition: int) -> None:
+            while not stop.is_set():
+                await self.chain_run(out, bar, partition=partition)
+
+        try:
+            await asyncio.gather(*(loop(k % self.s.partitions) for k in range(inflight)))
+        finally:
+            bar.close()
+
+
+class Background:
+    """Appends the workload's events (other runs) at ``rate`` events/s until stopped."""
+
+    def __init__(self, s: Settings, rate: int) -> None:
+        self.s = s
+        self.rate = rate
+        self.events: Iterator[Any] = iter_events(seed=3, runs=10**7, first_run_id=BACKGROUND_IDS)
+        self.acked = 0
+        self.started = 0.0
+        self.stopped = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(1.0)  # the load runs before the measurement starts
+        self.acked, self.started = 0, time.perf_counter()
+
+    async def stop(self) -> float:
+        """Stops; returns the achieved rate (events acknowledged a second) since start()."""
+        self.stopped = time.perf_counter()
+        acked = self.acked
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        return acked / (self.stopped - self.started)
+
+    async def _run(self) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        async with EventProducer(self.s.kafka, self.s.topic_events, client_id="bench-background") as producer:  # fmt: skip
+            t0, sent = time.perf_counter(), 0
+            while not self._stop.is_set():
+                due = int((time.perf_counter() - t0) * self.rate) - sent
+                if due > 0 and len(pending) < 200:
+                    part = list(itertools.islice(self.events, due))
+                    sent += len(part)
+                    task = asyncio.ensure_future(producer.append(part))
+                    task.add_done_callback(functools.partial(self._count, len(part)))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _count(self, n: int, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.acked += n
+
+
+async def healthy(worker: Worker, url: str) -> None:
+    """Wait until ``worker`` answers /healthz; a worker that does not says why in its log."""
+    try:
+        await wait_healthy(url, within=120)
+    except AssertionError:
+        errors = [ln for ln in worker.log_text().splitlines() if '"level":"error"' in ln or '"level":"critical"' in ln]  # fmt: skip
+        raise RuntimeError(f"worker not healthy after 120 s; its last error: {errors[-1:] or 'none'} (log {worker.log_path})") from None  # fmt: skip
+
+
+async def write_stages(url: str) -> dict[str, tuple[float, float]]:
+    """stage → (sum of seconds, count) of the worker's ``runstream_api_write_seconds``."""
+    async with httpx.AsyncClient(timeout=10) as h:
+        text = (await h.get(f"{url}/metrics")).text
+    out: dict[str, tuple[float, float]] = {}
+    for stage_ in ("append", "apply"):
+        total = re.search(rf'^runstream_api_write_seconds_sum{{stage="{stage_}"}} (\S+)$', text, re.M)  # fmt: skip
+        count = re.search(rf'^runstream_api_write_seconds_count{{stage="{stage_}"}} (\S+)$', text, re.M)  # fmt: skip
+        out[stage_] = (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)  # fmt: skip
+    return out
+
+
+async def owned(url: str) -> set[int]:
+    """The partitions a worker owns and serves, from its /healthz."""
+    async with httpx.AsyncClient(timeout=10) as h:
+        body = (await h.get(f"{url}/healthz")).json()
+    return {p["partition"] for p in body.get("partitions", []) if p.get("state") == "serving"}
+
+
+def longest_gap(times: list[float], since: float) -> float:
+    """The longest time between two consecutive ``times`` from the last one before ``since`` on;
+    0 with fewer than two."""
+    ordered = sorted(times)
+    start = max(0, sum(1 for t in ordered if t <= since) - 1)
+    tail = ordered[start:]
+    return max((b - a for a, b in itertools.pairwise(tail)), default=0.0)
+
+
+async def failover(bench: Bench, s: Settings, first: Worker, tmp: Path, inflight: int, before: float) -> dict[str, Any]:  # fmt: skip
+    """A second worker joins the group; with ``inflight`` runs flowing (loop k on partition k mod
+    partitions), the first one is SIGKILLed. Measures, per partition it served, the time from the
+    kill until the first edge reported after the kill completed: its runs flow again."""
+    s2 = dataclasses.replace(s, web_port=free_port())
+    second = Worker(s2, tmp / "w2.log").start()
+    stage("failover: a second worker starts")
+    urls = [f"http://127.0.0.1:{s.web_port}", f"http://127.0.0.1:{s2.web_port}"]
+    try:
+        await healthy(second, urls[1])
+        deadline = time.monotonic() + 120
+        while True:  # both own partitions and every partition is served
+            a, b = await owned(urls[0]), await owned(urls[1])
+            if a and b and a | b == set(range(s.partitions)) and not a & b:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"partitions not shared by the two workers after 120 s: {a} {b}")  # fmt: skip
+            await asyncio.sleep(0.5)
+        stage(f"failover: partitions shared {sorted(a)} {sorted(b)}")
+        out, stop = Edges(), asyncio.Event()
+        flowing = asyncio.create_task(bench.until("failover", inflight, stop, out))
+        await asyncio.sleep(before)
+        victim = await owned(urls[0])
+        if not victim:
+            raise RuntimeError("the first worker serves no partition: a rebalance under way?")
+        looped = {k % s.partitions for k in range(inflight)}
+        again: dict[int, float] = {}  # partition -> seconds from the kill
+        all_again = asyncio.Event()
+        killed = time.perf_counter()
+
+        def watch(reported: float, seen: float, partition: int) -> None:
+            if reported > killed and partition in victim and partition not in again:
+                again[partition] = seen - killed
+                if set(again) >= victim & looped:
+                    all_again.set()
+
+        out.watch = watch
+        first.kill(signal.SIGKILL)
+        stage(f"failover: SIGKILL of the worker serving {sorted(victim)}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_again.wait(), 6 * s.session_timeout + 60)
+        await asyncio.sleep(2.0)  # a little flow after the recovery
+        stop.set()
+        await flowing
+        on_victim = [seen for _, seen, p in out.done_at if p in victim]
+        on_other = [seen for _, seen, p in out.done_at if p not in victim]
+        return {
+            "victim": sorted(victim),
+            "again": again,
+            "gap_victim": longest_gap(on_victim, killed),
+            "gap_other": longest_gap(on_other, killed),
+            "edges": out,
+        }
+    finally:
+        second.stop()
+
+
+def quick(args: argparse.Namespace) -> None:
+    """``--quick``: sizes for a smoke run of about 30 seconds."""
+    args.floor, args.single_runs, args.runs_each, args.large_runs_each = 500, 20, 4, 1
+    args.failover_before = 3.0
+
+
+async def amain(args: argparse.Namespace) -> None:
+    if args.quick:
+        quick(args)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    unique = f"blat{uuid.uuid4().hex[:8]}"
+    s = make_settings(unique, args.kafka, args.etcd, f"file://{tmp}/objects", partitions=args.partitions)  # fmt: skip
+    # A worker's own checkpoint interval, not the tests' short one.
+    s = own_topics(
+        dataclasses.replace(s, checkpoint_interval=Settings().checkpoint_interval), unique
+    )
+    if args.session_timeout is not None:
+        s = dataclasses.replace(s, session_timeout=args.session_timeout)
+    ready_topic = ready_topic_of(s, args.ready_topic)
+    await prepare_topics(s)
+    worker = Worker(s, tmp / "w1.log").start()
+    url = f"http://127.0.0.1:{s.web_port}"
+    linger = inspect.signature(EventProducer).parameters["linger"].default
+    results: list[str] = []
+    ready = Ready(s.kafka, ready_topic, s.partitions)
+    fo: dict[str, Any] | None = None
+    try:
+        await healthy(worker, url)
+        stage("worker healthy")
+        floor = await kafka_floor(s.kafka, args.floor)
+        await ready.start()
+        stage("ready consumer at the end of " + ready_topic)
+        async with EventProducer(s.kafka, s.topic_events, client_id="bench-executors") as producer:
+            bench = Bench(s, ready, producer, args.chain)
+            await bench.loops("warm-up", 4, 1)
+            a = await bench.loops("(a) one run", 1, args.single_runs)
+            b = await bench.loops(f"(b) {args.inflight} runs", args.inflight, args.runs_each)
+            c = await bench.loops(f"(c) {args.inflight_large} runs", args.inflight_large, args.large_runs_each)  # fmt: skip
+            bg = Background(s, args.bg_rate)
+            await bg.start()
+            try:
+                d = await bench.loops(
+                    f"(d) {args.inflight} runs + bg", args.inflight, args.runs_each
+                )
+            finally:
+                d_rate = await bg.stop()
+            bg = Background(s, args.bg_rate)
+            await bg.start()
+            try:
+                limits = httpx.Limits(max_connections=args.inflight + 4)
+                stages0 = await write_stages(url)
+                async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+                    h = await bench.loops(f"HTTP {args.inflight} runs + bg", args.inflight, args.runs_each, http)  # fmt: skip
+                stages1 = await write_stages(url)
+            finally:
+                h_rate = await bg.stop()
+            if not args.no_failover:
+                fo = await failover(bench, s, worker, tmp, args.inflight, args.failover_before)
+    finally:
+        await ready.stop()
+        worker.stop()
+    load = os.getloadavg()
+    results.append(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores); one worker, {s.partitions} partitions; ready topic {ready_topic}")  # fmt: skip
+    results.append(f"chains of {args.chain} tasks: an edge is task i's success appended → task i+1's task.ready seen here; EventProducer linger {linger * 1000:.0f} ms")  # fmt: skip
+    results.append(row("floor: bare Kafka record round trip (acks=all, linger 0)", floor))
+    for label, e in (
+        ("(a) edge, one run at a time", a),
+        (f"(b) edge, {args.inflight} runs in flight", b),
+        (f"(c) edge, {args.inflight_large} runs in flight", c),
+        (f"(d) edge, {args.inflight} runs in flight + background", d),
+    ):
+        results.append(row(label, e.edges))
+        results.append(row("      of which the append, until acknowledged", e.reports))
+    results.append(f"    background of (d): {d_rate:,.0f} events/s achieved (asked {args.bg_rate:,})")  # fmt: skip
+    results.append(row(f"HTTP: edge, PUT .../status → task.ready, {args.inflight} runs + bg", h.edges))  # fmt: skip
+    results.append(row("HTTP: PUT .../status response time (204)", h.reports))
+    results.append(row("      of which the worker's own time (Server-Timing app)", h.server))
+    means = {k: (stages1[k][0] - stages0[k][0]) / max(1.0, stages1[k][1] - stages0[k][1]) * 1000 for k in stages1}  # fmt: skip
+    results.append(f"      the worker's write stages, means: append until the log acknowledged {means['append']:.2f} ms, then until the owner applied it {means['apply']:.2f} ms")  # fmt: skip
+    results.append(f"    background of HTTP: {h_rate:,.0f} events/s achieved (asked {args.bg_rate:,})")  # fmt: skip
+    timeouts = sum(e.timeouts for e in (a, b, c, d, h))
+    if timeouts:
+        results.append(f"!! {timeouts} edges got no task.ready within {EDGE_DEADLINE:.0f} s (runs abandoned)")  # fmt: skip
+    if fo is not None:
+        again = fo["again"]
+        results.append(f"failover: 2 workers, {args.inflight} runs in flight, SIGKILL of the worker serving partitions {fo['victim']}; consumer session timeout {s.session_timeout:.1f} s")  # fmt: skip
+        flows = ", ".join(f"partition {p} {again[p]:.2f} s" for p in sorted(again)) or "never"
+        results.append(f"    kill → its partitions' runs flow again (the first edge reported after the kill completes): {flows}")  # fmt: skip
+        if again:
+            results.append(f"    kill → every one of them flows again: {max(again.values()):.2f} s (session timeout {s.session_timeout:.1f} s)")  # fmt: skip
+        results.append(f"    longest pause between edges from the kill on: on those partitions {fo['gap_victim']:.2f} s, on the surviving worker's {fo['gap_other']:.2f} s")  # fmt: skip
+        results.append(row("    edges during the failover case (all partitions)", fo["edges"].edges))  # fmt: skip
+        if fo["edges"].timeouts:
+            results.append(f"    !! {fo['edges'].timeouts} edges got no task.ready within {EDGE_DEADLINE:.0f} s")  # fmt: skip
+    print("\n".join(results))
+    print(f"logs under {tmp}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="small sizes: about a minute")
+    p.add_argument("--chain", type=int, default=10, help="tasks per run, each depending on the one before")  # fmt: skip
+    p.add_argument("--floor", type=int, default=2_000, help="bare records of the floor")
+    p.add_argument("--single-runs", type=int, default=150, help="(a): runs, one at a time")
+    p.add_argument("--inflight", type=int, default=20, help="(b), (d), HTTP, failover: runs in flight")  # fmt: skip
+    p.add_argument("--runs-each", type=int, default=25, help="(b), (d), HTTP: runs per loop")
+    p.add_argument("--inflight-large", type=int, default=200, help="(c): runs in flight")
+    p.add_argument("--large-runs-each", type=int, default=5, help="(c): runs per loop")
+    p.add_argument("--bg-rate", type=int, default=2_000, help="(d), HTTP: background events/s")
+    p.add_argument("--failover-before", type=float, default=10.0, help="seconds of flow before the kill")  # fmt: skip
+    p.add_argument("--no-failover", action="store_true", help="skip the failover case")
+    p.add_argument("--session-timeout", type=float, default=None, help="the workers' consumer session timeout, seconds (default: the setting's); the broker must allow it (group.min.session.timeout.ms)")  # fmt: skip
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--ready-topic", default=None, help="a Settings field (topic_tasks, topic_phases) or a topic name; default topic_tasks when Settings has it, else topic_phases")  # fmt: skip
+    p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    p.add_argument("--etcd", default=os.environ.get("RUNSTREAM_ETCD_ENDPOINT", "127.0.0.1:2379"))
+    asyncio.run(amain(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
