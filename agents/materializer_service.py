@@ -188,6 +188,7 @@ class MaterializerService:
         for owner in list(self.owned.values()):
             owner.maybe_checkpoint()
             await owner.keep_catching_up(waiting)
+            await owner.cool()
         await self._maybe_collect_garbage()
 
     async def _decide(self) -> None:

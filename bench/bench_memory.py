@@ -5,7 +5,9 @@ shaped like ``agents.workload``'s: each task a small environment, the run an env
 static environment and an annotation) are created, started and their first task set running, so
 they stay active. The worker's RSS is read (``/proc/<pid>/status``, ``VmRSS``) once every
 partition's checkpoint covers the log, at ``--first`` active runs and at ``--runs``; the figure
-is the slope between the two, bytes per active run. The floor beside it: the run's stored state
+is the slope between the two, bytes per active run, read once the runs went still for
+``partition.active.COLD_AFTER`` seconds (most active runs of a CI sit still between two task
+edges). The floor beside it: the run's stored state
 (the checkpoint's JSON bytes for one such run), which is the least a run can cost while its state
 is kept whole in memory.
 
@@ -22,6 +24,7 @@ import asyncio
 import os
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from events.codec import encode_state
 from events.ids import format_run_id
 from events.model import RunConfigTask, TaskDepend, TaskStatus
 from events.reducer import apply
+from partition.active import COLD_AFTER
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_healthy, wait_until
 
 T0 = 1_780_000_000_000
@@ -87,12 +91,20 @@ def rss(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def fill(producer: EventProducer, lo: int, hi: int, tasks: int, bar: tqdm) -> None:
-    step = 200
+async def fill(
+    producer: EventProducer, lo: int, hi: int, tasks: int, rate: float, bar: tqdm
+) -> None:
+    """Runs ``lo`` to ``hi - 1``, created at ``rate`` runs a second (0: as fast as it goes)."""
+    step = 50
+    started = time.monotonic()
     for start in range(lo, hi, step):
         batch = [ev for n in range(start, min(hi, start + step)) for ev in script(n, tasks)]
         await producer.append(batch)
         bar.update(min(hi, start + step) - start)
+        if rate > 0:
+            ahead = started + (start + step - lo) / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
 async def main() -> None:
@@ -100,6 +112,12 @@ async def main() -> None:
     ap.add_argument("--first", type=int, default=1000, help="active runs at the first reading")
     ap.add_argument("--runs", type=int, default=10_000, help="active runs at the second reading")
     ap.add_argument("--tasks", type=int, default=10, help="tasks per run")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="runs created a second (0: as fast as possible; a burst measures the peak)",
+    )
     args = ap.parse_args()
     kafka = os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     etcd = os.environ.get("RUNSTREAM_ETCD_ENDPOINT", "127.0.0.1:2379")
@@ -117,11 +135,13 @@ async def main() -> None:
         async with EventProducer(s.kafka, s.topic_events) as producer:
             bar = tqdm(total=args.runs, unit="run", desc="active runs")
             for lo, hi in ((1, args.first + 1), (args.first + 1, args.runs + 1)):
-                await fill(producer, lo, hi, args.tasks, bar)
+                await fill(producer, lo, hi, args.tasks, args.rate, bar)
                 await wait_until(
                     lambda: caught_up(s, resources), within=300, what="checkpoints to cover the log"
                 )
-                await asyncio.sleep(3.0)  # a checkpoint's buffers released
+                # Runs that did not move for COLD_AFTER are held as compressed bytes
+                # (partition.active): read once they went still, as most active runs are.
+                await asyncio.sleep(COLD_AFTER + 5.0)
                 readings.append((hi - 1, rss(pid)))
             bar.close()
         (n1, r1), (n2, r2) = readings

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,7 @@ from events.codec import decode_record, decode_state, encode_state
 from events.errors import DecodeError
 from events.reducer import Applied, Rejected, apply
 from events.state import RunState
+from partition.active import ActiveRuns
 from partition.admission import Admission
 from partition.finals import FinalIds, FrozenFinalIds
 from partition.history import HISTORY, HistoryEntry, HistoryLog, Pending, merged, stored_history
@@ -168,7 +169,7 @@ class PartitionMaterializer:
         phases_topic: str,
         max_event_bytes: int = 1 << 20,
         partitions: int = 0,
-        active: dict[str, RunState] | None = None,
+        active: MutableMapping[str, RunState] | None = None,
         finals: FinalIds | None = None,
         next_offset: int = 0,
         phases_offset: int = 0,
@@ -184,7 +185,7 @@ class PartitionMaterializer:
         self.tasks_offset = tasks_offset
         self.max_event_bytes = max_event_bytes
         self.partitions = partitions  # 0: do not check where runs are created
-        self.active: dict[str, RunState] = active or {}
+        self.active: MutableMapping[str, RunState] = {} if active is None else active
         self.finals = finals or FinalIds()
         self.next_offset = next_offset
         self.phases_offset = phases_offset
@@ -218,9 +219,13 @@ class PartitionMaterializer:
         partitions: int = 0,
         claim: bool = True,
         tasks_topic: str = "",
+        cool: bool = False,
     ) -> PartitionMaterializer:
         """Open the partition in the datamanager and load the active runs and final ids of its
-        latest checkpoint. ``claim`` (default) fences any previous owner of the partition."""
+        latest checkpoint. ``claim`` (default) fences any previous owner of the partition.
+        ``cool``: keep the active runs in an ``ActiveRuns`` (the runs that went still held as
+        compressed bytes: a partition's owner, which lives for hours), else in a dict (replay,
+        which is done in minutes and wants every microsecond)."""
         writer = await dm.open_partition(partition_name(topic, partition), claim=claim)
         manifest = writer.manifest
         offsets: Mapping[str, int] = manifest.offsets
@@ -238,7 +243,7 @@ class PartitionMaterializer:
             phases_topic=phases_topic,
             max_event_bytes=max_event_bytes,
             partitions=partitions,
-            active=active,
+            active=ActiveRuns(active) if cool else active,
             finals=finals,
             next_offset=offsets.get(offsets_key(topic, partition), 0),
             phases_offset=offsets.get(offsets_key(phases_topic, partition), 0),

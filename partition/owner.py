@@ -39,6 +39,7 @@ from datamanager.errors import Fenced, MissingManifest
 from events.codec import encode
 from events.state import RunState
 from partition import metrics
+from partition.active import ActiveRuns
 from partition.decisions import LivenessView, Stuck, Timekeeper, stuck
 from partition.history import HistoryEntry
 from partition.materializer import Outcome, PartitionMaterializer, Snapshot
@@ -239,6 +240,7 @@ class PartitionOwner:
             max_event_bytes=cfg.max_event_bytes,
             partitions=len(ends),
             tasks_topic=cfg.tasks_topic,
+            cool=True,
         )
         tails = self._outbox.emitted_since(self._reader, pm.phases_offset, pm.tasks_offset)
         pm.suppress_emitted(await tails)
@@ -455,7 +457,17 @@ class PartitionOwner:
         if not self.serving:
             raise NotServing(f"partition {self.partition} is not serving")
         assert self.pm is not None
-        return stuck(self.pm.active.values(), self._wall_ms(), older_than_ms)
+        active, now_ms = self.pm.active, self._wall_ms()
+        quiet = active.quiet_since(now_ms - older_than_ms) if isinstance(active, ActiveRuns) else active.values()  # fmt: skip
+        return stuck(quiet, now_ms, older_than_ms)
+
+    async def cool(self) -> int:
+        """Move the active runs that went still to compressed bytes (``partition.active``);
+        the wiring's timer calls it about once a second. Returns how many went."""
+        pm = self.pm
+        if pm is None or self.closed or self.dead or not isinstance(pm.active, ActiveRuns):
+            return 0
+        return await pm.active.cool()
 
     # ------------------------------------------------------------------------ checkpoints
     def maybe_checkpoint(self) -> asyncio.Task[CheckpointResult] | None:

@@ -1,0 +1,102 @@
+"""The active runs of a partition (partition/active.py): runs that went still are held as
+compressed bytes and come back unchanged; what changed recently stays an object."""
+
+from __future__ import annotations
+
+import pytest
+
+from events.advance import GRAPHS, graph_of
+from events.catalogue import StartRequested, TaskStatusChanged
+from events.codec import encode_state
+from events.ids import format_run_id
+from events.model import TaskStatus
+from events.reducer import Applied, apply
+from events.state import RunState
+from partition.active import ActiveRuns
+from partition.decisions import last_progress
+from tests.unit.test_events_support import created, ev, task
+
+
+def running(n: int) -> RunState:
+    """Run ``n`` with its task ``a`` running, its last progress at ``1000 * n`` ms."""
+    rid = format_run_id(n)
+    state = None
+    for i, data in enumerate(
+        [
+            created(task("a"), task("b", "a")),
+            StartRequested(),
+            TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING),
+        ]
+    ):
+        result = apply(state, ev(data, run_id=rid, id=f"{rid}.{i}", at=1000 * n))
+        assert isinstance(result, Applied)
+        state = result.state
+    assert state is not None
+    return state
+
+
+async def test_still_runs_go_cold_and_come_back_equal() -> None:
+    states = {s.run.id: s for s in (running(n) for n in range(1, 6))}
+    active = ActiveRuns(states, cold_after=2.0, tick=1.0)
+    assert await active.cool() == 0  # one tick: not still long enough
+    assert await active.cool() == 5
+    assert active.hot == 0
+    assert len(active) == 5
+    assert set(active) == set(states)
+    for rid, state in states.items():
+        back = active[rid]
+        assert back == state
+        assert encode_state(back) == encode_state(state)
+    assert active.hot == 5
+
+
+async def test_a_change_keeps_a_run_hot_and_the_rest_go() -> None:
+    a, b = running(1), running(2)
+    active = ActiveRuns({a.run.id: a, b.run.id: b}, cold_after=2.0, tick=1.0)
+    await active.cool()
+    active[a.run.id] = a  # changed in the second tick
+    assert await active.cool() == 1  # b went, a changed one tick ago
+    assert active.hot == 1
+    assert a.run.id in active
+    assert b.run.id in active
+    assert await active.cool() == 1  # then a, once still for two ticks
+    assert active.hot == 0
+
+
+async def test_at_most_hot_max_objects() -> None:
+    states = {s.run.id: s for s in (running(n) for n in range(1, 11))}
+    active = ActiveRuns(states, cold_after=100.0, hot_max=3)
+    assert await active.cool() == 7
+    assert active.hot == 3
+    assert list(active)[:3] == list(states)[-3:]  # the least recently changed went first
+
+
+async def test_pop_and_delete_reach_cold_runs() -> None:
+    a, b = running(1), running(2)
+    active = ActiveRuns({a.run.id: a, b.run.id: b}, cold_after=1.0)
+    await active.cool()
+    assert active.pop(a.run.id) == a
+    del active[b.run.id]
+    assert len(active) == 0
+    assert active.get(a.run.id) is None
+    with pytest.raises(KeyError):
+        active[b.run.id]
+
+
+async def test_quiet_since_finds_cold_runs_by_their_progress_without_waking_the_rest() -> None:
+    states = {s.run.id: s for s in (running(n) for n in range(1, 5))}
+    active = ActiveRuns(states, cold_after=1.0)
+    await active.cool()
+    cut = last_progress(states[running(2).run.id])
+    quiet = active.quiet_since(cut)
+    assert sorted(s.run.id for s in quiet) == sorted(s.run.id for s in (running(1), running(2)))
+    assert active.hot == 0  # reading them for the count does not make them hot
+
+
+async def test_a_cold_run_lets_go_of_its_graph() -> None:
+    a = running(1)
+    graph_of(a.config)
+    assert a.run.id in GRAPHS
+    active = ActiveRuns({a.run.id: a}, cold_after=1.0)
+    await active.cool()
+    assert a.run.id not in GRAPHS
