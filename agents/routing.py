@@ -214,7 +214,7 @@ class OwnedRuns:
 def _decision(event: Event, outcome: ApplyOutcome) -> Written | Refused:
     if outcome.kind in ("applied", "duplicate") and outcome.state is not None:
         return Written(outcome.state, duplicate=outcome.kind == "duplicate")
-    if outcome.kind == "rejected":
+    if outcome.kind == "refused":
         return Refused(outcome.reason)
     # The API only appends events it built and checked: a dead letter here is a bug.
     raise RuntimeError(

@@ -249,7 +249,7 @@ def materialize(commits: dict[int, list[bytes]]) -> int:
         for offset, raw in enumerate(records):
             out = m.apply_record(offset, raw)
             assert out.dead is None, out.dead
-            n += out.applied + out.rejected + out.duplicates
+            n += out.applied + out.refused + out.duplicates
     return n
 
 

@@ -71,7 +71,7 @@ from events.model import (
     TaskStatus,
 )
 from events.recreate import can_recreate, recreate, recreated_task_id
-from events.reducer import Applied, Refused, Rejected, Verdict, apply
+from events.reducer import Applied, Refused, Verdict, apply
 from events.state import ID_GENERATION, RunState
 
 __all__ = [
@@ -100,7 +100,6 @@ __all__ = [
     "PhaseChanged",
     "PlannedTask",
     "Refused",
-    "Rejected",
     "ReleaseReason",
     "Result",
     "Run",

@@ -87,7 +87,7 @@ from events.model import (
 )
 from events.state import ID_GENERATION, RunState
 
-__all__ = ["Applied", "Refused", "Rejected", "Verdict", "apply"]
+__all__ = ["Applied", "Refused", "Verdict", "apply"]
 
 _RUNNING = Phase.RUNNING
 _UNKNOWN = Result.UNKNOWN
@@ -116,10 +116,6 @@ class Refused(OpenShape):
 
 #: The reducer's verdict on one event (what :func:`apply` returns).
 Verdict = Applied | Refused
-
-#: The name ``Refused`` had before the project said "refused" everywhere; kept for callers not
-#: renamed yet (``partition/materializer.py``). Use ``Refused``.
-Rejected = Refused
 
 
 def apply(state: RunState | None, event: Event) -> Verdict:

@@ -24,7 +24,16 @@ import msgspec
 import orjson
 
 from events.errors import DecodeError, DecodeReason, validation_message
-from events.model import FINISHED_TASK_STATUSES, Count, Name, Phase, Result, Run, RunConfig
+from events.model import (
+    FINISHED_TASK_STATUSES,
+    Count,
+    Name,
+    Phase,
+    Result,
+    Run,
+    RunConfig,
+    Shape,
+)
 
 __all__ = [
     "ID_GENERATION",
@@ -42,7 +51,7 @@ ID_GENERATION = 32
 STATE_FORMAT: Final = 1
 
 
-class RunState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class RunState(Shape):
     """One run as the reducer sees it. ``open_tasks`` is derived: the number of tasks not
     finished yet."""
 
@@ -59,9 +68,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return event_id in self.recent_ids or event_id in self.older_ids
 
 
-class StoredState(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
-):
+class StoredState(Shape, omit_defaults=True):
     """The stored form of a :class:`RunState` (``run.tasks`` and ``config.tasks`` as arrays).
     Only ``ready_seq`` has a default (omitted when 0)."""
 

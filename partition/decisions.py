@@ -38,7 +38,7 @@ import heapq
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from msgspec import UNSET, Struct
+from msgspec import UNSET
 
 from events.catalogue import (
     Event,
@@ -49,7 +49,15 @@ from events.catalogue import (
     TaskReleasedEvent,
     decision_id,
 )
-from events.model import FINISHED_TASK_STATUSES, Phase, RunTask, TaskStatus, attempt_of, holder_of
+from events.model import (
+    FINISHED_TASK_STATUSES,
+    Phase,
+    RunTask,
+    Shape,
+    TaskStatus,
+    attempt_of,
+    holder_of,
+)
 from events.state import RunState
 
 __all__ = ["RETRY_AFTER", "LivenessView", "Stuck", "Timekeeper", "last_progress", "stuck"]
@@ -227,7 +235,7 @@ def _stop_for_timeout(state: RunState, at: int) -> Event:
 
 
 # ----------------------------------------------------------------------------- stuck
-class Stuck(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Stuck(Shape):
     """A run with no progress since ``since`` (ms since the epoch): its phase, and the tasks that
     have been running (or claimed) since before the threshold."""
 

@@ -40,7 +40,6 @@ __all__ = [
     "HistoryLog",
     "HistoryOutcome",
     "HistoryStore",
-    "Outcome",
     "Pending",
     "chunk_key",
     "chunk_range",
@@ -60,11 +59,6 @@ class HistoryOutcome(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     REFUSED = "refused"
-
-
-#: The name :class:`HistoryOutcome` had; kept for callers not renamed yet
-#: (``partition/materializer.py``).
-Outcome = HistoryOutcome
 
 
 class HistoryEntry(Shape):

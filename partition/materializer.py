@@ -35,13 +35,13 @@ from events import Phase, parse_run_id
 from events.catalogue import Event, EventType, PhaseChanged
 from events.codec import decode_record, decode_state, encode_state
 from events.errors import DecodeError
-from events.reducer import Applied, Rejected, apply
+from events.reducer import Applied, Refused, apply
 from events.state import RunState
 from partition.active import ActiveRuns
 from partition.admission import Admission
 from partition.finals import FinalIds, FrozenFinalIds
 from partition.history import HISTORY, HistoryEntry, HistoryLog, Pending, merged, stored_history
-from partition.history import Outcome as Judged
+from partition.history import HistoryOutcome as Judged
 from partition.placement import key_partition, partition_for
 from partition.ports import PartitionOpener, PartitionStore
 from partition.slices import Slices
@@ -49,8 +49,8 @@ from partition.waiters import ApplyOutcome, Waiters
 
 __all__ = [
     "DeadLetter",
-    "Outcome",
     "PartitionMaterializer",
+    "RecordEffects",
     "Snapshot",
     "offsets_key",
     "partition_name",
@@ -67,12 +67,12 @@ FINAL_IDS = "final-ids"
 KEY_HOMES = 4096  # keys whose partition route_check remembers (cleared when full)
 
 
-def _answer(out: Outcome, event: Event, code: str, reason: str) -> None:
+def _answer(out: RecordEffects, event: Event, code: str, reason: str) -> None:
     """Note a refusal in the record's outcome: the owner answers it on ``runs.refusals``."""
-    if out.refused is None:
-        out.refused = [(event, code, reason)]
+    if out.answers is None:
+        out.answers = [(event, code, reason)]
     else:
-        out.refused.append((event, code, reason))
+        out.answers.append((event, code, reason))
 
 
 def _ignore(_: str) -> None:
@@ -132,16 +132,16 @@ class DeadLetter:
 
 
 @dataclass(slots=True, kw_only=True)
-class Outcome:
+class RecordEffects:
     """What applying one record did."""
 
     derived: list[Event] = field(default_factory=list)
     dead: DeadLetter | None = None
     # (event, refusal code, reason) of each event refused (answered on runs.refusals); None: none
-    refused: list[tuple[Event, str, str]] | None = None
+    answers: list[tuple[Event, str, str]] | None = None
     applied: int = 0
     duplicates: int = 0
-    rejected: int = 0
+    refused: int = 0
     skipped: bool = False
 
 
@@ -258,9 +258,9 @@ class PartitionMaterializer:
         self._suppress.update(emitted)
 
     # ------------------------------------------------------------------------- applying
-    def apply_record(self, offset: int, raw: bytes) -> Outcome:
+    def apply_record(self, offset: int, raw: bytes) -> RecordEffects:
         """Apply one record of this partition. Never raises on bad input (it becomes a dead letter)."""
-        out = Outcome()
+        out = RecordEffects()
         if offset < self.next_offset:
             out.skipped = True  # already part of the checkpoint we started from
             return out
@@ -319,7 +319,7 @@ class PartitionMaterializer:
                 return f"run {ev.run_id} belongs to partition {p}, not {self.partition}"
         return None
 
-    def route_check(self, offset: int, raw: bytes, key: bytes | None) -> Outcome | None:
+    def route_check(self, offset: int, raw: bytes, key: bytes | None) -> RecordEffects | None:
         """Before :meth:`apply_record`: a dead letter ``no_key`` / ``wrong_partition`` when the
         record's Kafka ``key`` is missing or hashes (murmur2) to another partition and its events
         are not all for runs of this partition (see :func:`route_refusal`); ``None``: apply it.
@@ -348,9 +348,11 @@ class PartitionMaterializer:
             return None
         self.next_offset = offset + 1
         reason, message = refusal
-        return Outcome(dead=DeadLetter(reason=reason, message=message, offset=offset, raw=raw))
+        return RecordEffects(
+            dead=DeadLetter(reason=reason, message=message, offset=offset, raw=raw)
+        )
 
-    def _apply_event(self, event: Event, out: Outcome) -> None:
+    def _apply_event(self, event: Event, out: RecordEffects) -> None:
         """Apply ``event`` of a run that is not active here (a creation, a final or unknown run)."""
         # ``in _FINAL_PHASES`` replaces the ``Phase.is_final()`` call (same set), the suppression
         # keys are only built while there is something to suppress, and the waiters are only
@@ -359,30 +361,30 @@ class PartitionMaterializer:
         waiters = self.waiters
         state = self.active.get(run_id)
         if state is None and parse_run_id(run_id) in self.finals:
-            out.rejected += 1  # a final run never changes again
+            out.refused += 1  # a final run never changes again
             self.history.note(event, *self._position, Judged.REFUSED, reason="run is final")
             code = self.admission.refused(event, "run is final")
             _answer(out, event, code, f"run {run_id} is final")
             if waiters and event.id in waiters:
-                waiters.resolve(event.id, ApplyOutcome("rejected", None, f"run {run_id} is final"))
+                waiters.resolve(event.id, ApplyOutcome("refused", None, f"run {run_id} is final"))
             return
         far = None if state is not None else self.admission.far(event)
-        result = apply(state, event) if far is None else Rejected(reason=far, state=None)
+        result = apply(state, event) if far is None else Refused(reason=far, state=None)
         self._judged(event, state, result, out)
 
-    def _judged(self, event: Event, state: RunState | None, result: Applied | Rejected, out: Outcome) -> None:  # fmt: skip
+    def _judged(self, event: Event, state: RunState | None, result: Applied | Refused, out: RecordEffects) -> None:  # fmt: skip
         """Account for ``result``, what applying ``event`` to ``state`` gave (``apply_record``
         handles the usual applied event itself, with the same effects)."""
         run_id = event.run_id
         waiters = self.waiters
         if not isinstance(result, Applied):
-            out.rejected += 1
+            out.refused += 1
             if state is not None:  # an unknown run has no history
                 self.history.note(event, *self._position, Judged.REFUSED, reason=result.reason)
             code = self.admission.refused(event, result.reason)
             _answer(out, event, code, result.reason)
             if waiters and event.id in waiters:
-                waiters.resolve(event.id, ApplyOutcome("rejected", result.state, result.reason))
+                waiters.resolve(event.id, ApplyOutcome("refused", result.state, result.reason))
             return
         if result.duplicate:
             out.duplicates += 1
@@ -410,7 +412,7 @@ class PartitionMaterializer:
         if result.derived:
             self._emit(result.derived, out)
 
-    def _emit(self, derived: tuple[Event, ...], out: Outcome) -> None:
+    def _emit(self, derived: tuple[Event, ...], out: RecordEffects) -> None:
         """Add ``derived`` to the record's output, but those already on their topic."""
         suppress = self._suppress
         if not suppress:  # the usual case: nothing was emitted before a recovery

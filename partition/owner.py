@@ -42,7 +42,7 @@ from partition import metrics
 from partition.active import ActiveRuns
 from partition.decisions import LivenessView, Stuck, Timekeeper, stuck
 from partition.history import HistoryEntry
-from partition.materializer import Outcome, PartitionMaterializer, Snapshot
+from partition.materializer import PartitionMaterializer, RecordEffects, Snapshot
 from partition.outbox import Headers, Outbox, dead_letter_headers
 from partition.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
 from partition.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
@@ -306,9 +306,9 @@ class PartitionOwner:
             out = pm.apply_record(offset, value)
         self._held.append(record)
         tally.applied += out.applied
-        if out.duplicates or out.rejected or out.dead is not None:
+        if out.duplicates or out.refused or out.dead is not None:
             tally.add(out)
-        if not out.derived and out.dead is None and out.refused is None:
+        if not out.derived and out.dead is None and out.answers is None:
             return
         # Until its sends are queued, a snapshot must not cover this record (see _idle).
         self._idle.clear()
@@ -316,8 +316,8 @@ class PartitionOwner:
             if out.derived:
                 tally.phase_changes += len(out.derived)
                 await self._outbox.phase_changes(out.derived)
-            if out.refused is not None:
-                await self._outbox.refusals(out.refused, offset)
+            if out.answers is not None:
+                await self._outbox.refusals(out.answers, offset)
             if out.dead is not None:
                 if self._waiters:
                     dl = out.dead
@@ -646,15 +646,15 @@ class PartitionOwner:
 class _Tally:
     """What the records of one batch did, until :meth:`flush` adds it to the metrics."""
 
-    __slots__ = ("applied", "duplicates", "phase_changes", "records", "rejected")
+    __slots__ = ("applied", "duplicates", "phase_changes", "records", "refused")
 
     def __init__(self) -> None:
-        self.records = self.applied = self.duplicates = self.rejected = self.phase_changes = 0
+        self.records = self.applied = self.duplicates = self.refused = self.phase_changes = 0
 
-    def add(self, out: Outcome) -> None:
+    def add(self, out: RecordEffects) -> None:
         """The rarer outcomes of ``out`` (``applied`` is counted by the caller)."""
         self.duplicates += out.duplicates
-        self.rejected += out.rejected
+        self.refused += out.refused
         if out.dead is not None:
             metrics.DEAD_LETTERS.labels(out.dead.reason).inc()
             log.warning(
@@ -673,15 +673,15 @@ class _Tally:
             _APPLIED.inc(self.applied)
         if self.duplicates:
             _DUPLICATE.inc(self.duplicates)
-        if self.rejected:
-            _REJECTED.inc(self.rejected)
+        if self.refused:
+            _REFUSED.inc(self.refused)
         if self.phase_changes:
             _PHASE_CHANGES.inc(self.phase_changes)
-        self.records = self.applied = self.duplicates = self.rejected = self.phase_changes = 0
+        self.records = self.applied = self.duplicates = self.refused = self.phase_changes = 0
 
 
 _RECORDS = metrics.RECORDS
 _APPLIED = metrics.EVENTS.labels("applied")
 _DUPLICATE = metrics.EVENTS.labels("duplicate")
-_REJECTED = metrics.EVENTS.labels("rejected")
+_REFUSED = metrics.EVENTS.labels("rejected")  # the label keeps its name (dashboards)
 _PHASE_CHANGES = metrics.PHASE_CHANGES

@@ -3,7 +3,7 @@
 
 A request registers the ids of the events it is about to append (:meth:`Waiters.expect`), appends
 them, and awaits the futures. The partition's materializer resolves a future when the reducer has
-judged that event (applied, duplicate, rejected) or when the record carrying it became a dead
+judged that event (applied, duplicate, refused) or when the record carrying it became a dead
 letter; the partition's owner fails every pending future with :class:`PartitionMoved` when the
 partition is revoked, fenced or reloaded. No Faust here.
 """
@@ -27,11 +27,11 @@ class ApplyOutcome:
     """What the owner's materializer did with one event.
 
     ``state``: the run's state after the event (applied / duplicate), the unchanged state
-    (rejected; ``None`` for an unknown run or a final run no longer in memory), ``None`` (dead).
-    ``reason``: the reducer's reason (rejected), the dead-letter reason and message (dead).
+    (refused; ``None`` for an unknown run or a final run no longer in memory), ``None`` (dead).
+    ``reason``: the reducer's reason (refused), the dead-letter reason and message (dead).
     """
 
-    kind: Literal["applied", "duplicate", "rejected", "dead"]
+    kind: Literal["applied", "duplicate", "refused", "dead"]
     state: RunState | None
     reason: str = ""
 

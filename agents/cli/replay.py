@@ -266,7 +266,7 @@ async def _replay_partitions(
                     if out is None:
                         out = pm.apply_record(m.offset, m.value)
                     report.records += 1
-                    report.events += out.applied + out.duplicates + out.rejected
+                    report.events += out.applied + out.duplicates + out.refused
                     report.dead_letters += out.dead is not None
                 on_batch(len(msgs))
             for p, pm in pms.items():

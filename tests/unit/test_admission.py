@@ -135,7 +135,7 @@ def test_a_far_creation_is_refused_not_stored_and_counted() -> None:
     out = pm.apply_record(0, encode(near))
     assert out.applied == 1
     out = pm.apply_record(1, encode(far))
-    assert (out.applied, out.rejected) == (0, 1)
+    assert (out.applied, out.refused) == (0, 1)
     assert "0000000900000000" not in pm.active
     assert metrics.EVENTS_REJECTED.labels("run_id_out_of_range")._value.get() == before + 1
 

@@ -14,7 +14,7 @@ from events import (
     DecodeError,
     Event,
     EventType,
-    Rejected,
+    Refused,
     StartRequested,
     StopRequested,
     TaskStatus,
@@ -617,8 +617,8 @@ async def test_a_write_waiting_for_an_event_that_is_refused_gets_the_reducers_re
     rig.append(stop)
     await rig.feed()
     outcome = await waiting
-    assert isinstance(expected, Rejected)
-    assert outcome == ApplyOutcome("rejected", queued, expected.reason)
+    assert isinstance(expected, Refused)
+    assert outcome == ApplyOutcome("refused", queued, expected.reason)
     assert "only a running run stops" in outcome.reason
 
 
@@ -645,7 +645,7 @@ async def test_an_event_for_a_final_run_is_rejected_as_final() -> None:
     (waiting,) = rig.owner.expect([late.id])
     rig.append(late)
     await rig.feed()
-    assert await waiting == ApplyOutcome("rejected", None, f"run {rid(1)} is final")
+    assert await waiting == ApplyOutcome("refused", None, f"run {rid(1)} is final")
 
 
 async def test_events_of_a_commit_get_their_own_outcomes() -> None:
@@ -654,7 +654,7 @@ async def test_events_of_a_commit_get_their_own_outcomes() -> None:
     a, b = rig.owner.expect([create.id, stop.id])
     rig.append(create, stop)
     await rig.feed()
-    assert ((await a).kind, (await b).kind) == ("applied", "rejected")
+    assert ((await a).kind, (await b).kind) == ("applied", "refused")
 
 
 @pytest.mark.parametrize("commit", [False, True])

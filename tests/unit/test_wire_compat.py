@@ -60,7 +60,7 @@ def _replay() -> tuple[list[dict[str, Any]], dict[str, bytes]]:
             {
                 "applied": out.applied,
                 "duplicates": out.duplicates,
-                "rejected": out.rejected,
+                "rejected": out.refused,
                 "dead": None if out.dead is None else out.dead.reason,
                 "derived": [encode(d) for d in out.derived if d.type is not _READY],
                 "ready": [encode(d) for d in out.derived if d.type is _READY],

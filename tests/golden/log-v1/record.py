@@ -381,7 +381,7 @@ def replay(records: list[tuple[int, bytes]]) -> tuple[list[dict[str, Any]], dict
                 **_raw_field(raw),
                 "applied": out.applied,
                 "duplicates": out.duplicates,
-                "rejected": out.rejected,
+                "rejected": out.refused,
                 "dead": None if out.dead is None else out.dead.reason,
                 "derived": [encode(d).decode() for d in out.derived if d.type is not _READY],
                 "ready": [encode(d).decode() for d in out.derived if d.type is _READY],
