@@ -161,7 +161,7 @@ def agola_dump_size(ix: RunIndex) -> tuple[int, int]:
     chunks = []
     for e in tqdm(ix.entries(), desc="agola json dump", leave=False, mininterval=0.5):
         chunks.append(
-            orjson.dumps({"ID": e.id_text, "Group": e.group + "/", "Phase": str(e.phase)})
+            orjson.dumps({"ID": e.id, "Group": e.group + "/", "Phase": str(e.phase)})
         )
     raw = b"".join(chunks)
     return len(raw), len(zstandard.ZstdCompressor(level=3).compress(raw))

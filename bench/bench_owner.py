@@ -51,6 +51,7 @@ async def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     cfg = OwnerConfig(
         topic=s.topic_events,
         phases_topic=s.topic_phases,
+        tasks_topic=s.topic_tasks,
         dlq_topic=s.topic_dlq,
         checkpoint_interval=args.interval,
     )
