@@ -160,9 +160,7 @@ def agola_dump_size(ix: RunIndex) -> tuple[int, int]:
     """Bytes of Agola's index dump (a stream of {"ID","Group","Phase"} JSON objects), raw and zstd."""
     chunks = []
     for e in tqdm(ix.entries(), desc="agola json dump", leave=False, mininterval=0.5):
-        chunks.append(
-            orjson.dumps({"ID": e.id, "Group": e.group + "/", "Phase": str(e.phase)})
-        )
+        chunks.append(orjson.dumps({"ID": e.id, "Group": e.group + "/", "Phase": str(e.phase)}))
     raw = b"".join(chunks)
     return len(raw), len(zstandard.ZstdCompressor(level=3).compress(raw))
 
