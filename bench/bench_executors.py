@@ -36,17 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tqdm import tqdm
 
 from agents.producer import EventProducer
+from bench.floors import kafka_floor, pct
 from events import EventType, TaskClaimed, decode_record, make_event
 from tests.harness import Worker, make_settings, prepare_topics, wait_healthy
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def row(label: str, ms: list[float]) -> str:
@@ -58,33 +53,6 @@ def row(label: str, ms: list[float]) -> str:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def kafka_floor(bootstrap: str, n: int) -> list[float]:
-    """Round trips of a bare record (acks=all) produced and consumed on a topic of its own."""
-    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 1, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=50)  # fmt: skip
-    await producer.start()
-    await consumer.start()
-    await asyncio.sleep(1.0)  # assigned, positioned at the end
-    out = []
-    try:
-        for i in range(n):
-            sent = time.perf_counter()
-            await producer.send_and_wait(topic, str(i).encode())
-            async for msg in consumer:
-                if msg.value == str(i).encode():
-                    break
-            out.append((time.perf_counter() - sent) * 1000)
-    finally:
-        await producer.stop()
-        await consumer.stop()
-    return out
 
 
 async def releases(s: Any, url: str, runs: int, lease_ms: int) -> list[float]:

@@ -83,13 +83,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from agents.config import Settings
 from agents.producer import EventProducer
 from agents.workload import iter_events
+from bench.floors import kafka_floor, pct
 from events import (
     EventType,
     RunConfigTask,
@@ -113,11 +113,6 @@ BACKGROUND_IDS = 6_000_000
 EDGE_DEADLINE = 60.0
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
 def row(label: str, ms: list[float]) -> str:
     if not ms:
         return f"{label:<58} n=0"
@@ -125,34 +120,6 @@ def row(label: str, ms: list[float]) -> str:
         f"{label:<58} n={len(ms):<5} p50 {pct(ms, 50):7.2f}  p95 {pct(ms, 95):7.2f}  "
         f"p99 {pct(ms, 99):7.2f}  p99.9 {pct(ms, 99.9):7.2f}  max {max(ms):7.2f} ms"
     )
-
-
-async def kafka_floor(bootstrap: str, n: int) -> list[float]:
-    """Round trips of a bare record (acks=all, linger 0) produced and consumed on a topic of its
-    own, with the consumer settings of the ready consumer."""
-    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 1, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=50)  # fmt: skip
-    await producer.start()
-    await consumer.start()
-    await asyncio.sleep(1.0)  # assigned, positioned at the end
-    out = []
-    try:
-        for i in tqdm(range(n), desc="floor", unit="rec", file=sys.stderr):
-            sent = time.perf_counter()
-            await producer.send_and_wait(topic, str(i).encode())
-            async for msg in consumer:
-                if msg.value == str(i).encode():
-                    break
-            out.append((time.perf_counter() - sent) * 1000)
-    finally:
-        await producer.stop()
-        await consumer.stop()
-    return out
 
 
 def stage(what: str) -> None:
@@ -543,7 +510,7 @@ async def amain(args: argparse.Namespace) -> None:
     try:
         await healthy(worker, url)
         stage("worker healthy")
-        floor = await kafka_floor(s.kafka, args.floor)
+        floor = await kafka_floor(s.kafka, args.floor, progress=True)
         await ready.start()
         stage("ready consumer at the end of " + ready_topic)
         async with EventProducer(s.kafka, s.topic_events, client_id="bench-executors") as producer:
