@@ -254,6 +254,29 @@ class RunService:
             await self._give_back(root, unbound, run_id, "created by an earlier try")
         return outcome.state
 
+    async def take_number(self, group: str) -> int | None:
+        """The next run number of ``group``'s root, taken ahead (``api.handlers`` takes it while
+        an ``Idempotency-Key`` is claimed); None without counters."""
+        counters = self.deps.counters
+        if counters is None:
+            return None
+        return await counters.next(counter_root(group))
+
+    async def drop_number(
+        self, group: str, taking: Awaitable[int | None], run_id: str, reason: str
+    ) -> None:
+        """A number taken ahead by ``taking`` will not be used: given back, else voided."""
+        try:
+            number = await taking
+        except Exception:
+            return  # none was taken
+        await self.give_back_number(group, number, run_id, reason)
+
+    async def give_back_number(
+        self, group: str, number: int | None, run_id: str, reason: str
+    ) -> None:
+        await self._give_back(counter_root(group), number, run_id, reason)
+
     async def _keep_number(self, key: str, root: str, number: int, run_id: str) -> None:
         """Bind ``number`` to ``key`` for the retry (the outcome is unknown: the event may still
         be applied with it). When another try bound one first, ``number`` is voided, never

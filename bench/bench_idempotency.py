@@ -3,11 +3,13 @@ next to the same without one, on one real worker (one-partition topics: it owns 
 a retried creation (the same key again: answered from the key's record and the run's live state).
 
 The load comes from a separate process on loopback (aiohttp, ``--concurrency`` connections in a
-closed loop); the two kinds alternate, ``--rounds`` rounds of ``--seconds`` each, after
-``--warmup`` seconds not counted, so a change in the machine's load falls on both. The load
+closed loop). The two kinds are paired: every connection alternates a creation with a new key and
+one without, so both see the same moment of the machine (its checkpoints, its GC, the broker's
+flushes) and their difference is the key's alone; ``--rounds`` rounds of ``--seconds`` each,
+after ``--warmup`` seconds not counted. A phase of retried keys follows. The load
 average is printed before and after: the figures are only as quiet as the machine.
 
-    .venv/bin/python bench/bench_idempotency.py                 # 4 s per phase, 2 rounds, c=8
+    .venv/bin/python bench/bench_idempotency.py                 # 4 s per phase, 3 rounds, c=8
     .venv/bin/python bench/bench_idempotency.py --seconds 6 --rounds 3 --concurrency 16
 """
 
@@ -39,7 +41,7 @@ BODY = {
         {"id": "test", "name": "test", "depends": [{"task_id": "checkout"}]},
     ],
 }
-MODES = ("none", "fresh", "retry")
+MODES = ("none", "fresh", "retry")  # "paired" alternates the first two
 
 
 async def _load(url: str, mode: str, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -48,7 +50,7 @@ async def _load(url: str, mode: str, seconds: float, concurrency: int) -> dict[s
     import aiohttp
 
     body = json.dumps(BODY).encode()
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {}
     errors = 0
     deadline = time.perf_counter() + seconds
     tag = uuid.uuid4().hex[:8]
@@ -59,9 +61,12 @@ async def _load(url: str, mode: str, seconds: float, concurrency: int) -> dict[s
             n = 0
             while time.perf_counter() < deadline:
                 headers = {"Content-Type": "application/json"}
-                if mode == "fresh":
+                kind = mode
+                if mode == "paired":  # alternate, starting at a different kind per connection
+                    kind = "fresh" if (n + i) % 2 else "none"
+                if kind == "fresh":
                     headers["Idempotency-Key"] = f"bench-{tag}-{i}-{n}"
-                elif mode == "retry":
+                elif kind == "retry":
                     headers["Idempotency-Key"] = f"bench-{tag}-{i}"
                 n += 1
                 t0 = time.perf_counter()
@@ -69,20 +74,23 @@ async def _load(url: str, mode: str, seconds: float, concurrency: int) -> dict[s
                     await resp.read()
                     if resp.status != 201:
                         errors += 1
-                latencies.append(time.perf_counter() - t0)
+                latencies.setdefault(kind, []).append(time.perf_counter() - t0)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
+    total = sum(len(v) for v in latencies.values())
+    return {kind: _summary(v, errors, total / elapsed) for kind, v in latencies.items()}
+
+
+def _summary(latencies: list[float], errors: int, rps: float) -> dict[str, Any]:
     latencies.sort()
     n = len(latencies)
-    return {
-        "requests": n,
-        "errors": errors,
-        "rps": n / elapsed,
-        "p50_ms": latencies[n // 2] * 1000 if n else float("nan"),
-        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
-    }
+
+    def at(q: float) -> float:
+        return latencies[min(n - 1, int(n * q))] * 1000 if n else float("nan")
+
+    return {"requests": n, "errors": errors, "rps": rps, "p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)}  # fmt: skip
 
 
 def drive(url: str, mode: str, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -98,8 +106,8 @@ def drive(url: str, mode: str, seconds: float, concurrency: int) -> dict[str, An
 
 def line(name: str, s: dict[str, Any]) -> str:
     return (
-        f"{name:<36} {s['rps']:>7,.0f} req/s  p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms"
-        f"  ({s['requests']:,} requests, {s['errors']} errors)"
+        f"{name:<44} p50 {s['p50_ms']:6.2f} ms  p95 {s['p95_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms"
+        f"  ({s['requests']:,} requests, {s['rps']:,.0f} req/s both kinds, {s['errors']} errors)"
     )
 
 
@@ -115,7 +123,9 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--seconds", type=float, default=4.0, help="duration of each load phase")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of (no key, fresh key)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="paired phases (no key and a new key, alternating)"
+    )
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of creations first, not counted")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="connections")
     p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
@@ -137,25 +147,28 @@ def main() -> None:
             drive(url, "fresh", args.warmup, c)
         got: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
         for _ in range(args.rounds):
-            for mode in ("none", "fresh"):
-                got[mode].append(drive(url, mode, secs, c))
-        got["retry"].append(drive(url, "retry", secs, c))
+            paired = drive(url, "paired", secs, c)
+            got["none"].append(paired["none"])
+            got["fresh"].append(paired["fresh"])
+        got["retry"].append(drive(url, "retry", secs, c)["retry"])
         print(f"load average after:  {load_average()}")
         names = {
             "none": "POST /runs, no key",
             "fresh": "POST /runs, a new Idempotency-Key",
             "retry": "POST /runs, a retried key",
         }
-        for mode in MODES:
-            for i, r in enumerate(got[mode], 1):
-                print(line(f"{names[mode]} #{i} (c={c})", r))
-        p99 = {m: statistics.median(r["p99_ms"] for r in got[m]) for m in MODES}
-        p50 = {m: statistics.median(r["p50_ms"] for r in got[m]) for m in MODES}
-        extra = p99["fresh"] - p99["none"]
+        for i in range(args.rounds):
+            for mode in ("none", "fresh"):
+                print(line(f"{names[mode]} #{i + 1} (c={c})", got[mode][i]))
+        print(line(f"{names['retry']} (c={c})", got["retry"][0]))
+        q = {m: {k: statistics.median(r[k] for r in got[m]) for k in ("p50_ms", "p95_ms", "p99_ms")} for m in MODES}  # fmt: skip
+        extra = q["fresh"]["p99_ms"] - q["none"]["p99_ms"]
         print(
-            f"median over rounds: p50 {p50['none']:.2f} → {p50['fresh']:.2f} ms, p99 "
-            f"{p99['none']:.2f} → {p99['fresh']:.2f} ms with a key (+{extra:.2f} ms at p99); "
-            f"a retried creation p50 {p50['retry']:.2f} ms, p99 {p99['retry']:.2f} ms"
+            f"median over rounds: p50 {q['none']['p50_ms']:.2f} → {q['fresh']['p50_ms']:.2f} ms, "
+            f"p95 {q['none']['p95_ms']:.2f} → {q['fresh']['p95_ms']:.2f} ms, "
+            f"p99 {q['none']['p99_ms']:.2f} → {q['fresh']['p99_ms']:.2f} ms with a key "
+            f"({extra:+.2f} ms at p99); a retried creation p50 {q['retry']['p50_ms']:.2f} ms, "
+            f"p99 {q['retry']['p99_ms']:.2f} ms"
         )
         print(f"target a key adds at most 2 ms at p99: {'met' if extra <= 2 else 'NOT met'}")
     finally:

@@ -146,6 +146,18 @@ async def test_a_request_id_of_runs_requests_is_the_same_key() -> None:
         assert "'req-9'" in out["message"]
 
 
+async def test_a_retry_gives_back_the_number_it_took_beside_its_claim() -> None:
+    """The number is taken while the key is claimed (two etcd writes at once); a retry's claim
+    fails, so the number it took is given back: the numbering stays dense."""
+    async with served() as s:
+        first = await post(s, new_run(), "hook-dense")
+        for _ in range(3):
+            assert (await post(s, new_run(), "hook-dense"))["run"]["counter"] == 1
+        assert (await post(s, new_run(), "hook-dense-2"))["run"]["counter"] == 2
+        assert first["run"]["counter"] == 1
+        assert not [k for k in s.kv.data if "/void/" in k], sorted(s.kv.data)
+
+
 async def test_a_503_after_the_append_retried_with_the_key_makes_one_run() -> None:
     async with served() as s:
         owners = s.fakes.owners
