@@ -27,6 +27,7 @@ from agents import kafka, metrics, quirks
 from agents.config import Settings
 from agents.health import stop_for, wrong_storage_line
 from agents.resources import Resources
+from agents.runtime import HeapTrimmer
 from datamanager.errors import MissingManifest
 from partition.materializer import partition_name
 from partition.outbox import dead_letter_headers
@@ -78,6 +79,7 @@ class MaterializerService:
         self._reader = _KafkaReader(settings.kafka)
         self._sender = _FaustSender(app)
         self._last_gc = time.monotonic()
+        self._heap = HeapTrimmer()  # returns the freed heap to the system after runs go cold
         self._waiting_since: float | None = time.monotonic()  # the agent awaits records since
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -185,10 +187,12 @@ class MaterializerService:
     async def _tick(self) -> None:
         since = self._waiting_since
         waiting = 0.0 if since is None else time.monotonic() - since
+        moved = 0
         for owner in list(self.owned.values()):
             owner.maybe_checkpoint()
             await owner.keep_catching_up(waiting)
-            await owner.cool()
+            moved += await owner.cool()
+        await self._heap.after_cooling(moved)
         await self._maybe_collect_garbage()
 
     async def _decide(self) -> None:

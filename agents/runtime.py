@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
 import gc
 import sys
+import time
+from collections.abc import Callable
 
-__all__ = ["SWITCH_INTERVAL", "tune_gc"]
+__all__ = ["SWITCH_INTERVAL", "TRIM_EVERY", "HeapTrimmer", "tune_gc"]
 
 #: Generation-0 threshold. The materializer allocates several small objects per event and keeps
 #: tens of thousands of run states alive; with CPython's default (700) the cyclic collector keeps
@@ -30,3 +35,52 @@ def tune_gc() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+
+
+#: Seconds between two returns of freed heap memory to the system, at most.
+TRIM_EVERY = 5.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    fn = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if fn is None:
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+class HeapTrimmer:
+    """Hands the heap's free pages back to the system after runs went cold.
+
+    A run that goes cold (``partition.active``) leaves its objects' memory free inside the C
+    heap: glibc keeps free chunks for reuse and returns to the system only the top of the heap,
+    so the worker's RSS keeps the high-water mark of its hot runs, spread thin among the
+    long-lived bytes of the cold ones (measured: 1.2 KB more RSS per active run than with the
+    pages given back). ``malloc_trim(0)`` gives back every whole free page (``madvise``); it
+    takes 1–2.5 ms for a worker of 150 MB, in a thread (ctypes releases the GIL), at most every
+    ``TRIM_EVERY`` seconds and only when runs went cold since the last time. The heap's lock is
+    held meanwhile, so a ``malloc`` of the event loop may wait that long, every few seconds at
+    most. Where the C library has no ``malloc_trim`` it does nothing."""
+
+    def __init__(
+        self, every: float = TRIM_EVERY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._trim = _malloc_trim()
+        self._every, self._clock = every, clock
+        self._pending = False
+        self._last = clock()
+        self.trims = 0
+
+    async def after_cooling(self, moved: int) -> None:
+        """Called after each cooling pass with the runs it moved."""
+        self._pending = self._pending or moved > 0
+        now = self._clock()
+        if not self._pending or self._trim is None or now - self._last < self._every:
+            return
+        self._pending, self._last = False, now
+        await asyncio.to_thread(self._trim, 0)
+        self.trims += 1

@@ -516,27 +516,37 @@ async def amain(args: argparse.Namespace) -> None:
         async with EventProducer(s.kafka, s.topic_events, client_id="bench-executors") as producer:
             bench = Bench(s, ready, producer, args.chain)
             await bench.loops("warm-up", 4, 1)
-            a = await bench.loops("(a) one run", 1, args.single_runs)
-            b = await bench.loops(f"(b) {args.inflight} runs", args.inflight, args.runs_each)
-            c = await bench.loops(f"(c) {args.inflight_large} runs", args.inflight_large, args.large_runs_each)  # fmt: skip
-            bg = Background(s, args.bg_rate)
-            await bg.start()
-            try:
-                d = await bench.loops(
-                    f"(d) {args.inflight} runs + bg", args.inflight, args.runs_each
-                )
-            finally:
-                d_rate = await bg.stop()
-            bg = Background(s, args.bg_rate)
-            await bg.start()
-            try:
-                limits = httpx.Limits(max_connections=args.inflight + 4)
-                stages0 = await write_stages(url)
-                async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
-                    h = await bench.loops(f"HTTP {args.inflight} runs + bg", args.inflight, args.runs_each, http)  # fmt: skip
-                stages1 = await write_stages(url)
-            finally:
-                h_rate = await bg.stop()
+            cases = set(args.cases.split(","))
+            none = Edges()
+            a = b = c = d = h = none
+            d_rate = h_rate = 0.0
+            stages0 = stages1 = {"append": (0.0, 0.0), "apply": (0.0, 0.0)}
+            if "a" in cases:
+                a = await bench.loops("(a) one run", 1, args.single_runs)
+            if "b" in cases:
+                b = await bench.loops(f"(b) {args.inflight} runs", args.inflight, args.runs_each)
+            if "c" in cases:
+                c = await bench.loops(f"(c) {args.inflight_large} runs", args.inflight_large, args.large_runs_each)  # fmt: skip
+            if "d" in cases:
+                bg = Background(s, args.bg_rate)
+                await bg.start()
+                try:
+                    d = await bench.loops(
+                        f"(d) {args.inflight} runs + bg", args.inflight, args.runs_each
+                    )
+                finally:
+                    d_rate = await bg.stop()
+            if "http" in cases:
+                bg = Background(s, args.bg_rate)
+                await bg.start()
+                try:
+                    limits = httpx.Limits(max_connections=args.inflight + 4)
+                    stages0 = await write_stages(url)
+                    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+                        h = await bench.loops(f"HTTP {args.inflight} runs + bg", args.inflight, args.runs_each, http)  # fmt: skip
+                    stages1 = await write_stages(url)
+                finally:
+                    h_rate = await bg.stop()
             if not args.no_failover:
                 fo = await failover(bench, s, worker, tmp, args.inflight, args.failover_before)
     finally:
@@ -592,6 +602,7 @@ def main() -> None:
     p.add_argument("--bg-rate", type=int, default=2_000, help="(d), HTTP: background events/s")
     p.add_argument("--failover-before", type=float, default=10.0, help="seconds of flow before the kill")  # fmt: skip
     p.add_argument("--no-failover", action="store_true", help="skip the failover case")
+    p.add_argument("--cases", default="a,b,c,d,http", help="the edge cases to run, comma-separated (a, b, c, d, http); failover follows unless --no-failover")  # fmt: skip
     p.add_argument("--session-timeout", type=float, default=None, help="the workers' consumer session timeout, seconds (default: the setting's); the broker must allow it (group.min.session.timeout.ms)")  # fmt: skip
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--ready-topic", default=None, help="a Settings field (topic_tasks, topic_phases) or a topic name; default topic_tasks when Settings has it, else topic_phases")  # fmt: skip

@@ -6,8 +6,8 @@ static environment and an annotation) are created, started and their first task 
 they stay active. The worker's RSS is read (``/proc/<pid>/status``, ``VmRSS``) once every
 partition's checkpoint covers the log, at ``--first`` active runs and at ``--runs``; the figure
 is the slope between the two, bytes per active run, read once the runs went still for
-``partition.active.COLD_AFTER`` seconds (most active runs of a CI sit still between two task
-edges). The floor beside it: the run's stored state
+``partition.active.COLD_AFTER`` seconds and the worker gave the heap they left back
+(``agents.runtime.TRIM_EVERY``; most active runs of a CI sit still between two task edges). The floor beside it: the run's stored state
 (the checkpoint's JSON bytes for one such run), which is the least a run can cost while its state
 is kept whole in memory.
 
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from agents.producer import EventProducer
 from agents.resources import Resources
+from agents.runtime import TRIM_EVERY
 from events.catalogue import Event, RunCreated, StartRequested, TaskStatusChanged, make_event
 from events.codec import encode_state
 from events.ids import format_run_id
@@ -140,8 +141,9 @@ async def main() -> None:
                     lambda: caught_up(s, resources), within=300, what="checkpoints to cover the log"
                 )
                 # Runs that did not move for COLD_AFTER are held as compressed bytes
-                # (partition.active): read once they went still, as most active runs are.
-                await asyncio.sleep(COLD_AFTER + 5.0)
+                # (partition.active), and the heap they left is given back within TRIM_EVERY
+                # (agents.runtime.HeapTrimmer): read once they went still, as most active runs are.
+                await asyncio.sleep(COLD_AFTER + TRIM_EVERY + 5.0)
                 readings.append((hi - 1, rss(pid)))
             bar.close()
         (n1, r1), (n2, r2) = readings

@@ -4,6 +4,7 @@ compressed bytes and come back unchanged; what changed recently stays an object.
 from __future__ import annotations
 
 import pytest
+import zstandard
 
 from events.advance import GRAPHS, graph_of
 from events.catalogue import StartRequested, TaskStatusChanged
@@ -12,7 +13,7 @@ from events.ids import format_run_id
 from events.model import TaskStatus
 from events.reducer import Applied, apply
 from events.state import RunState
-from partition.active import ActiveRuns
+from partition.active import ActiveRuns, _dictionary_of
 from partition.decisions import last_progress
 from tests.unit.test_events_support import created, ev, task
 
@@ -100,3 +101,63 @@ async def test_a_cold_run_lets_go_of_its_graph() -> None:
     active = ActiveRuns({a.run.id: a}, cold_after=1.0)
     await active.cool()
     assert a.run.id not in GRAPHS
+
+
+def _framed_with_dictionary(active: ActiveRuns) -> list[bool]:
+    return [bool(_dictionary_of(raw)) for raw in active._cold.values()]
+
+
+async def test_runs_that_went_cold_train_a_dictionary_and_every_run_comes_back_equal() -> None:
+    states = {s.run.id: s for s in (running(n) for n in range(1, 41))}
+    first = dict(list(states.items())[:30])
+    active = ActiveRuns(first, cold_after=1.0, train_after=30)
+    alone = {rid: len(zstandard.ZstdCompressor(level=1).compress(encode_state(s))) for rid, s in first.items()}  # fmt: skip
+    assert active.dictionary == 0
+    assert await active.cool() == 30  # the 30th sample trains the dictionary
+    assert active.dictionary != 0
+    # The runs compressed before it were compressed again with it, and are smaller.
+    assert _framed_with_dictionary(active) == [True] * 30
+    sizes = {rid: len(raw) - 8 for rid, raw in active._cold.items()}
+    assert sum(sizes.values()) < sum(alone.values()) / 2, (sizes, alone)
+    # Runs going cold now use it; every run decodes to what it was.
+    for rid, state in list(states.items())[30:]:
+        active[rid] = state
+    await active.cool()
+    await active.cool()
+    assert active.hot == 0
+    assert _framed_with_dictionary(active) == [True] * 40
+    for rid, state in states.items():
+        assert encode_state(active[rid]) == encode_state(state)
+    assert sorted(s.run.id for s in active.quiet_since(10**12)) == sorted(states)
+
+
+async def test_a_run_decoded_before_the_dictionary_is_compressed_with_it_when_it_cools_again() -> (
+    None
+):
+    states = {s.run.id: s for s in (running(n) for n in range(1, 31))}
+    active = ActiveRuns(states, cold_after=1.0, train_after=29)
+    one = next(iter(states))
+    # 29 go cold first (samples), one stays hot: it went cold, was read (hot, unchanged) ...
+    active._samples = None  # no training yet: every run is compressed alone
+    await active.cool()
+    assert _framed_with_dictionary(active) == [False] * 30
+    assert active[one] == states[one]  # decoded: hot, its plain bytes kept for reuse
+    active._samples = [encode_state(s) for s in states.values()]
+    active._unshrunk = [rid for rid in states if rid != one]
+    await active._train()
+    assert active.dictionary != 0
+    await active.cool()
+    await active.cool()  # ... and goes cold again: compressed with the dictionary, not reused
+    assert active.hot == 0
+    assert _framed_with_dictionary(active) == [True] * 30
+    assert encode_state(active[one]) == encode_state(states[one])
+
+
+async def test_a_dictionary_that_cannot_be_trained_leaves_runs_compressed_alone() -> None:
+    states = {s.run.id: s for s in (running(n) for n in range(1, 3))}
+    active = ActiveRuns(states, cold_after=1.0, train_after=2)  # two samples: zstd refuses
+    assert await active.cool() == 2
+    assert active.dictionary == 0
+    assert _framed_with_dictionary(active) == [False, False]
+    for rid, state in states.items():
+        assert active[rid] == state
