@@ -192,7 +192,7 @@ class MaterializerService:
             owner.maybe_checkpoint()
             await owner.keep_catching_up(waiting)
             moved += await owner.cool()
-        await self._heap.after_cooling(moved)
+        await self._heap.tick(moved)
         await self._maybe_collect_garbage()
 
     async def _decide(self) -> None:

@@ -19,7 +19,7 @@ from agents.liveness import Executors
 from agents.logs import setup_logging
 from agents.materializer_service import MaterializerService
 from agents.resources import Resources, ensure_topics
-from agents.runtime import tune_gc
+from agents.runtime import tune_gc, tune_malloc
 from agents.scheduler import SchedulerService
 
 __all__ = ["EXIT_FATAL", "run_worker"]
@@ -45,6 +45,7 @@ def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code."""
     setup_logging(settings.log_level, settings.log_format)
     tune_gc()
+    tune_malloc()  # before the threads: one heap, trimmed (agents.runtime.HeapTrimmer)
     try:
         asyncio.run(ensure_topics(settings))
     except Exception as exc:
