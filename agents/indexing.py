@@ -49,6 +49,9 @@ __all__ = ["IndexFollower", "build_index", "dump_store", "source_key"]
 
 log = logging.getLogger("runstream.indexer")
 
+#: Seconds between two readings of the index's size (``runstream_index_bytes``).
+INDEX_BYTES_EVERY = 10.0
+
 
 def source_key(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
@@ -69,6 +72,7 @@ class IndexFollower:
         self.index = index
         self.caught_up = asyncio.Event()
         self.stats = CatchUp()
+        self._sized = 0.0  # when runstream_index_bytes was last set (monotonic)
 
     def _offset(self, p: int) -> int:
         return self.index.offsets.get(source_key(self.settings.topic_phases, p), 0)
@@ -142,6 +146,10 @@ class IndexFollower:
                     self.stats.records += 1
                     self.index.mark_offset(source_key(tp.topic, tp.partition), m.offset + 1)
             metrics.INDEX_RUNS.set(self.index.count)
+            now = time.monotonic()
+            if now - self._sized >= INDEX_BYTES_EVERY:  # walks the posting lists: not per batch
+                self._sized = now
+                metrics.INDEX_BYTES.set(self.index.memory_bytes())
 
 
 def dump_store(settings: Settings, storage: ost.ObjectStorage) -> DumpStore:

@@ -9,6 +9,7 @@ __all__ = [
     "EXECUTORS_KNOWN",
     "HEARTBEATS",
     "HEARTBEATS_MALFORMED",
+    "INDEX_BYTES",
     "INDEX_RUNS",
     "PARTITIONS_OWNED",
     "STUCK_RUNS",
@@ -17,6 +18,10 @@ __all__ = [
 
 PARTITIONS_OWNED = Gauge("runstream_partitions_owned", "runs.events partitions this worker owns")
 INDEX_RUNS = Gauge("runstream_index_runs", "Runs in this worker's run index")
+INDEX_BYTES = Gauge(
+    "runstream_index_bytes",
+    "Bytes this worker's run index holds (columns, posting lists, groups, names); every 10 s",
+)
 HEARTBEATS = Counter(
     "runstream_heartbeats_received",
     "Executors' heartbeats this worker read from runs.heartbeats (agents.liveness)",
