@@ -46,15 +46,7 @@ from api.bodies import (
 )
 from api.errors import ApiError, Conflict, NotFound, Unavailable
 from api.history import History
-from api.ports import (
-    ApiDeps,
-    CreationKeys,
-    Executors,
-    KeyRecord,
-    Local,
-    Remote,
-    StoreUnavailable,
-)
+from api.ports import ApiDeps, Executors, KeyRecord, Local, Remote, StoreUnavailable
 from api.relay import RUN_ID_HEADER, STATE_TYPE, Relay, is_relayed
 from api.service import (
     KEY_REUSED_STATUS,
@@ -175,32 +167,15 @@ class Handlers:
         if records is None:
             raise Unavailable("this worker does not keep creation keys (Idempotency-Key); retry")
         digest = creation_digest(run_created(req) if isinstance(req, CreateRequest) else req)
-        dropping: list[asyncio.Future[None]] = []  # numbers taken by claims that failed
-        try:
-            return await self._create_with_record(request, req, key, records, digest, dropping)
-        finally:
-            if dropping:  # given back while the record and the run were read
-                await asyncio.gather(*dropping, return_exceptions=True)
-
-    async def _create_with_record(
-        self,
-        request: web.Request,
-        req: CreateRequest | RecreateRequest,
-        key: str,
-        records: CreationKeys,
-        digest: str,
-        dropping: list[asyncio.Future[None]],
-    ) -> web.StreamResponse:
         record: KeyRecord | None = None
         number: int | None = None
         try:
             for _ in range(CREATE_ATTEMPTS):
                 new_id = await self.deps.ids.next()
-                claimed, number = await self._claim(records, key, new_id, digest, req, dropping)
-                if claimed:
-                    record = KeyRecord(run_id=new_id, digest=digest, fresh=True)
-                    break
-                record = await records.lookup_key(key)  # a try of the same key was first
+                # A plain creation this worker will answer takes its number beside the claim.
+                local = isinstance(self.deps.owners.route(format_run_id(new_id)), Local)
+                group = req.group if local and isinstance(req, CreateRequest) else None
+                record, number = await self.service.key_record(records, key, new_id, digest, group)  # fmt: skip
                 if record is not None:
                     break
         except StoreUnavailable as exc:
@@ -228,43 +203,6 @@ class Handlers:
             if number is not None and not used and isinstance(req, CreateRequest):
                 # the partition moved away between the claim and the call: the owner numbers it
                 await self.service.give_back_number(req.group, number, run_id, "owner moved")
-
-    async def _claim(
-        self,
-        records: CreationKeys,
-        key: str,
-        new_id: int,
-        digest: str,
-        req: CreateRequest | RecreateRequest,
-        dropping: list[asyncio.Future[None]],
-    ) -> tuple[bool, int | None]:
-        """Claim ``key`` for run ``new_id``; when this worker owns that run (its creation will
-        be answered here) and it is a plain creation, the run number is taken *at the same
-        time*: two etcd writes in flight together cost about one, so a key adds little to a
-        creation's latency (docs/api.md, "Idempotent creation"). The number is the run's when
-        the claim is made; when it is not (a retry), it is given back (or voided) by a task
-        put in ``dropping``, which runs while the retry reads the record and the run."""
-        run_id = format_run_id(new_id)
-        if not isinstance(req, CreateRequest) or not isinstance(
-            self.deps.owners.route(run_id), Local
-        ):
-            return await records.claim_key(key, new_id, digest), None
-        taking = asyncio.ensure_future(self.service.take_number(req.group))
-        try:
-            claimed = await records.claim_key(key, new_id, digest)
-        except BaseException:
-            await self.service.drop_number(
-                req.group, taking, run_id, "the key could not be claimed"
-            )
-            raise
-        if not claimed:
-            drop = self.service.drop_number(req.group, taking, run_id, "the key was claimed before")
-            dropping.append(asyncio.ensure_future(drop))
-            return False, None
-        try:
-            return True, await taking
-        except StoreUnavailable as exc:
-            raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
 
     async def _create_here(
         self,

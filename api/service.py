@@ -37,7 +37,7 @@ from api.bodies import (
     TaskActionRequest,
 )
 from api.errors import ApiError, BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
-from api.ports import ApiDeps, Refused, StoreUnavailable
+from api.ports import ApiDeps, CreationKeys, KeyRecord, Refused, StoreUnavailable
 from api.views import TaskClaim
 from api.waiting import Waiting, waiting
 from events import (
@@ -60,6 +60,7 @@ from events import (
     can_recreate,
     check_create,
     counter_root,
+    format_run_id,
     make_event,
     recreate,
     run_created,
@@ -254,16 +255,42 @@ class RunService:
             await self._give_back(root, unbound, run_id, "created by an earlier try")
         return outcome.state
 
-    async def take_number(self, group: str) -> int | None:
-        """The next run number of ``group``'s root, taken ahead (``api.handlers`` takes it while
-        an ``Idempotency-Key`` is claimed); None without counters."""
-        counters = self.deps.counters
-        if counters is None:
-            return None
-        return await counters.next(counter_root(group))
+    async def key_record(
+        self, records: CreationKeys, key: str, new_id: int, digest: str, group: str | None
+    ) -> tuple[KeyRecord | None, int | None]:
+        """The record of ``Idempotency-Key`` ``key``: claimed now for run ``new_id`` (a fresh
+        record), else the one a try of the same key made first (None when it vanished), and
+        the run number taken for a fresh record.
 
-    async def drop_number(
-        self, group: str, taking: Awaitable[int | None], run_id: str, reason: str
+        With ``group`` (a plain creation that this worker answers) the number of ``group``'s
+        root is taken *at the same time* as the claim: two etcd writes in flight together cost
+        about one, so a key adds little to a creation's latency (docs/api.md, "Idempotent
+        creation"). When the claim is not made (a retry), that number is given back (or
+        voided) while the record is read."""
+        counters = self.deps.counters
+        if group is None or counters is None:
+            if await records.claim_key(key, new_id, digest):
+                return KeyRecord(run_id=new_id, digest=digest, fresh=True), None
+            return await records.lookup_key(key), None
+        run_id = format_run_id(new_id)
+        taking = asyncio.ensure_future(counters.next(counter_root(group)))
+        try:
+            claimed = await records.claim_key(key, new_id, digest)
+        except BaseException:
+            await self._drop_number(group, taking, run_id, "the key could not be claimed")
+            raise
+        if not claimed:
+            dropped = self._drop_number(group, taking, run_id, "the key was claimed before")
+            record, _ = await asyncio.gather(records.lookup_key(key), dropped)
+            return record, None
+        try:
+            number = await taking
+        except StoreUnavailable as exc:
+            raise Unavailable(f"run numbers cannot be taken now ({exc}); retry") from exc
+        return KeyRecord(run_id=new_id, digest=digest, fresh=True), number
+
+    async def _drop_number(
+        self, group: str, taking: Awaitable[int], run_id: str, reason: str
     ) -> None:
         """A number taken ahead by ``taking`` will not be used: given back, else voided."""
         try:

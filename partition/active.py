@@ -93,14 +93,11 @@ class ActiveRuns(MutableMapping[str, RunState]):
         self._dict_id = 0  # the trained dictionary's id, 0 until there is one
         self._samples: list[bytes] | None = [] if train_after > 0 else None  # JSON to train on
         self._train_after = train_after
-        self._unshrunk: list[str] = []  # cold runs compressed before the dictionary existed
 
     def _unpack(self, raw: bytes) -> RunState:
         """The state held in ``raw``, with the dictionary its frame names (or none)."""
-        frame = _frame(raw)
-        if self._dict_id and zstandard.get_frame_parameters(frame).dict_id:
-            return decode_state(self._zd.decompress(frame))
-        return decode_state(self._plain.decompress(frame))
+        zd = self._zd if self._dict_id and _dictionary_of(raw) else self._plain
+        return decode_state(zd.decompress(_frame(raw)))
 
     def _pack(self, doc: bytes, since: int) -> bytes:
         """``doc`` compressed, behind ``since``: one exact-size ``bytes`` (zstandard's own keep
@@ -204,7 +201,6 @@ class ActiveRuns(MutableMapping[str, RunState]):
                 samples = self._samples
                 if samples is not None:
                     samples.append(doc)
-                    self._unshrunk.append(run_id)
             self._cold[run_id] = raw
             GRAPHS.pop(run_id, None)  # its config is no longer held for the reducer's graph
             moved += 1
@@ -222,15 +218,13 @@ class ActiveRuns(MutableMapping[str, RunState]):
         try:
             trained = await asyncio.to_thread(zstandard.train_dictionary, DICT_SIZE, samples)
         except zstandard.ZstdError:
-            self._unshrunk = []
             return
         del samples
         self._zc = zstandard.ZstdCompressor(level=1, dict_data=trained)
         self._zd = zstandard.ZstdDecompressor(dict_data=trained)
         self._dict_id = trained.dict_id()
-        unshrunk, self._unshrunk = self._unshrunk, []
         slices = Slices()
-        for run_id in unshrunk:
+        for run_id in list(self._cold):
             raw = self._cold.get(run_id)
             if raw is not None and not _dictionary_of(raw):
                 doc = self._plain.decompress(_frame(raw))

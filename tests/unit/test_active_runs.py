@@ -143,7 +143,6 @@ async def test_a_run_decoded_before_the_dictionary_is_compressed_with_it_when_it
     assert _framed_with_dictionary(active) == [False] * 30
     assert active[one] == states[one]  # decoded: hot, its plain bytes kept for reuse
     active._samples = [encode_state(s) for s in states.values()]
-    active._unshrunk = [rid for rid in states if rid != one]
     await active._train()
     assert active.dictionary != 0
     await active.cool()
