@@ -2,8 +2,9 @@
 
 A worker is started on topics of its own; ``--runs`` runs of ``--tasks`` tasks each (a chain,
 shaped like ``agents.workload``'s: each task a small environment, the run an environment, a
-static environment and an annotation) are created, started and their first task set running, so
-they stay active. The worker's RSS is read (``/proc/<pid>/status``, ``VmRSS``) once every
+static environment and an annotation) are created, started, their first task claimed by one of
+``EXECUTORS`` executors and set running, so they stay active (the claims' lease outlasts the
+bench; without heartbeats the owner judges it from the claim). The worker's RSS is read (``/proc/<pid>/status``, ``VmRSS``) once every
 partition's checkpoint covers the log, at ``--first`` active runs and at ``--runs``; the figure
 is the slope between the two, bytes per active run, read once the runs went still for
 ``partition.active.COLD_AFTER`` seconds and the worker gave the heap they left back
@@ -35,7 +36,14 @@ from tqdm import tqdm
 from agents.producer import EventProducer
 from agents.resources import Resources
 from agents.runtime import TRIM_EVERY
-from events.catalogue import Event, RunCreated, StartRequested, TaskStatusChanged, make_event
+from events.catalogue import (
+    Event,
+    RunCreated,
+    StartRequested,
+    TaskClaimed,
+    TaskStatusChanged,
+    make_event,
+)
 from events.codec import encode_state
 from events.ids import format_run_id
 from events.model import RunConfigTask, TaskDepend, TaskStatus
@@ -44,6 +52,9 @@ from partition.active import COLD_AFTER
 from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_healthy, wait_until
 
 T0 = 1_780_000_000_000
+#: Executors holding the runs' first tasks, and their claims' lease (ms): longer than the bench.
+EXECUTORS = 50
+LEASE_MS = 1_800_000
 
 
 def created(n: int, tasks: int) -> RunCreated:
@@ -70,6 +81,9 @@ def script(n: int, tasks: int) -> list[Event]:
     payloads = [
         created(n, tasks),
         StartRequested(),
+        # Its first task held by one of EXECUTORS executors (a lease longer than the bench),
+        # and running: what an active run of a CI is between two task edges.
+        TaskClaimed(task_id="t0", executor_id=f"bench-executor-{n % EXECUTORS}", lease_ms=LEASE_MS),
         TaskStatusChanged(task_id="t0", status=TaskStatus.RUNNING),
     ]
     return [

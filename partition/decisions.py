@@ -22,8 +22,11 @@ Two kinds:
   ``run.stop_requested`` with the reason ``timeout``.
 
 What to watch is kept incrementally (:meth:`Timekeeper.watch` for each run whose state changed):
-executor → the runs where it holds a task, and a heap of deadlines checked against the state when
-they fall due, so a sweep costs what changed, not the partition's size. Times: deadlines are in
+executor → the runs where it holds a task (with the shortest claim lease among them), and a heap
+of deadlines checked against the state when they fall due, so a sweep costs what changed, not
+the partition's size. A sweep looks at an executor's runs only once its shortest lease lapsed:
+a run whose task is held by a live executor is not decoded (``partition.active`` keeps such a
+run cold, as it keeps every run that sits still). Times: deadlines are in
 the log's time (event ``at`` values, ms since the epoch, compared with this machine's clock);
 leases in this process's monotonic time (when a heartbeat was received here), so a clock step
 never releases a task.
@@ -83,8 +86,10 @@ class Timekeeper:
 
     def __init__(self, liveness: LivenessView | None = None) -> None:
         self.liveness = liveness
-        # executor → run ids where it holds a task (checked lazily against the state)
-        self._held: dict[str, set[str]] = {}
+        # executor → {run id where it holds a task: the least claim lease (ms) of those tasks}
+        self._held: dict[str, dict[str, int]] = {}
+        # run id → the executors holding a task in it (the reverse of _held)
+        self._holders: dict[str, tuple[str, ...]] = {}
         # executor → when this owner started watching it (monotonic): a full lease from there
         self._since: dict[str, float] = {}
         # (deadline ms, run id, task id or "" for the run, attempt)
@@ -102,24 +107,41 @@ class Timekeeper:
     def watch(self, run_id: str, state: RunState | None, now: float) -> None:
         """``run_id``'s state changed to ``state`` (``None``: the run is final or gone): note its
         holders and deadlines. ``now``: monotonic seconds."""
-        if state is None:
-            return  # its entries fall out lazily when checked
-        run, config = state.run, state.config
-        if run.phase is not _RUNNING:
-            return
+        now_held: dict[str, int] = {}  # executor → its least claim lease among its tasks here
+        if state is not None and state.run.phase is _RUNNING:
+            self._watch_running(run_id, state, now_held)
+        if now_held or run_id in self._holders:
+            self._rehold(run_id, now_held, now)
+
+    def _rehold(self, run_id: str, now_held: dict[str, int], now: float) -> None:
+        """``run_id``'s holders are now those of ``now_held``: the others no longer watch it."""
         held, since = self._held, self._since
+        for executor in self._holders.get(run_id, ()):
+            if executor not in now_held:
+                self._let_go(executor, run_id)  # holds nothing here any more: a new claim
+                # starts a new watch
+        self._holders.pop(run_id, None)
+        for executor, lease in now_held.items():
+            runs = held.get(executor)
+            if runs is None:
+                held[executor] = {run_id: lease}
+                since.setdefault(executor, now)
+            else:
+                runs[run_id] = lease
+        if now_held:
+            self._holders[run_id] = tuple(now_held)
+
+    def _watch_running(self, run_id: str, state: RunState, now_held: dict[str, int]) -> None:
+        run, config = state.run, state.config
         tasks = config.tasks
         for tid, task in run.tasks.items():
             if task.status in _FINISHED:
                 continue
             holder = task.holder
             if holder is not UNSET:
-                runs = held.get(holder)
-                if runs is None:
-                    held[holder] = {run_id}
-                    since.setdefault(holder, now)
-                else:
-                    runs.add(run_id)
+                lease = task.lease_ms if task.lease_ms is not UNSET else 0
+                if lease < now_held.get(holder, lease + 1):
+                    now_held[holder] = lease
             timeout = tasks[tid].timeout_ms
             if timeout is not UNSET:
                 base = task.claim_time if task.claim_time is not UNSET else task.start_time
@@ -154,21 +176,35 @@ class Timekeeper:
 
     def _lapsed(self, active: Mapping[str, RunState], now_ms: int, now: float, out: list[Event]) -> None:  # fmt: skip
         held, since, live = self._held, self._since, self.liveness
+        if live is None:
+            return
         for executor in list(held):
             runs = held[executor]
+            # Not lapsed for its shortest lease here: for none of its tasks (a lease only makes
+            # the cut later). The states are not looked at then: a cold run stays cold.
+            if not live.lapsed(executor, min(runs.values()), since[executor], now):
+                continue
             for run_id in list(runs):
                 state = active.get(run_id)
                 mine = _held_by(state, executor)
-                if state is None or not mine:
-                    runs.discard(run_id)
+                if state is None or not mine:  # no longer held by it (not watched yet): let go
+                    self._let_go(executor, run_id)
                     continue
                 for tid, task in mine:
                     lease = task.lease_ms if task.lease_ms is not UNSET else 0
-                    if live is not None and live.lapsed(executor, lease, since[executor], now):
+                    if live.lapsed(executor, lease, since[executor], now):
                         out.append(_release(state, tid, task, ReleaseReason.EXECUTOR_LOST, now_ms))  # fmt: skip
-            if not runs:  # holds nothing here any more: a new claim starts a new watch
-                del held[executor]
-                since.pop(executor, None)
+
+    def _let_go(self, executor: str, run_id: str) -> None:
+        holders = tuple(h for h in self._holders.pop(run_id, ()) if h != executor)
+        if holders:
+            self._holders[run_id] = holders
+        runs = self._held.get(executor)
+        if runs is not None:
+            runs.pop(run_id, None)
+            if not runs:
+                del self._held[executor]
+                self._since.pop(executor, None)
 
     def _deadlines(self, active: Mapping[str, RunState], now_ms: int, out: list[Event]) -> None:
         heap, queued = self._heap, self._queued

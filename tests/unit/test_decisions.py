@@ -29,7 +29,7 @@ from events.model import RunConfigTask
 from partition.decisions import RETRY_AFTER, Timekeeper, last_progress, stuck
 from partition.owner import PartitionOwner
 from tests.fakes_owner import FakeRecord
-from tests.unit.test_events_support import created, ev, task
+from tests.unit.test_events_support import applied, created, ev, task
 from tests.unit.test_owner import CONFIG, TASKS, TOPIC, Rig
 
 pytestmark = pytest.mark.timeout(30)
@@ -268,6 +268,66 @@ def test_the_timekeeper_drops_runs_that_ended_or_left() -> None:
     keeper = Timekeeper(None)
     assert keeper.due({}, T0, 0.0) == []
     assert keeper.watched_executors == 0
+
+
+class Looked(dict):  # type: ignore[type-arg]
+    """Run states that count how often a sweep looked one up (a cold run would be decoded)."""
+
+    looks = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        self.looks += 1
+        return super().get(key, default)
+
+
+def held_run(run_id: str, *claims: tuple[str, str, int]):  # type: ignore[no-untyped-def]
+    """A running run of tasks a, b, c with ``claims`` (task, executor, lease ms) applied."""
+    state = None
+    events = [created(task("a"), task("b"), task("c")), StartRequested()]
+    events += [TaskClaimed(task_id=t, executor_id=x, lease_ms=lease) for t, x, lease in claims]
+    for data in events:
+        state = applied(state, ev(data, run_id=run_id, at=T0)).state
+    return state
+
+
+def test_a_sweep_looks_at_no_run_of_an_executor_still_within_its_shortest_lease() -> None:
+    clocks = Clocks()
+    live = FakeLiveness(clocks)
+    keeper = Timekeeper(live)
+    one, two = format_run_id(1), format_run_id(2)
+    runs = Looked(
+        {
+            one: held_run(one, ("a", "ex-1", 5_000), ("b", "ex-1", 2_000)),
+            two: held_run(two, ("a", "ex-1", 9_000), ("b", "ex-2", 9_000)),
+        }
+    )
+    for run_id, state in runs.items():
+        keeper.watch(run_id, state, clocks.mono)
+    assert keeper.watched_executors == 2
+    for _ in range(8):  # 1.6 s: within ex-1's shortest lease (2 s) and ex-2's (9 s)
+        clocks.advance(0.2)
+        assert keeper.due(runs, clocks.wall, clocks.mono) == []
+    assert runs.looks == 0
+    clocks.advance(0.5)  # 2.1 s: ex-1's 2 s lease lapsed, its 5 s and 9 s ones did not
+    (release,) = keeper.due(runs, clocks.wall, clocks.mono)
+    assert (release.run_id, release.data.task_id) == (one, "b")  # type: ignore[union-attr]
+    assert runs.looks == 2  # ex-1's two runs, not ex-2's
+
+
+def test_a_run_no_longer_held_leaves_its_executors_watch() -> None:
+    clocks = Clocks()
+    keeper = Timekeeper(FakeLiveness(clocks))
+    one, two = format_run_id(1), format_run_id(2)
+    keeper.watch(one, held_run(one, ("a", "ex-1", 2_000), ("b", "ex-2", 2_000)), clocks.mono)
+    keeper.watch(two, held_run(two, ("a", "ex-1", 2_000)), clocks.mono)
+    assert keeper.watched_executors == 2
+    keeper.watch(one, held_run(one, ("a", "ex-1", 2_000)), clocks.mono)  # ex-2 let go of b
+    assert keeper.watched_executors == 1
+    keeper.watch(one, None, clocks.mono)  # the run ended
+    keeper.watch(two, held_run(two), clocks.mono)  # released (no holder)
+    assert keeper.watched_executors == 0
+    clocks.advance(60)
+    assert keeper.due({}, clocks.wall, clocks.mono) == []
 
 
 async def test_stuck_lists_runs_without_progress_oldest_first() -> None:
