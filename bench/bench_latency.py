@@ -11,11 +11,14 @@ closed loop (report, wait for ready, report the next); a run's first ``task.read
 creation and start) is not an edge.
 
 * **Floor**: a bare Kafka record's round trip (``acks=all``, ``linger_ms=0``) through the same
-  broker, produced and consumed here on a topic of its own.
+  broker, produced and consumed here on a topic of its own; again beside case (d)'s background
+  load (before its edges), the floor in the same conditions.
 * **Edges**: (a) one run at a time; (b) ``--inflight`` runs in flight; (c) ``--inflight-large``
   runs in flight; (d) ``--inflight`` runs in flight beside a background load of ``--bg-rate``
   events/s of other runs (``agents.workload``: created, started, tasks running and ending),
-  whose achieved rate is printed.
+  whose achieved rate is printed. Each edge is also cut in two at the ``task.ready`` record's
+  timestamp (the worker's producer stamps it at the send): report → the worker sends it, and
+  that send → seen here (wall clocks of one machine, to the millisecond).
 * **HTTP reports**: case (d) with the reports sent as ``PUT /api/v1/runs/{id}/tasks/{task}/status``
   (answered once the owner applied the event): the edge from the request to the ``task.ready``,
   the response time itself, the worker's own part of it (``Server-Timing: app;dur``) and the
@@ -113,6 +116,54 @@ BACKGROUND_IDS = 6_000_000
 EDGE_DEADLINE = 60.0
 
 
+def _ticks(pid: int | str) -> float:
+    """CPU seconds used so far by process ``pid`` (``self``: this one), from /proc (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values) - idle) / hz, sum(values) / hz
+
+
+class CpuWatch:
+    """The CPU the worker, this process and the whole machine used during a case: percent of
+    one core, and the machine's share busy (all cores)."""
+
+    def __init__(self, worker_pid: int | None) -> None:
+        self.pid = worker_pid
+        self.start = self._now()
+        self.used: tuple[float, float, float] | None = None
+
+    def _now(self) -> tuple[float, float, float, float, float]:
+        busy, total = _machine()
+        worker = _ticks(self.pid) if self.pid is not None else 0.0
+        return time.perf_counter(), worker, _ticks("self"), busy, total
+
+    def stop(self) -> CpuWatch:
+        t0, w0, b0, m0, tot0 = self.start
+        t1, w1, b1, m1, tot1 = self._now()
+        wall = max(t1 - t0, 1e-9)
+        self.used = ((w1 - w0) / wall * 100, (b1 - b0) / wall * 100, (m1 - m0) / max(tot1 - tot0, 1e-9) * 100)  # fmt: skip
+        return self
+
+    def line(self) -> str:
+        if self.used is None:
+            return ""
+        w, b, m = self.used
+        return f"      CPU meanwhile: the worker {w:.0f} % of a core, this bench {b:.0f} %, the machine {m:.0f} % busy (every core)"  # fmt: skip
+
+
 def row(label: str, ms: list[float]) -> str:
     if not ms:
         return f"{label:<58} n=0"
@@ -146,16 +197,26 @@ def own_topics(s: Settings, unique: str) -> Settings:
     return dataclasses.replace(s, **over) if over else s
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Seen:
+    """A ``task.ready`` seen here: when (perf_counter seconds; wall clock, ms) and its record's
+    timestamp (ms; the worker's producer stamps it when the worker sends it)."""
+
+    at: float
+    wall_ms: float
+    sent_ms: int
+
+
 class Ready:
     """One consumer of the ready topic (every partition, from its end): resolves the futures
-    waiting for a run's task ``task.ready`` with the time (perf_counter) it was seen. Records of
+    waiting for a run's task ``task.ready`` with when it was seen (``Seen``). Records of
     other runs (the background's) are skipped by their key, undecoded."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.topic = topic
         self.partitions = partitions
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)  # fmt: skip
-        self.waiting: dict[tuple[str, str], asyncio.Future[float]] = {}
+        self.waiting: dict[tuple[str, str], asyncio.Future[Seen]] = {}
         self.keys: dict[bytes, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -176,14 +237,14 @@ class Ready:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.consumer.stop()
 
-    def expect(self, run_id: str, task_id: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    def expect(self, run_id: str, task_id: str) -> asyncio.Future[Seen]:
+        fut: asyncio.Future[Seen] = asyncio.get_running_loop().create_future()
         self.waiting[(run_id, task_id)] = fut
         key = run_id.encode()
         self.keys[key] = self.keys.get(key, 0) + 1
         return fut
 
-    async def wait(self, run_id: str, task_id: str, fut: asyncio.Future[float]) -> float:
+    async def wait(self, run_id: str, task_id: str, fut: asyncio.Future[Seen]) -> Seen:
         try:
             return await asyncio.wait_for(fut, EDGE_DEADLINE)
         finally:
@@ -198,7 +259,7 @@ class Ready:
     async def _run(self) -> None:
         while True:
             batch = await self.consumer.getmany(timeout_ms=200)
-            seen = time.perf_counter()
+            seen, wall = time.perf_counter(), time.time() * 1000
             for records in batch.values():
                 for r in records:
                     if r.key not in self.keys or r.value is None:
@@ -207,7 +268,7 @@ class Ready:
                         if e.type is EventType.TASK_READY:
                             fut = self.waiting.get((e.run_id, e.data.task_id))  # type: ignore[union-attr]
                             if fut is not None and not fut.done():
-                                fut.set_result(seen)
+                                fut.set_result(Seen(seen, wall, r.timestamp))
 
 
 @dataclasses.dataclass
@@ -217,9 +278,14 @@ class Edges:
     edges: list[float] = dataclasses.field(default_factory=list)  # ms, report → task.ready seen
     reports: list[float] = dataclasses.field(default_factory=list)  # ms, the report call itself
     server: list[float] = dataclasses.field(default_factory=list)  # ms, HTTP: the worker's own time
+    # ms, report called → the worker sent task.ready (its record's timestamp), and from that send
+    # until seen here: the edge in two (wall clocks of one machine, to the millisecond)
+    to_send: list[float] = dataclasses.field(default_factory=list)
+    from_send: list[float] = dataclasses.field(default_factory=list)
     # (reported, seen, partition) of every edge, perf_counter seconds
     done_at: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)
     timeouts: int = 0
+    cpu: CpuWatch | None = None
     watch: Callable[[float, float, int], None] | None = None  # called with every done_at entry
 
 
@@ -230,8 +296,9 @@ def chain_task(i: int) -> RunConfigTask:
 
 
 class Bench:
-    def __init__(self, s: Settings, ready: Ready, producer: EventProducer, chain: int) -> None:
+    def __init__(self, s: Settings, ready: Ready, producer: EventProducer, chain: int, worker_pid: int | None = None) -> None:  # fmt: skip
         self.s = s
+        self.worker_pid = worker_pid
         self.ready = ready
         self.producer = producer
         self.chain = chain
@@ -291,17 +358,20 @@ class Bench:
         part = partition_for(rid, self.s.partitions)
         for i in range(self.chain - 1):
             fut = self.ready.expect(rid, f"t{i + 1}")
-            t = time.perf_counter()
+            t, wall = time.perf_counter(), time.time() * 1000
             server = await self.report(rid, i, http)
             out.reports.append((time.perf_counter() - t) * 1000)
             if server is not None:
                 out.server.append(server)
             try:
-                seen = await self.ready.wait(rid, f"t{i + 1}", fut)
+                got = await self.ready.wait(rid, f"t{i + 1}", fut)
             except TimeoutError:
                 out.timeouts += 1
                 return  # the run is abandoned; its loop starts another
+            seen = got.at
             out.edges.append((seen - t) * 1000)
+            out.to_send.append(got.sent_ms - wall)
+            out.from_send.append(got.wall_ms - got.sent_ms)
             out.done_at.append((t, seen, part))
             if out.watch is not None:
                 out.watch(t, seen, part)
@@ -311,7 +381,7 @@ class Bench:
     async def loops(self, label: str, inflight: int, runs_each: int, http: httpx.AsyncClient | None = None) -> Edges:  # fmt: skip
         """``inflight`` closed loops of ``runs_each`` runs each."""
         stage(label)
-        out = Edges()
+        out = Edges(cpu=CpuWatch(self.worker_pid))
         bar = tqdm(total=inflight * runs_each * (self.chain - 1), desc=label, unit="edge", file=sys.stderr)  # fmt: skip
 
         async def loop() -> None:
@@ -322,6 +392,7 @@ class Bench:
             await asyncio.gather(*(loop() for _ in range(inflight)))
         finally:
             bar.close()
+            out.cpu.stop()  # type: ignore[union-attr]
         return out
 
     async def until(self, label: str, inflight: int, stop: asyncio.Event, out: Edges) -> None:
@@ -514,12 +585,13 @@ async def amain(args: argparse.Namespace) -> None:
         await ready.start()
         stage("ready consumer at the end of " + ready_topic)
         async with EventProducer(s.kafka, s.topic_events, client_id="bench-executors") as producer:
-            bench = Bench(s, ready, producer, args.chain)
+            bench = Bench(s, ready, producer, args.chain, worker.proc.pid if worker.proc else None)
             await bench.loops("warm-up", 4, 1)
             cases = set(args.cases.split(","))
             none = Edges()
             a = b = c = d = h = none
             d_rate = h_rate = 0.0
+            d_floor: list[float] = []
             stages0 = stages1 = {"append": (0.0, 0.0), "apply": (0.0, 0.0)}
             if "a" in cases:
                 a = await bench.loops("(a) one run", 1, args.single_runs)
@@ -531,6 +603,7 @@ async def amain(args: argparse.Namespace) -> None:
                 bg = Background(s, args.bg_rate)
                 await bg.start()
                 try:
+                    d_floor = await kafka_floor(s.kafka, args.floor, progress=True)
                     d = await bench.loops(
                         f"(d) {args.inflight} runs + bg", args.inflight, args.runs_each
                     )
@@ -564,8 +637,17 @@ async def amain(args: argparse.Namespace) -> None:
     ):
         results.append(row(label, e.edges))
         results.append(row("      of which the append, until acknowledged", e.reports))
+        results.append(row("      report → the worker sends task.ready", e.to_send))
+        results.append(row("      the worker sends task.ready → seen here", e.from_send))
+        if e.cpu is not None:
+            results.append(e.cpu.line())
     results.append(f"    background of (d): {d_rate:,.0f} events/s achieved (asked {args.bg_rate:,})")  # fmt: skip
+    results.append(row("    floor beside the background of (d), before its edges", d_floor))
     results.append(row(f"HTTP: edge, PUT .../status → task.ready, {args.inflight} runs + bg", h.edges))  # fmt: skip
+    results.append(row("      PUT sent → the worker sends task.ready", h.to_send))
+    results.append(row("      the worker sends task.ready → seen here", h.from_send))
+    if h.cpu is not None:
+        results.append(h.cpu.line())
     results.append(row("HTTP: PUT .../status response time (204)", h.reports))
     results.append(row("      of which the worker's own time (Server-Timing app)", h.server))
     means = {k: (stages1[k][0] - stages0[k][0]) / max(1.0, stages1[k][1] - stages0[k][1]) * 1000 for k in stages1}  # fmt: skip
