@@ -38,6 +38,7 @@ metric and ``GET /api/v1/stuck``).
 from __future__ import annotations
 
 import heapq
+from sys import intern
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -86,10 +87,14 @@ class Timekeeper:
 
     def __init__(self, liveness: LivenessView | None = None) -> None:
         self.liveness = liveness
-        # executor → {run id where it holds a task: the least claim lease (ms) of those tasks}
-        self._held: dict[str, dict[str, int]] = {}
-        # run id → the executors holding a task in it (the reverse of _held)
-        self._holders: dict[str, tuple[str, ...]] = {}
+        # executor → the run ids where it holds a task, and the shortest claim lease (ms) it
+        # took here since it started holding (a lease renewed longer keeps the shorter one: a
+        # sweep may look earlier than needed, never later)
+        self._held: dict[str, set[str]] = {}
+        self._shortest: dict[str, int] = {}
+        # run id → the executor holding tasks in it, or the executors when more than one (the
+        # reverse of _held; the strings are _held's keys: nothing new per run)
+        self._holders: dict[str, str | tuple[str, ...]] = {}
         # executor → when this owner started watching it (monotonic): a full lease from there
         self._since: dict[str, float] = {}
         # (deadline ms, run id, task id or "" for the run, attempt)
@@ -116,20 +121,24 @@ class Timekeeper:
     def _rehold(self, run_id: str, now_held: dict[str, int], now: float) -> None:
         """``run_id``'s holders are now those of ``now_held``: the others no longer watch it."""
         held, since = self._held, self._since
-        for executor in self._holders.get(run_id, ()):
+        for executor in _as_tuple(self._holders.get(run_id)):
             if executor not in now_held:
-                self._let_go(executor, run_id)  # holds nothing here any more: a new claim
-                # starts a new watch
+                self._let_go(executor, run_id)
         self._holders.pop(run_id, None)
+        shortest = self._shortest
         for executor, lease in now_held.items():
             runs = held.get(executor)
             if runs is None:
-                held[executor] = {run_id: lease}
+                held[executor] = {run_id}
                 since.setdefault(executor, now)
+                shortest[executor] = lease
             else:
-                runs[run_id] = lease
+                runs.add(run_id)
+                if lease < shortest[executor]:
+                    shortest[executor] = lease
         if now_held:
-            self._holders[run_id] = tuple(now_held)
+            names = tuple(now_held)
+            self._holders[run_id] = names[0] if len(names) == 1 else names
 
     def _watch_running(self, run_id: str, state: RunState, now_held: dict[str, int]) -> None:
         run, config = state.run, state.config
@@ -139,6 +148,7 @@ class Timekeeper:
                 continue
             holder = task.holder
             if holder is not UNSET:
+                holder = intern(holder)  # one string per executor, however many runs name it
                 lease = task.lease_ms if task.lease_ms is not UNSET else 0
                 if lease < now_held.get(holder, lease + 1):
                     now_held[holder] = lease
@@ -182,7 +192,7 @@ class Timekeeper:
             runs = held[executor]
             # Not lapsed for its shortest lease here: for none of its tasks (a lease only makes
             # the cut later). The states are not looked at then: a cold run stays cold.
-            if not live.lapsed(executor, min(runs.values()), since[executor], now):
+            if not live.lapsed(executor, self._shortest[executor], since[executor], now):
                 continue
             for run_id in list(runs):
                 state = active.get(run_id)
@@ -196,15 +206,18 @@ class Timekeeper:
                         out.append(_release(state, tid, task, ReleaseReason.EXECUTOR_LOST, now_ms))  # fmt: skip
 
     def _let_go(self, executor: str, run_id: str) -> None:
-        holders = tuple(h for h in self._holders.pop(run_id, ()) if h != executor)
+        """``executor`` holds nothing in ``run_id`` any more; once it holds nothing here at all,
+        it is no longer watched (a new claim starts a new watch, with a whole lease)."""
+        holders = tuple(h for h in _as_tuple(self._holders.pop(run_id, None)) if h != executor)
         if holders:
-            self._holders[run_id] = holders
+            self._holders[run_id] = holders[0] if len(holders) == 1 else holders
         runs = self._held.get(executor)
         if runs is not None:
-            runs.pop(run_id, None)
+            runs.discard(run_id)
             if not runs:
                 del self._held[executor]
                 self._since.pop(executor, None)
+                self._shortest.pop(executor, None)
 
     def _deadlines(self, active: Mapping[str, RunState], now_ms: int, out: list[Event]) -> None:
         heap, queued = self._heap, self._queued
@@ -245,6 +258,12 @@ class Timekeeper:
         pending = self._pending
         for eid in event_ids:
             pending.pop(eid, None)
+
+
+def _as_tuple(holders: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if holders is None:
+        return ()
+    return (holders,) if isinstance(holders, str) else holders
 
 
 def _held_by(state: RunState | None, executor: str) -> list[tuple[str, RunTask]]:
