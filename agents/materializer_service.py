@@ -6,7 +6,7 @@ rules. This module registers the Faust agent (records → ``owner.handle``), the
 (create / close owners), the timer (checkpoints and garbage collection), and adapts Faust's
 producer and consumer, the bare Kafka reader and the datamanager to the owner's ports.
 
-Offsets and acks. The agent consumes with ``noack_take``: a record is acked (so Faust may commit
+Offsets and acks. The agent consumes with acks off (``agents.quirks.take_what_is_there``): a record is acked (so Faust may commit
 its offset to Kafka) by its owner only after a checkpoint covering it has been swapped in, so
 Kafka's committed offset never passes the manifest.
 """
@@ -38,14 +38,12 @@ __all__ = ["MaterializerService", "dead_letter_headers"]
 
 log = logging.getLogger("runstream.pipeline")
 
-#: The agent takes records in batches of at most ``TAKE_MAX``, handed over as soon as that many
-#: are buffered (a backlog: batching) or ``TAKE_WITHIN`` after the take began (light load: a lone
-#: record waits at most this long; it waited up to 5 ms before issue 23). Faust's take has no
-#: "hand over what is there now" mode, so an idle worker wakes a thousand times a second: that
-#: costs it 5.8 % of a core more than at 5 ms (11.5 % against 5.7 %, an idle worker's CPU time
-#: over 30 s), the price of a lone record's wait, paid at every task edge.
+#: The agent takes records in batches of at most ``TAKE_MAX``, each handed over as soon as no
+#: more record waits in the stream (``agents.quirks.take_what_is_there``): a lone record waits
+#: for nothing, a backlog goes in large batches. (Faust's ``noack_take`` waits for a full batch or
+#: a timer: a lone record waited up to 5 ms before issue 23, then up to 1 ms with the worker
+#: woken a thousand times a second; an edge of bench_latency's case (a) now takes 1 ms less.)
 TAKE_MAX = 2000
-TAKE_WITHIN = 0.001
 GC_EVERY = 60.0
 DECIDE_EVERY = 0.25  # seconds between two looks at the time decisions (partition.decisions)
 STUCK_EVERY = 15.0  # seconds between two counts of stuck runs (a scan of the active runs)
@@ -157,7 +155,7 @@ class MaterializerService:
     # ----------------------------------------------------------------------- the agent
     async def _agent(self, stream: Any) -> None:
         try:
-            async for batch in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN):
+            async for batch in quirks.take_what_is_there(stream, TAKE_MAX):
                 self._waiting_since = None
                 for event in batch:
                     msg = event.message

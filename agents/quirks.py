@@ -19,7 +19,7 @@ the same sources) and aiokafka v0.14.0.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:  # the bare-consumer tools import this module without loading Faust
@@ -37,6 +37,7 @@ __all__ = [
     "producer_for_batches",
     "seek_once_flowing",
     "stop_despite_stray_cancel",
+    "take_what_is_there",
     "uncached_partitions_for_topic",
 ]
 
@@ -146,6 +147,34 @@ def producer_for_batches(producer: ProducerT) -> AIOKafkaProducer:
     """
     inner: AIOKafkaProducer = cast(Any, producer)._ensure_producer()
     return inner
+
+
+async def take_what_is_there(stream: Any, max_: int) -> AsyncIterator[list[Any]]:
+    """Works around Faust's ``Stream.noack_take`` having no "hand over what is there now" mode:
+    the events of ``stream`` (never acked by the stream: the caller acks them) in lists of at
+    most ``max_``, each handed over as soon as the stream's queue holds no more, so a lone event
+    waits for nothing and a backlog goes in large lists.
+
+    ``noack_take(max_, within)`` hands a list over only when it is full or ``within`` passed:
+    a lone event waited for the timer, and every wait cost a ``wait_for_stopped`` with a timeout
+    (tasks, a timer handle, 1,000 a second at a 1 ms window) plus an async processor call per
+    event. Here the stream is iterated directly (the same per-event path as ``noack_take``'s
+    passive drainer, ``Stream.__aiter__``), with acks off as ``noack_take`` turns them off, and
+    the stream channel's queue (the private ``Channel.queue`` of the agent's topic iterator)
+    says whether another event is there already.
+
+    Code: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/streams.py#L683-L780
+    (``noack_take``), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/channels.py#L133-L146
+    (``Channel.queue``).
+    """
+    queue = getattr(stream.channel, "queue", None)
+    stream.enable_acks = False
+    buffer: list[Any] = []
+    async for _ in stream:
+        buffer.append(stream.current_event)
+        if len(buffer) >= max_ or queue is None or queue.empty():
+            taken, buffer = buffer, []
+            yield taken
 
 
 # ----------------------------------------------------------------------------------- aiokafka

@@ -78,13 +78,14 @@ def created(n: int, tasks: int) -> RunCreated:
 
 def script(n: int, tasks: int) -> list[Event]:
     rid = format_run_id(n)
+    executor = f"bench-executor-{n % EXECUTORS}"
     payloads = [
         created(n, tasks),
         StartRequested(),
         # Its first task held by one of EXECUTORS executors (a lease longer than the bench),
         # and running: what an active run of a CI is between two task edges.
-        TaskClaimed(task_id="t0", executor_id=f"bench-executor-{n % EXECUTORS}", lease_ms=LEASE_MS),
-        TaskStatusChanged(task_id="t0", status=TaskStatus.RUNNING),
+        TaskClaimed(task_id="t0", executor_id=executor, lease_ms=LEASE_MS),
+        TaskStatusChanged(task_id="t0", status=TaskStatus.RUNNING, executor_id=executor),
     ]
     return [
         make_event(p, id=f"{rid}.m{i}", run_id=rid, at=T0 + n + i) for i, p in enumerate(payloads)

@@ -2,8 +2,8 @@
 
 1. End-to-end ingest of a pre-filled ``runs.events`` by one worker process (consume → apply →
    emit → checkpoint), beside a bare aiokafka consumer reading the same topic and beside Faust's
-   own ceiling: a Faust agent in a process of its own that consumes the same topic as the
-   materializer does (``noack_take``) and only acks (the figure a foreign producer's one event
+   own ceiling: a Faust agent in a process of its own that consumes the same topic with Faust's
+   own take (``noack_take``) and only acks (the figure a foreign producer's one event
    per record is held to, docs/design.md).
 2. Object writes per 1,000 events at that load.
 3. Cold replay from the log (``runstream replay``), beside the same bare consumer.
@@ -215,7 +215,7 @@ def _faust_ceiling_process(topic_name: str, total: int, kafka: str) -> None:
         return t.user + t.system
 
     async def agent(stream: Any) -> None:  # a faust Stream (noack_take is not in StreamT)
-        async for batch in stream.noack_take(2000, within=0.005):  # as agents.materializer_service
+        async for batch in stream.noack_take(2000, within=0.005):  # Faust's own take
             if not seen["n"]:
                 seen["t0"], seen["c0"] = time.perf_counter(), cpu()
             for event in batch:

@@ -38,8 +38,8 @@ metric and ``GET /api/v1/stuck``).
 from __future__ import annotations
 
 import heapq
-from sys import intern
 from collections.abc import Iterable, Mapping
+from sys import intern
 from typing import Protocol
 
 from msgspec import UNSET

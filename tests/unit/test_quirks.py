@@ -259,3 +259,43 @@ async def test_json_runner_answers_an_unparsed_request_in_json_with_aiohttps_own
         assert isinstance(runner.server(), _JsonErrorHandler)
     finally:
         await runner.cleanup()
+
+
+async def test_an_agents_topic_iterator_still_has_the_queue_that_says_no_event_waits() -> None:
+    app = faust.App("quirks-take", broker="memory://", store="memory://", web_enabled=False)
+    channel = app.topic("x", value_serializer="raw").clone(is_iterator=True)
+    queue = channel.queue  # what quirks.take_what_is_there asks
+    assert queue.empty()
+    queue.put_nowait(b"event")
+    assert not queue.empty()
+
+
+class _Stream:
+    """What take_what_is_there uses of a Faust stream: its channel's queue, ``enable_acks``,
+    ``current_event``, and iteration that takes the next event off the queue."""
+
+    def __init__(self, queue: asyncio.Queue[str]) -> None:
+        self.channel = SimpleNamespace(queue=queue)
+        self.enable_acks = True
+        self.current_event: str | None = None
+
+    async def __aiter__(self) -> Any:
+        while True:
+            self.current_event = await self.channel.queue.get()
+            yield self.current_event
+
+
+async def test_a_take_hands_over_what_waits_now_at_most_max_and_a_lone_event_at_once() -> None:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    stream = _Stream(queue)
+    for i in range(5):
+        queue.put_nowait(f"e{i}")
+    batches = quirks.take_what_is_there(stream, 3)
+    assert await anext(batches) == ["e0", "e1", "e2"]  # full
+    assert stream.enable_acks is False  # the caller acks
+    assert await anext(batches) == ["e3", "e4"]  # what waited
+    later = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.01)
+    assert not later.done()  # nothing waits: nothing handed over
+    queue.put_nowait("e5")
+    assert await asyncio.wait_for(later, 1) == ["e5"]  # a lone event, with no timer
