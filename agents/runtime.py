@@ -15,6 +15,7 @@ __all__ = [
     "SWITCH_INTERVAL",
     "TRIM_EVERY",
     "TRIM_GROWTH",
+    "TRIM_GROWTH_GAP",
     "HeapTrimmer",
     "resident_bytes",
     "tune_gc",
@@ -49,7 +50,13 @@ def tune_gc() -> None:
 #: Seconds between two returns of freed heap memory after runs went cold, at most.
 TRIM_EVERY = 5.0
 #: Growth of the resident set since the last return of freed memory that triggers the next.
-TRIM_GROWTH = 32 * 2**20
+#: Measured under 2,000 events/s of runs that end (bench/bench_rss.py; runs that end go cold
+#: rarely, so this is what trims): at 32 MiB the worker carried up to 32 MiB of free heap pages
+#: between two trims (a trim by hand gave back 26.7 MB of a 158.8 MB worker), and the RSS slope
+#: per finished run read 1.9–2.1 KB.
+TRIM_GROWTH = 8 * 2**20
+#: Seconds between two trims for growth, at least (a catch-up grows the heap fast).
+TRIM_GROWTH_GAP = 1.0
 
 # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -112,7 +119,8 @@ class HeapTrimmer:
     1.2 KB more RSS per active run, and a resident set that grew by 4 KB per finished run,
     without it). ``malloc_trim(0)`` gives back every whole free page (``madvise``), in a
     thread (ctypes releases the GIL): after runs went cold, at most every ``every`` seconds,
-    and whenever the resident set grew by ``growth`` bytes since the last time. It takes
+    and whenever the resident set grew by ``growth`` bytes since the last time (at most once a
+    ``TRIM_GROWTH_GAP``). It takes
     1–15 ms for a worker of 120–300 MB; the heap's lock is held meanwhile, so a ``malloc`` of
     the event loop may wait that long. Where the C library has no ``malloc_trim`` it does
     nothing."""
@@ -138,8 +146,9 @@ class HeapTrimmer:
             return
         self._pending = self._pending or moved > 0
         now = self._clock()
-        grown = self._resident() - self._baseline >= self._growth
-        if not grown and not (self._pending and now - self._last >= self._every):
+        since = now - self._last
+        grown = since >= TRIM_GROWTH_GAP and self._resident() - self._baseline >= self._growth
+        if not grown and not (self._pending and since >= self._every):
             return
         self._pending, self._last = False, now
         await asyncio.to_thread(self._trim, 0)

@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from agents.runtime import HeapTrimmer, _malloc_trim, resident_bytes, tune_malloc
+from agents.runtime import (
+    TRIM_GROWTH_GAP,
+    HeapTrimmer,
+    _malloc_trim,
+    resident_bytes,
+    tune_malloc,
+)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc, /proc")
 
@@ -65,7 +71,7 @@ async def test_trims_after_runs_went_cold_at_most_every_period() -> None:
 
 
 async def test_trims_when_the_resident_set_grew_whatever_went_cold() -> None:
-    heap, _, resident, calls = trimmer(growth=32 << 20)
+    heap, clock, resident, calls = trimmer(growth=32 << 20)
 
     def trim(pad: int) -> int:
         calls.append(pad)
@@ -73,16 +79,33 @@ async def test_trims_when_the_resident_set_grew_whatever_went_cold() -> None:
         return 1
 
     heap._trim = trim
+    clock.now += 2
     resident.bytes += 31 << 20
     await heap.tick(0)
     assert calls == []
     resident.bytes += 1 << 20  # 32 MiB more than at the start
     await heap.tick(0)
     assert calls == [0]
+    clock.now += 2
     resident.bytes += 31 << 20  # measured from what was left after the trim
     await heap.tick(0)
     assert calls == [0]
     resident.bytes += 1 << 20
+    await heap.tick(0)
+    assert calls == [0, 0]
+
+
+async def test_growth_trims_are_a_gap_apart() -> None:
+    heap, clock, resident, calls = trimmer(growth=8 << 20)
+    clock.now += 2
+    resident.bytes += 8 << 20
+    await heap.tick(0)
+    assert calls == [0]  # the trim gave nothing back: the set is as large as before
+    resident.bytes += 8 << 20
+    clock.now += TRIM_GROWTH_GAP / 2
+    await heap.tick(0)
+    assert calls == [0]  # grown again, but too soon after the last trim
+    clock.now += TRIM_GROWTH_GAP / 2
     await heap.tick(0)
     assert calls == [0, 0]
 
