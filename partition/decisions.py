@@ -121,10 +121,9 @@ class Timekeeper:
     def _rehold(self, run_id: str, now_held: dict[str, int], now: float) -> None:
         """``run_id``'s holders are now those of ``now_held``: the others no longer watch it."""
         held, since = self._held, self._since
-        for executor in _as_tuple(self._holders.get(run_id)):
+        for executor in _as_tuple(self._holders.pop(run_id, None)):
             if executor not in now_held:
-                self._let_go(executor, run_id)
-        self._holders.pop(run_id, None)
+                self._unhold(executor, run_id)
         shortest = self._shortest
         for executor, lease in now_held.items():
             runs = held.get(executor)
@@ -136,8 +135,11 @@ class Timekeeper:
                 runs.add(run_id)
                 if lease < shortest[executor]:
                     shortest[executor] = lease
-        if now_held:
-            names = tuple(now_held)
+        self._set_holders(run_id, tuple(now_held))
+
+    def _set_holders(self, run_id: str, names: tuple[str, ...]) -> None:
+        """The reverse map's entry: one name as itself, several as a tuple, none: no entry."""
+        if names:
             self._holders[run_id] = names[0] if len(names) == 1 else names
 
     def _watch_running(self, run_id: str, state: RunState, now_held: dict[str, int]) -> None:
@@ -206,11 +208,14 @@ class Timekeeper:
                         out.append(_release(state, tid, task, ReleaseReason.EXECUTOR_LOST, now_ms))  # fmt: skip
 
     def _let_go(self, executor: str, run_id: str) -> None:
-        """``executor`` holds nothing in ``run_id`` any more; once it holds nothing here at all,
-        it is no longer watched (a new claim starts a new watch, with a whole lease)."""
-        holders = tuple(h for h in _as_tuple(self._holders.pop(run_id, None)) if h != executor)
-        if holders:
-            self._holders[run_id] = holders[0] if len(holders) == 1 else holders
+        """``executor`` holds nothing in ``run_id`` any more (both maps)."""
+        holders = _as_tuple(self._holders.pop(run_id, None))
+        self._set_holders(run_id, tuple(h for h in holders if h != executor))
+        self._unhold(executor, run_id)
+
+    def _unhold(self, executor: str, run_id: str) -> None:
+        """``run_id`` leaves ``executor``'s runs; once it holds nothing here at all, it is no
+        longer watched (a new claim starts a new watch, with a whole lease)."""
         runs = self._held.get(executor)
         if runs is not None:
             runs.discard(run_id)
