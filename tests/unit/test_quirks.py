@@ -7,6 +7,7 @@ stopped working. tests/integration/test_quirks.py checks the same on the real br
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import re
 import socket
@@ -299,3 +300,101 @@ async def test_a_take_hands_over_what_waits_now_at_most_max_and_a_lone_event_at_
     assert not later.done()  # nothing waits: nothing handed over
     queue.put_nowait("e5")
     assert await asyncio.wait_for(later, 1) == ["e5"]  # a lone event, with no timer
+
+
+# ------------------------------------------------ Faust's race of every record's delivery
+#: Faust's ``Consumer._drain_messages`` as ``quirks.deliver_without_racing`` copies it
+#: (whitespace collapsed): when this changes, read the new loop and copy it again.
+DRAIN_LOOP_SHA256 = "30fba6e560f13bf79dd171ef4df3870592550143c652d6db5c2c305d38e08e6c"
+
+
+def test_fausts_drain_loop_is_still_the_one_the_worker_copies() -> None:
+    source = inspect.getsource(FaustConsumer._drain_messages)
+    assert "callback(message), self.suspend_flow.wait()" in source  # the race per record
+    digest = hashlib.sha256(" ".join(source.split()).encode()).hexdigest()
+    assert digest == DRAIN_LOOP_SHA256
+
+
+def test_the_worker_app_delivers_without_racing() -> None:
+    app = create_app(Settings(app_id="quirks-unit"))
+    assert "deliver_without_racing" in app.consumer._drain_messages.__qualname__  # type: ignore[attr-defined]
+
+
+def _draining(app: faust.App, batches: list[list[Any]], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The app's consumer, fed ``batches`` of records by ``getmany``, and a fetcher that stops
+    once they are all handed out."""
+    consumer = app.consumer
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    left = list(batches)
+
+    async def getmany(timeout: float) -> Any:  # noqa: ASYNC109  (Faust's signature)
+        batch = left.pop(0) if left else []
+        if not left:
+            fetcher._stopped.set()
+        for message in batch:
+            yield TP(message.topic, 0), message
+
+    monkeypatch.setattr(consumer, "getmany", getmany)
+    return consumer, fetcher
+
+
+def _message(offset: int) -> Any:
+    return SimpleNamespace(topic="quirks.events", offset=offset)
+
+
+async def test_a_delivery_that_finishes_at_once_races_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = create_app(Settings(app_id="quirks-unit"))
+    consumer, fetcher = _draining(app, [[_message(0), _message(1)], [_message(2)]], monkeypatch)
+    delivered: list[int] = []
+
+    async def callback(message: Any) -> None:
+        delivered.append(message.offset)
+
+    async def no_race(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a delivery that finished at once was raced")
+
+    monkeypatch.setattr(consumer, "callback", callback)
+    monkeypatch.setattr(consumer, "wait_first", no_race)
+    await consumer._drain_messages(fetcher)
+    assert delivered == [0, 1, 2]
+    assert consumer._read_offset[TP("quirks.events", 0)] == 2
+
+
+async def test_a_delivery_that_waits_goes_on_where_it_stopped_and_yields_to_a_suspended_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery that suspends (a full stream queue) is raced against the flow's suspension
+    from where it stopped: it finishes when what it waits for comes, and is cancelled when the
+    flow is suspended first (a rebalance), the loop going on with the next record."""
+    app = create_app(Settings(app_id="quirks-unit"))
+    records = [_message(0), _message(1), _message(2)]
+    consumer, fetcher = _draining(app, [records], monkeypatch)
+    room = asyncio.get_running_loop().create_future()
+    steps: list[str] = []
+
+    async def callback(message: Any) -> None:
+        steps.append(f"start {message.offset}")
+        try:
+            if message.offset == 0:
+                steps.append(f"got {await room}")
+            elif message.offset == 1:
+                await asyncio.get_running_loop().create_future()  # never: the flow stops
+        except asyncio.CancelledError:
+            steps.append(f"cancelled {message.offset}")
+            raise
+        steps.append(f"done {message.offset}")
+
+    monkeypatch.setattr(consumer, "callback", callback)
+    drain = asyncio.ensure_future(consumer._drain_messages(fetcher))
+    await asyncio.sleep(0.01)
+    assert steps == ["start 0"]  # its first step ran, then it waits
+    room.set_result("room")
+    await asyncio.sleep(0.01)
+    assert steps[1:] == ["got room", "done 0", "start 1"]
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(drain, 5)
+    await asyncio.sleep(0.01)  # wait_first cancels the loser without waiting for it
+    assert sorted(steps[4:]) == ["cancelled 1", "done 2", "start 2"]
+    assert steps.index("start 2") < steps.index("done 2")
