@@ -22,7 +22,10 @@ creation and start) is not an edge.
 * **HTTP reports**: case (d) with the reports sent as ``PUT /api/v1/runs/{id}/tasks/{task}/status``
   (answered once the owner applied the event): the edge from the request to the ``task.ready``,
   the response time itself, the worker's own part of it (``Server-Timing: app;dur``) and the
-  means of its write stages (``runstream_api_write_seconds``: append, apply).
+  means of its write stages (``runstream_api_write_seconds``: append, apply). The client is
+  aiohttp's, on keep-alive connections: httpx's took 78 % of a core here for the same requests
+  (this bench shares the machine's two cores with the worker and the broker) and doubled every
+  figure of this case.
 * **Failover** (``--no-failover`` skips it): a second worker joins the group; ``--inflight``
   runs flow (loop k keeps to partition k mod partitions, so a stalled partition holds up its own
   loops only), then the first worker is SIGKILLed: per partition it served, the time from the
@@ -85,6 +88,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
@@ -330,7 +334,7 @@ class Bench:
         await self.ready.wait(rid, "t0", fut)
         return rid
 
-    async def report(self, rid: str, i: int, http: httpx.AsyncClient | None) -> float | None:
+    async def report(self, rid: str, i: int, http: aiohttp.ClientSession | None) -> float | None:
         """Report task ``i`` successful; over HTTP, returns the worker's own time for it (ms, its
         ``Server-Timing: app;dur=``)."""
         task = f"t{i}"
@@ -338,17 +342,22 @@ class Bench:
             data = TaskStatusChanged(task_id=task, status=TaskStatus.SUCCESS)
             await self.producer.append([make_event(data, id=f"{rid}.{task}.success", run_id=rid, at=self.now_ms())])  # fmt: skip
             return None
-        r = await http.put(
+        async with http.put(
             f"/api/v1/runs/{rid}/tasks/{task}/status",
-            json={"status": "success"},
-            headers={"Idempotency-Key": f"{rid}.{task}.success"},
-        )
-        if r.status_code != 204:
-            raise RuntimeError(f"PUT status of {rid}/{task}: {r.status_code} {r.text[:200]}")
-        m = re.search(r"\bapp;dur=([0-9.]+)", r.headers.get("Server-Timing", ""))
-        return float(m.group(1)) if m else None
+            data=b'{"status":"success"}',
+            headers={
+                "Idempotency-Key": f"{rid}.{task}.success",
+                "Content-Type": "application/json",
+            },
+        ) as r:
+            if r.status != 204:
+                raise RuntimeError(
+                    f"PUT status of {rid}/{task}: {r.status} {(await r.text())[:200]}"
+                )
+            m = re.search(r"\bapp;dur=([0-9.]+)", r.headers.get("Server-Timing", ""))
+            return float(m.group(1)) if m else None
 
-    async def chain_run(self, out: Edges, bar: Any, http: httpx.AsyncClient | None = None, partition: int | None = None) -> None:  # fmt: skip
+    async def chain_run(self, out: Edges, bar: Any, http: aiohttp.ClientSession | None = None, partition: int | None = None) -> None:  # fmt: skip
         """One run, start to end: ``chain - 1`` edges, then its last report."""
         try:
             rid = await self.start_run(partition)
@@ -378,7 +387,7 @@ class Bench:
             bar.update()
         await self.report(rid, self.chain - 1, http)
 
-    async def loops(self, label: str, inflight: int, runs_each: int, http: httpx.AsyncClient | None = None) -> Edges:  # fmt: skip
+    async def loops(self, label: str, inflight: int, runs_each: int, http: aiohttp.ClientSession | None = None) -> Edges:  # fmt: skip
         """``inflight`` closed loops of ``runs_each`` runs each."""
         stage(label)
         out = Edges(cpu=CpuWatch(self.worker_pid))
@@ -613,9 +622,11 @@ async def amain(args: argparse.Namespace) -> None:
                 bg = Background(s, args.bg_rate)
                 await bg.start()
                 try:
-                    limits = httpx.Limits(max_connections=args.inflight + 4)
+                    conns = aiohttp.TCPConnector(limit=args.inflight + 4)
                     stages0 = await write_stages(url)
-                    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+                    async with aiohttp.ClientSession(
+                        base_url=url, connector=conns, timeout=aiohttp.ClientTimeout(total=30)
+                    ) as http:
                         h = await bench.loops(f"HTTP {args.inflight} runs + bg", args.inflight, args.runs_each, http)  # fmt: skip
                     stages1 = await write_stages(url)
                 finally:
