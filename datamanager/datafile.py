@@ -18,7 +18,7 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
 from typing import Any
@@ -43,6 +43,7 @@ __all__ = [
     "encode_files",
     "find_block",
     "lookup",
+    "merge_file",
     "read_meta",
 ]
 
@@ -106,22 +107,150 @@ def encode_files(
     partition, sequence and the log offsets the file covers there (``read_meta``).
     """
     compressor = zstandard.ZstdCompressor(level=level)
+    blocks = (
+        _Block(compressor.compress(raw), first, last, count)
+        for raw, first, last, count in _raw_blocks(entries, block_size)
+    )
+    return _files(blocks, max_file_size, meta)
+
+
+def merge_file(
+    data: bytes,
+    changes: Mapping[str, bytes | None],
+    *,
+    max_file_size: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    level: int = 3,
+    meta: Mapping[str, Any] | None = None,
+) -> list[EncodedFile]:
+    """The whole data file ``data`` with ``changes`` applied (a value puts, ``None`` deletes),
+    encoded again into files of at most ``max_file_size`` bytes: the entries
+    ``encode_files(merge_entries(decode_file(data), changes))`` would hold, at the cost of
+    the blocks the changes fall into rather than of the whole file.
+
+    A change falls into the first block whose last id is at or past its id (the last block
+    takes the ids past every block, as ``datamanager.merge.assign`` does for files). A block no
+    change falls into is carried over as it is, compressed bytes and checksum unchanged; the
+    others are decoded, merged and cut into blocks again. A piece under half a block left at the
+    end of such a stretch takes in the next block rather than stay a small block of its own, so
+    small blocks do not pile up over checkpoints. Raises ``CorruptData`` for a bad file.
+    """
+    footer = decode_footer(data)
+    end = footer.index_offset + footer.index_length
+    refs = decode_index(data[footer.index_offset : end], footer.index_crc)
+    view = memoryview(data)
+    order = sorted(changes)
+    compressor = zstandard.ZstdCompressor(level=level)
+
+    def blocks() -> Iterable[_Block]:
+        pending: list[tuple[str, bytes]] = []  # merged entries not in a block yet, in id order
+        size = 0  # their raw size
+        c = 0  # the next change (in ``order``) to place
+        for i, ref in enumerate(refs):
+            last = i == len(refs) - 1
+            stop = len(order) if last else bisect.bisect_right(order, ref.last_id, c)
+            mine, c = order[c:stop], stop
+            if not mine and (not pending or size >= block_size // 2):
+                yield from _cut(pending, block_size, compressor, final=True)[0]
+                pending, size = [], 0
+                yield _Block(bytes(view[ref.offset : ref.offset + ref.length]), ref.first_id, ref.last_id, ref.count, ref.crc)  # fmt: skip
+                continue
+            ids, values = decode_block(view[ref.offset : ref.offset + ref.length], ref.crc)
+            for entry in _merge_sorted(zip(ids, values, strict=True), mine, changes):
+                pending.append(entry)
+                size += len(entry[0]) + len(entry[1]) + 8
+            if size >= block_size:
+                full, pending = _cut(pending, block_size, compressor, final=False)
+                yield from full
+                size = sum(len(k) + len(v) + 8 for k, v in pending)
+        yield from _cut(pending, block_size, compressor, final=True)[0]
+
+    return _files(blocks(), max_file_size, meta)
+
+
+@dataclass(slots=True)
+class _Block:
+    """A compressed block and what the index says of it (its crc computed when not given)."""
+
+    data: bytes
+    first_id: str
+    last_id: str
+    count: int
+    crc: int | None = None
+
+
+def _cut(
+    entries: list[tuple[str, bytes]],
+    block_size: int,
+    compressor: zstandard.ZstdCompressor,
+    *,
+    final: bool,
+) -> tuple[list[_Block], list[tuple[str, bytes]]]:
+    """``entries`` (sorted) cut into compressed blocks of about ``block_size`` raw bytes, and
+    what is left: unless ``final``, a last piece under ``block_size`` is not made a block but
+    returned, to go on with what follows."""
+    out: list[_Block] = []
+    start, raw = 0, 0
+    for n, (entry_id, value) in enumerate(entries):
+        raw += len(entry_id) + len(value) + 8
+        if raw >= block_size:
+            out.append(_block(entries[start : n + 1], compressor))
+            start, raw = n + 1, 0
+    if start < len(entries) and final:
+        out.append(_block(entries[start:], compressor))
+        start = len(entries)
+    return out, entries[start:]
+
+
+def _block(entries: list[tuple[str, bytes]], compressor: zstandard.ZstdCompressor) -> _Block:
+    ((raw, first, last, count),) = _raw_blocks(entries, 1 << 62)
+    return _Block(compressor.compress(raw), first, last, count)
+
+
+def _merge_sorted(
+    old: Iterable[tuple[str, bytes]], ids: list[str], changes: Mapping[str, bytes | None]
+) -> Iterator[tuple[str, bytes]]:
+    """``old`` (sorted by id) with the changes of ``ids`` (sorted) applied, in id order."""
+    i, n = 0, len(ids)
+    for entry_id, value in old:
+        while i < n and ids[i] < entry_id:
+            new = changes[ids[i]]
+            if new is not None:
+                yield ids[i], new
+            i += 1
+        if i < n and ids[i] == entry_id:
+            new = changes[entry_id]
+            if new is not None:
+                yield entry_id, new
+            i += 1
+        else:
+            yield entry_id, value
+    for entry_id in ids[i:]:
+        new = changes[entry_id]
+        if new is not None:
+            yield entry_id, new
+
+
+def _files(
+    blocks: Iterable[_Block], max_file_size: int, meta: Mapping[str, Any] | None
+) -> list[EncodedFile]:
+    """``blocks`` (in id order) laid out in files of at most ``max_file_size`` bytes."""
     files: list[EncodedFile] = []
-    blocks: list[tuple[bytes, BlockRef]] = []
+    placed: list[tuple[bytes, BlockRef]] = []
     size = 0
-    for raw_block, first, last, count in _raw_blocks(entries, block_size):
-        data = compressor.compress(raw_block)
-        if blocks and size + len(data) + _index_estimate(len(blocks)) > max_file_size:
-            files.append(_finish(blocks, meta))
-            blocks, size = [], 0
+    for b in blocks:
+        data = b.data
+        if placed and size + len(data) + _index_estimate(len(placed)) > max_file_size:
+            files.append(_finish(placed, meta))
+            placed, size = [], 0
         ref = BlockRef(
-            first_id=first, last_id=last, offset=size, length=len(data), count=count,
-            crc=zlib.crc32(data),
+            first_id=b.first_id, last_id=b.last_id, offset=size, length=len(data), count=b.count,
+            crc=zlib.crc32(data) if b.crc is None else b.crc,
         )  # fmt: skip
-        blocks.append((data, ref))
+        placed.append((data, ref))
         size += len(data)
-    if blocks:
-        files.append(_finish(blocks, meta))
+    if placed:
+        files.append(_finish(placed, meta))
     return files
 
 

@@ -325,8 +325,8 @@ class PartitionWriter:
 
         async def rewrite(i: int | None, group: dict[str, bytes | None]) -> list[FileRef]:
             async with sem:
-                entries = [] if i is None else await self._snapshot.read_file(old[i])
-            encoded = await asyncio.to_thread(self._encode, entries, group, meta)
+                data = None if i is None else await self._snapshot.read_bytes(old[i])
+            encoded = await asyncio.to_thread(self._encode, data, group, meta)
             return await asyncio.gather(
                 *(self._put(datatype, seq, token, next(counter), f, sem) for f in encoded)
             )
@@ -342,15 +342,17 @@ class PartitionWriter:
         return tuple(out)
 
     def _encode(
-        self,
-        entries: list[tuple[str, bytes]],
-        changes: dict[str, bytes | None],
-        meta: Mapping[str, Any],
+        self, data: bytes | None, changes: dict[str, bytes | None], meta: Mapping[str, Any]
     ) -> list[datafile.EncodedFile]:
-        merged = merge_entries(entries, changes)
-        return datafile.encode_files(
-            merged, max_file_size=self.dm.max_file_size, block_size=self.dm.block_size, meta=meta
-        )
+        """``changes`` merged into the data file ``data`` (``None``: a new file), encoded: only
+        the blocks the changes fall into are decoded and compressed again
+        (``datafile.merge_file``), so a checkpoint costs what changed, not what the touched
+        files hold."""
+        size, block = self.dm.max_file_size, self.dm.block_size
+        if data is None:
+            merged = merge_entries((), changes)
+            return datafile.encode_files(merged, max_file_size=size, block_size=block, meta=meta)
+        return datafile.merge_file(data, changes, max_file_size=size, block_size=block, meta=meta)
 
     async def _put(
         self,

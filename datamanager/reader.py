@@ -170,7 +170,11 @@ class Snapshot:
         return {dt: await self.load(dt) for dt in sorted(names)}
 
     async def read_file(self, ref: FileRef) -> list[tuple[str, bytes]]:
+        return await asyncio.to_thread(datafile.decode_file, await self.read_bytes(ref))
+
+    async def read_bytes(self, ref: FileRef) -> bytes:
+        """The whole data file ``ref``, as stored (its size checked against the manifest's)."""
         data = await storage_call(ref.key, lambda: self.store.read(ref.key))
         if len(data) != ref.size:
             raise CorruptData(f"{ref.key}: {len(data)} bytes, manifest says {ref.size}")
-        return await asyncio.to_thread(datafile.decode_file, data)
+        return data

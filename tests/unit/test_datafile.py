@@ -141,3 +141,97 @@ def test_meta_is_stored_in_every_file() -> None:
     assert all(datafile.read_meta(f.data) == meta for f in files)
     [plain] = datafile.encode_files([("a", b"")], max_file_size=1 << 20)
     assert datafile.read_meta(plain.data) == {}
+
+
+# ------------------------------------------------------------ merging changes into a file
+def _merged(data: bytes, changes: dict[str, bytes | None]) -> list[tuple[str, bytes]]:
+    """What a full decode, merge and encode of ``data`` holds: the reference."""
+    merged = dict(datafile.decode_file(data))
+    for entry_id, value in changes.items():
+        if value is None:
+            merged.pop(entry_id, None)
+        else:
+            merged[entry_id] = value
+    return sorted(merged.items())
+
+
+def _index(f: datafile.EncodedFile) -> list[datafile.BlockRef]:
+    return datafile.decode_index(f.data[f.index_offset : f.index_offset + f.index_length])
+
+
+change_maps = st.dictionaries(
+    st.text(min_size=1, max_size=12), st.one_of(st.none(), st.binary(max_size=300)), max_size=60
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entry_lists.filter(bool),
+    change_maps,
+    st.sampled_from([64, 1024, 1 << 16]),
+    st.sampled_from([200, 4096, 1 << 20]),
+)
+def test_a_merge_holds_what_a_full_rewrite_holds(
+    items: list[tuple[str, bytes]], changes: dict[str, bytes | None], block: int, max_size: int
+) -> None:
+    [old] = datafile.encode_files(items, max_file_size=1 << 30, block_size=block)
+    files = datafile.merge_file(old.data, changes, max_file_size=max_size, block_size=block)
+    want = _merged(old.data, changes)
+    assert [e for f in files for e in datafile.decode_file(f.data)] == want
+    assert sum(f.count for f in files) == len(want)
+    for f in files:
+        assert len(_index(f)) == 1 or len(f.data) <= max_size
+        for entry_id, value in datafile.decode_file(f.data):
+            assert lookup(f, entry_id) == value
+            assert f.first_id <= entry_id <= f.last_id
+    for a, b in itertools.pairwise(files):
+        assert a.last_id < b.first_id
+
+
+def test_a_merge_carries_the_blocks_no_change_falls_into_over_as_they_are() -> None:
+    [old] = datafile.encode_files(entries(2000, size=200), max_file_size=1 << 30, block_size=4096)
+    blocks = _index(old)
+    assert len(blocks) > 50
+    middle = blocks[len(blocks) // 2]
+    changes: dict[str, bytes | None] = {middle.first_id: b"changed"}
+    [new] = datafile.merge_file(old.data, changes, max_file_size=1 << 30, block_size=4096)
+    carried = {(b.first_id, b.last_id, b.crc) for b in blocks} & {
+        (b.first_id, b.last_id, b.crc) for b in _index(new)
+    }
+    # The changed block is cut again (with its neighbour when what is left of it is small).
+    assert len(carried) >= len(blocks) - 2
+    assert middle.crc not in {b.crc for b in _index(new)}
+    assert lookup(new, middle.first_id) == b"changed"
+
+
+def test_small_blocks_do_not_pile_up_over_many_merges() -> None:
+    """Checkpoint after checkpoint, a few runs change, some end and new ones come: the file
+    keeps about as many blocks as writing it whole would give."""
+    items = entries(1000, size=200)
+    [f] = datafile.encode_files(items, max_file_size=1 << 30, block_size=4096)
+    data, live, nxt = f.data, dict(items), 1001
+    rng = __import__("random").Random(7)
+    for _ in range(300):
+        changes: dict[str, bytes | None] = {}
+        for entry_id in rng.sample(sorted(live), 5):
+            changes[entry_id] = None if rng.random() < 0.3 else os.urandom(150 + rng.randrange(100))  # fmt: skip
+        for entry_id, value in entries(3, size=200, start=nxt):
+            changes[entry_id] = value
+        nxt += 3
+        for entry_id, value in changes.items():
+            if value is None:
+                live.pop(entry_id, None)
+            else:
+                live[entry_id] = value
+        [f] = datafile.merge_file(data, changes, max_file_size=1 << 30, block_size=4096)
+        data = f.data
+    assert datafile.decode_file(data) == sorted(live.items())
+    [whole] = datafile.encode_files(sorted(live.items()), max_file_size=1 << 30, block_size=4096)
+    assert len(_index(f)) <= 2 * len(_index(whole))
+
+
+def test_a_merge_that_deletes_every_entry_leaves_no_file() -> None:
+    items = entries(30)
+    [old] = datafile.encode_files(items, max_file_size=1 << 30, block_size=512)
+    gone: dict[str, bytes | None] = {entry_id: None for entry_id, _ in items}
+    assert datafile.merge_file(old.data, gone, max_file_size=1 << 30, block_size=512) == []
