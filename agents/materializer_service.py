@@ -205,9 +205,9 @@ class MaterializerService:
             runs = tasks = 0
             for owner in list(self.owned.values()):
                 if owner.serving:
-                    found = owner.stuck(older_than)
-                    runs += len(found)
-                    tasks += sum(len(s.tasks) for s in found)
+                    n_runs, n_tasks = owner.stuck_count(older_than)
+                    runs += n_runs
+                    tasks += n_tasks
             metrics.STUCK_RUNS.set(runs)
             metrics.STUCK_TASKS.set(tasks)
 

@@ -9,8 +9,9 @@ So ``ActiveRuns`` keeps:
 * **hot** runs as ``RunState`` objects, in the order they last changed: those changed within the
   last ``cold_after`` seconds, at most ``hot_max`` of them;
 * **cold** runs as their stored JSON (``events.codec.encode_state``), zstd-compressed, behind
-  the time of their last progress (8 bytes: what ``stuck`` asks without decoding them), one
-  ``bytes`` per run and nothing else beside its id.
+  the time of their last progress and the number of their tasks running or held (10 bytes:
+  what the stuck gauges count without decoding them), one ``bytes`` per run and nothing else
+  beside its id.
 
 **A dictionary of the partition's own runs.** The runs of one CI look alike (the same pipelines,
 task names, environment keys), and zstd compresses a small document far better with a
@@ -42,7 +43,7 @@ import zstandard
 from events.advance import GRAPHS
 from events.codec import decode_state, encode_state
 from events.state import RunState
-from partition.decisions import last_progress
+from partition.decisions import busy_tasks, last_progress
 from partition.slices import Slices
 
 __all__ = ["COLD_AFTER", "DICT_SIZE", "HOT_MAX", "TRAIN_AFTER", "ActiveRuns"]
@@ -55,13 +56,14 @@ HOT_MAX = 2048
 TRAIN_AFTER = 256
 #: The compression dictionary's size, bytes.
 DICT_SIZE = 16 * 1024
-#: A cold run's bytes begin with its last progress, ms since the epoch.
-_SINCE = struct.Struct(">q")
+#: A cold run's bytes begin with its last progress (ms since the epoch) and how many of its tasks
+#: are running or held (``partition.decisions.busy_tasks``, at most 65,535).
+_HEAD = struct.Struct(">qH")
 
 
 def _frame(raw: bytes) -> memoryview:
     """The zstd frame in a cold run's bytes."""
-    return memoryview(raw)[_SINCE.size :]
+    return memoryview(raw)[_HEAD.size :]
 
 
 def _dictionary_of(raw: bytes) -> int:
@@ -83,7 +85,7 @@ class ActiveRuns(MutableMapping[str, RunState]):
     ) -> None:
         self._hot: dict[str, RunState] = dict(states or {})  # least recently changed first
         self._changed: dict[str, int] = dict.fromkeys(self._hot, 0)  # run id → tick of change
-        self._cold: dict[str, bytes] = {}  # run id → last progress ms (_SINCE) + zstd JSON
+        self._cold: dict[str, bytes] = {}  # run id → _HEAD + zstd JSON
         self._clean: dict[str, bytes] = {}  # hot runs unchanged since decoded: their cold bytes
         self._tick = 0
         self._idle_ticks = max(1, round(cold_after / tick))
@@ -99,10 +101,10 @@ class ActiveRuns(MutableMapping[str, RunState]):
         zd = self._zd if self._dict_id and _dictionary_of(raw) else self._plain
         return decode_state(zd.decompress(_frame(raw)))
 
-    def _pack(self, doc: bytes, since: int) -> bytes:
-        """``doc`` compressed, behind ``since``: one exact-size ``bytes`` (zstandard's own keep
-        the whole compress bound allocated, 4 KB for a 600-byte result)."""
-        return _SINCE.pack(since) + self._zc.compress(doc)
+    def _pack(self, doc: bytes, head: bytes) -> bytes:
+        """``doc`` compressed, behind ``head`` (``_HEAD``): one exact-size ``bytes``
+        (zstandard's own keep the whole compress bound allocated, 4 KB for a 600-byte result)."""
+        return head + self._zc.compress(doc)
 
     @property
     def dictionary(self) -> int:
@@ -174,9 +176,27 @@ class ActiveRuns(MutableMapping[str, RunState]):
         is at or before ``cut_ms``; cold runs are decoded only when they are."""
         out = [s for s in self._hot.values() if last_progress(s) <= cut_ms]
         unpack = self._unpack
-        since = _SINCE.unpack_from
-        out.extend(unpack(raw) for raw in self._cold.values() if since(raw)[0] <= cut_ms)
+        head = _HEAD.unpack_from
+        out.extend(unpack(raw) for raw in self._cold.values() if head(raw)[0] <= cut_ms)
         return out
+
+    def quiet_count(self, cut_ms: int) -> tuple[int, int]:
+        """How many runs :meth:`quiet_since` would give, and how many of their tasks are running
+        or held (``partition.decisions.busy_tasks``), without decoding a cold run: what the
+        stuck gauges read every few seconds, when the runs of a CI waiting on long tasks may
+        all be quiet."""
+        runs = tasks = 0
+        for s in self._hot.values():
+            if last_progress(s) <= cut_ms:
+                runs += 1
+                tasks += busy_tasks(s)
+        head = _HEAD.unpack_from
+        for raw in self._cold.values():
+            since, busy = head(raw)
+            if since <= cut_ms:
+                runs += 1
+                tasks += busy
+        return runs, tasks
 
     async def cool(self) -> int:
         """Move the runs that did not change for ``cold_after`` (and the oldest beyond
@@ -197,7 +217,8 @@ class ActiveRuns(MutableMapping[str, RunState]):
                 raw = None  # compressed before the dictionary: compressed again with it
             if raw is None:
                 doc = encode_state(state)
-                raw = self._pack(doc, last_progress(state))
+                head = _HEAD.pack(last_progress(state), min(busy_tasks(state), 0xFFFF))
+                raw = self._pack(doc, head)
                 samples = self._samples
                 if samples is not None:
                     samples.append(doc)
@@ -228,5 +249,5 @@ class ActiveRuns(MutableMapping[str, RunState]):
             raw = self._cold.get(run_id)
             if raw is not None and not _dictionary_of(raw):
                 doc = self._plain.decompress(_frame(raw))
-                self._cold[run_id] = self._pack(doc, _SINCE.unpack_from(raw)[0])
+                self._cold[run_id] = self._pack(doc, raw[: _HEAD.size])
             await slices.step()

@@ -64,7 +64,15 @@ from events.model import (
 )
 from events.state import RunState
 
-__all__ = ["RETRY_AFTER", "LivenessView", "Stuck", "Timekeeper", "last_progress", "stuck"]
+__all__ = [
+    "RETRY_AFTER",
+    "LivenessView",
+    "Stuck",
+    "Timekeeper",
+    "busy_tasks",
+    "last_progress",
+    "stuck",
+]
 
 #: Seconds before a decision appended but not applied yet is appended again (same id).
 RETRY_AFTER = 5.0
@@ -330,12 +338,20 @@ def stuck(states: Iterable[RunState], now_ms: int, older_than_ms: int) -> list[S
         if since > cut:
             continue
         run = state.run
-        tasks = tuple(
-            tid
-            for tid, t in run.tasks.items()
-            if t.status is TaskStatus.RUNNING
-            or (t.holder is not UNSET and t.status not in _FINISHED)
-        )
+        tasks = tuple(tid for tid, t in run.tasks.items() if _busy(t))
         out.append(Stuck(run_id=run.id, group=run.group, phase=run.phase, since=since, tasks=tasks))
     out.sort(key=lambda s: (s.since, s.run_id))
     return out
+
+
+def _busy(task: RunTask) -> bool:
+    """A task a stuck run lists: running, or held and not finished."""
+    return task.status is TaskStatus.RUNNING or (
+        task.holder is not UNSET and task.status not in _FINISHED
+    )
+
+
+def busy_tasks(state: RunState) -> int:
+    """How many of the run's tasks :func:`stuck` would list for it: what ``partition.active``
+    keeps beside a cold run, so that the stuck gauges count without decoding it."""
+    return sum(1 for t in state.run.tasks.values() if _busy(t))

@@ -461,6 +461,19 @@ class PartitionOwner:
         quiet = active.quiet_since(now_ms - older_than_ms) if isinstance(active, ActiveRuns) else active.values()  # fmt: skip
         return stuck(quiet, now_ms, older_than_ms)
 
+    def stuck_count(self, older_than_ms: int) -> tuple[int, int]:
+        """How many runs :meth:`stuck` would give, and how many tasks they list, without
+        decoding a run held as bytes (``ActiveRuns.quiet_count``): the stuck gauges. Raises
+        :class:`NotServing` when not serving."""
+        if not self.serving:
+            raise NotServing(f"partition {self.partition} is not serving")
+        assert self.pm is not None
+        active, now_ms = self.pm.active, self._wall_ms()
+        if isinstance(active, ActiveRuns):
+            return active.quiet_count(now_ms - older_than_ms)
+        found = stuck(active.values(), now_ms, older_than_ms)
+        return len(found), sum(len(s.tasks) for s in found)
+
     async def cool(self) -> int:
         """Move the active runs that went still to compressed bytes (``partition.active``);
         the wiring's timer calls it about once a second. Returns how many went."""

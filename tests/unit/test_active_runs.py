@@ -7,14 +7,14 @@ import pytest
 import zstandard
 
 from events.advance import GRAPHS, graph_of
-from events.catalogue import StartRequested, TaskStatusChanged
+from events.catalogue import StartRequested, TaskClaimed, TaskStatusChanged
 from events.codec import encode_state
 from events.ids import format_run_id
 from events.model import TaskStatus
 from events.reducer import Applied, apply
 from events.state import RunState
 from partition.active import ActiveRuns, _dictionary_of
-from partition.decisions import last_progress
+from partition.decisions import last_progress, stuck
 from tests.unit.test_events_support import created, ev, task
 
 
@@ -92,6 +92,45 @@ async def test_quiet_since_finds_cold_runs_by_their_progress_without_waking_the_
     quiet = active.quiet_since(cut)
     assert sorted(s.run.id for s in quiet) == sorted(s.run.id for s in (running(1), running(2)))
     assert active.hot == 0  # reading them for the count does not make them hot
+
+
+async def test_the_stuck_count_reads_no_cold_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the stuck gauges read every few seconds: the same runs and tasks ``stuck`` lists,
+    from the bytes' head alone, hot runs and cold ones alike."""
+    states = {s.run.id: s for s in (running(n) for n in range(1, 9))}
+    states[format_run_id(9)] = claimed(9)
+    active = ActiveRuns(states, cold_after=1.0)
+    await active.cool()
+    active[running(8).run.id] = running(8)  # one hot run among the cold ones
+    assert active.hot == 1
+    monkeypatch.setattr(ActiveRuns, "_unpack", _no_decoding)
+    for cut in (0, 3000, 8000, 9000, 10**13):
+        found = stuck(list(states.values()), cut, 0)
+        assert active.quiet_count(cut) == (len(found), sum(len(s.tasks) for s in found))
+    assert active.quiet_count(9000) == (9, 9)  # a running task each, and run 9's held one
+    assert active.hot == 1
+
+
+def claimed(n: int) -> RunState:
+    """Run ``n`` with its task ``a`` held by an executor (not running yet)."""
+    rid = format_run_id(n)
+    state = None
+    for i, data in enumerate(
+        [
+            created(task("a"), task("b", "a")),
+            StartRequested(),
+            TaskClaimed(task_id="a", executor_id="e1", lease_ms=60_000),
+        ]
+    ):
+        result = apply(state, ev(data, run_id=rid, id=f"{rid}.{i}", at=1000 * n))
+        assert isinstance(result, Applied), result
+        state = result.state
+    assert state is not None
+    return state
+
+
+def _no_decoding(self: ActiveRuns, raw: bytes) -> RunState:
+    raise AssertionError("a cold run was decoded")
 
 
 async def test_a_cold_run_lets_go_of_its_graph() -> None:

@@ -341,3 +341,5 @@ async def test_stuck_lists_runs_without_progress_oldest_first() -> None:
     assert (s.run_id, s.phase, s.tasks) == (RUN, Phase.RUNNING, ("a",))
     rig.clocks.advance(600)
     assert [x.run_id for x in rig.owner.stuck(600_000)] == [RUN]
+    assert rig.owner.stuck_count(600_000) == (1, 1)  # the gauges' count: the same run and task
+    assert rig.owner.stuck_count(600_001) == (0, 0)
