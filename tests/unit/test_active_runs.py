@@ -3,6 +3,8 @@ compressed bytes and come back unchanged; what changed recently stays an object.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import zstandard
 
@@ -20,17 +22,20 @@ from tests.unit.test_events_support import created, ev, task
 
 def running(n: int) -> RunState:
     """Run ``n`` with its task ``a`` running, its last progress at ``1000 * n`` ms."""
+    return _run(n, TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING))
+
+
+def claimed(n: int) -> RunState:
+    """Run ``n`` with its task ``a`` held by an executor (not running yet)."""
+    return _run(n, TaskClaimed(task_id="a", executor_id="e1", lease_ms=60_000))
+
+
+def _run(n: int, last: Any) -> RunState:
     rid = format_run_id(n)
     state = None
-    for i, data in enumerate(
-        [
-            created(task("a"), task("b", "a")),
-            StartRequested(),
-            TaskStatusChanged(task_id="a", status=TaskStatus.RUNNING),
-        ]
-    ):
+    for i, data in enumerate([created(task("a"), task("b", "a")), StartRequested(), last]):
         result = apply(state, ev(data, run_id=rid, id=f"{rid}.{i}", at=1000 * n))
-        assert isinstance(result, Applied)
+        assert isinstance(result, Applied), result
         state = result.state
     assert state is not None
     return state
@@ -109,24 +114,6 @@ async def test_the_stuck_count_reads_no_cold_run(monkeypatch: pytest.MonkeyPatch
         assert active.quiet_count(cut) == (len(found), sum(len(s.tasks) for s in found))
     assert active.quiet_count(9000) == (9, 9)  # a running task each, and run 9's held one
     assert active.hot == 1
-
-
-def claimed(n: int) -> RunState:
-    """Run ``n`` with its task ``a`` held by an executor (not running yet)."""
-    rid = format_run_id(n)
-    state = None
-    for i, data in enumerate(
-        [
-            created(task("a"), task("b", "a")),
-            StartRequested(),
-            TaskClaimed(task_id="a", executor_id="e1", lease_ms=60_000),
-        ]
-    ):
-        result = apply(state, ev(data, run_id=rid, id=f"{rid}.{i}", at=1000 * n))
-        assert isinstance(result, Applied), result
-        state = result.state
-    assert state is not None
-    return state
 
 
 def _no_decoding(self: ActiveRuns, raw: bytes) -> RunState:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from datamanager import datafile
 from datamanager.errors import CorruptData
+from datamanager.merge import merge_entries
 from events import format_run_id
 
 
@@ -146,13 +147,7 @@ def test_meta_is_stored_in_every_file() -> None:
 # ------------------------------------------------------------ merging changes into a file
 def _merged(data: bytes, changes: dict[str, bytes | None]) -> list[tuple[str, bytes]]:
     """What a full decode, merge and encode of ``data`` holds: the reference."""
-    merged = dict(datafile.decode_file(data))
-    for entry_id, value in changes.items():
-        if value is None:
-            merged.pop(entry_id, None)
-        else:
-            merged[entry_id] = value
-    return sorted(merged.items())
+    return merge_entries(datafile.decode_file(data), changes)
 
 
 def _index(f: datafile.EncodedFile) -> list[datafile.BlockRef]:
