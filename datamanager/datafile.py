@@ -143,26 +143,22 @@ def merge_file(
     compressor = zstandard.ZstdCompressor(level=level)
 
     def blocks() -> Iterable[_Block]:
-        pending: list[tuple[str, bytes]] = []  # merged entries not in a block yet, in id order
-        size = 0  # their raw size
+        # Merged entries not in a block yet (less than a block's worth), in id order.
+        pending: list[tuple[str, bytes]] = []
         c = 0  # the next change (in ``order``) to place
         for i, ref in enumerate(refs):
             last = i == len(refs) - 1
             stop = len(order) if last else bisect.bisect_right(order, ref.last_id, c)
             mine, c = order[c:stop], stop
-            if not mine and (not pending or size >= block_size // 2):
+            if not mine and (not pending or _raw_size(pending) >= block_size // 2):
                 yield from _cut(pending, block_size, compressor, final=True)[0]
-                pending, size = [], 0
+                pending = []
                 yield _Block(bytes(view[ref.offset : ref.offset + ref.length]), ref.first_id, ref.last_id, ref.count, ref.crc)  # fmt: skip
                 continue
             ids, values = decode_block(view[ref.offset : ref.offset + ref.length], ref.crc)
-            for entry in _merge_sorted(zip(ids, values, strict=True), mine, changes):
-                pending.append(entry)
-                size += len(entry[0]) + len(entry[1]) + 8
-            if size >= block_size:
-                full, pending = _cut(pending, block_size, compressor, final=False)
-                yield from full
-                size = sum(len(k) + len(v) + 8 for k, v in pending)
+            pending.extend(_merge_sorted(zip(ids, values, strict=True), mine, changes))
+            full, pending = _cut(pending, block_size, compressor, final=False)
+            yield from full
         yield from _cut(pending, block_size, compressor, final=True)[0]
 
     return _files(blocks(), max_file_size, meta)
@@ -192,7 +188,7 @@ def _cut(
     out: list[_Block] = []
     start, raw = 0, 0
     for n, (entry_id, value) in enumerate(entries):
-        raw += len(entry_id) + len(value) + 8
+        raw += len(entry_id) + len(value) + 8  # as _raw_size counts
         if raw >= block_size:
             out.append(_block(entries[start : n + 1], compressor))
             start, raw = n + 1, 0
@@ -200,6 +196,11 @@ def _cut(
         out.append(_block(entries[start:], compressor))
         start = len(entries)
     return out, entries[start:]
+
+
+def _raw_size(entries: Iterable[tuple[str, bytes]]) -> int:
+    """About the raw bytes ``entries`` take in a block (``_raw_blocks`` counts the same way)."""
+    return sum(len(entry_id) + len(value) + 8 for entry_id, value in entries)
 
 
 def _block(entries: list[tuple[str, bytes]], compressor: zstandard.ZstdCompressor) -> _Block:
