@@ -18,7 +18,14 @@ from agents.workload import generate
 from events.catalogue import Event
 from events.codec import encode, encode_commit
 from partition.placement import partition_for
-from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
+from tests.harness import (
+    Worker,
+    caught_up,
+    free_port,
+    make_settings,
+    prepare_topics,
+    wait_until,
+)
 from tests.integration.test_pipeline import check_derived_stream, check_phase_stream, produce
 from tests.oracle import Oracle
 
@@ -149,7 +156,8 @@ async def test_two_workers_then_one_killed_the_survivor_takes_over(
     events = generate(seed=13, runs=2000)
     resources = Resources(s)
     a = Worker(s, tmp_path / "a.log").start()
-    b = Worker(Settings(**{**_fields(s), "web_port": s.web_port + 1}), tmp_path / "b.log").start()
+    # A port of its own (the next one up may be taken: it once was, and b crashed at start).
+    b = Worker(Settings(**{**_fields(s), "web_port": free_port()}), tmp_path / "b.log").start()
     try:
 
         async def both_own_partitions() -> bool:
