@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,10 @@ class Lag:
     at: float | None = None  # time.time() of the measurement
 
 
+#: Seconds the lag monitor keeps the phases topic's partitions before asking again.
+PARTITIONS_MAX_AGE = 300.0
+
+
 class LagMonitor:
     """Measures the lag every ``interval`` seconds (``run_forever``; tests call ``once``)."""
 
@@ -95,9 +100,20 @@ class LagMonitor:
         self._clock = clock
         self.lag = Lag()
         self._labelled: set[int] = set()
+        # (when asked, monotonic; the partitions of the phases topic)
+        self._phases_parts: tuple[float, list[int]] | None = None
+
+    def consumer(self) -> AbstractAsyncContextManager[AIOKafkaConsumer]:
+        """The consumer :meth:`once` measures with. One record batch per partition is all a
+        measurement reads (the broker returns a partition's first batch whatever its size):
+        with the default 1 MiB, every measurement had the worker's event loop unpack up to a
+        megabyte of events per partition it owns."""
+        return bare_consumer(
+            self.bootstrap, auto_offset_reset="earliest", max_partition_fetch_bytes=1
+        )
 
     async def run_forever(self) -> None:
-        async with bare_consumer(self.bootstrap, auto_offset_reset="earliest") as consumer:
+        async with self.consumer() as consumer:
             while True:
                 try:
                     await self.once(consumer)
@@ -134,8 +150,12 @@ class LagMonitor:
         offsets = self._index_offsets()
         if offsets is None:
             return None
-        parts = await partitions_of(consumer, self.phases_topic)
-        tps = [TopicPartition(self.phases_topic, p) for p in parts]
+        now = time.monotonic()
+        if self._phases_parts is None or now - self._phases_parts[0] > PARTITIONS_MAX_AGE:
+            # Asked of the cluster (the metadata of every topic of the cluster: a large response
+            # to decode on the event loop), so not at every measurement.
+            self._phases_parts = (now, await partitions_of(consumer, self.phases_topic))
+        tps = [TopicPartition(self.phases_topic, p) for p in self._phases_parts[1]]
         ends = await consumer.end_offsets(tps) if tps else {}
         return sum(
             max(0, int(end) - offsets.get(source_key(tp.topic, tp.partition), 0))
@@ -185,7 +205,11 @@ async def _timestamps(
             if records and tp.partition not in out:
                 out[tp.partition] = records[0].timestamp
                 consumer.pause(tp)
-    consumer.resume(*tps.values())
+    # Every partition stays paused until the next measurement: a partition assigned and not
+    # paused is fetched in the background meanwhile (records read, unpacked and dropped on the
+    # worker's event loop). Paused, not unassigned: a consumer with nothing assigned asks the
+    # broker for the metadata of every topic of the cluster at each refresh.
+    consumer.pause(*tps.values())
     return out
 
 
