@@ -22,12 +22,16 @@ __all__ = [
     "tune_malloc",
 ]
 
-#: Generation-0 threshold. The materializer allocates several small objects per event and keeps
-#: tens of thousands of run states alive; with CPython's default (700) the cyclic collector keeps
-#: rescanning them, which halves throughput (measured: 51k → 111k events/s through
-#: PartitionMaterializer). Run states hold no reference cycles, so reference counting frees them;
-#: the collector only has to catch rare cycles, and a higher threshold still bounds that garbage.
-GC_THRESHOLDS = (100_000, 50, 100)
+#: The collector's thresholds. With CPython's default (700) the cyclic collector kept rescanning
+#: the run states a worker holds, which halved throughput (51k → 111k events/s through
+#: PartitionMaterializer at 100,000). Since shapes are untracked (``events.model``: frozen, no
+#: cycles, freed by reference counting), the collector no longer sees them, and the threshold
+#: barely matters for throughput (applying a replay's records: 146,200 events/s at 700,
+#: 149,500 at 100,000). It does for pauses: a young collection walks every tracked object
+#: allocated since the last one and still alive, so at 100,000 a collection paused the worker's
+#: event loop for 20-30 ms, once or twice a minute under load (bench_latency's (d): p99.9 of an
+#: edge); at 10,000 the longest pauses are 4-7 ms.
+GC_THRESHOLDS = (10_000, 20, 50)
 
 #: Seconds a thread may hold the GIL while another waits for it (CPython's default: 5 ms). A
 #: checkpoint encodes its data files in a thread (``datamanager.manager``); with the default,
