@@ -45,6 +45,7 @@ from partition.history import HistoryEntry
 from partition.materializer import PartitionMaterializer, RecordEffects, Snapshot
 from partition.outbox import Headers, Outbox, dead_letter_headers
 from partition.ports import Held, LogReader, LogSender, OwnerHooks, PartitionOpener, RecordMeta
+from partition.slices import Slices
 from partition.waiters import ApplyOutcome, NotServing, PartitionMoved, Waiters
 
 __all__ = [
@@ -602,8 +603,10 @@ class PartitionOwner:
         self._next_checkpoint = self._slot_after(self._last_checkpoint)
         metrics.CHECKPOINTS.labels("ok").inc()
         metrics.CHECKPOINT_SECONDS.observe(self._last_checkpoint - started)
+        slices = Slices()  # thousands of records (3 µs each for Faust): not in one step
         for record in held:
             record.ack()
+            await slices.step()
         return "ok"
 
     async def _lost_sends(
