@@ -25,6 +25,7 @@ from faust.types import TP
 
 from agents import kafka, metrics, quirks
 from agents.config import Settings
+from agents.fetchpolicy import FetchPolicy
 from agents.health import stop_for, wrong_storage_line
 from agents.resources import Resources
 from agents.runtime import HeapTrimmer
@@ -79,6 +80,8 @@ class MaterializerService:
         self._last_gc = time.monotonic()
         self._heap = HeapTrimmer()  # returns the freed heap to the system after runs go cold
         self._waiting_since: float | None = time.monotonic()  # the agent awaits records since
+        self._taken = 0  # records the agent took (the fetch policy's rate)
+        self._fetch = FetchPolicy()
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
@@ -157,6 +160,7 @@ class MaterializerService:
         try:
             async for batch in quirks.take_what_is_there(stream, TAKE_MAX):
                 self._waiting_since = None
+                self._taken += len(batch)
                 for event in batch:
                     msg = event.message
                     owner = self.owned.get(msg.partition)
@@ -192,6 +196,20 @@ class MaterializerService:
             moved += await owner.cool()
         await self._heap.tick(moved)
         await self._maybe_collect_garbage()
+        self._fetch_for_load()
+
+    def _fetch_for_load(self) -> None:
+        """Fetches batch while records come often (``agents.fetchpolicy``); set at every tick,
+        as an assignment puts the light setting back (``agents.app``)."""
+        before = self._fetch.wait
+        wait = self._fetch.observe(self._taken, time.monotonic())
+        if wait is not before:
+            log.info(
+                "fetches batch now" if wait.min_bytes > 1 else "fetches return at once now",
+                extra={"records_per_second": round(self._fetch.rate)},
+            )
+        if quirks.override_fixed_fetch_wait(self.app, wait.max_wait_ms, min_bytes=wait.min_bytes):
+            metrics.CONSUMER_FETCH_WAIT.set(wait.max_wait_ms / 1000)
 
     async def _decide(self) -> None:
         """The owners' decisions from time (lapsed leases, timeouts), a few times a second; the

@@ -60,6 +60,7 @@ class FetchWait(Protocol):
     """aiokafka's ``Fetcher``, as far as :func:`override_fixed_fetch_wait` uses it."""
 
     _fetch_max_wait_ms: int
+    _fetch_min_bytes: int
 
 
 def consumer_fetcher(app: faust.App) -> FetchWait | None:
@@ -71,28 +72,31 @@ def consumer_fetcher(app: faust.App) -> FetchWait | None:
     return cast(FetchWait, fetcher) if hasattr(fetcher, "_fetch_max_wait_ms") else None
 
 
-def override_fixed_fetch_wait(app: faust.App, wait_ms: int) -> bool:
-    """Works around Faust fixing ``fetch_max_wait_ms`` at 1,500 ms with no setting for it: sets
-    ``wait_ms`` on aiokafka's fetcher of the app's consumer. Returns ``False`` when the fetcher
-    was not found (nothing changed).
+def override_fixed_fetch_wait(app: faust.App, wait_ms: int, *, min_bytes: int = 1) -> bool:
+    """Works around Faust fixing ``fetch_max_wait_ms`` at 1,500 ms with no setting for it (nor
+    for ``fetch_min_bytes``: aiokafka's default, 1): sets ``wait_ms`` and ``min_bytes`` on
+    aiokafka's fetcher of the app's consumer. Returns ``False`` when the fetcher was not found
+    (nothing changed).
 
-    Why runstream needs a shorter wait is told where it is set (``agents.app.FETCH_MAX_WAIT_MS``).
-    The fetcher exists once the consumer has started, and it reads the value each time it builds
-    a fetch request, so call it at every assignment (``app.on_partitions_assigned``: a public
-    signal); setting an ``int`` attribute from the event loop's thread while aiokafka runs in
-    Faust's consumer thread is safe.
+    Why runstream needs a shorter wait is told where it is set (``agents.app.FETCH_MAX_WAIT_MS``),
+    and when fetches wait for more bytes in ``agents.fetchpolicy``. The fetcher exists once the
+    consumer has started, and it reads both values each time it builds a fetch request, so call
+    it at every assignment (``app.on_partitions_assigned``: a public signal) and whenever the
+    policy changes; setting an ``int`` attribute from the event loop's thread while aiokafka runs
+    in Faust's consumer thread is safe.
 
     Upstream (faust-streaming 0.15.2 / aiokafka 0.14.0):
 
     * Faust's fixed value: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L615
       (``faust.Settings`` has no setting for it);
-    * aiokafka stores it at https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L407
-      and reads it for every request at https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L663.
+    * aiokafka stores them at https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L405-L407
+      and reads them for every request at https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L663-L664.
     """
     fetcher = consumer_fetcher(app)
     if fetcher is None:
         return False
     fetcher._fetch_max_wait_ms = wait_ms
+    fetcher._fetch_min_bytes = min_bytes
     return True
 
 

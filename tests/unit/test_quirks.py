@@ -69,6 +69,8 @@ def test_faust_still_fixes_the_fetch_wait_and_has_no_setting_for_it() -> None:
 def test_aiokafkas_fetcher_reads_the_wait_for_every_request() -> None:
     assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
     assert "self._fetch_max_wait_ms," in inspect.getsource(Fetcher._get_actions_per_node)
+    assert "self._fetch_min_bytes = fetch_min_bytes" in inspect.getsource(Fetcher.__init__)
+    assert "self._fetch_min_bytes," in inspect.getsource(Fetcher._get_actions_per_node)
 
 
 def test_the_fetch_wait_override_says_when_the_fetcher_is_not_there(
@@ -76,11 +78,13 @@ def test_the_fetch_wait_override_says_when_the_fetcher_is_not_there(
 ) -> None:
     app = create_app(Settings(app_id="quirks-unit"))
     assert not quirks.override_fixed_fetch_wait(app, 50)  # not started: no fetcher yet
-    fetcher = SimpleNamespace(_fetch_max_wait_ms=quirks.FAUST_FETCH_MAX_WAIT_MS)
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=quirks.FAUST_FETCH_MAX_WAIT_MS, _fetch_min_bytes=1)
     thread = SimpleNamespace(_consumer=SimpleNamespace(_fetcher=fetcher))
     monkeypatch.setattr(app.consumer, "_thread", thread)
     assert quirks.override_fixed_fetch_wait(app, 50)
-    assert fetcher._fetch_max_wait_ms == 50
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (50, 1)
+    assert quirks.override_fixed_fetch_wait(app, 2, min_bytes=65536)
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (2, 65536)
 
 
 # ------------------------------------------------------- Faust's seeks and its flow
