@@ -95,6 +95,7 @@ from tqdm import tqdm
 
 from agents.config import Settings
 from agents.producer import EventProducer
+from agents.runtime import tune_gc
 from agents.workload import iter_events
 from bench.floors import kafka_floor, pct
 from events import (
@@ -579,6 +580,10 @@ def quick(args: argparse.Namespace) -> None:
 async def amain(args: argparse.Namespace) -> None:
     if args.quick:
         quick(args)
+    # The collector's settings of the worker: this process is every executor at once and keeps
+    # every edge's figures, and with CPython's defaults its full collections (40-50 ms) paused
+    # all the loops in flight at once, an artifact of the bench, not a latency of the system.
+    tune_gc()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     unique = f"blat{uuid.uuid4().hex[:8]}"
     s = make_settings(unique, args.kafka, args.etcd, f"file://{tmp}/objects", partitions=args.partitions)  # fmt: skip
