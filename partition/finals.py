@@ -24,7 +24,14 @@ class FinalIds:
         self._sorted: np.ndarray = (
             np.zeros(0, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         )
+        self._top = self._highest()
         self._recent: set[int] = set()
+
+    def _highest(self) -> int:
+        """The sorted array's highest id (-1 when empty): a new run's id is usually above every
+        final one, and a comparison answers it without a binary search (2-3 µs in numpy for one
+        id, at every creation)."""
+        return int(self._sorted[-1]) if self._sorted.size else -1
 
     def __len__(self) -> int:
         return int(self._sorted.size) + len(self._recent)
@@ -32,6 +39,8 @@ class FinalIds:
     def __contains__(self, run_id: int) -> bool:
         if run_id in self._recent:
             return True
+        if run_id > self._top:
+            return False
         arr = self._sorted
         i = int(np.searchsorted(arr, run_id))
         return i < arr.size and int(arr[i]) == run_id
@@ -60,6 +69,7 @@ class FinalIds:
         if self._recent:
             extra = np.fromiter(self._recent, dtype=np.int64, count=len(self._recent))
             self._sorted = np.union1d(self._sorted, extra)
+            self._top = self._highest()
             self._recent.clear()
 
     def to_bytes(self) -> bytes:
@@ -78,6 +88,7 @@ class FinalIds:
         ``frozen`` was taken stay recent."""
         if self._sorted is frozen.sorted:
             self._sorted = merged
+            self._top = self._highest()
             self._recent -= frozen.recent
 
     @classmethod

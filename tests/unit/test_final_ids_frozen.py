@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from partition.finals import FinalIds
 from partition.slices import Slices
@@ -55,3 +57,32 @@ async def test_slices_hand_the_loop_back_once_their_time_is_used() -> None:
         await slices.step()
     await task
     assert ran == [1]  # it ran after the first unit of work, not after all three
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "compact", "freeze", "merge"]), st.integers(1, 60)),
+        max_size=60,
+    ),
+    st.lists(st.integers(1, 60), max_size=20),
+)
+def test_membership_is_a_sets_whatever_the_order_of_adds_merges_and_compactions(
+    ops: list[tuple[str, int]], initial: list[int]
+) -> None:
+    # Ids both below and above the highest stored one are asked after every step (the highest
+    # is what answers most asks without a binary search).
+    ids = FinalIds(np.array(sorted(set(initial)), dtype=np.int64))
+    model = set(initial)
+    frozen = None
+    for op, run_id in ops:
+        if op == "add":
+            ids.add(run_id)
+            model.add(run_id)
+        elif op == "compact":
+            ids.compact()
+        elif op == "freeze":
+            frozen = ids.freeze()
+        elif frozen is not None:  # merge what was frozen, as a checkpoint does
+            ids.merged(frozen, frozen.encode()[1])
+            frozen = None
+        assert [i for i in range(0, 62) if i in ids] == sorted(model)
