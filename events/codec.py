@@ -29,7 +29,7 @@ from events.catalogue import CURRENT_VERSIONS, EVENT_TYPES, AnyEvent, Event, Eve
 from events.errors import DecodeError, DecodeReason, validation_message
 from events.ids import RUN_ID_WIDTH, is_run_id
 from events.model import RUN_ID_PATTERN, RunConfigTask
-from events.state import RunState, state_from_dict, state_to_dict, state_to_json
+from events.state import RunState, state_from_dict, state_to_bytes
 from events.upcast import upcast
 
 __all__ = [
@@ -184,7 +184,7 @@ def encode_commit(events: Sequence[Event]) -> bytes:
 
 def encode_state(state: RunState) -> bytes:
     """Deterministic bytes of ``state``: equal states give identical bytes (sorted maps)."""
-    return state_to_json(state_to_dict(state))
+    return state_to_bytes(state)
 
 
 def decode_state(raw: bytes) -> RunState:
