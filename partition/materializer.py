@@ -175,6 +175,7 @@ class PartitionMaterializer:
         phases_offset: int = 0,
         tasks_topic: str = "",
         tasks_offset: int = 0,
+        derive: bool = True,
     ) -> None:
         self.writer = writer
         self.topic = topic
@@ -205,6 +206,9 @@ class PartitionMaterializer:
         self.touched: set[str] | None = None
         self._position = (0, 0)  # (record offset, index in the record) of the event applied
         self._key_homes: dict[bytes, int] = {}  # record key → its partition (route_check)
+        # False (a replay, which rebuilds state and sends nothing): no derived events, the
+        # reducer does not even build them (events.reducer.apply).
+        self.derive = derive
 
     # ------------------------------------------------------------------------- loading
     @classmethod
@@ -220,12 +224,13 @@ class PartitionMaterializer:
         claim: bool = True,
         tasks_topic: str = "",
         cool: bool = False,
+        derive: bool = True,
     ) -> PartitionMaterializer:
         """Open the partition in the datamanager and load the active runs and final ids of its
         latest checkpoint. ``claim`` (default) fences any previous owner of the partition.
         ``cool``: keep the active runs in an ``ActiveRuns`` (the runs that went still held as
         compressed bytes: a partition's owner, which lives for hours), else in a dict (replay,
-        which is done in minutes and wants every microsecond)."""
+        which is done in minutes and wants every microsecond). ``derive``: see ``__init__``."""
         writer = await dm.open_partition(partition_name(topic, partition), claim=claim)
         manifest = writer.manifest
         offsets: Mapping[str, int] = manifest.offsets
@@ -249,6 +254,7 @@ class PartitionMaterializer:
             phases_offset=offsets.get(offsets_key(phases_topic, partition), 0),
             tasks_topic=tasks_topic,
             tasks_offset=offsets.get(offsets_key(tasks_topic, partition), 0) if tasks_topic else 0,
+            derive=derive,
         )
 
     def suppress_emitted(self, emitted: Iterable[str]) -> None:
@@ -279,13 +285,14 @@ class PartitionMaterializer:
         # The usual event (of an active run, applied, the run not final after it) is handled in
         # this loop with local names; every other case goes through _apply_event / _judged.
         active, dirty, note, waiters = self.active, self._dirty, self.history.note, self.waiters
+        derive = self.derive
         touched = _ignore if self.touched is None else self.touched.add
         applied = 0
         for index, event in enumerate(events):
             run_id = event.run_id
             state = active.get(run_id)
             if state is not None:
-                result = apply(state, event)
+                result = apply(state, event, derive)
                 if isinstance(result, Applied) and not result.duplicate:
                     new = result.state
                     if new.run.phase not in _FINAL_PHASES:
@@ -369,7 +376,9 @@ class PartitionMaterializer:
                 waiters.resolve(event.id, ApplyOutcome("refused", None, f"run {run_id} is final"))
             return
         far = None if state is not None else self.admission.far(event)
-        result = apply(state, event) if far is None else Refused(reason=far, state=None)
+        result = (
+            apply(state, event, self.derive) if far is None else Refused(reason=far, state=None)
+        )
         self._judged(event, state, result, out)
 
     def _judged(self, event: Event, state: RunState | None, result: Applied | Refused, out: RecordEffects) -> None:  # fmt: skip

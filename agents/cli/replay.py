@@ -254,6 +254,7 @@ async def _replay_partitions(
                     phases_topic=settings.topic_phases,
                     max_event_bytes=settings.max_event_bytes,
                     partitions=partitions,
+                    derive=False,  # state only: the phase changes and ready tasks are not sent
                 )
             ranges = {p: (pm.next_offset, ends[p]) for p, pm in pms.items()}
             async for p, msgs in read_range(
@@ -269,8 +270,10 @@ async def _replay_partitions(
                     report.events += out.applied + out.duplicates + out.refused
                     report.dead_letters += out.dead is not None
                 on_batch(len(msgs))
+            # The partitions' last checkpoints at once: one's data files are compressed and
+            # written (threads, storage) while the next one's states are encoded.
+            await asyncio.gather(*(pm.commit(pm.prepare(), phases_offset=0) for pm in pms.values()))
             for p, pm in pms.items():
-                await pm.commit(pm.prepare(), phases_offset=0)
                 report.offsets[p] = pm.next_offset
     finally:
         await kv.close()

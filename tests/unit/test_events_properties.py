@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents.workload import generate
 from events import (
     Applied,
     CancelRequested,
@@ -15,6 +16,7 @@ from events import (
     Payload,
     Phase,
     PhaseChanged,
+    Refused,
     Result,
     RunConfigTask,
     RunCreated,
@@ -170,12 +172,25 @@ def run_scripts(draw: st.DrawFn) -> list[Event]:
     return out
 
 
+def same_without_derived(state: RunState | None, event: Event, out: Applied | Refused) -> None:
+    """``apply(..., derive=False)`` (a replay's) gives ``out``'s verdict and state, no events."""
+    bare = apply(state, event, derive=False)
+    assert type(bare) is type(out)
+    assert bare.state == out.state
+    if isinstance(bare, Applied):
+        assert bare.derived == ()
+        assert bare.duplicate == out.duplicate  # type: ignore[union-attr]
+    else:
+        assert bare.reason == out.reason  # type: ignore[union-attr]
+
+
 def replay(script: list[Event]) -> tuple[dict[str, RunState], list[Event]]:
     states: dict[str, RunState] = {}
     derived: list[Event] = []
     for e in script:
         before = states.get(e.run_id)
         out = apply(before, e)
+        same_without_derived(before, e, out)
         if isinstance(out, Applied):
             if before is not None and before.run.phase.is_final():
                 assert out.duplicate
@@ -233,3 +248,18 @@ def test_phase_changed_seq_goes_up_by_one_per_run(script: list[Event]) -> None:
         assert seqs == list(range(1, len(seqs) + 1))
         assert states[rid].seq == len(seqs)
         assert last[rid] == (states[rid].run.phase, states[rid].run.result)
+
+
+def test_without_derived_a_workload_folds_to_the_same_states() -> None:
+    """A replay's ``derive=False`` on realistic runs (DAGs, chains, failures, stops): every
+    verdict and state as with derived events, and those events were many."""
+    states: dict[str, RunState] = {}
+    derived = 0
+    for e in generate(seed=11, runs=300, first_run_id=1_000):
+        before = states.get(e.run_id)
+        out = apply(before, e)
+        same_without_derived(before, e, out)
+        if isinstance(out, Applied):
+            states[e.run_id] = out.state
+            derived += sum(isinstance(d.data, TaskReady) for d in out.derived)
+    assert derived > 1_000

@@ -34,6 +34,7 @@ from events import (
 from events.model import RunConfigTask, attempt_of, holder_of
 from events.reducer import Applied, Refused, apply
 from partition.admission import refusal_code as code_of
+from tests.unit.test_events_properties import same_without_derived
 from tests.unit.test_events_support import RUN, applied, created, ev, refused, task
 
 S = TaskStatus
@@ -283,7 +284,9 @@ def test_any_interleaving_keeps_one_holder_and_ends_every_attempt_once(
                 assert isinstance(out, Refused)
             continue
         eid = f"s{next(ids)}"
-        out = apply(state, make_event(data, id=eid, run_id=RUN, at=2_000 + len(eid)))  # type: ignore[arg-type]
+        event = make_event(data, id=eid, run_id=RUN, at=2_000 + len(eid))  # type: ignore[arg-type]
+        out = apply(state, event)
+        same_without_derived(state, event, out)
         last = (eid, data, isinstance(out, Applied))
         if isinstance(out, Refused):
             assert out.state is state
