@@ -34,6 +34,7 @@ from partition.materializer import partition_name
 from partition.outbox import dead_letter_headers
 from partition.owner import OwnerConfig, PartitionOwner
 from partition.ports import PartitionStore, RecordMeta
+from partition.slices import Slices
 
 __all__ = ["MaterializerService", "dead_letter_headers"]
 
@@ -161,6 +162,10 @@ class MaterializerService:
             async for batch in quirks.take_what_is_there(stream, TAKE_MAX):
                 self._waiting_since = None
                 self._taken += len(batch)
+                # The loop is handed back every millisecond of applying (partition.slices): a
+                # batch of large records (commits of hundreds of events, a catch-up) took
+                # seconds in one step, and /healthz, /metrics and the API waited behind it.
+                slices = Slices()
                 for event in batch:
                     msg = event.message
                     owner = self.owned.get(msg.partition)
@@ -173,6 +178,7 @@ class MaterializerService:
                             key=msg.key,
                             timestamp_ms=_millis(msg.timestamp),
                         )
+                    await slices.step()
                 for owner in list(self.owned.values()):
                     await owner.after_batch()
                 self._waiting_since = time.monotonic()
