@@ -255,6 +255,7 @@ async def _replay_partitions(
                     max_event_bytes=settings.max_event_bytes,
                     partitions=partitions,
                     derive=False,  # state only: the phase changes and ready tasks are not sent
+                    encode_final=True,  # every run held to the end: as bytes once it ended
                 )
             ranges = {p: (pm.next_offset, ends[p]) for p, pm in pms.items()}
             async for p, msgs in read_range(

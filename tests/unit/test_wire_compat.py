@@ -13,6 +13,7 @@ recorded state back to identical bytes.
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -42,7 +43,9 @@ RECORDS = list(_lines("records.jsonl.zst"))
 STATES = {x["run_id"]: x["state"].encode() for x in _lines("states.jsonl.zst")}
 
 
-def _replay() -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+def _replay(replays: bool = False) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The recorded log through one materializer per partition (``replays``: as
+    ``runstream replay`` makes them: no derived events, final runs encoded when they end)."""
     mats = {
         p: PartitionMaterializer(
             None,
@@ -50,6 +53,8 @@ def _replay() -> tuple[list[dict[str, Any]], dict[str, bytes]]:
             partition=p,
             phases_topic="runs.phases",
             partitions=PARTITIONS,
+            derive=not replays,
+            encode_final=replays,
         )
         for p in range(PARTITIONS)
     }
@@ -70,8 +75,22 @@ def _replay() -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     for m in mats.values():
         snap = m.prepare()
         for rid, s in (*snap.dirty.items(), *snap.finished.items()):
-            states[rid] = encode_state(s)
+            states[rid] = s if isinstance(s, bytes) else encode_state(s)
     return got, states
+
+
+def test_a_replays_materializer_reads_a_final_run_from_its_bytes() -> None:
+    m = PartitionMaterializer(
+        None, topic="runs.events", partition=0, phases_topic="runs.phases",
+        partitions=PARTITIONS, derive=False, encode_final=True,
+    )  # fmt: skip
+    for line in RECORDS:
+        if line["partition"] == 0:
+            m.apply_record(line["offset"], _raw(line))
+    ended = [rid for rid, s in m._finished.items() if isinstance(s, bytes)]
+    assert ended
+    for rid in ended:
+        assert asyncio.run(m.read_run(rid)) == decode_state(STATES[rid])
 
 
 def test_the_recorded_log_covers_what_it_claims() -> None:
@@ -99,6 +118,17 @@ def test_replay_gives_the_recorded_outcomes_phase_changes_and_state_bytes() -> N
         assert {k: out[k] for k in want} == want, f"record {i}"
         assert out["derived"] == [d.encode() for d in line["derived"]], f"record {i}"
         assert out["ready"] == [d.encode() for d in line["ready"]], f"record {i}"
+    assert states.keys() == STATES.keys()
+    for rid, raw in STATES.items():
+        assert states[rid] == raw, rid
+
+
+def test_a_replays_materializer_gives_the_recorded_outcomes_and_state_bytes() -> None:
+    got, states = _replay(replays=True)
+    for i, (line, out) in enumerate(zip(RECORDS, got, strict=True)):
+        want = {k: line[k] for k in ("applied", "duplicates", "rejected", "dead")}
+        assert {k: out[k] for k in want} == want, f"record {i}"
+        assert out["derived"] == out["ready"] == [], f"record {i}"
     assert states.keys() == STATES.keys()
     for rid, raw in STATES.items():
         assert states[rid] == raw, rid
