@@ -178,7 +178,10 @@ class MaterializerService:
                             key=msg.key,
                             timestamp_ms=_millis(msg.timestamp),
                         )
-                    await slices.step()
+                    if slices.due():
+                        for o in self.owned.values():
+                            o.publish_counts()  # /metrics may be served meanwhile
+                        await slices.hand_back()
                 for owner in list(self.owned.values()):
                     await owner.after_batch()
                 self._waiting_since = time.monotonic()

@@ -511,6 +511,11 @@ class PartitionOwner:
         shift = interval * ((self.partition * _SPREAD) % 1.0)
         return t + (shift - t) % interval
 
+    def publish_counts(self) -> None:
+        """Add the records and events handled since the last call to the metrics (done after
+        each batch, and in a batch before the loop is handed back)."""
+        self._tally.flush()
+
     async def after_batch(self) -> None:
         """After each batch of records: publish the batch's counts, start a due checkpoint, and
         wait for the one in flight only when another checkpoint's worth of events piled up

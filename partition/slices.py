@@ -28,5 +28,13 @@ class Slices:
 
     async def step(self) -> None:
         if perf_counter() >= self._until:
-            await asyncio.sleep(0)
-            self._until = perf_counter() + self._budget
+            await self.hand_back()
+
+    def due(self) -> bool:
+        """True when this slice's time is used up (then ``hand_back``)."""
+        return perf_counter() >= self._until
+
+    async def hand_back(self) -> None:
+        """Let the loop run what waits, then start the next slice."""
+        await asyncio.sleep(0)
+        self._until = perf_counter() + self._budget
