@@ -587,9 +587,16 @@ async def amain(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     unique = f"blat{uuid.uuid4().hex[:8]}"
     s = make_settings(unique, args.kafka, args.etcd, f"file://{tmp}/objects", partitions=args.partitions)  # fmt: skip
-    # A worker's own checkpoint interval, not the tests' short one.
+    # A worker's own checkpoint interval, not the tests' short one (or --checkpoint-interval).
+    interval = args.checkpoint_interval
     s = own_topics(
-        dataclasses.replace(s, checkpoint_interval=Settings().checkpoint_interval), unique
+        dataclasses.replace(
+            s,
+            checkpoint_interval=Settings().checkpoint_interval if interval is None else interval,
+            # with a longer interval, no checkpoint forced by the event count either
+            checkpoint_events=s.checkpoint_events if interval is None else 1 << 40,
+        ),
+        unique,
     )
     if args.session_timeout is not None:
         s = dataclasses.replace(s, session_timeout=args.session_timeout)
@@ -653,6 +660,9 @@ async def amain(args: argparse.Namespace) -> None:
     load = os.getloadavg()
     results.append(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores); one worker, {s.partitions} partitions; ready topic {ready_topic}")  # fmt: skip
     results.append(f"chains of {args.chain} tasks: an edge is task i's success appended → task i+1's task.ready seen here; EventProducer linger {linger * 1000:.0f} ms")  # fmt: skip
+    results.append(
+        f"the worker checkpoints every {s.checkpoint_interval:g} s (a partition with changes)"
+    )
     results.append(row("floor: bare Kafka record round trip (acks=all, linger 0)", floor))
     for label, e in (
         ("(a) edge, one run at a time", a),
@@ -711,6 +721,7 @@ def main() -> None:
     p.add_argument("--no-failover", action="store_true", help="skip the failover case")
     p.add_argument("--cases", default="a,b,c,d,http", help="the edge cases to run, comma-separated (a, b, c, d, http); failover follows unless --no-failover")  # fmt: skip
     p.add_argument("--session-timeout", type=float, default=None, help="the workers' consumer session timeout, seconds (default: the setting's); the broker must allow it (group.min.session.timeout.ms)")  # fmt: skip
+    p.add_argument("--checkpoint-interval", type=float, default=None, help="the worker's checkpoint interval, seconds (default: the setting's); a long one (600) takes checkpoints out of the cases' figures, to see their share")  # fmt: skip
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--ready-topic", default=None, help="a Settings field (topic_tasks, topic_phases) or a topic name; default topic_tasks when Settings has it, else topic_phases")  # fmt: skip
     p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
