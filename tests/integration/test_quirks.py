@@ -98,7 +98,39 @@ async def test_a_fresh_consumer_knows_no_partitions_until_asked(
         assert consumer.partitions_for_topic(kafka_topic) is None  # ...and the cache stays empty
         assert await quirks.uncached_partitions_for_topic(consumer, kafka_topic) == {0, 1, 2}
         assert await quirks.uncached_partitions_for_topic(consumer, kafka_topic + ".none") == set()
+        # Asked about, not created (deploy/local's broker creates topics on demand otherwise).
+        assert kafka_topic + ".none" not in await consumer.topics()
     finally:
+        await quirks.stop_despite_stray_cancel(consumer)
+
+
+async def test_partitions_are_asked_for_the_one_topic(kafka_bootstrap: str, kafka_topic: str) -> None:  # fmt: skip
+    # Not the metadata of every topic of the cluster: its cost grows with the cluster's topics.
+    await _topic(kafka_bootstrap, kafka_topic, 2)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    asked: list[object] = []
+    client = consumer._client
+    get_conn = client._get_conn
+
+    async def spying(*args: Any, **kwargs: Any) -> Any:
+        conn = await get_conn(*args, **kwargs)
+        if conn is not None and not hasattr(conn, "_spied"):
+            send = conn.send
+
+            def send_spied(request: Any, *a: Any, **k: Any) -> Any:
+                asked.append(getattr(request, "_topics", "?"))
+                return send(request, *a, **k)
+
+            conn.send, conn._spied = send_spied, True
+        return conn
+
+    client._get_conn = spying
+    try:
+        assert await quirks.uncached_partitions_for_topic(consumer, kafka_topic) == {0, 1}
+        assert asked == [[kafka_topic]]
+    finally:
+        client._get_conn = get_conn
         await quirks.stop_despite_stray_cancel(consumer)
 
 
