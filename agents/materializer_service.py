@@ -6,9 +6,10 @@ rules. This module registers the Faust agent (records → ``owner.handle``), the
 (create / close owners), the timer (checkpoints and garbage collection), and adapts Faust's
 producer and consumer, the bare Kafka reader and the datamanager to the owner's ports.
 
-Offsets and acks. The agent consumes with acks off (``agents.quirks.take_what_is_there``): a record is acked (so Faust may commit
-its offset to Kafka) by its owner only after a checkpoint covering it has been swapped in, so
-Kafka's committed offset never passes the manifest.
+Offsets and acks. The agent consumes with acks off (``agents.quirks.take_what_is_there``): a
+record's offset is acked (so Faust may commit it to Kafka) by its owner only after a checkpoint
+covering it has been swapped in (:meth:`MaterializerService.ack`), so Kafka's committed offset
+never passes the manifest. The owner holds offsets, not Faust's events, meanwhile.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TP
+from faust.types import TP, Message
 
 from agents import kafka, metrics, quirks
 from agents.config import Settings
@@ -143,6 +144,15 @@ class MaterializerService:
             flow_wait=FLOW_WAIT,
         )
 
+    def ack(self, partition: int, offsets: Iterable[int]) -> None:
+        """Faust's ack of each offset: a message of its own naming the record (its consumer
+        acks by topic, partition and offset), so that the owner holds offsets, not Faust's
+        events, until a checkpoint covers them (``PartitionOwner``)."""
+        topic, ack = self.settings.topic_events, self.app.consumer.ack
+        tp = TP(topic, partition)
+        for offset in offsets:
+            ack(Message(topic, partition, offset, 0.0, 0, None, None, None, None, tp=tp))
+
     async def crash(self, exc: BaseException) -> None:
         log.error("materializer lost a send; stopping the worker", extra={"error": str(exc)})
         await self.app.crash(exc)
@@ -174,7 +184,6 @@ class MaterializerService:
                             msg.offset,
                             msg.value,
                             msg.headers,
-                            event,
                             key=msg.key,
                             timestamp_ms=_millis(msg.timestamp),
                         )

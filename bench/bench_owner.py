@@ -25,7 +25,7 @@ from agents.resources import Resources
 from agents.runtime import tune_gc
 from events import Event, encode, format_run_id
 from partition.owner import OwnerConfig, PartitionOwner
-from tests.fakes_owner import FakeHooks, FakeLog, FakeRecord
+from tests.fakes_owner import FakeHooks, FakeLog
 from tests.harness import make_settings
 from tests.unit.test_events_support import created, ev, task
 
@@ -66,7 +66,7 @@ async def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
     await owner.load()
     offset = 0
     for i in range(1, args.prefill + 1):
-        await owner.handle(offset, encode(creation(i)), None, FakeRecord(offset))
+        await owner.handle(offset, encode(creation(i)), None)
         offset += 1
     await owner.checkpoint()
 
@@ -82,7 +82,7 @@ async def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
             for raw in batch:
                 if raw is None:
                     return
-                await owner.handle(offset, raw, None, FakeRecord(offset))
+                await owner.handle(offset, raw, None)
                 offset += 1
             if mode == "background":
                 await owner.after_batch()

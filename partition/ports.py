@@ -12,7 +12,6 @@ from datamanager.errors import MissingManifest
 from datamanager.manifest import Manifest
 
 __all__ = [
-    "Held",
     "LogReader",
     "LogSender",
     "OwnerHooks",
@@ -105,12 +104,6 @@ class LogReader(Protocol):
         ...
 
 
-class Held(Protocol):
-    """A consumed record whose offset may be committed once acknowledged (a Faust event)."""
-
-    def ack(self) -> object: ...
-
-
 class OwnerHooks(Protocol):
     """What the owner asks of the wiring."""
 
@@ -120,6 +113,11 @@ class OwnerHooks(Protocol):
 
     async def crash(self, exc: BaseException) -> None:
         """Stop the worker: it restarts from the last checkpoints."""
+        ...
+
+    def ack(self, partition: int, offsets: Iterable[int]) -> None:
+        """The records at ``offsets`` of ``partition`` are in a checkpoint: the consumer group
+        may commit their offsets (Faust's acks)."""
         ...
 
     def fenced(self, partition: int, owner: object) -> None:

@@ -6,8 +6,8 @@
   per partition, the entries of the last checkpoint, its offsets and a pointer revision that a
   claim bumps (so a claim by another owner fences the previous writer, as in etcd). Its
   checkpoints can fail, be fenced, or be held at a gate while a test does something else.
-* :class:`FakeRecord` is a consumed record with an ack counter; :class:`FakeHooks` records what
-  the owner asked of the wiring.
+* :class:`FakeHooks` records what the owner asked of the wiring, the offsets it acknowledged
+  among it.
 """
 
 from __future__ import annotations
@@ -232,18 +232,6 @@ def storage_down() -> StorageError:
 
 # --------------------------------------------------------------------------- records, wiring
 @dataclass(slots=True)
-class FakeRecord:
-    """A consumed record (``Held``): counts its acks."""
-
-    offset: int
-    acks: int = 0
-
-    def ack(self) -> bool:
-        self.acks += 1
-        return True
-
-
-@dataclass(slots=True)
 class FakeHooks:
     """``OwnerHooks``: what the owner asked of the wiring."""
 
@@ -251,6 +239,14 @@ class FakeHooks:
     crashes: list[BaseException] = field(default_factory=list)
     fenced_owners: list[object] = field(default_factory=list)
     wrong_storages: list[MissingManifest] = field(default_factory=list)
+    acked: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset), in order
+
+    def acks(self, offset: int, partition: int = 0) -> int:
+        """How many times the record at ``offset`` of ``partition`` was acknowledged."""
+        return self.acked.count((partition, offset))
+
+    def ack(self, partition: int, offsets: Iterable[int]) -> None:
+        self.acked.extend((partition, offset) for offset in offsets)
 
     async def seek(self, partition: int, offset: int) -> None:
         self.seeks.append((partition, offset))

@@ -169,13 +169,10 @@ def test_refusal_lines_are_rate_limited_with_a_count(caplog: pytest.LogCaptureFi
 async def test_a_dead_letter_keeps_the_key_and_timestamp() -> None:
     rig = Rig()
     offset = rig.append_raw(b'{"type": "nope"}')
-    from tests.fakes_owner import FakeRecord
-
-    record = FakeRecord(offset)
     value = rig.log.values("runs.events")[offset]
     await rig.owner.load()
     await rig.owner.handle(
-        offset, value, [("trace", b"1")], record, key=RUN.encode(), timestamp_ms=1764292658123
+        offset, value, [("trace", b"1")], key=RUN.encode(), timestamp_ms=1764292658123
     )
     await rig.owner.checkpoint()
     (sent,) = [s for s in rig.log.sent if s.topic == "runs.dlq"]

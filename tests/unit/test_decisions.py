@@ -28,7 +28,6 @@ from events import (
 from events.model import RunConfigTask
 from partition.decisions import RETRY_AFTER, Timekeeper, last_progress, stuck
 from partition.owner import PartitionOwner
-from tests.fakes_owner import FakeRecord
 from tests.unit.test_events_support import applied, created, ev, task
 from tests.unit.test_owner import CONFIG, TASKS, TOPIC, Rig
 
@@ -238,7 +237,7 @@ async def test_a_new_owner_that_read_its_predecessors_decision_does_not_append_i
     owner = rig.new_owner()
     await owner.load()
     for offset, value in enumerate(rig.log.values(TOPIC)):
-        await owner.handle(offset, value, None, FakeRecord(offset))
+        await owner.handle(offset, value, None)
     assert owner.serving
     rig.clocks.advance(RETRY_AFTER + 1)
     assert await rig.decide(owner) == []

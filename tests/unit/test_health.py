@@ -16,7 +16,7 @@ async def test_loading_catching_up_and_serving_partitions_are_told_apart() -> No
         await rig.owner.load()  # the log ended at offset 2 when it was assigned
     await serving.feed()
     catching.fed = 1
-    await catching.owner.handle(0, catching.log.values("runs.events")[0], None, _Rec())
+    await catching.owner.handle(0, catching.log.values("runs.events")[0], None)
     owners = {0: loading.owner, 1: catching.owner, 2: serving.owner}
     lag = Lag(records={1: 1, 2: 0}, seconds={1: 2.5, 2: 0.0}, index=3, at=1.0)
     warn = TopicWarning(topic="runs.events", setting="retention.ms", value="1", why="deleted")
@@ -39,8 +39,3 @@ async def test_loading_catching_up_and_serving_partitions_are_told_apart() -> No
     # Ready once every owned partition serves and the index is loaded; warnings do not matter.
     ready = readiness({2: serving.owner}, index_loaded=True, lag=lag, warnings=[warn])
     assert (ready["ready"], ready["not_ready"]) == (True, [])
-
-
-class _Rec:
-    def ack(self) -> bool:
-        return True

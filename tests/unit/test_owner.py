@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 
 import pytest
 
@@ -35,7 +34,7 @@ from partition.owner import (
     PartitionMoved,
     PartitionOwner,
 )
-from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog, FakeRecord, storage_down
+from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog, storage_down
 from tests.oracle import Oracle
 from tests.unit.test_events_support import created, ev, task
 
@@ -80,7 +79,7 @@ class Rig:
         self.log = FakeLog()
         self.dm = FakeDatamanager()
         self.hooks = FakeHooks()
-        self.records: list[FakeRecord] = []
+        self.records: list[int] = []  # the offsets fed
         self.fed = 0
         self.owner = self.new_owner()
 
@@ -106,9 +105,8 @@ class Rig:
         owner = owner or self.owner
         values = self.log.values(TOPIC)
         for offset in range(self.fed, len(values)):
-            record = FakeRecord(offset)
-            self.records.append(record)
-            await owner.handle(offset, values[offset], None, record)
+            self.records.append(offset)
+            await owner.handle(offset, values[offset], None)
         self.fed = len(values)
 
     def stored(self) -> dict[str, bytes]:
@@ -137,8 +135,9 @@ async def loaded() -> Rig:
     return rig
 
 
-def acks(records: Iterable[FakeRecord]) -> list[int]:
-    return [r.acks for r in records]
+def acks(rig: Rig) -> list[int]:
+    """How many times each record fed was acknowledged, in the order fed."""
+    return [rig.hooks.acks(offset) for offset in rig.records]
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -298,7 +297,7 @@ async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_
     first = rig.new_owner()
     await first.load()
     for offset in range(2):  # offsets 0 and 1 applied and checkpointed by a first owner
-        await first.handle(offset, values[offset], None, FakeRecord(offset))
+        await first.handle(offset, values[offset], None)
     assert await first.checkpoint() == "ok"
     rig.hooks.seeks.clear()
     owner = rig.new_owner()
@@ -308,26 +307,27 @@ async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_
     assert owner.pm is not None
     # A record fetched before the seek, past the checkpoint's offset (say Kafka's committed
     # offset was ahead of it): dropped, not acknowledged; it comes again after the seek.
-    stale = FakeRecord(3)
+    acked = rig.hooks.acks
     with caplog.at_level(logging.WARNING, logger="runstream.owner"):
-        await owner.handle(3, values[3], None, stale)
+        await owner.handle(3, values[3], None)
     assert "records past the checkpoint came first" in caplog.text
-    assert (owner.pm.next_offset, stale.acks, owner.held) == (2, 0, 0)
+    assert (owner.pm.next_offset, acked(3), owner.held) == (2, 0, 0)
     assert rid(4) not in owner.pm.active
     # Below the checkpoint (Kafka's committed offset lagged it): acknowledged, not applied.
-    below = FakeRecord(0)
-    await owner.handle(0, values[0], None, below)
-    assert (owner.pm.next_offset, below.acks, owner.held) == (2, 1, 0)
+    before = acked(0)  # the first owner's checkpoint acknowledged it once
+    await owner.handle(0, values[0], None)
+    assert (owner.pm.next_offset, acked(0) - before, owner.held) == (2, 1, 0)
     # The record at the checkpoint's offset is applied once; a copy of it fetched again is not
     # (and is not acknowledged: the first copy's checkpoint does that).
-    again = FakeRecord(2)
-    await owner.handle(2, values[2], None, FakeRecord(2))
-    await owner.handle(2, values[2], None, again)
-    assert (owner.pm.next_offset, again.acks, owner.held) == (3, 0, 1)
-    await owner.handle(3, values[3], None, FakeRecord(3))
+    await owner.handle(2, values[2], None)
+    await owner.handle(2, values[2], None)
+    assert (owner.pm.next_offset, acked(2), owner.held) == (3, 0, 1)
+    await owner.handle(3, values[3], None)
     assert owner.serving
     assert owner.held == 2
     assert await owner.read(rid(4)) is not None
+    assert await owner.checkpoint() == "ok"
+    assert [acked(offset) for offset in (2, 3)] == [1, 1]  # each once, the copy included
 
 
 async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> None:
@@ -347,7 +347,7 @@ async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> 
     await owner.load()
     assert rig.hooks.seeks == [(0, 0)]
     assert owner.catch_up_to == 3
-    await owner.handle(0, rig.log.values(TOPIC)[0], None, FakeRecord(0))
+    await owner.handle(0, rig.log.values(TOPIC)[0], None)
     now[0] += CATCH_UP_STALL - 0.1
     await owner.keep_catching_up(agent_waiting=60)
     assert rig.hooks.seeks == [(0, 0)]  # a record came recently: nothing to do
@@ -358,11 +358,11 @@ async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> 
     # Behind, no record, and the agent left waiting: read again from offset 1.
     assert rig.hooks.seeks == [(0, 0), (0, 1)]
     # Records fetched before that seek are dropped until offset 1 comes again.
-    await owner.handle(2, rig.log.values(TOPIC)[2], None, FakeRecord(2))
+    await owner.handle(2, rig.log.values(TOPIC)[2], None)
     assert owner.pm is not None
     assert owner.pm.next_offset == 1
     for offset in (1, 2):
-        await owner.handle(offset, rig.log.values(TOPIC)[offset], None, FakeRecord(offset))
+        await owner.handle(offset, rig.log.values(TOPIC)[offset], None)
     assert owner.serving
     now[0] += 60
     await owner.keep_catching_up(agent_waiting=60)  # serving: silence is just no writes
@@ -376,9 +376,9 @@ async def test_checkpoint_ok_acks_the_records_it_covers() -> None:
     for e in events:
         rig.append(e)
     await rig.feed()
-    assert acks(rig.records) == [0] * 5
+    assert acks(rig) == [0] * 5
     assert await rig.owner.checkpoint() == "ok"
-    assert acks(rig.records) == [1] * 5
+    assert acks(rig) == [1] * 5
     assert rig.stored() == Oracle().feed(events).encoded()
     phases, tasks = len(rig.log.values(PHASES)), len(rig.log.values(TASKS))
     assert phases + tasks == sum(map(len, Oracle().feed(events).derived.values()))
@@ -388,7 +388,7 @@ async def test_checkpoint_ok_acks_the_records_it_covers() -> None:
         offsets_key(TASKS, 0): tasks,
     }
     assert await rig.owner.checkpoint() == "nothing"
-    assert acks(rig.records) == [1] * 5
+    assert acks(rig) == [1] * 5
 
 
 async def test_records_below_the_checkpoint_are_acked_at_once_and_not_applied_again() -> None:
@@ -398,9 +398,9 @@ async def test_records_below_the_checkpoint_are_acked_at_once_and_not_applied_ag
     assert await rig.owner.checkpoint() == "ok"
     again = rig.new_owner()
     await again.load()
-    old = FakeRecord(0)
-    await again.handle(0, rig.log.values(TOPIC)[0], None, old)
-    assert old.acks == 1
+    assert rig.hooks.acks(0) == 1  # by the first owner's checkpoint
+    await again.handle(0, rig.log.values(TOPIC)[0], None)
+    assert rig.hooks.acks(0) == 2  # and again at once by the new owner
     assert again.pm is not None
     assert again.pm.next_offset == 1
     assert not again.pm.has_changes
@@ -416,12 +416,12 @@ async def test_fenced_checkpoint_kills_the_owner_and_fails_its_waiters() -> None
     assert rig.owner.dead
     assert not rig.owner.serving
     assert rig.hooks.fenced_owners == [rig.owner]
-    assert acks(rig.records) == [0]  # the new owner reads it again
+    assert acks(rig) == [0]  # the new owner reads it again
     with pytest.raises(PartitionMoved):
         await waiting[0]
     rig.append(creation(2))
     await rig.feed()  # a dead owner drops records, unacknowledged
-    assert acks(rig.records) == [0, 0]
+    assert acks(rig) == [0, 0]
     with pytest.raises(NotServing):
         await rig.owner.read(rid(1))
 
@@ -433,13 +433,13 @@ async def test_failed_checkpoint_restores_keeps_the_records_and_retries_the_same
     await rig.feed()
     rig.dm.fail_next = storage_down()
     assert await rig.owner.checkpoint() == "failed"
-    assert acks(rig.records) == [0] * 5
+    assert acks(rig) == [0] * 5
     assert rig.owner.held == 5
     assert rig.hooks.crashes == []
     assert await rig.owner.checkpoint() == "ok"
     first, second = rig.dm.calls
     assert second == first
-    assert acks(rig.records) == [1] * 5
+    assert acks(rig) == [1] * 5
 
 
 async def test_failed_checkpoint_then_more_records_writes_both_in_the_next_one() -> None:
@@ -455,7 +455,7 @@ async def test_failed_checkpoint_then_more_records_writes_both_in_the_next_one()
     await rig.feed()
     assert await rig.owner.checkpoint() == "ok"
     assert rig.stored() == Oracle().feed(events).encoded()
-    assert acks(rig.records) == [1] * 8
+    assert acks(rig) == [1] * 8
     assert rig.dm.calls[-1].offsets[offsets_key(PHASES, 0)] == len(rig.log.values(PHASES))
 
 
@@ -467,7 +467,7 @@ async def test_a_lost_send_means_no_checkpoint_and_a_crash() -> None:
     assert await rig.owner.checkpoint() == "crashed"
     assert len(rig.hooks.crashes) == 1
     assert rig.dm.calls == []  # the checkpoint was not even attempted
-    assert acks(rig.records) == [0]
+    assert acks(rig) == [0]
     assert rig.owner.dead
     assert not rig.owner.serving
 
@@ -517,14 +517,14 @@ async def test_applying_goes_on_while_a_checkpoint_is_written() -> None:
     assert [f.result().kind for f in waiting] == ["applied"] * 8
     rig.dm.gate.set()
     assert await task == "ok"
-    assert acks(rig.records) == [1] * 4 + [0] * 8
+    assert acks(rig) == [1] * 4 + [0] * 8
     assert rig.dm.calls[0].offsets[offsets_key(TOPIC, 0)] == 4
     assert await rig.owner.checkpoint() == "ok"
     assert rig.dm.calls[1].offsets[offsets_key(TOPIC, 0)] == 12
     # Nothing lost, nothing twice: every run's state and every phase change once.
     oracle = Oracle().feed(events)
     assert rig.stored() == oracle.encoded()
-    assert acks(rig.records) == [1] * 12
+    assert acks(rig) == [1] * 12
     expected = [(r, phase_seq(d)) for r, ds in oracle.derived.items() for d in ds if phase_seq(d) >= 0]  # fmt: skip
     assert sorted(rig.phase_keys()) == sorted(expected)
     assert len(rig.phase_keys()) == len(set(rig.phase_keys()))
@@ -570,10 +570,10 @@ async def test_revocation_mid_checkpoint_waits_for_it_then_writes_a_last_one() -
     assert task is not None
     assert await task == "ok"
     assert [c.offsets[offsets_key(TOPIC, 0)] for c in rig.dm.calls] == [1, 2]
-    assert acks(rig.records) == [1, 1]
+    assert acks(rig) == [1, 1]
     rig.append(creation(3))
     await rig.feed()  # revoked: dropped, unacknowledged, for the next owner
-    assert acks(rig.records) == [1, 1, 0]
+    assert acks(rig) == [1, 1, 0]
     assert not rig.owner.serving
 
 
@@ -584,7 +584,7 @@ async def test_revocation_whose_last_checkpoint_hangs_gives_up_after_the_grace()
     rig.dm.gate = asyncio.Event()  # never opened
     await rig.owner.close(grace=0.01)
     assert len(rig.dm.calls) == 1
-    assert acks(rig.records) == [0]
+    assert acks(rig) == [0]
     assert not rig.owner.checkpointing
 
 

@@ -22,7 +22,7 @@ from partition import metrics
 from partition.materializer import PartitionMaterializer, route_refusal
 from partition.owner import ApplyOutcome, OwnerConfig, PartitionOwner
 from partition.placement import key_partition, partition_for
-from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog, FakeRecord
+from tests.fakes_owner import FakeDatamanager, FakeHooks, FakeLog
 from tests.unit.test_events_support import created, ev, task
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,6 +52,7 @@ class Rig:
     def __init__(self) -> None:
         self.log = FakeLog(partitions=PARTITIONS)
         self.dm = FakeDatamanager()
+        self.hooks = FakeHooks()  # all the owners': acks name their partition
         self.owners = {
             p: PartitionOwner(
                 p,
@@ -59,11 +60,10 @@ class Rig:
                 datamanager=self.dm,
                 reader=self.log,
                 sender=self.log,
-                hooks=FakeHooks(),
+                hooks=self.hooks,
             )
             for p in range(PARTITIONS)
         }
-        self.records: dict[int, list[FakeRecord]] = {p: [] for p in range(PARTITIONS)}
 
     async def load(self) -> Rig:
         for owner in self.owners.values():
@@ -78,15 +78,14 @@ class Rig:
         key: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
-    ) -> FakeRecord:
-        """Append ``value`` to ``partition`` and hand it to that partition's owner at once."""
+    ) -> int:
+        """Append ``value`` to ``partition`` and hand it to that partition's owner at once; its
+        offset."""
         offset = self.log.append(TOPIC, partition, value)
-        record = FakeRecord(offset)
-        self.records[partition].append(record)
         await self.owners[partition].handle(
-            offset, value, headers, record, key=key, timestamp_ms=timestamp_ms
+            offset, value, headers, key=key, timestamp_ms=timestamp_ms
         )
-        return record
+        return offset
 
     def dlq(self) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
         return [(s.key, s.value, dict(s.headers)) for s in self.log.sent if s.topic == DLQ]
@@ -162,7 +161,7 @@ async def test_a_key_of_another_partition_is_a_wrong_partition_dead_letter() -> 
     value = encode(status(TaskStatus.RUNNING))
     owner = rig.owners[ELSEWHERE]
     (waiting,) = owner.expect([f"a.{TaskStatus.RUNNING}"])
-    record = await rig.send(
+    offset = await rig.send(
         ELSEWHERE,
         value,
         key=RUN.encode(),
@@ -187,9 +186,9 @@ async def test_a_key_of_another_partition_is_a_wrong_partition_dead_letter() -> 
     pm = owner.pm
     assert pm is not None
     assert pm.next_offset == 1
-    assert record.acks == 0
+    assert rig.hooks.acks(offset, ELSEWHERE) == 0
     assert await owner.checkpoint() == "ok"
-    assert record.acks == 1
+    assert rig.hooks.acks(offset, ELSEWHERE) == 1
     assert rig.dm.calls[-1].offsets[f"{TOPIC}/{ELSEWHERE}"] == 1
     # The run itself did not move.
     state = await rig.owners[HOME].read(RUN)
