@@ -51,6 +51,13 @@ log = logging.getLogger("runstream.indexer")
 
 #: Seconds between two readings of the index's size (``runstream_index_bytes``).
 INDEX_BYTES_EVERY = 10.0
+#: A fetch of ``runs.phases`` comes back once it has this many bytes or ``FETCH_MAX_WAIT_MS``
+#: passed: the index takes phase changes at most 20 times a second, in batches, rather than
+#: a fetch for each (aiokafka's default: back with the first byte). Under bench_latency's (d)
+#: load that was about 200 fetches a second, each a turn of the worker's event loop and a
+#: request the broker serves, for an index nobody reads within milliseconds of a phase change.
+FETCH_MIN_BYTES = 256 << 10
+FETCH_MAX_WAIT_MS = 50
 
 
 def source_key(topic: str, partition: int) -> str:
@@ -119,7 +126,11 @@ class IndexFollower:
         topic = self.settings.topic_phases
         target = until if until is not None else await end_offsets(self.settings.kafka, topic)
         async with bare_consumer(
-            self.settings.kafka, auto_offset_reset="earliest", fetch_max_bytes=32 << 20
+            self.settings.kafka,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=32 << 20,
+            fetch_min_bytes=FETCH_MIN_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         ) as consumer:
             tps = assign_at(consumer, topic, {p: self._offset(p) for p in target})
             await self._loop(consumer, list(tps.values()), target, follow=until is None)
