@@ -10,6 +10,11 @@ sees that ``task.ready``: report, commit, apply, derive, emit, fetch. Each run i
 closed loop (report, wait for ready, report the next); a run's first ``task.ready`` (after its
 creation and start) is not an edge.
 
+* **Think time** (``--think``): by default the loops are closed, each report sent as soon as the
+  last ``task.ready`` came, so the faster the edges the more of them a second (at 6-7 ms an edge,
+  20 loops make about 2,500 a second); ``--think 25`` has each executor run a task 12.5-37.5 ms
+  first, about 600 edges a second for 20 runs in flight, the rate of issue 23's table. Each case
+  prints its edges a second.
 * **Floor**: a bare Kafka record's round trip (``acks=all``, ``linger_ms=0``) through the same
   broker, produced and consumed here on a topic of its own; again beside case (d)'s background
   load (before its edges), the floor in the same conditions.
@@ -76,6 +81,7 @@ import functools
 import inspect
 import itertools
 import os
+import random
 import re
 import signal
 import sys
@@ -297,6 +303,14 @@ class Edges:
     cpu: CpuWatch | None = None
     watch: Callable[[float, float, int], None] | None = None  # called with every done_at entry
 
+    def rate(self) -> float:
+        """Edges a second, from the first report to the last task.ready seen."""
+        if len(self.done_at) < 2:
+            return 0.0
+        first = min(t for t, _, _ in self.done_at)
+        last = max(seen for _, seen, _ in self.done_at)
+        return len(self.done_at) / max(last - first, 1e-9)
+
 
 def chain_task(i: int) -> RunConfigTask:
     """Task ``t<i>``, depending on ``t<i-1>``."""
@@ -305,8 +319,12 @@ def chain_task(i: int) -> RunConfigTask:
 
 
 class Bench:
-    def __init__(self, s: Settings, ready: Ready, producer: EventProducer, chain: int, worker_pid: int | None = None) -> None:  # fmt: skip
+    def __init__(self, s: Settings, ready: Ready, producer: EventProducer, chain: int, worker_pid: int | None = None, think: float = 0.0) -> None:  # fmt: skip
         self.s = s
+        # seconds an executor runs a task, between its task.ready and its report (0: none,
+        # closed loops); each a draw between half and one and a half times it
+        self.think = think
+        self.rng = random.Random(7)
         self.worker_pid = worker_pid
         self.ready = ready
         self.producer = producer
@@ -376,6 +394,8 @@ class Bench:
             return
         part = partition_for(rid, self.s.partitions)
         for i in range(self.chain - 1):
+            if self.think:
+                await asyncio.sleep(self.think * self.rng.uniform(0.5, 1.5))
             fut = self.ready.expect(rid, f"t{i + 1}")
             t, wall = time.perf_counter(), time.time() * 1000
             server = await self.report(rid, i, http)
@@ -615,7 +635,7 @@ async def amain(args: argparse.Namespace) -> None:
         await ready.start()
         stage("ready consumer at the end of " + ready_topic)
         async with EventProducer(s.kafka, s.topic_events, client_id="bench-executors") as producer:
-            bench = Bench(s, ready, producer, args.chain, worker.proc.pid if worker.proc else None)
+            bench = Bench(s, ready, producer, args.chain, worker.proc.pid if worker.proc else None, args.think / 1000)  # fmt: skip
             await bench.loops("warm-up", 4, 1)
             cases = set(args.cases.split(","))
             none = Edges()
@@ -660,6 +680,8 @@ async def amain(args: argparse.Namespace) -> None:
     load = os.getloadavg()
     results.append(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores); one worker, {s.partitions} partitions; ready topic {ready_topic}")  # fmt: skip
     results.append(f"chains of {args.chain} tasks: an edge is task i's success appended → task i+1's task.ready seen here; EventProducer linger {linger * 1000:.0f} ms")  # fmt: skip
+    think = f"an executor runs each task {args.think / 2:g}-{args.think * 1.5:g} ms before its report" if args.think else "closed loops: each report right after the last task.ready"  # fmt: skip
+    results.append(f"runs in flight: {think}")
     results.append(
         f"the worker checkpoints every {s.checkpoint_interval:g} s (a partition with changes)"
     )
@@ -671,6 +693,8 @@ async def amain(args: argparse.Namespace) -> None:
         (f"(d) edge, {args.inflight} runs in flight + background", d),
     ):
         results.append(row(label, e.edges))
+        if e.edges:
+            results.append(f"      {e.rate():,.0f} edges/s")
         results.append(row("      of which the append, until acknowledged", e.reports))
         results.append(row("      report → the worker sends task.ready", e.to_send))
         results.append(row("      the worker sends task.ready → seen here", e.from_send))
@@ -679,6 +703,8 @@ async def amain(args: argparse.Namespace) -> None:
     results.append(f"    background of (d): {d_rate:,.0f} events/s achieved (asked {args.bg_rate:,})")  # fmt: skip
     results.append(row("    floor beside the background of (d), before its edges", d_floor))
     results.append(row(f"HTTP: edge, PUT .../status → task.ready, {args.inflight} runs + bg", h.edges))  # fmt: skip
+    if h.edges:
+        results.append(f"      {h.rate():,.0f} edges/s")
     results.append(row("      PUT sent → the worker sends task.ready", h.to_send))
     results.append(row("      the worker sends task.ready → seen here", h.from_send))
     if h.cpu is not None:
@@ -714,6 +740,7 @@ def main() -> None:
     p.add_argument("--single-runs", type=int, default=150, help="(a): runs, one at a time")
     p.add_argument("--inflight", type=int, default=20, help="(b), (d), HTTP, failover: runs in flight")  # fmt: skip
     p.add_argument("--runs-each", type=int, default=25, help="(b), (d), HTTP: runs per loop")
+    p.add_argument("--think", type=float, default=0.0, help="ms an executor runs a task between its task.ready and its report (each a draw from half to one and a half times it); 0: closed loops, each report right after the last task.ready")  # fmt: skip
     p.add_argument("--inflight-large", type=int, default=200, help="(c): runs in flight")
     p.add_argument("--large-runs-each", type=int, default=5, help="(c): runs per loop")
     p.add_argument("--bg-rate", type=int, default=2_000, help="(d), HTTP: background events/s")
