@@ -26,8 +26,8 @@ log = logging.getLogger("runstream.app")
 #: one is fetched again only when the broker gives up on it. Every write then waited ~1.5 s for
 #: its apply (bench/bench_api.py: bursts of 1.41-1.52 s applies, p99 of a creation 1.5-1.7 s in
 #: about half the phases). 50 ms bounds that wait; an idle worker sends 20 empty fetches a second
-#: for it. (Short waits once made a partition taken over before its first commit never catch
-#: up: a new owner now reads on from its checkpoint, see agents.quirks.seek_once_flowing.)
+#: for it. The materializer reads runs.events with a consumer of its own (agents.eventreader),
+#: whose fetches wait as long when records come rarely (agents.fetchpolicy.LIGHT).
 FETCH_MAX_WAIT_MS = 50
 
 

@@ -26,6 +26,7 @@ from faust.types import TP, Message
 
 from agents import kafka, metrics, quirks
 from agents.config import Settings
+from agents.eventreader import EventReader
 from agents.fetchpolicy import FetchPolicy
 from agents.health import stop_for, wrong_storage_line
 from agents.resources import Resources
@@ -51,7 +52,6 @@ GC_EVERY = 60.0
 DECIDE_EVERY = 0.25  # seconds between two looks at the time decisions (partition.decisions)
 STUCK_EVERY = 15.0  # seconds between two counts of stuck runs (a scan of the active runs)
 REVOKE_TIMEOUT = 10.0  # a last checkpoint at revocation, bounded
-FLOW_WAIT = 30.0  # a seek waits at most this for Faust to resume its flow after a rebalance
 
 
 class MaterializerService:
@@ -84,9 +84,13 @@ class MaterializerService:
         self._waiting_since: float | None = time.monotonic()  # the agent awaits records since
         self._taken = 0  # records the agent took (the fetch policy's rate)
         self._fetch = FetchPolicy()
+        self._events = EventReader(settings.kafka, settings.topic_events, max_records=TAKE_MAX)
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        # The agent subscribes Faust's consumer group to runs.events (the assignment, the URL map
+        # and the commits); the records themselves are read by self._events (agents.eventreader).
         app.agent(self.topics.events, name="runstream.materializer")(self._agent)
+        app.task(self._read)
         app.timer(max(0.5, min(1.0, settings.checkpoint_interval / 2)))(self._tick)
         app.timer(DECIDE_EVERY)(self._decide)
         self._last_stuck = 0.0
@@ -118,9 +122,21 @@ class MaterializerService:
 
     async def _on_assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == self.settings.topic_events}
+        self._keep_faust_off_events()
+        await self._events.start()
+        self._events.assign(mine)
         for p in mine - set(self.owned):
             self._new_owner(p)
         metrics.PARTITIONS_OWNED.set(len(self.owned))
+
+    def _keep_faust_off_events(self) -> None:
+        """Faust's consumer hands over no record of runs.events: they are read on the event loop
+        (``agents.eventreader``). Paused at every assignment and every few hundred
+        milliseconds after, since Faust resumes every assigned partition once a rebalance is
+        over; what it hands over meanwhile the agent drops."""
+        consumer = self.app.consumer
+        topic = self.settings.topic_events
+        consumer.pause_partitions(tp for tp in consumer.assignment() if tp.topic == topic)
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
         gone = [
@@ -130,19 +146,16 @@ class MaterializerService:
             and (owner := self.owned.pop(tp.partition, None)) is not None
         ]
         metrics.PARTITIONS_OWNED.set(len(self.owned))
+        self._events.assign(self.owned)
         await asyncio.gather(*(owner.close(REVOKE_TIMEOUT) for owner in gone))
         for owner in gone:
             log.info("partition revoked", extra={"partition": owner.partition})
 
     # ------------------------------------------------------------------ the owner's hooks
     async def seek(self, partition: int, offset: int) -> None:
-        """The owner reads on from ``offset``: once Faust's flow runs (a seek made during a
-        rebalance is undone), in the consumer's thread (``agents.quirks.seek_once_flowing``)."""
-        await quirks.seek_once_flowing(
-            self.app.consumer,
-            {TP(self.settings.topic_events, partition): offset},
-            flow_wait=FLOW_WAIT,
-        )
+        """The owner reads on from ``offset`` (``agents.eventreader``)."""
+        if partition in self.owned:
+            self._events.seek(partition, offset)
 
     def ack(self, partition: int, offsets: Iterable[int]) -> None:
         """Faust's ack of each offset: a message of its own naming the record (its consumer
@@ -168,40 +181,52 @@ class MaterializerService:
 
     # ----------------------------------------------------------------------- the agent
     async def _agent(self, stream: Any) -> None:
+        """Faust's agent on runs.events: it keeps the group subscribed and drops what Faust hands
+        over before the partitions are paused again (never acked: the reader reads them)."""
+        async for _ in quirks.take_what_is_there(stream, TAKE_MAX):
+            pass
+
+    async def _read(self) -> None:
+        """Hands the records of runs.events to their owners, a batch at a time."""
         try:
-            async for batch in quirks.take_what_is_there(stream, TAKE_MAX):
+            while True:
+                batch = await self._events.take()
+                if not batch:
+                    continue
                 self._waiting_since = None
-                self._taken += len(batch)
                 # The loop is handed back every millisecond of applying (partition.slices): a
                 # batch of large records (commits of hundreds of events, a catch-up) took
                 # seconds in one step, and /healthz, /metrics and the API waited behind it.
                 slices = Slices()
-                for event in batch:
-                    msg = event.message
-                    owner = self.owned.get(msg.partition)
-                    if owner is not None:  # else revoked meanwhile: the new owner reads it
-                        await owner.handle(
-                            msg.offset,
-                            msg.value,
-                            msg.headers,
-                            key=msg.key,
-                            timestamp_ms=_millis(msg.timestamp),
-                        )
-                    if slices.due():
-                        for o in self.owned.values():
-                            o.publish_counts()  # /metrics may be served meanwhile
-                        await slices.hand_back()
+                for partition, records in batch.items():
+                    self._taken += len(records)
+                    for r in records:
+                        owner = self.owned.get(partition)
+                        if owner is not None:  # else revoked meanwhile: the new owner reads it
+                            await owner.handle(
+                                r.offset,
+                                r.value if r.value is not None else b"",
+                                r.headers,
+                                key=r.key,
+                                timestamp_ms=r.timestamp,
+                            )
+                        if slices.due():
+                            for o in self.owned.values():
+                                o.publish_counts()  # /metrics may be served meanwhile
+                            await slices.hand_back()
                 for owner in list(self.owned.values()):
                     await owner.after_batch()
                 self._waiting_since = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Never a silently dead agent: stop the worker so that it is restarted and resumes
+            # Never a silently dead reader: stop the worker so that it is restarted and resumes
             # from its checkpoints (bad input never gets here: it becomes a dead letter).
             log.exception("materializer failed; stopping the worker")
             await self.app.crash(exc)
             raise
+        finally:
+            await self._events.stop()
 
     # ----------------------------------------------------------------------- the timer
     async def _tick(self) -> None:
@@ -217,8 +242,9 @@ class MaterializerService:
         self._fetch_for_load()
 
     def _fetch_for_load(self) -> None:
-        """Fetches batch while records come often (``agents.fetchpolicy``); set at every tick,
-        as an assignment puts the light setting back (``agents.app``)."""
+        """The reader's fetches batch while records come often (``agents.fetchpolicy``); set at
+        every tick. (Faust's consumer, which reads the other topics, keeps the light setting
+        ``agents.app`` gives it at every assignment.)"""
         before = self._fetch.wait
         wait = self._fetch.observe(self._taken, time.monotonic())
         if wait is not before:
@@ -226,12 +252,13 @@ class MaterializerService:
                 "fetches batch now" if wait.min_bytes > 1 else "fetches return at once now",
                 extra={"records_per_second": round(self._fetch.rate)},
             )
-        if quirks.override_fixed_fetch_wait(self.app, wait.max_wait_ms, min_bytes=wait.min_bytes):
-            metrics.CONSUMER_FETCH_WAIT.set(wait.max_wait_ms / 1000)
+        self._events.fetch(wait)
+        metrics.CONSUMER_FETCH_WAIT.set(wait.max_wait_ms / 1000)
 
     async def _decide(self) -> None:
         """The owners' decisions from time (lapsed leases, timeouts), a few times a second; the
         stuck gauges every ``STUCK_EVERY`` seconds."""
+        self._keep_faust_off_events()
         for owner in list(self.owned.values()):
             owner.decide()
         now = time.monotonic()
@@ -260,11 +287,6 @@ class MaterializerService:
                 await dm.collect_garbage(partition_name(self.settings.topic_events, p))
             except Exception:
                 log.exception("garbage collection failed; will retry", extra={"partition": p})
-
-
-def _millis(timestamp: float | None) -> int | None:
-    """Faust's record timestamp (seconds, float) as Kafka's milliseconds."""
-    return None if timestamp is None else round(timestamp * 1000)
 
 
 # ------------------------------------------------------------------------------- adapters

@@ -19,7 +19,7 @@ the same sources) and aiokafka v0.14.0.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiokafka.cluster import ClusterMetadata
@@ -29,8 +29,6 @@ from aiokafka.protocol.metadata import MetadataRequest
 if TYPE_CHECKING:  # the bare-consumer tools import this module without loading Faust
     import faust
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from faust.transport.consumer import Consumer as FaustConsumer
-    from faust.types import TP
     from faust.types.transports import ConsumerT, ProducerT
 
 __all__ = [
@@ -40,7 +38,7 @@ __all__ = [
     "deliver_without_racing",
     "override_fixed_fetch_wait",
     "producer_for_batches",
-    "seek_once_flowing",
+    "set_fetch_wait",
     "stop_despite_stray_cancel",
     "take_what_is_there",
     "uncached_partitions_for_topic",
@@ -104,42 +102,20 @@ def override_fixed_fetch_wait(app: faust.App, wait_ms: int, *, min_bytes: int = 
     return True
 
 
-async def seek_once_flowing(
-    consumer: ConsumerT, offsets: Mapping[TP, int], *, flow_wait: float
-) -> None:
-    """Seek the worker's consumer to ``offsets`` so that the seek sticks. Works around two
-    things Faust does, and is what ``OwnerHooks.seek`` (a partition's owner reading on from its
-    checkpoint, ``partition.owner``) runs on in the worker:
+def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int, *, min_bytes: int = 1) -> None:
+    """Works around aiokafka fixing ``fetch_max_wait_ms`` and ``fetch_min_bytes`` when a consumer
+    is made: sets both on a started bare consumer's fetcher (its private ``_fetcher``, made by
+    ``start``), which reads them for every fetch request it builds, as
+    :func:`override_fixed_fetch_wait` does inside Faust's consumer. What the worker's reader of
+    ``runs.events`` (``agents.eventreader``) changes with the load (``agents.fetchpolicy``).
 
-    * **A seek made during a rebalance is undone.** While a rebalance has Faust's flow stopped,
-      Faust drops any batch it fetched and seeks every partition back to its committed offset,
-      and after the rebalance it seeks them there again before the flow resumes. So wait (at
-      most ``flow_wait`` seconds, then ``TimeoutError``) until ``consumer.flow_active``:
-      ``flow_active`` and ``can_resume_flow`` are public attributes of Faust's concrete
-      ``Consumer``, not of the ``ConsumerT`` interface ``app.consumer`` is typed as.
-      This is also why a new owner must seek itself rather than trust Kafka's position: the
-      seek back is aiokafka's ``seek_to_committed``, which leaves alone a partition that has no
-      committed offset (taken over before its first commit), at a position past the records of
-      the dropped batch, which never come.
-      Code: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/consumer.py#L767-L774
-      (the dropped batch), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/tables/recovery.py#L319
-      (after a rebalance), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/consumer.py#L446-L447
-      (the flow's state), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/consumer.py#L901
-      (no commit, no seek). Issues: https://github.com/faust-streaming/faust/issues/216,
-      https://github.com/faust-streaming/faust/issues/221.
-    * **Faust's plain ``seek`` runs aiokafka from the wrong thread.** ``Consumer.seek`` calls
-      aiokafka's ``seek`` from the event loop's thread while aiokafka runs in Faust's consumer
-      thread; a fetch being drained there crashed the worker (``KeyError`` in aiokafka's
-      ``fetched_records``). ``seek_wait`` (declared by ``ConsumerT``) seeks in the consumer's
-      thread and waits for it. Code:
-      https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/consumer.py#L1453-L1454
-      (plain seek), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L1007-L1025
-      (``seek_wait``).
+    Upstream (aiokafka 0.14.0): the same lines as :func:`override_fixed_fetch_wait`; the fetcher
+    is made in ``AIOKafkaConsumer.start``:
+    https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/consumer.py#L384.
     """
-    flow = cast("FaustConsumer", consumer)
-    if not flow.flow_active:
-        await asyncio.wait_for(flow.can_resume_flow.wait(), flow_wait)
-    await consumer.seek_wait(offsets)
+    fetcher = cast(FetchWait, cast(Any, consumer)._fetcher)
+    fetcher._fetch_max_wait_ms = wait_ms
+    fetcher._fetch_min_bytes = min_bytes
 
 
 def producer_for_batches(producer: ProducerT) -> AIOKafkaProducer:

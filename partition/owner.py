@@ -308,6 +308,11 @@ class PartitionOwner:
         tally.records += 1
         # A record whose key is missing or hashes to another partition is a dead letter
         # (wrong_partition, no_key) before it is applied (PartitionMaterializer.route_check).
+        if offset > pm.next_offset:
+            # Offsets with no record before this one (a transaction's marker, a compacted or
+            # expired record): acknowledged with it, or the consumer group's committed offset
+            # (contiguous acks, Faust's) would stop before them.
+            self._held.extend(range(pm.next_offset, offset))
         out = pm.route_check(offset, value, key)
         if out is None:
             out = pm.apply_record(offset, value)

@@ -9,9 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from faust.types import TP
 
 from agents import quirks
 from agents.app import FETCH_MAX_WAIT_MS, create_app
@@ -76,12 +75,6 @@ async def test_faust_quirks_on_a_started_worker(kafka_bootstrap: str, unique: st
         assert (await sent).offset == 2
         await _until(lambda: len(seen) == 3)
         assert seen == list(enumerate(values))
-
-        # A seek once the flow runs, in the consumer's thread: the records come again from there.
-        assert isinstance(consumer.can_resume_flow, asyncio.Event)
-        await quirks.seek_once_flowing(consumer, {TP(settings.topic_events, 0): 1}, flow_wait=30)
-        await _until(lambda: len(seen) == 5)
-        assert seen[3:] == [(1, b"v1"), (2, b"v2")]
     finally:
         await app.stop()
 
@@ -150,30 +143,3 @@ async def test_a_consumer_stopped_right_after_it_started(kafka_bootstrap: str) -
     task = asyncio.current_task()
     assert task is not None
     assert not task.cancelling()
-
-
-async def test_seeking_to_the_committed_offset_leaves_a_partition_without_one_alone(
-    kafka_bootstrap: str, kafka_topic: str, unique: str
-) -> None:
-    """Why a new owner seeks to its checkpoint itself (``seek_once_flowing``): Faust's seek back
-    to the committed offsets does not move a partition that has none."""
-    await _topic(kafka_bootstrap, kafka_topic, 1)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        for i in range(5):
-            await producer.send_and_wait(kafka_topic, f"v{i}".encode(), partition=0)
-    finally:
-        await producer.stop()
-    tp = TopicPartition(kafka_topic, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=f"quirks-{unique}", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, 3)
-        assert await consumer.seek_to_committed(tp) == {tp: None}
-        assert await consumer.position(tp) == 3
-    finally:
-        await consumer.stop()

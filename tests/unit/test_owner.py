@@ -406,6 +406,22 @@ async def test_records_below_the_checkpoint_are_acked_at_once_and_not_applied_ag
     assert not again.pm.has_changes
 
 
+async def test_offsets_without_a_record_are_acked_with_the_next_record() -> None:
+    # A transaction's marker or a compacted record leaves offsets no record comes for: acked
+    # with the record after them (once its checkpoint is in), never before it.
+    rig = await loaded()
+    rig.append(creation(1))
+    await rig.feed()  # offset 0
+    late = encode(creation(2))
+    await rig.owner.handle(4, late, None)  # offsets 1-3 hold no record
+    assert rig.owner.pm is not None
+    assert rig.owner.pm.next_offset == 5
+    assert rig.owner.held == 5
+    assert rig.hooks.acked == []
+    assert await rig.owner.checkpoint() == "ok"
+    assert rig.hooks.acked == [(0, offset) for offset in range(5)]
+
+
 async def test_fenced_checkpoint_kills_the_owner_and_fails_its_waiters() -> None:
     rig = await loaded()
     rig.append(creation(1))

@@ -26,11 +26,10 @@ from aiokafka.consumer.group_coordinator import NoGroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.exceptions import NotReady
 from faust.transport.consumer import Consumer as FaustConsumer
-from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as FaustProducer
 from faust.types import TP
-from faust.types.transports import ConsumerT, ProducerT
+from faust.types.transports import ProducerT
 
 from agents import quirks
 from agents.app import FETCH_MAX_WAIT_MS, create_app
@@ -85,65 +84,6 @@ def test_the_fetch_wait_override_says_when_the_fetcher_is_not_there(
     assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (50, 1)
     assert quirks.override_fixed_fetch_wait(app, 2, min_bytes=65536)
     assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (2, 65536)
-
-
-# ------------------------------------------------------- Faust's seeks and its flow
-def test_the_flows_state_is_on_fausts_consumer_not_on_its_interface() -> None:
-    assert FaustConsumer.flow_active is True
-    assert "can_resume_flow" in FaustConsumer.__annotations__
-    # Once ConsumerT declares them, seek_once_flowing needs no cast.
-    assert not hasattr(ConsumerT, "flow_active")
-    assert "seek_wait" in ConsumerT.__abstractmethods__
-
-
-async def test_faust_still_drops_a_batch_fetched_while_its_flow_is_stopped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The behaviour ``seek_once_flowing`` waits out: records fetched while the flow is stopped
-    are not handed on, and every partition is sought back to its committed offset."""
-    app = create_app(Settings(app_id="quirks-unit"))
-    consumer = app.consumer
-    tp = TP("quirks.events", 0)
-    sought: list[bool] = []
-
-    async def fetched(*_: float) -> Any:
-        return {tp: [object()]}, {tp}
-
-    async def perform_seek() -> None:
-        sought.append(True)
-
-    monkeypatch.setattr(consumer, "_wait_next_records", fetched)
-    monkeypatch.setattr(consumer, "perform_seek", perform_seek)
-    consumer.stop_flow()
-    handed_on = [m async for m in consumer.getmany(timeout=0.1)]
-    assert (handed_on, sought) == ([], [True])
-
-
-def test_fausts_plain_seek_runs_aiokafka_on_the_callers_thread_and_seek_wait_does_not() -> None:
-    assert "self._thread.seek(" in inspect.getsource(ThreadDelegateConsumer._seek)
-    assert "call_thread" not in inspect.getsource(AIOKafkaConsumerThread.seek)
-    assert "call_thread" in inspect.getsource(AIOKafkaConsumerThread.seek_wait)
-
-
-class _FlowConsumer:
-    def __init__(self) -> None:
-        self.flow_active = False
-        self.can_resume_flow = asyncio.Event()
-        self.sought: list[dict[TP, int]] = []
-
-    async def seek_wait(self, offsets: dict[TP, int]) -> None:
-        self.sought.append(dict(offsets))
-
-
-async def test_a_seek_gives_up_when_the_flow_never_resumes() -> None:
-    consumer = _FlowConsumer()
-    offsets = {TP("quirks.events", 1): 7}
-    with pytest.raises(TimeoutError):
-        await quirks.seek_once_flowing(consumer, offsets, flow_wait=0.05)  # type: ignore[arg-type]
-    assert consumer.sought == []
-    consumer.flow_active = True
-    await quirks.seek_once_flowing(consumer, offsets, flow_wait=0.05)  # type: ignore[arg-type]
-    assert consumer.sought == [offsets]
 
 
 # ------------------------------------------------------ Faust's producer has no batches
