@@ -1,15 +1,18 @@
-"""The materializer agent: Faust wiring around one ``PartitionOwner`` per owned partition.
+"""The materializer: the wiring around one ``PartitionOwner`` per owned partition.
 
 No business logic here: the owner (``partition.owner``) applies records, holds
 them until a checkpoint covers them, sends phase changes and dead letters, and runs the checkpoint
-rules. This module registers the Faust agent (records → ``owner.handle``), the assignment hooks
-(create / close owners), the timer (checkpoints and garbage collection), and adapts Faust's
-producer and consumer, the bare Kafka reader and the datamanager to the owner's ports.
+rules. This module registers the Faust agent on ``runs.events`` (it keeps Faust's consumer group
+subscribed: the assignment, the owners' URL map, the commits), the task that hands the records
+read by ``agents.eventreader`` to their owners (``owner.handle``), the assignment hooks (create /
+close owners, assign the reader), the timers (checkpoints, garbage collection, time decisions),
+and adapts Faust's producer and consumer, the bare Kafka reader and the datamanager to the
+owner's ports.
 
-Offsets and acks. The agent consumes with acks off (``agents.quirks.take_what_is_there``): a
-record's offset is acked (so Faust may commit it to Kafka) by its owner only after a checkpoint
-covering it has been swapped in (:meth:`MaterializerService.ack`), so Kafka's committed offset
-never passes the manifest. The owner holds offsets, not Faust's events, meanwhile.
+Offsets and acks. Faust's consumer hands over no record of ``runs.events`` (paused there; what
+slips through before a pause the agent drops, unacked): a record's offset is acked (so Faust may
+commit it to Kafka) by its owner only after a checkpoint covering it has been swapped in
+(:meth:`MaterializerService.ack`), so Kafka's committed offset never passes the manifest.
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ class MaterializerService:
         self._sender = _FaustSender(app)
         self._last_gc = time.monotonic()
         self._heap = HeapTrimmer()  # returns the freed heap to the system after runs go cold
-        self._waiting_since: float | None = time.monotonic()  # the agent awaits records since
-        self._taken = 0  # records the agent took (the fetch policy's rate)
+        self._waiting_since: float | None = time.monotonic()  # the reader awaits records since
+        self._taken = 0  # records the reader took (the fetch policy's rate)
         self._fetch = FetchPolicy()
         self._events = EventReader(settings.kafka, settings.topic_events, max_records=TAKE_MAX)
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]

@@ -19,9 +19,9 @@ __all__ = [
 
 CONSUMER_FETCH_WAIT = Gauge(
     "runstream_consumer_fetch_wait_seconds",
-    "How long the broker may hold a fetch of the worker's consumer for more records: short "
-    "and for the first record while records come rarely, 2 ms for 64 KiB under load "
-    "(agents.fetchpolicy)",
+    "How long the broker may hold a fetch of the worker's reader of runs.events for more "
+    "records: short and for the first record while records come rarely, 2 ms for 64 KiB "
+    "under load (agents.fetchpolicy)",
 )
 PARTITIONS_OWNED = Gauge("runstream_partitions_owned", "runs.events partitions this worker owns")
 INDEX_RUNS = Gauge("runstream_index_runs", "Runs in this worker's run index")
