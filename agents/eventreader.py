@@ -8,8 +8,8 @@ materializer keeps those partitions paused in it. Faust runs aiokafka in a threa
 and hands every fetch over to the event loop through a queue; under bench_latency's (d) load
 (20 runs in flight, 2,000 events/s of others) that thread took 130-185 ms of CPU a second, its
 fetches and hand-overs woke the two threads some 2,000 times a second, and the event loop
-waited for a core 190-260 ms a second. Read here instead: the worker 62-68 % → 49 % of a core
-at a higher edge rate, and an edge's p50 6.4-7.2 → 4.2 ms, p99 22-26 → 13-15 ms.
+waited for a core 190-260 ms a second. Read here instead: the worker 62-68 % → 49-54 % of a
+core at a higher edge rate, and an edge's p50 6.4-7.2 → 4.2-6.2 ms, p99 22-26 → 13-18 ms.
 
 A partition is read only from where its owner asks (:meth:`EventReader.seek`, the owner's
 ``OwnerHooks.seek`` at load): until then it is assigned but paused, so no record before the

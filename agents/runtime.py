@@ -30,8 +30,12 @@ __all__ = [
 #: 149,500 at 100,000). It does for pauses: a young collection walks every tracked object
 #: allocated since the last one and still alive, so at 100,000 a collection paused the worker's
 #: event loop for 20-30 ms, once or twice a minute under load (bench_latency's (d): p99.9 of an
-#: edge); at 10,000 the longest pauses are 4-7 ms.
-GC_THRESHOLDS = (10_000, 20, 50)
+#: edge); at 10,000 the longest pauses were 4-7 ms, then 2-5 ms once the partition owners held
+#: offsets rather than Faust's events and no send futures (``partition.owner``,
+#: ``partition.outbox.Sends``). At 2,000 each young collection walks a fifth as many objects: in
+#: four pairs of bench_latency runs (d, HTTP; 18,000 edges each) the HTTP report's p99 read
+#: 24.5-28.5 ms against 28.0-34.0 ms at 10,000, (d)'s 14.3-16.6 against 13.0-27.2 ms.
+GC_THRESHOLDS = (2_000, 20, 50)
 
 #: Seconds a thread may hold the GIL while another waits for it (CPython's default: 5 ms). A
 #: checkpoint encodes its data files in a thread (``datamanager.manager``); with the default,
