@@ -28,7 +28,7 @@ from agents import quirks
 from agents.fetchpolicy import LIGHT, FetchWait
 from agents.kafka import stop_consumer
 
-__all__ = ["EventReader"]
+__all__ = ["EventReader", "Records"]
 
 Records = Mapping[int, list[ConsumerRecord[bytes, bytes]]]
 

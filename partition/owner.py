@@ -306,13 +306,13 @@ class PartitionOwner:
             return
         tally = self._tally
         tally.records += 1
-        # A record whose key is missing or hashes to another partition is a dead letter
-        # (wrong_partition, no_key) before it is applied (PartitionMaterializer.route_check).
         if offset > pm.next_offset:
             # Offsets with no record before this one (a transaction's marker, a compacted or
             # expired record): acknowledged with it, or the consumer group's committed offset
             # (contiguous acks, Faust's) would stop before them.
             self._held.extend(range(pm.next_offset, offset))
+        # A record whose key is missing or hashes to another partition is a dead letter
+        # (wrong_partition, no_key) before it is applied (PartitionMaterializer.route_check).
         out = pm.route_check(offset, value, key)
         if out is None:
             out = pm.apply_record(offset, value)
@@ -357,9 +357,9 @@ class PartitionOwner:
           offset may be committed), not applied;
         * a record it applied already (read again after a seek): dropped, its first copy is
           held until a checkpoint covers it;
-        * a record past the offset it asked for was read before the seek took effect: dropped,
-          it comes again after the one asked for (said once in the log: Kafka's committed offset
-          was ahead of the checkpoint);
+        * a record past the offset it asked for was read before the seek took effect (a batch
+          the reader took before it): dropped, it comes again after the one asked for (said
+          once in the log);
         * the record at the offset asked for is applied, and from there on records come in
           order."""
         asked = self._reading_from
@@ -379,8 +379,8 @@ class PartitionOwner:
             return
         self._warned_ahead = True
         log.warning(
-            "records past the checkpoint came first (Kafka's committed offset is ahead of it, "
-            "say the object storage was wiped); reading from the checkpoint's offset",
+            "records past the checkpoint came first (read before the seek to it took effect); "
+            "reading from the checkpoint's offset",
             extra={
                 "partition": self.partition,
                 "offset": offset,

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from agents.config import Settings
 from agents.readback import checkpointed_offsets, end_offsets
 from agents.resources import Resources, ensure_topics
+from events.catalogue import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +105,37 @@ class Worker:
 
 async def prepare_topics(s: Settings) -> None:
     await ensure_topics(s)
+
+
+async def produce_one_per_record(s: Settings, events: Sequence[Event]) -> None:
+    """Append ``events`` to ``runs.events`` one record each, keyed by run id, as a foreign
+    producer would (runstream's own groups them into commits); returns once all are acked."""
+    from aiokafka import AIOKafkaProducer
+
+    from events.codec import encode
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(s.topic_events, encode(ev), key=ev.run_id.encode()) for ev in events
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """partition → the offset consumer group ``group`` committed on ``topic`` (none: absent)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        got = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: m.offset for tp, m in got.items() if tp.topic == topic}
 
 
 async def wait_until(

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.workload import generate
 from datamanager import EtcdKv
@@ -26,7 +25,7 @@ from tests.faults.checks import FaultRow
 from tests.faults.load import Load
 from tests.faults.s3proxy import Drop, Forward, Request, S3Proxy, Upstream
 from tests.faults.stack import Stack, conclude, fault_settings
-from tests.harness import Worker
+from tests.harness import Worker, committed_offsets
 
 pytestmark = [
     pytest.mark.faults,
@@ -146,13 +145,7 @@ async def _pointer_revisions(kv: EtcdKv, topic: str, partitions: int) -> dict[in
 
 async def _committed_behind(s_kafka: str, group: str, topic: str, manifest: dict[int, int]) -> int:
     """How many partitions have a Kafka committed offset behind their checkpoint."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=s_kafka)
-    await admin.start()
-    try:
-        got = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    committed = {tp.partition: m.offset for tp, m in got.items() if tp.topic == topic}
+    committed = await committed_offsets(s_kafka, group, topic)
     return sum(1 for p, off in manifest.items() if committed.get(p, -1) < off)
 
 

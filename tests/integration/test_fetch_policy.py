@@ -4,17 +4,21 @@ records, as a foreign producer writes them, is read in batches, then the worker 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from agents.resources import Resources
 from agents.workload import generate
-from events.codec import encode
-from tests.harness import Worker, caught_up, make_settings, prepare_topics, wait_until
+from tests.harness import (
+    Worker,
+    caught_up,
+    make_settings,
+    prepare_topics,
+    produce_one_per_record,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]
 
@@ -35,15 +39,7 @@ async def test_fetches_batch_under_load_and_return_at_once_after(
     s = make_settings(unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects")
     await prepare_topics(s)
     events = generate(seed=11, runs=1500)  # ~20,000 events, one record each
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        sent = [
-            await producer.send(s.topic_events, encode(ev), key=ev.run_id.encode()) for ev in events
-        ]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+    await produce_one_per_record(s, events)
 
     resources = Resources(s)
     worker = Worker(s, tmp_path / "worker.log").start()

@@ -4,31 +4,24 @@ events), and the committed offset never passes a partition's checkpoint."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.kafka import end_offsets
 from agents.readback import checkpointed_offsets
 from agents.resources import Resources
 from agents.workload import generate
-from events.codec import encode
-from tests.harness import Worker, make_settings, prepare_topics, wait_until
+from tests.harness import (
+    Worker,
+    committed_offsets,
+    make_settings,
+    prepare_topics,
+    produce_one_per_record,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.etcd, pytest.mark.timeout(300)]
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        got = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: m.offset for tp, m in got.items() if tp.topic == topic}
 
 
 async def test_offsets_are_committed_up_to_the_checkpoints_and_never_past_them(
@@ -37,15 +30,7 @@ async def test_offsets_are_committed_up_to_the_checkpoints_and_never_past_them(
     s = make_settings(unique, kafka_bootstrap, etcd_endpoint, f"file://{tmp_path}/objects")
     await prepare_topics(s)
     events = generate(seed=5, runs=300)
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        sent = [
-            await producer.send(s.topic_events, encode(ev), key=ev.run_id.encode()) for ev in events
-        ]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+    await produce_one_per_record(s, events)
     ends = await end_offsets(s.kafka, s.topic_events)
     assert sum(ends.values()) == len(events)
 
@@ -57,7 +42,7 @@ async def test_offsets_are_committed_up_to_the_checkpoints_and_never_past_them(
         async def committed_to_the_end() -> bool:
             # The committed offsets first, the checkpoints after: a checkpoint only moves on, so
             # a committed offset past the checkpoint read after it passed the manifest.
-            committed = await _committed(s.kafka, s.app_id, s.topic_events)
+            committed = await committed_offsets(s.kafka, s.app_id, s.topic_events)
             dm = await resources.datamanager()
             covered = await checkpointed_offsets(dm, s.topic_events, ends)
             polls.append((committed, covered))
