@@ -72,9 +72,18 @@ async def log_bounds(
     }
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The end offset (next offset to be written) of every partition of ``topic``."""
-    async with bare_consumer(bootstrap) as consumer:
+#: How ``runs.events`` is read (the worker's reader, replay): only committed records. A producer
+#: may write in Kafka transactions; an aborted transaction's events are never applied, and an
+#: open one holds back the partition's later records until it ends (docs/events.md).
+READ_COMMITTED = "read_committed"
+
+
+async def end_offsets(bootstrap: str, topic: str, *, committed: bool = False) -> dict[int, int]:
+    """The end offset (next offset to be written) of every partition of ``topic``; with
+    ``committed``, the end a :data:`READ_COMMITTED` reader reads up to (Kafka's last stable
+    offset: before the first record of a transaction still open)."""
+    opts = {"isolation_level": READ_COMMITTED} if committed else {}
+    async with bare_consumer(bootstrap, **opts) as consumer:
         parts = await partitions_of(consumer, topic)
         return (await log_bounds(consumer, topic, parts))[1]
 

@@ -201,22 +201,37 @@ class MaterializerService:
                 # batch of large records (commits of hundreds of events, a catch-up) took
                 # seconds in one step, and /healthz, /metrics and the API waited behind it.
                 slices = Slices()
-                for partition, records in batch.items():
-                    self._taken += len(records)
-                    for r in records:
+                events = self._events
+                for partition, part in batch.items():
+                    self._taken += len(part.records)
+                    for r in part.records:
                         owner = self.owned.get(partition)
-                        if owner is not None:  # else revoked meanwhile: the new owner reads it
-                            await owner.handle(
-                                r.offset,
-                                r.value if r.value is not None else b"",
-                                r.headers,
-                                key=r.key,
-                                timestamp_ms=r.timestamp,
-                            )
+                        if owner is None:  # revoked meanwhile: the next owner reads it
+                            break
+                        if not owner.settled:
+                            await owner.settle()  # its seek at load may come first
+                        if events.generation(partition) != part.generation:
+                            break  # read before a seek: it comes again (OwnerHooks.seek)
+                        await owner.handle(
+                            r.offset,
+                            r.value if r.value is not None else b"",
+                            r.headers,
+                            key=r.key,
+                            timestamp_ms=r.timestamp,
+                        )
                         if slices.due():
                             for o in self.owned.values():
                                 o.publish_counts()  # /metrics may be served meanwhile
                             await slices.hand_back()
+                    else:
+                        # Read past offsets that hold no record (a transaction's marker).
+                        owner = self.owned.get(partition)
+                        if (
+                            owner is not None
+                            and owner.settled
+                            and events.generation(partition) == part.generation
+                        ):
+                            owner.skip_to(part.end)
                 for owner in list(self.owned.values()):
                     await owner.after_batch()
                 self._waiting_since = time.monotonic()
@@ -311,7 +326,8 @@ class _KafkaReader:
         self._bootstrap = bootstrap
 
     async def end_offsets(self, topic: str) -> Mapping[int, int]:
-        return await kafka.end_offsets(self._bootstrap, topic)
+        # Where a reader of committed records (agents.eventreader) catches up to.
+        return await kafka.end_offsets(self._bootstrap, topic, committed=True)
 
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
         values: list[bytes] = []

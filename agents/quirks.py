@@ -28,12 +28,13 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 if TYPE_CHECKING:  # the bare-consumer tools import this module without loading Faust
     import faust
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from faust.types.transports import ConsumerT, ProducerT
 
 __all__ = [
     "FAUST_FETCH_MAX_WAIT_MS",
     "VERIFIED",
+    "consumed_position",
     "consumer_fetcher",
     "deliver_without_racing",
     "override_fixed_fetch_wait",
@@ -116,6 +117,26 @@ def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int, *, min_bytes: int =
     fetcher = cast(FetchWait, cast(Any, consumer)._fetcher)
     fetcher._fetch_max_wait_ms = wait_ms
     fetcher._fetch_min_bytes = min_bytes
+
+
+def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """Works around ``AIOKafkaConsumer.position`` being a coroutine that may wait for an offset
+    reset: the offset ``tp`` was read up to, without waiting (``None``: no position yet, or not
+    assigned). Past control records and aborted batches it is beyond the last record returned:
+    aiokafka moves the position over them (``PartitionRecords.next_fetch_offset``) and returns no
+    record; the reader of ``runs.events`` hands that position to the owner
+    (``agents.eventreader``) so that a partition whose next offset is a transaction's marker
+    reads on.
+
+    Upstream (aiokafka 0.14.0): the subscription's assignment state, as ``position`` reads it:
+    https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/consumer.py#L652 and
+    https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L251.
+    """
+    subscription = cast(Any, consumer)._subscription
+    if not subscription.is_assigned(tp):
+        return None
+    state = subscription.subscription.assignment.state_value(tp)
+    return cast(int, state.position) if state.has_valid_position else None
 
 
 def producer_for_batches(producer: ProducerT) -> AIOKafkaProducer:

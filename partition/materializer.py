@@ -274,6 +274,12 @@ class PartitionMaterializer:
         self._suppress.update(emitted)
 
     # ------------------------------------------------------------------------- applying
+    def skip_to(self, offset: int) -> None:
+        """The offsets from ``next_offset`` up to ``offset`` hold no record (a transaction's
+        marker, an aborted or expired record): read on from ``offset`` (the next checkpoint
+        covers them)."""
+        self.next_offset = max(self.next_offset, offset)
+
     def apply_record(self, offset: int, raw: bytes) -> RecordEffects:
         """Apply one record of this partition. Never raises on bad input (it becomes a dead letter)."""
         out = RecordEffects()

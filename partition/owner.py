@@ -149,7 +149,6 @@ class PartitionOwner:
         self._reading_from: int | None = None
         self._checkpoint_offset = 0
         self._last_record = clock()  # when a record last came (keep_catching_up)
-        self._warned_ahead = False
         # Counts of the records handled since the last batch ended, published to the metrics
         # once per batch: a Prometheus increment per record costs more than the bookkeeping.
         self._tally = _Tally()
@@ -169,6 +168,15 @@ class PartitionOwner:
             and not self.dead
             and pm.next_offset >= self.catch_up_to
         )
+
+    @property
+    def settled(self) -> bool:
+        """Loaded (its seek done), closed or dead: :meth:`handle` takes a record at once."""
+        return self._settled.is_set()
+
+    async def settle(self) -> None:
+        """Until :attr:`settled`."""
+        await self._settled.wait()
 
     @property
     def checkpointing(self) -> bool:
@@ -357,36 +365,37 @@ class PartitionOwner:
           offset may be committed), not applied;
         * a record it applied already (read again after a seek): dropped, its first copy is
           held until a checkpoint covers it;
-        * a record past the offset it asked for was read before the seek took effect (a batch
-          the reader took before it): dropped, it comes again after the one asked for (said
-          once in the log);
-        * the record at the offset asked for is applied, and from there on records come in
-          order."""
+        * the first record at or past the offset asked for starts the reading on: the wiring
+          hands over only records read after the seek (``OwnerHooks.seek``), so the offsets
+          between hold no record (a transaction's marker, an aborted or expired record): they
+          are held and acknowledged with it; from there on records come in order."""
         asked = self._reading_from
         if offset < self._checkpoint_offset:
             self._hooks.ack(self.partition, (offset,))
             return False
-        if offset == asked:
-            self._reading_from = None
-            return True
-        if asked is not None and offset > asked:
-            self._warn_ahead(offset, asked)
-        return False
+        if asked is None or offset < asked:
+            return False
+        self._reading_from = None
+        if offset > asked:
+            log.info(
+                "no record at the offset read from; reading on from the next one",
+                extra={"partition": self.partition, "asked": asked, "offset": offset},
+            )
+        return True
 
-    def _warn_ahead(self, offset: int, checkpoint_offset: int) -> None:
-        """Once per owner: records past the checkpoint came before the one at its offset."""
-        if self._warned_ahead:
+    def skip_to(self, offset: int) -> None:
+        """The wiring read this partition up to ``offset`` and handed over every record below it:
+        the offsets from the next one to apply up to there hold no record (a transaction's
+        marker, an aborted or expired record). Read on from ``offset``: they are held and
+        acknowledged with the next checkpoint, which covers them. Without this an owner whose
+        next offset is a marker at the end of the log would wait for ever to catch up."""
+        pm = self.pm
+        if pm is None or self.closed or self.dead or offset <= pm.next_offset:
             return
-        self._warned_ahead = True
-        log.warning(
-            "records past the checkpoint came first (read before the seek to it took effect); "
-            "reading from the checkpoint's offset",
-            extra={
-                "partition": self.partition,
-                "offset": offset,
-                "checkpoint_offset": checkpoint_offset,
-            },
-        )
+        self._held.extend(range(pm.next_offset, offset))
+        pm.skip_to(offset)
+        self._reading_from = None
+        self._last_record = self._clock()
 
     async def keep_catching_up(self, agent_waiting: float) -> None:
         """Called by the wiring's timer, with how long its reader has been waiting for records

@@ -108,7 +108,11 @@ class OwnerHooks(Protocol):
     """What the owner asks of the wiring."""
 
     async def seek(self, partition: int, offset: int) -> None:
-        """Make the consumer read ``partition`` again from ``offset``."""
+        """Make the consumer read ``partition`` again from ``offset``. Once it returned, the
+        owner's ``handle`` is given only records read from ``offset`` on, in order: nothing read
+        before (the first may be past ``offset`` where the offsets between hold no record, a
+        transaction's marker say; the wiring calls ``skip_to`` where it read past such offsets
+        with no record after them)."""
         ...
 
     async def crash(self, exc: BaseException) -> None:

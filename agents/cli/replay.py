@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import ost
 from agents.config import Settings
-from agents.kafka import bare_consumer, read_range
+from agents.kafka import READ_COMMITTED, bare_consumer, read_range
 from agents.keys import object_prefix, rundata_base
 from agents.readback import (
     checkpointed_offsets,
@@ -140,7 +140,11 @@ async def replay(
     checkpoints. Raises the first job's error.
     """
     target = target or time.strftime("%Y%m%dT%H%M%S")
-    ends = until if until is not None else await end_offsets(settings.kafka, settings.topic_events)
+    ends = (
+        until
+        if until is not None
+        else await end_offsets(settings.kafka, settings.topic_events, committed=True)
+    )
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(ends)))
     started = time.perf_counter()
     bar = tqdm(total=sum(ends.values()), unit="rec", desc="replay", disable=not progress)
@@ -242,6 +246,7 @@ async def _replay_partitions(
         async with bare_consumer(
             settings.kafka,
             auto_offset_reset="earliest",
+            isolation_level=READ_COMMITTED,  # as the worker reads (agents.eventreader)
             max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=64 << 20,
         ) as consumer:
@@ -285,7 +290,7 @@ async def live_offsets(settings: Settings) -> dict[int, int]:
     """The ``runs.events`` offsets the live checkpoints cover, per partition."""
     dm, kv = _datamanager(settings, target=None)
     try:
-        ends = await end_offsets(settings.kafka, settings.topic_events)
+        ends = await end_offsets(settings.kafka, settings.topic_events, committed=True)
         return await checkpointed_offsets(dm, settings.topic_events, ends)
     finally:
         await kv.close()

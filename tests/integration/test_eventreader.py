@@ -1,6 +1,7 @@
 """The materializer's reader of ``runs.events`` (``agents.eventreader``) on a real broker: a
 partition is read only from where its owner asked, a reassignment goes on after the last record
-handed over, and a fetch setting changes nothing it reads."""
+handed over, a fetch setting changes nothing it reads, and a transactional producer's markers
+are read past (the end of what was read says so, the records before a seek are told apart)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ async def _take(reader: EventReader, want: int) -> dict[int, list[int]]:
     async def until() -> None:
         while sum(map(len, got.values())) < want:
             batch: Records = await reader.take(timeout_ms=200)
-            for p, records in batch.items():
-                got.setdefault(p, []).extend(r.offset for r in records)
+            for p, part in batch.items():
+                got.setdefault(p, []).extend(r.offset for r in part.records)
 
     await asyncio.wait_for(until(), 60)
     return got
@@ -71,5 +72,57 @@ async def test_partitions_are_read_from_where_their_owner_asks(
         # Read again from an earlier offset: those records come again, in order.
         reader.seek(0, 8)
         assert await _take(reader, 3) == {0: [8, 9, 10]}
+    finally:
+        await reader.stop()
+
+
+async def test_markers_are_read_past_and_parts_read_before_a_seek_are_told_apart(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    await _topic(kafka_bootstrap, kafka_topic, 1)
+    # Two transactions of two records: offsets 0 1 (marker 2) 3 4 (marker 5); the log ends at 6.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{kafka_topic}-tx"
+    )
+    await producer.start()
+    try:
+        for t in range(2):
+            async with producer.transaction():
+                for i in range(2):
+                    await producer.send_and_wait(kafka_topic, f"t{t}-{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    reader = EventReader(kafka_bootstrap, kafka_topic, max_records=100)
+    await reader.start()
+    try:
+        reader.assign([0])
+        reader.seek(0, 0)
+        first = reader.generation(0)
+
+        async def read_to(end: int) -> list[int]:
+            offsets: list[int] = []
+            while True:
+                part = (await reader.take(timeout_ms=200)).get(0)
+                if part is not None:
+                    assert part.generation == reader.generation(0)
+                    offsets.extend(r.offset for r in part.records)
+                    if part.end >= end:
+                        assert part.end == end
+                        return offsets
+
+        # Every record, and an end past the last marker: nothing at offset 5 to wait for.
+        assert await asyncio.wait_for(read_to(6), 60) == [0, 1, 3, 4]
+        # Asked to read from a marker's offset: the next record comes first.
+        reader.seek(0, 2)
+        assert reader.generation(0) == first + 1
+        assert await asyncio.wait_for(read_to(6), 60) == [3, 4]
+        # A part read before a seek keeps the generation it was read in.
+        reader.seek(0, 0)
+        part = None
+        while part is None:
+            part = (await asyncio.wait_for(reader.take(timeout_ms=200), 60)).get(0)
+        reader.seek(0, 3)
+        assert part.generation == reader.generation(0) - 1
+        assert await asyncio.wait_for(read_to(6), 60) == [3, 4]
     finally:
         await reader.stop()

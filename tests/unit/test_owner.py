@@ -287,9 +287,7 @@ async def test_ready_tasks_sent_to_the_phases_topic_before_an_upgrade_are_not_se
     assert rig.dm.calls[-1].offsets[offsets_key(TASKS, 0)] == 1
 
 
-async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_comes(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_loading_seeks_to_the_checkpoint_and_drops_what_it_holds_already() -> None:
     rig = Rig()
     for n in (1, 2, 3, 4):
         rig.append(creation(n))
@@ -305,19 +303,12 @@ async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_
     # The consumer is told to read from the checkpoint, whatever Kafka committed.
     assert rig.hooks.seeks == [(0, 2)]
     assert owner.pm is not None
-    # A record fetched before the seek, past the checkpoint's offset (say Kafka's committed
-    # offset was ahead of it): dropped, not acknowledged; it comes again after the seek.
     acked = rig.hooks.acks
-    with caplog.at_level(logging.WARNING, logger="runstream.owner"):
-        await owner.handle(3, values[3], None)
-    assert "records past the checkpoint came first" in caplog.text
-    assert (owner.pm.next_offset, acked(3), owner.held) == (2, 0, 0)
-    assert rid(4) not in owner.pm.active
     # Below the checkpoint (Kafka's committed offset lagged it): acknowledged, not applied.
     before = acked(0)  # the first owner's checkpoint acknowledged it once
     await owner.handle(0, values[0], None)
     assert (owner.pm.next_offset, acked(0) - before, owner.held) == (2, 1, 0)
-    # The record at the checkpoint's offset is applied once; a copy of it fetched again is not
+    # The record at the checkpoint's offset is applied once; a copy of it read again is not
     # (and is not acknowledged: the first copy's checkpoint does that).
     await owner.handle(2, values[2], None)
     await owner.handle(2, values[2], None)
@@ -328,6 +319,46 @@ async def test_loading_seeks_to_the_checkpoint_and_drops_stale_records_until_it_
     assert await owner.read(rid(4)) is not None
     assert await owner.checkpoint() == "ok"
     assert [acked(offset) for offset in (2, 3)] == [1, 1]  # each once, the copy included
+
+
+async def test_offsets_holding_no_record_are_read_past_where_it_loads_and_where_the_log_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transactional producer's markers take offsets no record comes at: a checkpoint that ends
+    at one must not leave the next owner waiting for it, nor a log that ends with one."""
+    rig = Rig()
+    for n in (1, 2):
+        rig.append(creation(n))
+    values = rig.log.values(TOPIC)
+    first = rig.new_owner()
+    await first.load()
+    await first.handle(0, values[0], None)
+    assert await first.checkpoint() == "ok"  # covers offset 0: the next owner reads from 1
+    # Say offset 1 is a transaction's marker and the log ends with another: record 2 (the log
+    # here holds it at offset 1) is at offset 2, and the log ends at 4.
+    owner = rig.new_owner()
+    await owner.load()
+    assert rig.hooks.seeks[-1] == (0, 1)
+    assert owner.pm is not None
+    owner.catch_up_to = 4
+    with caplog.at_level(logging.INFO, logger="runstream.owner"):
+        await owner.handle(2, values[1], None)  # the first record read after the seek
+    assert "no record at the offset read from" in caplog.text
+    assert (owner.pm.next_offset, owner.held) == (3, 2)  # offsets 1 and 2
+    assert rid(2) in owner.pm.active
+    assert not owner.serving  # the log ends at 4
+    owner.skip_to(2)  # behind: nothing
+    assert (owner.pm.next_offset, owner.held) == (3, 2)
+    owner.skip_to(4)  # the reader read up to the end: offset 3 holds no record
+    assert (owner.pm.next_offset, owner.held) == (4, 3)
+    assert owner.serving
+    assert await owner.checkpoint() == "ok"
+    assert [rig.hooks.acks(offset) for offset in (1, 2, 3)] == [1, 1, 1]
+    # The next owner reads on from the end.
+    rig.hooks.seeks.clear()
+    last = rig.new_owner()
+    await last.load()
+    assert rig.hooks.seeks == [(0, 4)]
 
 
 async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> None:
@@ -357,8 +388,8 @@ async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> 
     await owner.keep_catching_up(agent_waiting=CATCH_UP_STALL)
     # Behind, no record, and the agent left waiting: read again from offset 1.
     assert rig.hooks.seeks == [(0, 0), (0, 1)]
-    # Records fetched before that seek are dropped until offset 1 comes again.
-    await owner.handle(2, rig.log.values(TOPIC)[2], None)
+    # Read again from offset 1: record 0 (read again) is dropped, 1 and 2 applied.
+    await owner.handle(0, rig.log.values(TOPIC)[0], None)
     assert owner.pm is not None
     assert owner.pm.next_offset == 1
     for offset in (1, 2):

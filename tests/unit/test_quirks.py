@@ -13,15 +13,15 @@ import re
 import socket
 from importlib.metadata import version
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
 from aiokafka.consumer.group_coordinator import NoGroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.exceptions import NotReady
@@ -109,6 +109,26 @@ def test_aiokafka_still_reads_a_topics_partitions_from_its_cache_only() -> None:
     # topics() fetches metadata but keeps only the names (and does not fill the cache).
     assert "return cluster.topics()" in inspect.getsource(AIOKafkaConsumer.topics)
     assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
+
+
+async def test_the_consumed_position_is_read_where_aiokafka_keeps_it() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+    tp = TopicPartition("t", 0)
+    try:
+        assert quirks.consumed_position(consumer, tp) is None  # not assigned
+        consumer.assign([tp])
+        assert quirks.consumed_position(consumer, tp) is None  # no position yet
+        cast(Any, consumer)._subscription.seek(tp, 5)  # what the fetcher's seek_to does first
+        assert quirks.consumed_position(consumer, tp) == 5
+    finally:
+        await consumer.stop()
+    # position() reads the same state, and a control batch (a transaction's marker) moves it
+    # with no record returned.
+    position = inspect.getsource(AIOKafkaConsumer.position)
+    assert "assignment.state_value(partition)" in position
+    assert "tp_state.has_valid_position" in position
+    unpack = inspect.getsource(PartitionRecords._unpack_records)
+    assert "if next_batch.is_control_batch:\n                self.next_fetch_offset" in unpack
 
 
 # -------------------------------------------------------- aiokafka's stray CancelledError
