@@ -15,6 +15,8 @@ creation and start) is not an edge.
   20 loops make about 2,500 a second); ``--think 25`` has each executor run a task 12.5-37.5 ms
   first, about 600 edges a second for 20 runs in flight, the rate of issue 23's table. Each case
   prints its edges a second.
+* **The host's speed**: ``bench.floors.cpu_yardstick`` (decode + apply of a fixed stream in one
+  thread) at the start and at the end, to compare runs on different machines or days by.
 * **Floor**: a bare Kafka record's round trip (``acks=all``, ``linger_ms=0``) through the same
   broker, produced and consumed here on a topic of its own; again beside case (d)'s background
   load (before its edges), the floor in the same conditions.
@@ -103,7 +105,7 @@ from agents.config import Settings
 from agents.producer import EventProducer
 from agents.runtime import tune_gc
 from agents.workload import iter_events
-from bench.floors import kafka_floor, pct
+from bench.floors import cpu_yardstick, kafka_floor, pct
 from events import (
     EventType,
     RunConfigTask,
@@ -604,6 +606,7 @@ async def amain(args: argparse.Namespace) -> None:
     # every edge's figures, and with CPython's defaults its full collections (40-50 ms) paused
     # all the loops in flight at once, an artifact of the bench, not a latency of the system.
     tune_gc()
+    yardstick = [cpu_yardstick()]  # before anything else runs, and again at the end
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     unique = f"blat{uuid.uuid4().hex[:8]}"
     s = make_settings(unique, args.kafka, args.etcd, f"file://{tmp}/objects", partitions=args.partitions)  # fmt: skip
@@ -678,7 +681,9 @@ async def amain(args: argparse.Namespace) -> None:
         await ready.stop()
         worker.stop()
     load = os.getloadavg()
+    yardstick.append(cpu_yardstick())
     results.append(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores); one worker, {s.partitions} partitions; ready topic {ready_topic}")  # fmt: skip
+    results.append(f"this host's CPU yardstick (bench.floors.cpu_yardstick: decode + apply in one thread), at the start / the end: {yardstick[0]:,.0f} / {yardstick[1]:,.0f} events/s")  # fmt: skip
     results.append(f"chains of {args.chain} tasks: an edge is task i's success appended → task i+1's task.ready seen here; EventProducer linger {linger * 1000:.0f} ms")  # fmt: skip
     think = f"an executor runs each task {args.think / 2:g}-{args.think * 1.5:g} ms before its report" if args.think else "closed loops: each report right after the last task.ready"  # fmt: skip
     results.append(f"runs in flight: {think}")

@@ -56,6 +56,7 @@ from agents.readback import checkpointed_offsets, end_offsets, stop_consumer  # 
 from agents.resources import Resources, ensure_topics  # noqa: E402
 from agents.runtime import tune_gc  # noqa: E402
 from agents.workload import generate  # noqa: E402
+from bench.floors import cpu_yardstick  # noqa: E402
 from events import format_run_id  # noqa: E402
 from events.catalogue import Event  # noqa: E402
 from events.codec import encode, encode_state  # noqa: E402
@@ -269,6 +270,7 @@ async def inject_final_runs(
 
 async def main(args: argparse.Namespace) -> None:
     tune_gc()  # as the worker and `runstream replay` do
+    yardstick = [cpu_yardstick()]  # before anything else runs, and again at the end
     unique = "bench" + uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-"))
     storage = (
@@ -332,11 +334,13 @@ async def main(args: argparse.Namespace) -> None:
     rep = await replay(s, target="bench", progress=True, jobs=jobs)
 
     load = os.getloadavg()
+    yardstick.append(cpu_yardstick())
     bare_ev_s = bare_rec_s * len(events) / records
     e2e_rate = len(events) / e2e
     per_commit = len(events) / records
     print("\n== pipeline figures ==")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
+    print(f"this host's CPU yardstick    : {yardstick[0]:>12,.0f} events/s at the start, {yardstick[1]:,.0f} at the end  (decode + apply in one thread, bench.floors.cpu_yardstick; no target)")  # fmt: skip
     print(
         f"bare aiokafka consumer       : {bare_rec_s:>12,.0f} records/s  ({bare_ev_s:,.0f} events/s carried)"
     )

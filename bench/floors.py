@@ -1,5 +1,6 @@
 """Floors and percentiles the benches share: a bare Kafka record's round trip through the same
-broker (the least any edge can cost), and the percentile every bench prints."""
+broker (the least any edge can cost), the percentile every bench prints, and a yardstick of the
+host's speed at the worker's own kind of work (:func:`cpu_yardstick`)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,42 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tqdm import tqdm
 
-__all__ = ["kafka_floor", "pct"]
+__all__ = ["cpu_yardstick", "kafka_floor", "pct"]
 
 
 def pct(values: list[float], p: float) -> float:
     """The ``p``-th percentile of ``values`` (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def cpu_yardstick(runs: int = 300, repeat: int = 9) -> float:
+    """This host's speed at the worker's own kind of work, events a second: decode + apply of a
+    fixed stream (``bench_events``' stream of ``runs`` runs) in one thread, the collector off, the
+    best of ``repeat`` passes after one to warm up. Not a target: the figure to compare machines
+    and sessions by. Hosts differ, and one host's speed varies from day to day (issue 23's stops
+    measured the same code's closed-loop edges at 2,600-3,200 a second one day, 1,100-1,600 the
+    next); a bench run whose yardstick reads half of another's ran every CPU-bound figure about
+    half as fast."""
+    import gc
+
+    from bench.bench_events import decode_apply, make_stream
+
+    stream = make_stream(runs)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # the interpreter's speed, not the collector's timing
+    try:
+        decode_apply(stream)
+        best = float("inf")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            decode_apply(stream)
+            best = min(best, time.perf_counter() - started)
+    finally:
+        if enabled:
+            gc.enable()
+    return len(stream) / best
 
 
 async def kafka_floor(bootstrap: str, n: int, *, progress: bool = False) -> list[float]:
