@@ -88,6 +88,13 @@ async def end_offsets(bootstrap: str, topic: str, *, committed: bool = False) ->
         return (await log_bounds(consumer, topic, parts))[1]
 
 
+async def start_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The first offset each partition of ``topic`` still holds (retention deletes older ones)."""
+    async with bare_consumer(bootstrap) as consumer:
+        parts = await partitions_of(consumer, topic)
+        return (await log_bounds(consumer, topic, parts))[0]
+
+
 def assign_at(
     consumer: AIOKafkaConsumer, topic: str, positions: Mapping[int, int]
 ) -> dict[int, TopicPartition]:

@@ -329,6 +329,9 @@ class _KafkaReader:
         # Where a reader of committed records (agents.eventreader) catches up to.
         return await kafka.end_offsets(self._bootstrap, topic, committed=True)
 
+    async def start_offsets(self, topic: str) -> Mapping[int, int]:
+        return await kafka.start_offsets(self._bootstrap, topic)
+
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
         values: list[bytes] = []
         async with kafka.bare_consumer(self._bootstrap) as consumer:

@@ -11,6 +11,7 @@ __all__ = [
     "DECISIONS",
     "EVENTS",
     "EVENTS_REJECTED",
+    "EXPIRED_OFFSETS",
     "PHASE_CHANGES",
     "RECORDS",
 ]
@@ -35,6 +36,11 @@ CHECKPOINTS = Counter(
 )
 CHECKPOINT_SECONDS = Histogram(
     "runstream_checkpoint_seconds", "Time to write one partition checkpoint"
+)
+EXPIRED_OFFSETS = Counter(
+    "runstream_expired_offsets_total",
+    "Offsets of runs.events a loading owner needed and the log no longer held (retention passed "
+    "its checkpoint): records lost to the materialized state",
 )
 DECISIONS = Counter(
     "runstream_time_decisions_total",

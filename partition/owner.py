@@ -264,6 +264,9 @@ class PartitionOwner:
             return
         pm.waiters = self._waiters
         self.catch_up_to = ends.get(p, 0)
+        await self._check_retained(pm.next_offset)
+        if self.closed:
+            return
         # A new owner reads on from its checkpoint: the log is asked to read from there,
         # whatever it would have delivered first (see _read_on).
         self._reading_from = pm.next_offset
@@ -288,6 +291,30 @@ class PartitionOwner:
                 "seconds": round(self._clock() - started, 3),
             },
         )
+
+    async def _check_retained(self, next_offset: int) -> None:
+        """Say it loudly when the log no longer holds records the checkpoint needs (retention
+        passed it, or the topic was made anew): the owner reads on from the first one retained,
+        and the events before are lost to the materialized state (``runstream replay`` cannot
+        bring them back either). Before, such a partition waited for ever."""
+        try:
+            first = (await self._reader.start_offsets(self.config.topic)).get(self.partition, 0)
+        except Exception:  # only a report: loading goes on
+            log.exception("could not read the log's start offset", extra={"partition": self.partition})  # fmt: skip
+            return
+        if first > next_offset:
+            metrics.EXPIRED_OFFSETS.inc(first - next_offset)
+            log.error(
+                "the log no longer holds records this partition's checkpoint needs (retention "
+                "passed it, or the topic was made anew): their events are lost; reading on from "
+                "the first record retained",
+                extra={
+                    "partition": self.partition,
+                    "checkpoint_offset": next_offset,
+                    "first_retained": first,
+                    "offsets_lost": first - next_offset,
+                },
+            )
 
     # --------------------------------------------------------------------------- applying
     async def handle(

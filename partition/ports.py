@@ -99,6 +99,11 @@ class LogReader(Protocol):
         """partition → end offset, for every partition of ``topic``."""
         ...
 
+    async def start_offsets(self, topic: str) -> Mapping[int, int]:
+        """partition → the first offset the log still holds (retention deletes older ones), for
+        every partition of ``topic``."""
+        ...
+
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
         """The values of the records of ``topic``/``partition`` from ``offset`` to its end now."""
         ...

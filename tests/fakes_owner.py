@@ -44,7 +44,9 @@ class Sent:
 class FakeLog:
     """Topic partitions in memory. ``fail_sends``: every send's awaitable raises from then on;
     ``max_value``: a send of a larger value raises at once (too large for the broker);
-    ``room``: a send waits for it first (the producer's buffer is full; ``blocked`` is set)."""
+    ``room``: a send waits for it first (the producer's buffer is full; ``blocked`` is set);
+    ``starts``: where a partition's retained records start (the log's retention, see
+    ``start_offsets``)."""
 
     def __init__(self, *, partitions: int = 1) -> None:
         self.partitions = partitions
@@ -54,6 +56,8 @@ class FakeLog:
         self.max_value: int | None = None
         self.room: asyncio.Event | None = None
         self.blocked = asyncio.Event()
+        # (topic, partition) → the first offset retained: say the records before it expired
+        self.starts: dict[tuple[str, int], int] = {}
 
     def append(self, topic: str, partition: int, value: bytes) -> int:
         """Append a record; returns its offset."""
@@ -108,6 +112,9 @@ class FakeLog:
     # LogReader
     async def end_offsets(self, topic: str) -> Mapping[int, int]:
         return {p: len(self.records.get((topic, p), [])) for p in range(self.partitions)}
+
+    async def start_offsets(self, topic: str) -> Mapping[int, int]:
+        return {p: self.starts.get((topic, p), 0) for p in range(self.partitions)}
 
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
         return self.values(topic, partition)[offset:]

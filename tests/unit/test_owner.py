@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 import pytest
+from prometheus_client import REGISTRY
 
 from events import (
     DecodeError,
@@ -359,6 +360,35 @@ async def test_offsets_holding_no_record_are_read_past_where_it_loads_and_where_
     last = rig.new_owner()
     await last.load()
     assert rig.hooks.seeks == [(0, 4)]
+
+
+async def test_a_checkpoint_the_log_no_longer_holds_is_said_loudly_and_read_on_from(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retention passed the checkpoint: the owner says which offsets are lost, counts them, and
+    reads on from the first record retained rather than wait for one that never comes."""
+    rig = Rig()
+    for n in (1, 2, 3, 4):
+        rig.append(creation(n))
+    values = rig.log.values(TOPIC)
+    first = rig.new_owner()
+    await first.load()
+    await first.handle(0, values[0], None)
+    assert await first.checkpoint() == "ok"  # covers offset 0
+    rig.log.starts[(TOPIC, 0)] = 3  # offsets 1 and 2 expired
+    before = REGISTRY.get_sample_value("runstream_expired_offsets_total") or 0.0
+    owner = rig.new_owner()
+    with caplog.at_level(logging.ERROR, logger="runstream.owner"):
+        await owner.load()
+    assert "the log no longer holds records this partition's checkpoint needs" in caplog.text
+    assert REGISTRY.get_sample_value("runstream_expired_offsets_total") == before + 2
+    assert rig.hooks.seeks[-1] == (0, 1)
+    await owner.handle(3, values[3], None)  # where the reader starts: the first one retained
+    assert owner.pm is not None
+    assert (owner.pm.next_offset, owner.held) == (4, 3)
+    assert owner.serving
+    assert await owner.read(rid(4)) is not None
+    assert await owner.read(rid(2)) is None  # lost with its record
 
 
 async def test_a_catch_up_without_records_reads_again_from_the_next_offset() -> None:
