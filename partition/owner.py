@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -245,6 +245,17 @@ class PartitionOwner:
         ``runs.tasks`` tails beyond it, and note the catch-up point. Raises what the ports raise
         (call again)."""
         started = self._clock()
+        # Where the log starts (asked meanwhile: loading is what a failover waits for).
+        starts = asyncio.ensure_future(self._reader.start_offsets(self.config.topic))
+        try:
+            await self._load(started, starts)
+        finally:
+            if not starts.done():
+                starts.cancel()
+            elif not starts.cancelled():
+                starts.exception()  # retrieved (a failure is reported where it is awaited)
+
+    async def _load(self, started: float, starts: asyncio.Future[Mapping[int, int]]) -> None:
         cfg, p = self.config, self.partition
         # One look at the log gives the partition count and where catching up ends.
         ends = await self._reader.end_offsets(cfg.topic)
@@ -264,7 +275,7 @@ class PartitionOwner:
             return
         pm.waiters = self._waiters
         self.catch_up_to = ends.get(p, 0)
-        await self._check_retained(pm.next_offset)
+        await self._check_retained(starts, pm.next_offset)
         if self.closed:
             return
         # A new owner reads on from its checkpoint: the log is asked to read from there,
@@ -292,13 +303,15 @@ class PartitionOwner:
             },
         )
 
-    async def _check_retained(self, next_offset: int) -> None:
+    async def _check_retained(
+        self, starts: asyncio.Future[Mapping[int, int]], next_offset: int
+    ) -> None:
         """Say it loudly when the log no longer holds records the checkpoint needs (retention
         passed it, or the topic was made anew): the owner reads on from the first one retained,
         and the events before are lost to the materialized state (``runstream replay`` cannot
         bring them back either). Before, such a partition waited for ever."""
         try:
-            first = (await self._reader.start_offsets(self.config.topic)).get(self.partition, 0)
+            first = (await starts).get(self.partition, 0)
         except Exception:  # only a report: loading goes on
             log.exception("could not read the log's start offset", extra={"partition": self.partition})  # fmt: skip
             return
