@@ -20,6 +20,7 @@ __all__ = [
     "Record",
     "assign_at",
     "bare_consumer",
+    "bounds",
     "end_offsets",
     "log_bounds",
     "partitions_of",
@@ -78,21 +79,22 @@ async def log_bounds(
 READ_COMMITTED = "read_committed"
 
 
-async def end_offsets(bootstrap: str, topic: str, *, committed: bool = False) -> dict[int, int]:
-    """The end offset (next offset to be written) of every partition of ``topic``; with
-    ``committed``, the end a :data:`READ_COMMITTED` reader reads up to (Kafka's last stable
-    offset: before the first record of a transaction still open)."""
+async def bounds(
+    bootstrap: str, topic: str, *, committed: bool = False
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(first offset retained, end offset) of every partition of ``topic``; with ``committed``,
+    the end a :data:`READ_COMMITTED` reader reads up to (Kafka's last stable offset: before the
+    first record of a transaction still open)."""
     opts = {"isolation_level": READ_COMMITTED} if committed else {}
     async with bare_consumer(bootstrap, **opts) as consumer:
         parts = await partitions_of(consumer, topic)
-        return (await log_bounds(consumer, topic, parts))[1]
+        return await log_bounds(consumer, topic, parts)
 
 
-async def start_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The first offset each partition of ``topic`` still holds (retention deletes older ones)."""
-    async with bare_consumer(bootstrap) as consumer:
-        parts = await partitions_of(consumer, topic)
-        return (await log_bounds(consumer, topic, parts))[0]
+async def end_offsets(bootstrap: str, topic: str, *, committed: bool = False) -> dict[int, int]:
+    """The end offset (next offset to be written) of every partition of ``topic``; with
+    ``committed``, the end a :data:`READ_COMMITTED` reader reads up to."""
+    return (await bounds(bootstrap, topic, committed=committed))[1]
 
 
 def assign_at(

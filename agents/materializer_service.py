@@ -325,12 +325,9 @@ class _KafkaReader:
     def __init__(self, bootstrap: str) -> None:
         self._bootstrap = bootstrap
 
-    async def end_offsets(self, topic: str) -> Mapping[int, int]:
-        # Where a reader of committed records (agents.eventreader) catches up to.
-        return await kafka.end_offsets(self._bootstrap, topic, committed=True)
-
-    async def start_offsets(self, topic: str) -> Mapping[int, int]:
-        return await kafka.start_offsets(self._bootstrap, topic)
+    async def log_bounds(self, topic: str) -> tuple[Mapping[int, int], Mapping[int, int]]:
+        # The end a reader of committed records (agents.eventreader) catches up to.
+        return await kafka.bounds(self._bootstrap, topic, committed=True)
 
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
         values: list[bytes] = []

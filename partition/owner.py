@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -245,20 +245,10 @@ class PartitionOwner:
         ``runs.tasks`` tails beyond it, and note the catch-up point. Raises what the ports raise
         (call again)."""
         started = self._clock()
-        # Where the log starts (asked meanwhile: loading is what a failover waits for).
-        starts = asyncio.ensure_future(self._reader.start_offsets(self.config.topic))
-        try:
-            await self._load(started, starts)
-        finally:
-            if not starts.done():
-                starts.cancel()
-            elif not starts.cancelled():
-                starts.exception()  # retrieved (a failure is reported where it is awaited)
-
-    async def _load(self, started: float, starts: asyncio.Future[Mapping[int, int]]) -> None:
         cfg, p = self.config, self.partition
-        # One look at the log gives the partition count and where catching up ends.
-        ends = await self._reader.end_offsets(cfg.topic)
+        # One look at the log gives the partition count, where it starts and where catching up
+        # ends.
+        starts, ends = await self._reader.log_bounds(cfg.topic)
         pm = await PartitionMaterializer.open(
             self._dm,
             topic=cfg.topic,
@@ -275,9 +265,7 @@ class PartitionOwner:
             return
         pm.waiters = self._waiters
         self.catch_up_to = ends.get(p, 0)
-        await self._check_retained(starts, pm.next_offset)
-        if self.closed:
-            return
+        self._check_retained(starts.get(p, 0), pm.next_offset)
         # A new owner reads on from its checkpoint: the log is asked to read from there,
         # whatever it would have delivered first (see _read_on).
         self._reading_from = pm.next_offset
@@ -303,18 +291,11 @@ class PartitionOwner:
             },
         )
 
-    async def _check_retained(
-        self, starts: asyncio.Future[Mapping[int, int]], next_offset: int
-    ) -> None:
+    def _check_retained(self, first: int, next_offset: int) -> None:
         """Say it loudly when the log no longer holds records the checkpoint needs (retention
         passed it, or the topic was made anew): the owner reads on from the first one retained,
         and the events before are lost to the materialized state (``runstream replay`` cannot
         bring them back either). Before, such a partition waited for ever."""
-        try:
-            first = (await starts).get(self.partition, 0)
-        except Exception:  # only a report: loading goes on
-            log.exception("could not read the log's start offset", extra={"partition": self.partition})  # fmt: skip
-            return
         if first > next_offset:
             metrics.EXPIRED_OFFSETS.inc(first - next_offset)
             log.error(

@@ -95,13 +95,9 @@ class LogSender(Protocol):
 class LogReader(Protocol):
     """Reads the log outside the consumer group (``agents.kafka``)."""
 
-    async def end_offsets(self, topic: str) -> Mapping[int, int]:
-        """partition → end offset, for every partition of ``topic``."""
-        ...
-
-    async def start_offsets(self, topic: str) -> Mapping[int, int]:
-        """partition → the first offset the log still holds (retention deletes older ones), for
-        every partition of ``topic``."""
+    async def log_bounds(self, topic: str) -> tuple[Mapping[int, int], Mapping[int, int]]:
+        """For every partition of ``topic``: (partition → the first offset the log still holds,
+        retention deletes older ones; partition → the end offset its reader reads up to)."""
         ...
 
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:

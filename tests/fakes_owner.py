@@ -46,7 +46,7 @@ class FakeLog:
     ``max_value``: a send of a larger value raises at once (too large for the broker);
     ``room``: a send waits for it first (the producer's buffer is full; ``blocked`` is set);
     ``starts``: where a partition's retained records start (the log's retention, see
-    ``start_offsets``)."""
+    ``log_bounds``)."""
 
     def __init__(self, *, partitions: int = 1) -> None:
         self.partitions = partitions
@@ -110,11 +110,12 @@ class FakeLog:
         return fut
 
     # LogReader
-    async def end_offsets(self, topic: str) -> Mapping[int, int]:
-        return {p: len(self.records.get((topic, p), [])) for p in range(self.partitions)}
-
-    async def start_offsets(self, topic: str) -> Mapping[int, int]:
-        return {p: self.starts.get((topic, p), 0) for p in range(self.partitions)}
+    async def log_bounds(self, topic: str) -> tuple[Mapping[int, int], Mapping[int, int]]:
+        parts = range(self.partitions)
+        return (
+            {p: self.starts.get((topic, p), 0) for p in parts},
+            {p: len(self.records.get((topic, p), [])) for p in parts},
+        )
 
     async def read_values(self, topic: str, partition: int, offset: int) -> list[bytes]:
         return self.values(topic, partition)[offset:]

@@ -136,6 +136,21 @@ async def loaded() -> Rig:
     return rig
 
 
+async def checkpointed(runs: int, applied: int) -> tuple[Rig, list[bytes]]:
+    """A log of ``runs`` creations, the first ``applied`` records applied and checkpointed by a
+    first owner; the log's values."""
+    rig = Rig()
+    for n in range(1, runs + 1):
+        rig.append(creation(n))
+    values = rig.log.values(TOPIC)
+    first = rig.new_owner()
+    await first.load()
+    for offset in range(applied):
+        await first.handle(offset, values[offset], None)
+    assert await first.checkpoint() == "ok"
+    return rig, values
+
+
 def acks(rig: Rig) -> list[int]:
     """How many times each record fed was acknowledged, in the order fed."""
     return [rig.hooks.acks(offset) for offset in rig.records]
@@ -289,15 +304,7 @@ async def test_ready_tasks_sent_to_the_phases_topic_before_an_upgrade_are_not_se
 
 
 async def test_loading_seeks_to_the_checkpoint_and_drops_what_it_holds_already() -> None:
-    rig = Rig()
-    for n in (1, 2, 3, 4):
-        rig.append(creation(n))
-    values = rig.log.values(TOPIC)
-    first = rig.new_owner()
-    await first.load()
-    for offset in range(2):  # offsets 0 and 1 applied and checkpointed by a first owner
-        await first.handle(offset, values[offset], None)
-    assert await first.checkpoint() == "ok"
+    rig, values = await checkpointed(4, 2)  # offsets 0 and 1 in a first owner's checkpoint
     rig.hooks.seeks.clear()
     owner = rig.new_owner()
     await owner.load()
@@ -327,14 +334,7 @@ async def test_offsets_holding_no_record_are_read_past_where_it_loads_and_where_
 ) -> None:
     """A transactional producer's markers take offsets no record comes at: a checkpoint that ends
     at one must not leave the next owner waiting for it, nor a log that ends with one."""
-    rig = Rig()
-    for n in (1, 2):
-        rig.append(creation(n))
-    values = rig.log.values(TOPIC)
-    first = rig.new_owner()
-    await first.load()
-    await first.handle(0, values[0], None)
-    assert await first.checkpoint() == "ok"  # covers offset 0: the next owner reads from 1
+    rig, values = await checkpointed(2, 1)  # covers offset 0: the next owner reads from 1
     # Say offset 1 is a transaction's marker and the log ends with another: record 2 (the log
     # here holds it at offset 1) is at offset 2, and the log ends at 4.
     owner = rig.new_owner()
@@ -367,14 +367,7 @@ async def test_a_checkpoint_the_log_no_longer_holds_is_said_loudly_and_read_on_f
 ) -> None:
     """Retention passed the checkpoint: the owner says which offsets are lost, counts them, and
     reads on from the first record retained rather than wait for one that never comes."""
-    rig = Rig()
-    for n in (1, 2, 3, 4):
-        rig.append(creation(n))
-    values = rig.log.values(TOPIC)
-    first = rig.new_owner()
-    await first.load()
-    await first.handle(0, values[0], None)
-    assert await first.checkpoint() == "ok"  # covers offset 0
+    rig, values = await checkpointed(4, 1)  # covers offset 0
     rig.log.starts[(TOPIC, 0)] = 3  # offsets 1 and 2 expired
     before = REGISTRY.get_sample_value("runstream_expired_offsets_total") or 0.0
     owner = rig.new_owner()
