@@ -23,7 +23,10 @@ creation and start) is not an edge.
 * **Edges**: (a) one run at a time; (b) ``--inflight`` runs in flight; (c) ``--inflight-large``
   runs in flight; (d) ``--inflight`` runs in flight beside a background load of ``--bg-rate``
   events/s of other runs (``agents.workload``: created, started, tasks running and ending),
-  whose achieved rate is printed. Each edge is also cut in two at the ``task.ready`` record's
+  whose achieved rate is printed; it runs in a process of its own (``bench.background``: other
+  runs' producers are other programs, and in this process their turns of the event loop were
+  added to every edge measured here), each case's with runs of its own (the HTTP case's
+  repeated (d)'s, whose events the worker then judged as duplicates). Each edge is also cut in two at the ``task.ready`` record's
   timestamp (the worker's producer stamps it at the send): report → the worker sends it, and
   that send → seen here (wall clocks of one machine, to the millisecond).
 * **HTTP reports**: case (d) with the reports sent as ``PUT /api/v1/runs/{id}/tasks/{task}/status``
@@ -79,7 +82,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import inspect
 import itertools
 import os
@@ -90,7 +92,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +106,7 @@ from tqdm import tqdm
 from agents.config import Settings
 from agents.producer import EventProducer
 from agents.runtime import tune_gc
-from agents.workload import iter_events
+from bench.background import Background
 from bench.floors import cpu_yardstick, kafka_floor, pct
 from events import (
     EventType,
@@ -157,28 +159,31 @@ class CpuWatch:
     """The CPU the worker, this process and the whole machine used during a case: percent of
     one core, and the machine's share busy (all cores)."""
 
-    def __init__(self, worker_pid: int | None) -> None:
+    def __init__(self, worker_pid: int | None, background_pid: int | None = None) -> None:
         self.pid = worker_pid
+        self.background_pid = background_pid
         self.start = self._now()
-        self.used: tuple[float, float, float] | None = None
+        self.used: tuple[float, float, float, float] | None = None
 
-    def _now(self) -> tuple[float, float, float, float, float]:
+    def _now(self) -> tuple[float, float, float, float, float, float]:
         busy, total = _machine()
         worker = _ticks(self.pid) if self.pid is not None else 0.0
-        return time.perf_counter(), worker, _ticks("self"), busy, total
+        bg = _ticks(self.background_pid) if self.background_pid is not None else 0.0
+        return time.perf_counter(), worker, _ticks("self"), bg, busy, total
 
     def stop(self) -> CpuWatch:
-        t0, w0, b0, m0, tot0 = self.start
-        t1, w1, b1, m1, tot1 = self._now()
+        t0, w0, b0, g0, m0, tot0 = self.start
+        t1, w1, b1, g1, m1, tot1 = self._now()
         wall = max(t1 - t0, 1e-9)
-        self.used = ((w1 - w0) / wall * 100, (b1 - b0) / wall * 100, (m1 - m0) / max(tot1 - tot0, 1e-9) * 100)  # fmt: skip
+        self.used = ((w1 - w0) / wall * 100, (b1 - b0) / wall * 100, (g1 - g0) / wall * 100, (m1 - m0) / max(tot1 - tot0, 1e-9) * 100)  # fmt: skip
         return self
 
     def line(self) -> str:
         if self.used is None:
             return ""
-        w, b, m = self.used
-        return f"      CPU meanwhile: the worker {w:.0f} % of a core, this bench {b:.0f} %, the machine {m:.0f} % busy (every core)"  # fmt: skip
+        w, b, g, m = self.used
+        bg = f", the background load's process {g:.0f} %" if self.background_pid is not None else ""
+        return f"      CPU meanwhile: the worker {w:.0f} % of a core, this bench {b:.0f} %{bg}, the machine {m:.0f} % busy (every core)"  # fmt: skip
 
 
 def row(label: str, ms: list[float]) -> str:
@@ -328,6 +333,7 @@ class Bench:
         self.think = think
         self.rng = random.Random(7)
         self.worker_pid = worker_pid
+        self.background_pid: int | None = None  # the background load's process, while it runs
         self.ready = ready
         self.producer = producer
         self.chain = chain
@@ -422,7 +428,7 @@ class Bench:
     async def loops(self, label: str, inflight: int, runs_each: int, http: aiohttp.ClientSession | None = None) -> Edges:  # fmt: skip
         """``inflight`` closed loops of ``runs_each`` runs each."""
         stage(label)
-        out = Edges(cpu=CpuWatch(self.worker_pid))
+        out = Edges(cpu=CpuWatch(self.worker_pid, self.background_pid))
         bar = tqdm(total=inflight * runs_each * (self.chain - 1), desc=label, unit="edge", file=sys.stderr)  # fmt: skip
 
         async def loop() -> None:
@@ -449,54 +455,6 @@ class Bench:
             await asyncio.gather(*(loop(k % self.s.partitions) for k in range(inflight)))
         finally:
             bar.close()
-
-
-class Background:
-    """Appends the workload's events (other runs) at ``rate`` events/s until stopped."""
-
-    def __init__(self, s: Settings, rate: int) -> None:
-        self.s = s
-        self.rate = rate
-        self.events: Iterator[Any] = iter_events(seed=3, runs=10**7, first_run_id=BACKGROUND_IDS)
-        self.acked = 0
-        self.started = 0.0
-        self.stopped = 0.0
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.sleep(1.0)  # the load runs before the measurement starts
-        self.acked, self.started = 0, time.perf_counter()
-
-    async def stop(self) -> float:
-        """Stops; returns the achieved rate (events acknowledged a second) since start()."""
-        self.stopped = time.perf_counter()
-        acked = self.acked
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        return acked / (self.stopped - self.started)
-
-    async def _run(self) -> None:
-        pending: set[asyncio.Task[None]] = set()
-        async with EventProducer(self.s.kafka, self.s.topic_events, client_id="bench-background") as producer:  # fmt: skip
-            t0, sent = time.perf_counter(), 0
-            while not self._stop.is_set():
-                due = int((time.perf_counter() - t0) * self.rate) - sent
-                if due > 0 and len(pending) < 200:
-                    part = list(itertools.islice(self.events, due))
-                    sent += len(part)
-                    task = asyncio.ensure_future(producer.append(part))
-                    task.add_done_callback(functools.partial(self._count, len(part)))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                await asyncio.sleep(0.005)
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    def _count(self, n: int, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self.acked += n
 
 
 async def healthy(worker: Worker, url: str) -> None:
@@ -652,9 +610,11 @@ async def amain(args: argparse.Namespace) -> None:
                 b = await bench.loops(f"(b) {args.inflight} runs", args.inflight, args.runs_each)
             if "c" in cases:
                 c = await bench.loops(f"(c) {args.inflight_large} runs", args.inflight_large, args.large_runs_each)  # fmt: skip
+            next_bg = BACKGROUND_IDS  # each case's background brings runs of its own
             if "d" in cases:
-                bg = Background(s, args.bg_rate)
+                bg = Background(s.kafka, s.topic_events, args.bg_rate, first_run_id=next_bg)
                 await bg.start()
+                bench.background_pid = bg.pid
                 try:
                     d_floor = await kafka_floor(s.kafka, args.floor, progress=True)
                     d = await bench.loops(
@@ -662,9 +622,12 @@ async def amain(args: argparse.Namespace) -> None:
                     )
                 finally:
                     d_rate = await bg.stop()
+                    bench.background_pid = None
+                    next_bg = bg.next_run_id
             if "http" in cases:
-                bg = Background(s, args.bg_rate)
+                bg = Background(s.kafka, s.topic_events, args.bg_rate, first_run_id=next_bg)
                 await bg.start()
+                bench.background_pid = bg.pid
                 try:
                     conns = aiohttp.TCPConnector(limit=args.inflight + 4)
                     stages0 = await write_stages(url)
@@ -675,6 +638,7 @@ async def amain(args: argparse.Namespace) -> None:
                     stages1 = await write_stages(url)
                 finally:
                     h_rate = await bg.stop()
+                    bench.background_pid = None
             if not args.no_failover:
                 fo = await failover(bench, s, worker, tmp, args.inflight, args.failover_before)
     finally:
