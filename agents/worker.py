@@ -19,7 +19,7 @@ from agents.liveness import Executors
 from agents.logs import setup_logging
 from agents.materializer_service import MaterializerService
 from agents.resources import Resources, ensure_topics
-from agents.runtime import tune_gc, tune_malloc
+from agents.runtime import tune_gc, tune_malloc, watch_loop_lag
 from agents.scheduler import SchedulerService
 
 __all__ = ["EXIT_FATAL", "run_worker"]
@@ -70,6 +70,7 @@ def run_worker(settings: Settings) -> int:
         executors=executors,
     )
     app.task(index.run)
+    app.task(lambda: watch_loop_lag())  # (Faust passes the app to a task taking arguments)
     app.task(api.run)
     app.task(executors.run)
     if settings.max_running_per_group > 0:

@@ -308,6 +308,7 @@ class Edges:
     done_at: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)
     timeouts: int = 0
     cpu: CpuWatch | None = None
+    lag: str = ""  # the worker's event loop lag meanwhile (loop_lag_line)
     watch: Callable[[float, float, int], None] | None = None  # called with every done_at entry
 
     def rate(self) -> float:
@@ -333,6 +334,7 @@ class Bench:
         self.think = think
         self.rng = random.Random(7)
         self.worker_pid = worker_pid
+        self.url = ""  # the worker's base URL: its /metrics
         self.background_pid: int | None = None  # the background load's process, while it runs
         self.ready = ready
         self.producer = producer
@@ -428,6 +430,7 @@ class Bench:
     async def loops(self, label: str, inflight: int, runs_each: int, http: aiohttp.ClientSession | None = None) -> Edges:  # fmt: skip
         """``inflight`` closed loops of ``runs_each`` runs each."""
         stage(label)
+        lag0 = await loop_lag(self.url) if self.url else {}
         out = Edges(cpu=CpuWatch(self.worker_pid, self.background_pid))
         bar = tqdm(total=inflight * runs_each * (self.chain - 1), desc=label, unit="edge", file=sys.stderr)  # fmt: skip
 
@@ -440,6 +443,8 @@ class Bench:
         finally:
             bar.close()
             out.cpu.stop()  # type: ignore[union-attr]
+        if self.url:
+            out.lag = loop_lag_line(lag0, await loop_lag(self.url))
         return out
 
     async def until(self, label: str, inflight: int, stop: asyncio.Event, out: Edges) -> None:
@@ -476,6 +481,42 @@ async def write_stages(url: str) -> dict[str, tuple[float, float]]:
         count = re.search(rf'^runstream_api_write_seconds_count{{stage="{stage_}"}} (\S+)$', text, re.M)  # fmt: skip
         out[stage_] = (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)  # fmt: skip
     return out
+
+
+LAG_METRIC = "runstream_event_loop_lag_seconds"
+
+
+async def loop_lag(url: str) -> dict[str, float]:
+    """The worker's ``runstream_event_loop_lag_seconds`` histogram: bucket bound (as text) →
+    cumulative count, and ``sum`` and ``count``; empty when it cannot be read."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as h:
+            text = (await h.get(f"{url}/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    out = {le: float(n) for le, n in re.findall(rf'^{LAG_METRIC}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)}  # fmt: skip
+    for part in ("sum", "count"):
+        found = re.search(rf"^{LAG_METRIC}_{part} (\S+)$", text, re.M)
+        out[part] = float(found.group(1)) if found else 0.0
+    return out
+
+
+def loop_lag_line(before: dict[str, float], after: dict[str, float]) -> str:
+    """What the worker's event loop made every step wait between two readings: the mean lag
+    and the bucket bounds its p50 and p99 fall under (the worker samples it every 20 ms)."""
+    n = after.get("count", 0.0) - before.get("count", 0.0)
+    if n <= 0:
+        return ""
+    mean = (after["sum"] - before.get("sum", 0.0)) / n * 1000
+    bounds = sorted((float(le), after[le] - before.get(le, 0.0)) for le in after if le not in ("sum", "count"))  # fmt: skip
+
+    def under(q: float) -> str:
+        for bound, cum in bounds:
+            if cum >= q * n:
+                return f"≤ {bound * 1000:g}" if bound != float("inf") else "> the last bucket"
+        return "?"
+
+    return f"      the worker's event loop meanwhile: timers fired late by {mean:.2f} ms on average, p50 {under(0.5)} ms, p99 {under(0.99)} ms ({n:.0f} samples)"  # fmt: skip
 
 
 async def owned(url: str) -> set[int]:
@@ -597,6 +638,7 @@ async def amain(args: argparse.Namespace) -> None:
         stage("ready consumer at the end of " + ready_topic)
         async with EventProducer(s.kafka, s.topic_events, client_id="bench-executors") as producer:
             bench = Bench(s, ready, producer, args.chain, worker.proc.pid if worker.proc else None, args.think / 1000)  # fmt: skip
+            bench.url = url
             await bench.loops("warm-up", 4, 1)
             cases = set(args.cases.split(","))
             none = Edges()
@@ -669,6 +711,8 @@ async def amain(args: argparse.Namespace) -> None:
         results.append(row("      the worker sends task.ready → seen here", e.from_send))
         if e.cpu is not None:
             results.append(e.cpu.line())
+        if e.lag:
+            results.append(e.lag)
     results.append(f"    background of (d): {d_rate:,.0f} events/s achieved (asked {args.bg_rate:,})")  # fmt: skip
     results.append(row("    floor beside the background of (d), before its edges", d_floor))
     results.append(row(f"HTTP: edge, PUT .../status → task.ready, {args.inflight} runs + bg", h.edges))  # fmt: skip
@@ -678,6 +722,8 @@ async def amain(args: argparse.Namespace) -> None:
     results.append(row("      the worker sends task.ready → seen here", h.from_send))
     if h.cpu is not None:
         results.append(h.cpu.line())
+    if h.lag:
+        results.append(h.lag)
     results.append(row("HTTP: PUT .../status response time (204)", h.reports))
     results.append(row("      of which the worker's own time (Server-Timing app)", h.server))
     means = {k: (stages1[k][0] - stages0[k][0]) / max(1.0, stages1[k][1] - stages0[k][1]) * 1000 for k in stages1}  # fmt: skip
