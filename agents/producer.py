@@ -122,8 +122,9 @@ class EventProducer:
                 if self._linger > 0:
                     pend.timer = loop.call_later(self._linger, self._flush, p)
                 elif not self._sending.get(p):
-                    # Idle partition: send once this turn's other appends have joined.
-                    pend.timer = loop.call_soon(self._flush, p)
+                    # Idle partition: a task sends it, taking it at its first step, so that the
+                    # appends of this turn of the event loop join it.
+                    self._start(p, pend, take=True)
                 # else: sent when the commit in flight is acknowledged (_send)
             fut: asyncio.Future[None] = loop.create_future()
             pend.encoded.extend(b for _, b in encoded)
@@ -132,27 +133,50 @@ class EventProducer:
             futures.append(fut)
             if len(pend.encoded) >= self._max_events or pend.size >= self._max_bytes:
                 self._flush(p)
-        await asyncio.gather(*futures)
+        # Each future wrapped around another (gather) costs a turn of the event loop more before
+        # the caller goes on: one awaited as it is when the events went to one partition.
+        if len(futures) == 1:
+            await futures[0]
+        else:
+            await asyncio.gather(*futures)
 
     def _flush(self, partition: int) -> None:
+        """Send the partition's pending commit now (full, its linger is over, or stopping)."""
         pend = self._pending.pop(partition, None)
         if pend is None:
             return
         if pend.timer is not None:
             pend.timer.cancel()
+        self._start(partition, pend)
+
+    def _start(self, partition: int, pend: _Pending, *, take: bool = False) -> None:
         self._sending[partition] = self._sending.get(partition, 0) + 1
-        task = asyncio.ensure_future(self._send(partition, pend))
+        task = asyncio.ensure_future(self._send(partition, pend, take=take))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _send(self, partition: int, pend: _Pending) -> None:
+    async def _send(self, partition: int, pend: _Pending | None, *, take: bool = False) -> None:
+        """Send ``pend``, then, in this same task, each commit that gathered while the last one
+        was in flight, as long as no other commit of the partition is: a task started per commit
+        would cost a turn of the event loop more before each is sent. With ``take``, ``pend`` is
+        still the partition's pending commit, taken at this task's first step (so that the
+        appends of the turn that started it join it), unless it was sent meanwhile (it filled
+        up): then a later commit is not this task's to send, or it would go before this one."""
         try:
-            await self._send_commit(partition, pend)
+            if take:
+                if self._pending.get(partition) is not pend:
+                    return
+                del self._pending[partition]
+            while pend is not None:
+                if pend.timer is not None:
+                    pend.timer.cancel()
+                await self._send_commit(partition, pend)
+                pend = None
+                waiting = self._pending.get(partition)
+                if self._sending[partition] == 1 and waiting is not None and waiting.timer is None:
+                    pend = self._pending.pop(partition)  # gathered while that one was in flight
         finally:
-            left = self._sending[partition] = self._sending[partition] - 1
-            waiting = self._pending.get(partition)
-            if not left and waiting is not None and waiting.timer is None:
-                self._flush(partition)  # what gathered while this commit was in flight
+            self._sending[partition] -= 1
 
     async def _send_commit(self, partition: int, pend: _Pending) -> None:
         try:

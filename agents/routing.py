@@ -193,9 +193,11 @@ class OwnedRuns:
         appended = time.perf_counter()
         _APPEND.observe(appended - started)
         try:
-            outcome: ApplyOutcome = await asyncio.wait_for(
-                asyncio.shield(future), self.apply_timeout
-            )
+            # The future itself is awaited (a timeout cancels it, and forget drops it): each
+            # future wrapped around it (wait_for, shield) cost a turn of the event loop more
+            # before this request went on, 5 ms a turn on a busy worker.
+            async with asyncio.timeout(self.apply_timeout):
+                outcome: ApplyOutcome = await future
             _APPLY.observe(time.perf_counter() - appended)
         except TimeoutError:
             owner.forget([event.id])
