@@ -150,7 +150,9 @@ class EventReader:
         consumer = self._consumer
         if consumer is None:  # stopped meanwhile
             return {}
-        got = await consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
+        got = await quirks.getmany_promptly(
+            consumer, wait=timeout_ms / 1000, max_records=self._max_records
+        )
         # No await from here on: the positions and generations are those of these records.
         out: dict[int, Part] = {}
         for tp, records in got.items():

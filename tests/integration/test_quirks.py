@@ -143,3 +143,45 @@ async def test_a_consumer_stopped_right_after_it_started(kafka_bootstrap: str) -
     task = asyncio.current_task()
     assert task is not None
     assert not task.cancelling()
+
+
+async def test_getmany_promptly_waits_for_records_then_takes_them(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    from aiokafka import TopicPartition
+
+    await _topic(kafka_bootstrap, kafka_topic, 1)
+    tp = TopicPartition(kafka_topic, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        # Nothing to read: {} once the wait passed.
+        assert await quirks.getmany_promptly(consumer, wait=0.3, max_records=10) == {}
+        # Waiting when the record is produced: it is handed over.
+        waiting = asyncio.ensure_future(quirks.getmany_promptly(consumer, wait=60, max_records=10))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await producer.send_and_wait(kafka_topic, b"one", partition=0)
+        got = await waiting
+        assert [m.value for m in got[tp]] == [b"one"]
+        # Records fetched already are taken without waiting, at most max_records at a time.
+        for i in range(5):
+            await producer.send_and_wait(kafka_topic, b"%d" % i, partition=0)
+        values: list[bytes] = []
+        while len(values) < 5:
+            got = await quirks.getmany_promptly(consumer, wait=10, max_records=2)
+            assert len(got[tp]) <= 2
+            values += [m.value for m in got[tp]]
+        assert values == [b"0", b"1", b"2", b"3", b"4"]
+        # A consumer stopped while waiting: {} (as getmany returns), no error.
+        waiting = asyncio.ensure_future(quirks.getmany_promptly(consumer, wait=60, max_records=10))
+        await asyncio.sleep(0.2)
+        await quirks.stop_despite_stray_cancel(consumer)
+        assert await asyncio.wait_for(waiting, 30) == {}
+    finally:
+        await producer.stop()
+        await quirks.stop_despite_stray_cancel(consumer)

@@ -131,6 +131,18 @@ async def test_the_consumed_position_is_read_where_aiokafka_keeps_it() -> None:
     assert "if next_batch.is_control_batch:\n                self.next_fetch_offset" in unpack
 
 
+def test_aiokafkas_getmany_still_waits_for_its_fetch_waiter_through_asyncio_wait() -> None:
+    # What getmany_promptly works around (a second future between the waiter and the caller),
+    # and the private names it uses in its place.
+    source = inspect.getsource(Fetcher.fetched_records)
+    assert "waiter = self._create_fetch_waiter()" in source
+    assert "await asyncio.wait([waiter], timeout=timeout)" in source
+    assert "if drained or not timeout:\n                return drained" in source
+    create = inspect.getsource(Fetcher._create_fetch_waiter)
+    assert "self._fetch_waiters.add(fut)" in create
+    assert "self._closed" in inspect.getsource(AIOKafkaConsumer.getmany)
+
+
 # -------------------------------------------------------- aiokafka's stray CancelledError
 async def test_aiokafka_still_raises_a_stray_cancel_when_stopped_right_after_start() -> None:
     """What ``stop_despite_stray_cancel`` works around, without a broker: a consumer without a
