@@ -143,35 +143,63 @@ def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | N
 async def getmany_promptly(
     consumer: AIOKafkaConsumer, *, wait: float, max_records: int
 ) -> dict[TopicPartition, list[Any]]:
-    """Works around ``AIOKafkaConsumer.getmany`` waking its caller two turns of the event loop
-    after records came: with none fetched yet, it waits for the fetcher's waiter future through
-    ``asyncio.wait``, whose own callback completes a second future that wakes the caller. Here
-    the same waiter (the fetcher's private ``_create_fetch_waiter``, the call ``getmany`` makes)
-    is awaited itself, under ``asyncio.timeout``: the caller wakes one turn after the fetch, and
-    each turn costs the event loop's lag (2-6 ms on a busy worker). What ``getmany`` returns
-    otherwise is unchanged: records already fetched are taken without waiting, an error the
-    fetcher sets on the waiter is raised, ``{}`` when ``wait`` seconds passed or the consumer
-    stopped meanwhile.
+    """Works around ``AIOKafkaConsumer.getmany`` waking its caller three turns of the event loop
+    after a fetch brought records: the fetch task's end wakes the fetcher's routine through
+    ``asyncio.wait`` (the task's done callback, then the routine), the routine completes the
+    fetch waiter, and ``getmany`` waits for that waiter through ``asyncio.wait`` again (its
+    callback, then the caller). Each turn costs the event loop's lag, 2-6 ms on a busy worker.
+
+    Here the fetcher's fetch coroutine (its private ``_proc_fetch_request``, on the instance, as
+    the routine calls it) is wrapped to complete the waiters itself as it returns with new
+    records (:func:`_wake_waiters_from_fetch`; the routine's own wake-up later finds them done),
+    and the waiter (the fetcher's private ``_create_fetch_waiter``, the call ``getmany`` makes)
+    is awaited itself, under ``asyncio.timeout``: the caller wakes one turn after the fetch.
+    What ``getmany`` returns is unchanged: records already fetched are taken without waiting, an
+    error the fetcher sets on the waiter is raised, ``{}`` once ``wait`` seconds passed or the
+    consumer stopped.
 
     Code: https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L1209-L1268
     (``fetched_records``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L463-L470
-    (``_create_fetch_waiter``).
+    (``_create_fetch_waiter``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L560-L577
+    (the routine's wake-up of the waiters).
     """
-    got: dict[TopicPartition, list[Any]] = await consumer.getmany(
-        timeout_ms=0, max_records=max_records
-    )
-    if got or wait <= 0:
-        return got
-    waiter = cast(Any, consumer)._fetcher._create_fetch_waiter()
-    try:
-        async with asyncio.timeout(wait):
-            await waiter
-    except TimeoutError:
-        return {}
-    if cast(Any, consumer)._closed:
-        return {}
-    got = await consumer.getmany(timeout_ms=0, max_records=max_records)
-    return got
+    fetcher = cast(Any, consumer)._fetcher
+    _wake_waiters_from_fetch(fetcher)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        if cast(Any, consumer)._closed:  # stopped (meanwhile): getmany would raise
+            return {}
+        got: dict[TopicPartition, list[Any]] = await consumer.getmany(
+            timeout_ms=0, max_records=max_records
+        )
+        if got or loop.time() >= deadline:
+            return got
+        waiter = fetcher._create_fetch_waiter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            return {}
+        # Woken: records came (or a wake-up for records taken already: wait on).
+
+
+def _wake_waiters_from_fetch(fetcher: Any) -> None:
+    """Wrap ``fetcher._proc_fetch_request`` (once) to complete the fetch waiters as soon as a
+    fetch returns with new records (see :func:`getmany_promptly`)."""
+    if getattr(fetcher, "_runstream_wakes_waiters", False):
+        return
+    fetch = fetcher._proc_fetch_request
+
+    async def fetch_and_wake(*args: Any) -> Any:
+        needs_wakeup = await fetch(*args)
+        if needs_wakeup:
+            for waiter in list(fetcher._fetch_waiters):
+                fetcher._notify(waiter)
+        return needs_wakeup
+
+    fetcher._proc_fetch_request = fetch_and_wake
+    fetcher._runstream_wakes_waiters = True
 
 
 def producer_for_batches(producer: ProducerT) -> AIOKafkaProducer:

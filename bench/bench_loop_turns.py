@@ -6,9 +6,9 @@ On a busy worker every step of a record's way waits its turn on the event loop (
 lag. Here a loop is kept busy on purpose: ``--busy`` tasks each run ``--slice`` ms of CPU and
 hand the loop back, so each turn of the loop costs about ``busy × slice`` ms. A record is
 produced on that loop (``acks=1``, ``linger 0``) and consumed back on it by a consumer assigned
-to the partition, waiting either with aiokafka's ``getmany`` (the baseline: its fetch waiter is
-awaited through ``asyncio.wait``, a future more) or with ``quirks.getmany_promptly`` (the waiter
-itself). It prints, for each, the time from the send call until the consumer's call returned
+to the partition, waiting either with aiokafka's ``getmany`` (the baseline: the fetch task's end
+reaches the caller through two ``asyncio.wait``) or with ``quirks.getmany_promptly`` (the fetch
+wakes the waiter it returns with, and the waiter itself is awaited). It prints, for each, the time from the send call until the consumer's call returned
 the record, and that time in turns of the loop; the two alternate (``--rounds``).
 
 Needs the local stack's Kafka (``deploy/local up``). Usage::
@@ -17,11 +17,11 @@ Needs the local stack's Kafka (``deploy/local up``). Usage::
 
 Measured on a 2-core machine on 2026-12-07 (the defaults; nothing else running)::
 
-    load average 1.17 1.82 1.87 (2 cores); a turn of the loop ≈ 3 × 1 ms = 3 ms
-    aiokafka getmany (baseline)  n=300   p50  35.59  p90  36.57 ms  (11.9 turns of the loop at p50)
-    quirks.getmany_promptly      n=300   p50  32.54  p90  33.62 ms  (10.8 turns of the loop at p50)
+    load average 1.17 1.46 1.71 (2 cores); a turn of the loop ≈ 3 × 1 ms = 3 ms
+    aiokafka getmany (baseline)  n=300   p50  36.86  p90  41.28 ms  (12.3 turns of the loop at p50)
+    quirks.getmany_promptly      n=300   p50  27.19  p90  32.41 ms  (9.1 turns of the loop at p50)
 
-one turn less per record read, on every record the worker's reader waits for.
+three turns less per record read, on every record the worker's reader waits for.
 """
 
 from __future__ import annotations

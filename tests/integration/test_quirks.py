@@ -177,6 +177,18 @@ async def test_getmany_promptly_waits_for_records_then_takes_them(
             assert len(got[tp]) <= 2
             values += [m.value for m in got[tp]]
         assert values == [b"0", b"1", b"2", b"3", b"4"]
+        # A wake-up with no record to take (the routine's own, after the wrapper's) does not
+        # end the wait early: the call waits on for a record.
+        waiting = asyncio.ensure_future(quirks.getmany_promptly(consumer, wait=60, max_records=10))
+        await asyncio.sleep(0.2)
+        fetcher = consumer._fetcher
+        assert fetcher._fetch_waiters
+        for waiter in list(fetcher._fetch_waiters):
+            fetcher._notify(waiter)
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await producer.send_and_wait(kafka_topic, b"late", partition=0)
+        assert [m.value for m in (await waiting)[tp]] == [b"late"]
         # A consumer stopped while waiting: {} (as getmany returns), no error.
         waiting = asyncio.ensure_future(quirks.getmany_promptly(consumer, wait=60, max_records=10))
         await asyncio.sleep(0.2)

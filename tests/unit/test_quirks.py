@@ -141,6 +141,13 @@ def test_aiokafkas_getmany_still_waits_for_its_fetch_waiter_through_asyncio_wait
     create = inspect.getsource(Fetcher._create_fetch_waiter)
     assert "self._fetch_waiters.add(fut)" in create
     assert "self._closed" in inspect.getsource(AIOKafkaConsumer.getmany)
+    # The routine calls the fetch coroutine through the instance (so that the wrapper set on it
+    # runs), wakes the waiters only after an asyncio.wait on the fetch tasks, and only when one
+    # returned True: the wrapper wakes them when it returns True, one step earlier.
+    routine = inspect.getsource(Fetcher._fetch_requests_routine)
+    assert "self._proc_fetch_request(assignment, node_id, request)" in routine
+    assert "has_new_data = any(fut.result() for fut in done_pending)" in routine
+    assert "return needs_wakeup" in inspect.getsource(Fetcher._proc_fetch_request)
 
 
 # -------------------------------------------------------- aiokafka's stray CancelledError
