@@ -8,8 +8,9 @@ hand the loop back, so each turn of the loop costs about ``busy × slice`` ms. A
 produced on that loop (``acks=1``, ``linger 0``) and consumed back on it by a consumer assigned
 to the partition, waiting either with aiokafka's ``getmany`` (the baseline: the fetch task's end
 reaches the caller through two ``asyncio.wait``) or with ``quirks.getmany_promptly`` (the fetch
-wakes the waiter it returns with, and the waiter itself is awaited). It prints, for each, the time from the send call until the consumer's call returned
-the record, and that time in turns of the loop; the two alternate (``--rounds``).
+wakes the waiter it returns with, and the waiter itself is awaited). It prints, for each, the
+time from the send call until the consumer's call returned the record, and that time in turns
+of the loop; the two alternate (``--rounds``).
 
 Needs the local stack's Kafka (``deploy/local up``). Usage::
 
