@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents import quirks
 from agents.kafka import assign_at, bare_consumer, log_bounds, partitions_of, read_range
 from api.errors import CursorExpired, InvalidCursor, Unavailable
 from events.catalogue import Event, EventType
@@ -321,7 +322,10 @@ class PhaseHub:
             # the followers run before the next one (a fetch with data at hand never yields).
             batch_size = max(1, min(1000, self.queue_limit // 4))
             while True:
-                batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=batch_size)
+                # Woken three turns of the loop sooner than getmany when records come.
+                batch = await quirks.getmany_promptly(
+                    consumer, wait=self.poll_ms / 1000, max_records=batch_size
+                )
                 self._fan_out(batch)
                 await asyncio.sleep(0)
         except asyncio.CancelledError:

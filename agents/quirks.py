@@ -156,7 +156,7 @@ async def getmany_promptly(
     is awaited itself, under ``asyncio.timeout``: the caller wakes one turn after the fetch.
     What ``getmany`` returns is unchanged: records already fetched are taken without waiting, an
     error the fetcher sets on the waiter is raised, ``{}`` once ``wait`` seconds passed or the
-    consumer stopped.
+    consumer stopped meanwhile, ``ConsumerStoppedError`` when it was stopped before.
 
     Code: https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L1209-L1268
     (``fetched_records``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L463-L470
@@ -168,8 +168,7 @@ async def getmany_promptly(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        if cast(Any, consumer)._closed:  # stopped (meanwhile): getmany would raise
-            return {}
+        # Raises ConsumerStoppedError when the consumer was stopped before the call, as getmany.
         got: dict[TopicPartition, list[Any]] = await consumer.getmany(
             timeout_ms=0, max_records=max_records
         )
@@ -180,6 +179,8 @@ async def getmany_promptly(
             async with asyncio.timeout_at(deadline):
                 await waiter
         except TimeoutError:
+            return {}
+        if cast(Any, consumer)._closed:  # stopped while waiting: {} as getmany returns
             return {}
         # Woken: records came (or a wake-up for records taken already: wait on).
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import ConsumerStoppedError
 
 from agents import quirks
 from agents.app import FETCH_MAX_WAIT_MS, create_app
@@ -194,6 +195,9 @@ async def test_getmany_promptly_waits_for_records_then_takes_them(
         await asyncio.sleep(0.2)
         await quirks.stop_despite_stray_cancel(consumer)
         assert await asyncio.wait_for(waiting, 30) == {}
+        # Called once it stopped: the error getmany raises (a loop around it ends, not spins).
+        with pytest.raises(ConsumerStoppedError):
+            await quirks.getmany_promptly(consumer, wait=1, max_records=10)
     finally:
         await producer.stop()
         await quirks.stop_despite_stray_cancel(consumer)
