@@ -293,6 +293,11 @@ def readiness(
                 not_ready.append(
                     f"partition {p} is catching up with the log ({left:,} records left)"
                 )
+        if owner.lost_offsets is not None:
+            # Not a reason to be unready (it reads on; waiting would not bring them back), but
+            # no one reading the health of the partition should miss it.
+            start, first = owner.lost_offsets
+            row["offsets_lost"] = {"from": start, "to": first, "count": first - start}
         if p in lag.records:
             row["lag_records"] = lag.records[p]
         if p in lag.seconds:

@@ -117,6 +117,9 @@ class PartitionOwner:
         self.pm: PartitionMaterializer | None = None
         self.catch_up_to = 0  # the partition's end offset when it was assigned
         self.closed = False  # revoked
+        # (checkpoint offset, first retained) when the log no longer held records the loaded
+        # checkpoint needed (_check_retained): /healthz shows it for as long as this owner lives.
+        self.lost_offsets: tuple[int, int] | None = None
         self.dead = False  # fenced
         self._waiters = Waiters()
         # The offsets of the records applied since the last checkpoint, acknowledged once one
@@ -297,6 +300,7 @@ class PartitionOwner:
         and the events before are lost to the materialized state (``runstream replay`` cannot
         bring them back either). Before, such a partition waited for ever."""
         if first > next_offset:
+            self.lost_offsets = (next_offset, first)
             metrics.EXPIRED_OFFSETS.inc(first - next_offset)
             log.error(
                 "the log no longer holds records this partition's checkpoint needs (retention "

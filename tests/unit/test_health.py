@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agents.health import Lag, readiness
 from agents.resources import TopicWarning
-from tests.unit.test_owner import Rig, creation
+from tests.unit.test_owner import Rig, checkpointed, creation, loaded
 
 
 async def test_loading_catching_up_and_serving_partitions_are_told_apart() -> None:
@@ -39,3 +39,19 @@ async def test_loading_catching_up_and_serving_partitions_are_told_apart() -> No
     # Ready once every owned partition serves and the index is loaded; warnings do not matter.
     ready = readiness({2: serving.owner}, index_loaded=True, lag=lag, warnings=[warn])
     assert (ready["ready"], ready["not_ready"]) == (True, [])
+
+
+async def test_a_partition_that_lost_offsets_to_retention_says_so_and_stays_ready() -> None:
+    rig, values = await checkpointed(4, 1)  # covers offset 0
+    rig.log.starts[("runs.events", 0)] = 3  # offsets 1 and 2 expired
+    owner = rig.new_owner()
+    await owner.load()
+    await owner.handle(3, values[3], None)
+    got = readiness({0: owner}, index_loaded=True, lag=Lag())
+    assert got["ready"] is True
+    [row] = got["partitions"]
+    assert row["state"] == "serving"
+    assert row["offsets_lost"] == {"from": 1, "to": 3, "count": 2}
+    # A partition that lost nothing has no such field.
+    fresh = await loaded()
+    assert "offsets_lost" not in readiness({0: fresh.owner}, index_loaded=True)["partitions"][0]

@@ -375,6 +375,7 @@ async def test_a_checkpoint_the_log_no_longer_holds_is_said_loudly_and_read_on_f
         await owner.load()
     assert "the log no longer holds records this partition's checkpoint needs" in caplog.text
     assert REGISTRY.get_sample_value("runstream_expired_offsets_total") == before + 2
+    assert owner.lost_offsets == (1, 3)  # /healthz shows it (tests/unit/test_health.py)
     assert rig.hooks.seeks[-1] == (0, 1)
     await owner.handle(3, values[3], None)  # where the reader starts: the first one retained
     assert owner.pm is not None
