@@ -167,9 +167,7 @@ class EventProducer:
                 if self._pending.get(partition) is not pend:
                     return
                 del self._pending[partition]
-            while pend is not None:
-                if pend.timer is not None:
-                    pend.timer.cancel()
+            while pend is not None:  # (a pending commit's linger timer is cancelled: _flush)
                 await self._send_commit(partition, pend)
                 pend = None
                 waiting = self._pending.get(partition)

@@ -37,12 +37,8 @@ class Background:
     to ``topic`` at ``rate`` events/s, in a child process, from :meth:`start` until :meth:`stop`."""
 
     def __init__(self, bootstrap: str, topic: str, rate: int, *, first_run_id: int) -> None:
-        self.bootstrap, self.topic, self.rate, self.first_run_id = (
-            bootstrap,
-            topic,
-            rate,
-            first_run_id,
-        )
+        self.rate = rate
+        self.first_run_id = first_run_id
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with a running loop
         self._stop = ctx.Event()
         self._acked: Any = ctx.Value("q", 0)

@@ -119,5 +119,5 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=2, help="rounds, the two ways alternating")
     p.add_argument("--busy", type=int, default=3, help="tasks keeping the loop busy")
     p.add_argument("--slice", type=float, default=1.0, help="ms of CPU each runs per turn")
-    p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA", "127.0.0.1:9092"))
+    p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     asyncio.run(main(p.parse_args()))
