@@ -108,6 +108,8 @@ def create_app(settings: Settings) -> faust.App:
     app.on_partitions_assigned.connect(_short_fetch_wait)  # type: ignore[arg-type]
     # A fetched record goes to its stream at once, not through four tasks (see the quirk).
     quirks.deliver_without_racing(app.consumer)
+    # A produce request is written the moment its batch is there (see the quirk).
+    quirks.faust_sends_promptly(app.producer)
 
     return app
 

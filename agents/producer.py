@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from agents import quirks
 from events.catalogue import Event
 from events.codec import encode
 from partition.placement import partition_for
@@ -58,14 +59,17 @@ class EventProducer:
         self._linger = linger
         self._max_events = max_commit_events
         self._max_bytes = max_commit_bytes
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,  # the commit is the batch: aiokafka adds no wait of its own
-            max_batch_size=1 << 20,
-            max_request_size=8 << 20,
+        # A request is written the moment a commit is handed over (agents.quirks.send_promptly).
+        self._producer = quirks.send_promptly(
+            AIOKafkaProducer(
+                bootstrap_servers=bootstrap,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=0,  # the commit is the batch: aiokafka adds no wait of its own
+                max_batch_size=1 << 20,
+                max_request_size=8 << 20,
+            )
         )
         self._partitions = 0
         self._pending: dict[int, _Pending] = {}

@@ -23,7 +23,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
+from aiokafka.producer.sender import SendProduceReqHandler
 from aiokafka.protocol.metadata import MetadataRequest
 
 if TYPE_CHECKING:  # the bare-consumer tools import this module without loading Faust
@@ -37,9 +43,11 @@ __all__ = [
     "consumed_position",
     "consumer_fetcher",
     "deliver_without_racing",
+    "faust_sends_promptly",
     "getmany_promptly",
     "override_fixed_fetch_wait",
     "producer_for_batches",
+    "send_promptly",
     "set_fetch_wait",
     "stop_despite_stray_cancel",
     "take_what_is_there",
@@ -219,6 +227,25 @@ def producer_for_batches(producer: ProducerT) -> AIOKafkaProducer:
     return inner
 
 
+def faust_sends_promptly(producer: ProducerT, *, in_flight: int = 1) -> None:
+    """Works around Faust making its aiokafka producer as it starts, with no way to change it
+    first: wraps the Faust producer's factory (its private ``_new_producer``, on the instance,
+    as ``on_start`` calls it) so that the aiokafka producer it makes gets :func:`send_promptly`
+    before it starts. Call it before the app starts.
+
+    Code: https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L1328-L1338
+    (``_new_producer``), https://github.com/faust-streaming/faust/blob/v0.15.2/faust/transport/drivers/aiokafka.py#L1383-L1388
+    (``on_start``).
+    """
+    p = cast(Any, producer)
+    make = p._new_producer
+
+    def new_producer(*args: Any, **kwargs: Any) -> AIOKafkaProducer:
+        return send_promptly(make(*args, **kwargs), in_flight=in_flight)
+
+    p._new_producer = new_producer
+
+
 async def take_what_is_there(stream: Any, max_: int) -> AsyncIterator[list[Any]]:
     """Works around Faust's ``Stream.noack_take`` having no "hand over what is there now" mode:
     the events of ``stream`` (never acked by the stream: the caller acks them) in lists of at
@@ -363,6 +390,146 @@ def deliver_without_racing(consumer: ConsumerT) -> None:
 
 
 # ----------------------------------------------------------------------------------- aiokafka
+def send_promptly(producer: AIOKafkaProducer, *, in_flight: int = 1) -> AIOKafkaProducer:
+    """Works around aiokafka's producer writing a produce request three turns of the event loop
+    after the record was added, and the next request to a broker three turns after the last one
+    was answered: its sender routine waits for new data and for its requests' tasks through
+    ``asyncio.wait`` (a done callback, then the routine: two turns), and sends each request
+    from a new task (a third turn before the request is written). Each turn costs the event
+    loop's lag, 2-6 ms on a busy worker, and every produced record pays it.
+
+    This gives the not yet started ``producer`` (``ValueError`` otherwise) the same routine with
+    three changes (:func:`_prompt_sender_routine`): the request is written at once, from the
+    routine's own step (the send coroutine's first step runs there, up to its wait for the
+    answer; a task drives the rest, as :func:`deliver_without_racing` does for a delivery);
+    the routine awaits the accumulator's waiter itself, which each request completes as it ends
+    (so a batch added meanwhile goes out one turn after the answer); and up to ``in_flight``
+    requests may be in flight to one broker at once (aiokafka: one), each for other partitions:
+    a partition still has at most one batch in flight, as upstream, so the order of its records
+    and the idempotent producer's sequence numbers are the same. While a transaction's request,
+    an unknown leader or a metadata update is waited for, the routine waits as upstream
+    (``asyncio.wait``), for whichever comes first.
+
+    What is sent, the requests' handling of answers, errors and retries (aiokafka's
+    ``SendProduceReqHandler``), and what the producer's callers see are unchanged.
+
+    Code: https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/producer/sender.py#L97-L189
+    (``_sender_routine``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/producer/sender.py#L272-L289
+    (``_send_produce_req``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/producer/message_accumulator.py#L470-L535
+    (``drain_by_nodes``, which completes the waiter and makes a new one).
+    """
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, not {in_flight}")
+    sender = cast(Any, producer)._sender
+    if sender.sender_task is not None:
+        raise ValueError("send_promptly needs a producer that has not started")
+
+    def routine() -> Any:
+        return _prompt_sender_routine(sender, in_flight)
+
+    sender._sender_routine = routine
+    sender._runstream_in_flight = in_flight
+    return producer
+
+
+def _started_at_once(coro: Any) -> asyncio.Task[Any] | None:
+    """Runs ``coro``'s first step now and a task for the rest (``None``: it ended there)."""
+    try:
+        pending = coro.send(None)
+    except StopIteration:
+        return None
+    rest = _Rest(coro, pending)
+
+    async def go_on() -> Any:
+        return await rest
+
+    return asyncio.get_running_loop().create_task(go_on())
+
+
+async def _send_produce_req(sender: Any, node_id: int, batches: dict[Any, Any]) -> None:
+    """aiokafka's ``Sender._send_produce_req`` with a count of requests in flight per broker,
+    and a wake-up of the routine as it ends (:func:`send_promptly`)."""
+    try:
+        handler = SendProduceReqHandler(sender, batches)
+        await handler.do(node_id)
+    finally:
+        sending = sender._runstream_sending
+        sending[node_id] -= 1
+        if sending[node_id] < sender._runstream_in_flight:
+            sender._in_flight.discard(node_id)
+        for tp in batches:
+            sender._muted_partitions.discard(tp)
+        waiter = sender._message_accumulator.waiter()
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+#: what upstream's sender routine lets through as it is (it wraps any other error).
+_FATAL_TO_THE_PRODUCER = (ProducerFenced, OutOfOrderSequenceNumber, TransactionalIdAuthorizationFailed)  # fmt: skip
+
+
+async def _prompt_sender_routine(sender: Any, in_flight: int) -> None:
+    """aiokafka's ``Sender._sender_routine`` (v0.14.0), changed as :func:`send_promptly` says.
+    The lines not marked are upstream's."""
+    accumulator = sender._message_accumulator
+    sending: dict[int, int] = {}  # node → requests in flight to it
+    sender._runstream_sending = sending
+    tasks: set[asyncio.Task[Any]] = set()
+    txn_task = None
+    try:
+        while True:
+            await sender._maybe_wait_for_pid()
+
+            waiters: set[Any] = set()
+            txn_manager = sender._txn_manager
+            muted_partitions = sender._muted_partitions
+            if txn_manager is not None and txn_manager.transactional_id is not None:
+                if txn_task is None or txn_task.done():
+                    txn_task = sender._maybe_do_transactional_request()
+                    if txn_task is not None:
+                        tasks.add(txn_task)
+                    else:
+                        waiters.add(txn_manager.make_task_waiter())
+                muted_partitions = muted_partitions | txn_manager.partitions_to_add()
+            # runstream: a broker is skipped once it has in_flight requests (upstream: one).
+            batches, unknown_leaders_exist = accumulator.drain_by_nodes(
+                ignore_nodes=sender._in_flight, muted_partitions=muted_partitions
+            )
+            for node_id, node_batches in batches.items():
+                sending[node_id] = sending.get(node_id, 0) + 1
+                if sending[node_id] >= in_flight:
+                    sender._in_flight.add(node_id)
+                for tp in node_batches:
+                    sender._muted_partitions.add(tp)
+                # runstream: written now, not from a task's first step.
+                task = _started_at_once(_send_produce_req(sender, node_id, node_batches))
+                if task is not None:
+                    tasks.add(task)
+
+            if unknown_leaders_exist:
+                waiters.add(sender.client.force_metadata_update())
+            if waiters or (txn_task is not None and not txn_task.done()):
+                # Upstream's wait, for a transaction or a metadata update.
+                if not unknown_leaders_exist:
+                    waiters.add(accumulator.waiter())
+                done, _ = await asyncio.wait(waiters | tasks, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                # runstream: new data and every request's end complete the accumulator's
+                # waiter; awaited itself, the routine wakes one turn after either.
+                await accumulator.waiter()
+                done = {task for task in tasks if task.done()}
+            for task in done:
+                task.result()
+            tasks -= done
+    except asyncio.CancelledError:
+        for task in tasks:
+            await task
+    except _FATAL_TO_THE_PRODUCER:
+        raise
+    except Exception as exc:  # pragma: no cover  (upstream: a bug; fails every pending batch)
+        raise KafkaError("Unexpected error during batch delivery") from exc
+
+
 async def uncached_partitions_for_topic(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """The partitions of ``topic`` (empty if it does not exist), asked of the cluster for that
     topic alone. Works around aiokafka's ``partitions_for_topic`` reading only the consumer's

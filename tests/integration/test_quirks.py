@@ -67,6 +67,9 @@ async def test_faust_quirks_on_a_started_worker(kafka_bootstrap: str, unique: st
         assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
         assert consumer._thread._consumer._fetch_max_wait_ms == quirks.FAUST_FETCH_MAX_WAIT_MS
 
+        # Faust's aiokafka producer was made with the prompt sender routine (send_promptly).
+        assert quirks.producer_for_batches(app.producer)._sender._runstream_in_flight >= 1  # type: ignore[attr-defined]
+
         # Faust's producer has no batch call: the aiokafka one inside it sends a batch.
         assert isinstance(quirks.producer_for_batches(app.producer), AIOKafkaProducer)
         values = [b"v0", b"v1", b"v2"]
@@ -201,3 +204,131 @@ async def test_getmany_promptly_waits_for_records_then_takes_them(
     finally:
         await producer.stop()
         await quirks.stop_despite_stray_cancel(consumer)
+
+
+async def _requests_written(producer: AIOKafkaProducer, topic: str, turns: int) -> int:
+    """Produce requests the producer wrote within ``turns`` turns of the event loop after a
+    record was handed to it (counted by the connection's correlation ids)."""
+    from aiokafka.client import ConnectionGroup
+
+    client: Any = producer.client
+    node = client.cluster.leader_for_partition(__import__("aiokafka").TopicPartition(topic, 0))
+    conn = client._conns[(node, ConnectionGroup.DEFAULT)]
+    before = conn._correlation_id
+    fut = await producer.send(topic, b"turns", partition=0)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    written = int(conn._correlation_id - before)
+    await fut
+    return written
+
+
+async def test_send_promptly_writes_a_request_one_turn_after_the_record(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    await _topic(kafka_bootstrap, kafka_topic, 1)
+    plain = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)  # fmt: skip
+    prompt = quirks.send_promptly(
+        AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    )
+    for producer in (plain, prompt):
+        await producer.start()
+    try:
+        for producer in (plain, prompt):
+            await producer.send_and_wait(kafka_topic, b"warm", partition=0)  # metadata, connection
+        # What the quirk works around: aiokafka writes the request on the third turn.
+        assert await _requests_written(plain, kafka_topic, 2) == 0
+        assert await _requests_written(plain, kafka_topic, 3) == 1
+        # With it, on the first.
+        assert await _requests_written(prompt, kafka_topic, 1) == 1
+    finally:
+        for producer in (plain, prompt):
+            await producer.stop()
+
+
+async def test_send_promptly_keeps_each_partitions_order_with_requests_in_flight(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    from aiokafka import TopicPartition
+
+    partitions = 4
+    await _topic(kafka_bootstrap, kafka_topic, partitions)
+    producer = quirks.send_promptly(
+        AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True),
+        in_flight=3,
+    )
+    await producer.start()
+    sender: Any = producer._sender  # type: ignore[attr-defined]
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:  # requests in flight to one broker, at every turn
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, *sender._runstream_sending.values(), 0)
+            await asyncio.sleep(0)
+
+    # Partitions 0 and 1 get single records, 2 and 3 batches of three, from many tasks at
+    # once: several requests (other partitions) are in flight together, and records wait
+    # while their partition's request is.
+    async def single(p: int, i: int) -> list[tuple[int, bytes]]:
+        value = b"%d-%d" % (p, i)
+        meta = await producer.send_and_wait(kafka_topic, value, partition=p)
+        return [(meta.offset, value)]
+
+    async def batch(p: int, i: int) -> list[tuple[int, bytes]]:
+        b = producer.create_batch()
+        values = [b"%d-%d.%d" % (p, i, j) for j in range(3)]
+        for v in values:
+            assert b.append(key=None, value=v, timestamp=None)
+        meta = await (await producer.send_batch(b, kafka_topic, partition=p))
+        return [(meta.offset + j, v) for j, v in enumerate(values)]
+
+    watching = asyncio.ensure_future(watch())
+    try:
+        # A record for partition 0, its request written (a turn), then one for partition 1: its
+        # request goes while the first is in flight (an answer takes the broker's round trip).
+        for i in range(20):
+            first = await producer.send(kafka_topic, b"0-pair%d" % i, partition=0)
+            await asyncio.sleep(0)
+            second = await producer.send(kafka_topic, b"1-pair%d" % i, partition=1)
+            await asyncio.gather(first, second)
+        calls = [(single if p < 2 else batch)(p, i) for i in range(60) for p in range(partitions)]
+        results = await asyncio.gather(*calls)
+    finally:
+        done.set()
+        await watching
+        await producer.stop()
+    assert 1 < peak <= 3  # requests were in flight together, never more than allowed
+    pairs = 20  # the pairs' records come first in partitions 0 and 1
+    acked: dict[int, dict[int, bytes]] = {p: {} for p in range(partitions)}
+    for (p, _), records in zip(
+        [(p, i) for i in range(60) for p in range(partitions)], results, strict=True
+    ):
+        for offset, value in records:
+            assert offset not in acked[p]
+            acked[p][offset] = value
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(kafka_topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        log: dict[int, dict[int, bytes]] = {p: {} for p in range(partitions)}
+        deadline = time.monotonic() + 60
+        while sum(map(len, log.values())) < sum(map(len, acked.values())):
+            assert time.monotonic() < deadline, "timed out"
+            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                log[tp.partition].update((m.offset, m.value) for m in msgs)
+    finally:
+        await quirks.stop_despite_stray_cancel(consumer)
+    # Every record is in the log once, at the offset it was acknowledged at; single records in
+    # the order they were sent, each batch's records together and in order.
+    for p in (0, 1):
+        ordered = [log[p][o] for o in sorted(log[p])]
+        assert ordered[:pairs] == [b"%d-pair%d" % (p, i) for i in range(pairs)]
+        assert ordered[pairs:] == [b"%d-%d" % (p, i) for i in range(60)]
+        for o in sorted(log[p])[:pairs]:
+            del log[p][o]
+    assert log == acked

@@ -381,3 +381,57 @@ async def test_a_delivery_that_waits_goes_on_where_it_stopped_and_yields_to_a_su
     await asyncio.sleep(0.01)  # wait_first cancels the loser without waiting for it
     assert sorted(steps[4:]) == ["cancelled 1", "done 2", "start 2"]
     assert steps.index("start 2") < steps.index("done 2")
+
+
+# ------------------------------------------------------------------ aiokafka's sender routine
+#: sha256 of aiokafka 0.14.0's ``Sender._sender_routine`` and ``Sender._send_produce_req``
+#: (whitespace collapsed), which ``quirks.send_promptly`` copies with its changes: when these
+#: change, read the new code and copy it again.
+SENDER_SHA256 = {
+    "_sender_routine": "44546675befb9878d987812886f90514147eded9883f0b01dec6b4dec176cb8e",
+    "_send_produce_req": "f565254ecb3845d56c446d4b6a07e977222426cf41fe795f883adb6df6092bd0",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SENDER_SHA256))
+def test_aiokafkas_sender_is_still_the_one_send_promptly_copies(name: str) -> None:
+    from aiokafka.producer.sender import Sender
+
+    source = inspect.getsource(getattr(Sender, name))
+    assert hashlib.sha256(" ".join(source.split()).encode()).hexdigest() == SENDER_SHA256[name]
+
+
+def test_aiokafkas_sender_still_waits_through_asyncio_wait_and_a_task_per_request() -> None:
+    # What send_promptly works around, and the private names its routine relies on.
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+    from aiokafka.producer.sender import Sender
+
+    routine = inspect.getsource(Sender._sender_routine)
+    assert "create_task(self._send_produce_req(node_id, node_batches))" in routine
+    assert "await asyncio.wait(" in routine
+    assert "ignore_nodes=self._in_flight" in routine
+    assert "self._sender_task = create_task(self._sender_routine())" in inspect.getsource(Sender.start)  # fmt: skip
+    drain = inspect.getsource(MessageAccumulator.drain_by_nodes)
+    assert "self._waiter_future = self._loop.create_future()" in drain
+    assert "elif ignore_nodes and leader in ignore_nodes:" in drain
+    # A new batch completes the waiter the routine awaits.
+    assert "self._waiter_future.set_result(None)" in inspect.getsource(MessageAccumulator._append_batch)  # fmt: skip
+
+
+async def test_send_promptly_takes_only_a_producer_not_started() -> None:
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    with pytest.raises(ValueError, match="in_flight"):
+        quirks.send_promptly(producer, in_flight=0)
+    assert quirks.send_promptly(producer, in_flight=2) is producer
+    sender: Any = cast(Any, producer)._sender
+    assert sender._runstream_in_flight == 2
+    sender._sender_task = asyncio.get_running_loop().create_future()  # as if started
+    with pytest.raises(ValueError, match="not started"):
+        quirks.send_promptly(producer)
+    sender._sender_task = None
+
+
+def test_the_worker_apps_producer_sends_promptly() -> None:
+    app = create_app(Settings(app_id="quirks-unit-producer"))
+    # The factory Faust's on_start calls makes a producer with the prompt routine.
+    assert "faust_sends_promptly" in app.producer._new_producer.__qualname__  # type: ignore[attr-defined]
