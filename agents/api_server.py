@@ -159,7 +159,10 @@ class _Sink:
             async with self._lock:
                 if self._producer is None:
                     producer = EventProducer(
-                        self.settings.kafka, self.settings.topic_events, linger=API_LINGER
+                        self.settings.kafka,
+                        self.settings.topic_events,
+                        linger=API_LINGER,
+                        in_flight=self.settings.produce_in_flight,
                     )
                     await producer.start()
                     self._producer = producer

@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> faust.App:
     # A fetched record goes to its stream at once, not through four tasks (see the quirk).
     quirks.deliver_without_racing(app.consumer)
     # A produce request is written the moment its batch is there (see the quirk).
-    quirks.faust_sends_promptly(app.producer)
+    quirks.faust_sends_promptly(app.producer, in_flight=settings.produce_in_flight)
 
     return app
 

@@ -325,6 +325,13 @@ class Settings:
         help="output topic of the derived task.ready events, which executors follow (key = run "
         "id, the run's partition number; docs/events.md)",
     )
+    produce_in_flight: int = setting(
+        1,
+        env="RUNSTREAM_PRODUCE_IN_FLIGHT",
+        help="produce requests a worker's producers may have in flight to one broker at once, "
+        "each for other partitions (Kafka's max.in.flight.requests.per.connection; a "
+        "partition has one at most, whatever this is)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -14,7 +14,10 @@ appends wait and go together as the next commit the moment it is acknowledged, o
 they reach ``max_commit_events`` / ``max_commit_bytes``. So an idle partition pays no linger,
 and a busy one sends as few, large records as its broker round trip allows. ``linger`` > 0
 brings back a fixed window (every commit waits that long for company), for callers that prefer
-fewer records to lower latency.
+fewer records to lower latency. A commit's request is written the moment it is handed to
+aiokafka (``agents.quirks.send_promptly``); ``in_flight`` > 1 lets the commits of other
+partitions go to the broker while one is in flight (aiokafka's own limit is one request per
+broker).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class EventProducer:
         max_commit_events: int = 1000,
         max_commit_bytes: int = 512 * 1024,
         client_id: str = "runstream-producer",
+        in_flight: int = 1,
     ) -> None:
         self._topic = topic
         self._linger = linger
@@ -69,7 +73,8 @@ class EventProducer:
                 linger_ms=0,  # the commit is the batch: aiokafka adds no wait of its own
                 max_batch_size=1 << 20,
                 max_request_size=8 << 20,
-            )
+            ),
+            in_flight=in_flight,
         )
         self._partitions = 0
         self._pending: dict[int, _Pending] = {}
