@@ -86,6 +86,8 @@ class EventReader:
                 fetch_max_bytes=64 << 20,
             )
             await consumer.start()
+            # Each fetch request written the moment the last records are taken (see the quirk).
+            await quirks.fetch_promptly(consumer)
             consumer.assign([])
             self._consumer = consumer
 

@@ -200,6 +200,7 @@ class PhaseHub:
                 consumer = await stack.enter_async_context(
                     bare_consumer(self.bootstrap, auto_offset_reset="none")
                 )
+                await quirks.fetch_promptly(consumer)  # see the quirk (and getmany_promptly)
                 parts = await partitions_of(consumer, self.topic)
                 if parts != list(range(len(parts))) or not parts:
                     raise RuntimeError(f"topic {self.topic} has no partitions")

@@ -19,6 +19,7 @@ the same sources) and aiokafka v0.14.0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -44,6 +45,7 @@ __all__ = [
     "consumer_fetcher",
     "deliver_without_racing",
     "faust_sends_promptly",
+    "fetch_promptly",
     "getmany_promptly",
     "override_fixed_fetch_wait",
     "producer_for_batches",
@@ -180,7 +182,10 @@ async def getmany_promptly(
         got: dict[TopicPartition, list[Any]] = await consumer.getmany(
             timeout_ms=0, max_records=max_records
         )
-        if got or loop.time() >= deadline:
+        if got:
+            _fetch_now(fetcher)  # the next fetch goes now, if these were the last fetched
+            return got
+        if loop.time() >= deadline:
             return got
         waiter = fetcher._create_fetch_waiter()
         try:
@@ -191,6 +196,150 @@ async def getmany_promptly(
         if cast(Any, consumer)._closed:  # stopped while waiting: {} as getmany returns
             return {}
         # Woken: records came (or a wake-up for records taken already: wait on).
+
+
+async def fetch_promptly(consumer: AIOKafkaConsumer) -> None:
+    """Works around aiokafka's consumer writing its next fetch request three turns of the event
+    loop after the last fetch returned: its fetcher's routine learns of the fetch's end through
+    ``asyncio.wait`` (a done callback, then the routine) and sends the next request from a new
+    task, while the records that reach the broker meanwhile wait for it. Call it on a started
+    consumer before it is assigned anything.
+
+    This replaces the fetcher's routine (its private ``_fetch_task``, started by the fetcher's
+    constructor, waiting for an assignment until then) with a copy
+    (:func:`_prompt_fetch_routine`) that writes each request from its own step (the fetch
+    coroutine's first step runs there, a task drives the rest), and marks the broker free and
+    wakes the routine from the fetch coroutine's own end (upstream: from the task's done
+    callback, a turn later). :func:`getmany_promptly` then writes the next fetch request the
+    moment it has taken the last records fetched (:func:`_fetch_now`), in the caller's turn, as
+    the routine would two turns later: what a fetch asks for is upstream's
+    (``_get_actions_per_node``); a broker still has at most one fetch in flight.
+
+    Code: https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L476-L582
+    (``_fetch_requests_routine``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L440
+    (the routine started by the constructor).
+    """
+    fetcher = cast(Any, consumer)._fetcher
+    if getattr(fetcher, "_runstream_fetches_promptly", False):
+        return
+    subscription = fetcher._subscriptions.subscription
+    if subscription is not None and subscription.assignment is not None:
+        raise ValueError("fetch_promptly needs a consumer not assigned anything yet")
+    _wake_waiters_from_fetch(fetcher)
+    upstream = fetcher._fetch_task
+    upstream.cancel()
+    try:
+        await upstream
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    fetcher._fetch_task = asyncio.get_running_loop().create_task(_prompt_fetch_routine(fetcher))
+    fetcher._runstream_fetches_promptly = True
+
+
+def _start_fetch_task(fetcher: Any, coro: Any, node_id: int) -> None:
+    """Upstream's ``start_pending_task`` (inside the routine), but started at once, and the
+    broker marked free and the routine woken by the coroutine's end (:func:`fetch_promptly`)."""
+    fetcher._in_flight.add(node_id)
+
+    async def fetch() -> Any:
+        try:
+            return await coro
+        finally:
+            fetcher._in_flight.discard(node_id)
+            fetcher._notify(fetcher._wait_consume_future)
+
+    task = _started_at_once(fetch())
+    if task is not None:
+        fetcher._pending_tasks.add(task)
+
+
+def _fetch_now(fetcher: Any) -> None:
+    """The fetch requests the routine would send now, sent now (:func:`fetch_promptly`)."""
+    if not getattr(fetcher, "_runstream_fetches_promptly", False) or fetcher._closed:
+        return
+    assignment = getattr(fetcher, "_runstream_waiting_with", None)
+    if assignment is None or not assignment.active:
+        return
+    fetch_requests = fetcher._get_actions_per_node(assignment)[0]
+    for node_id, request in fetch_requests:
+        _start_fetch_task(fetcher, fetcher._proc_fetch_request(assignment, node_id, request), node_id)  # fmt: skip
+
+
+async def _prompt_fetch_routine(fetcher: Any) -> None:
+    """aiokafka's ``Fetcher._fetch_requests_routine`` (v0.14.0), changed as
+    :func:`fetch_promptly` says. The lines not marked are upstream's."""
+    try:
+        assignment = None
+        while True:
+            if assignment is None or not assignment.active:
+                for task in fetcher._pending_tasks:
+                    if not task.done():
+                        task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                fetcher._pending_tasks.clear()
+                fetcher._records.clear()
+
+                subscription = fetcher._subscriptions.subscription
+                if subscription is None or subscription.assignment is None:
+                    try:
+                        waiter = fetcher._subscriptions.wait_for_assignment()
+                        await waiter
+                    except KafkaError:
+                        continue
+                assignment = fetcher._subscriptions.subscription.assignment
+            assert assignment is not None
+            assert assignment.active
+
+            fetcher._wait_consume_future = asyncio.get_running_loop().create_future()
+            (
+                fetch_requests,
+                reset_requests,
+                timeout,
+                invalid_metadata,
+                resume_futures,
+            ) = fetcher._get_actions_per_node(assignment)
+
+            # runstream: each request written now; the broker freed by the coroutine's end.
+            for node_id, request in fetch_requests:
+                _start_fetch_task(
+                    fetcher, fetcher._proc_fetch_request(assignment, node_id, request), node_id
+                )
+            for node_id, tps in reset_requests.items():
+                _start_fetch_task(
+                    fetcher, fetcher._update_fetch_positions(assignment, node_id, tps), node_id
+                )
+            other_futs = [fetcher._wait_consume_future, assignment.unassign_future]
+            if invalid_metadata:
+                other_futs.append(fetcher._client.force_metadata_update())
+
+            # runstream: _fetch_now may send for this assignment while the routine waits here
+            # (only here: elsewhere the routine iterates over its tasks or has none).
+            fetcher._runstream_waiting_with = assignment
+            try:
+                done_set, _ = await asyncio.wait(
+                    {*fetcher._pending_tasks, *other_futs, *resume_futures},
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                fetcher._runstream_waiting_with = None
+
+            done_pending = fetcher._pending_tasks.intersection(done_set)
+            if done_pending:
+                has_new_data = any(fut.result() for fut in done_pending)
+                if has_new_data:
+                    for waiter in fetcher._fetch_waiters:
+                        fetcher._notify(waiter)
+                fetcher._pending_tasks -= done_pending
+            # runstream: tasks of _fetch_now's ended while the routine waited for others.
+            fetcher._pending_tasks -= {task for task in fetcher._pending_tasks if task.done()}
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:  # pragma: no cover  (upstream: a bug)
+        raise KafkaError("Unexpected error during data retrieval") from exc
 
 
 def _wake_waiters_from_fetch(fetcher: Any) -> None:

@@ -332,3 +332,66 @@ async def test_send_promptly_keeps_each_partitions_order_with_requests_in_flight
         for o in sorted(log[p])[:pairs]:
             del log[p][o]
     assert log == acked
+
+
+async def _fetch_written_on_taking(consumer: AIOKafkaConsumer, tp: Any, producer: AIOKafkaProducer) -> int:  # fmt: skip
+    """Fetch requests the consumer wrote between getmany_promptly handing over a record and
+    the caller's next step (counted by the connection's correlation ids)."""
+    from aiokafka.client import ConnectionGroup
+
+    client: Any = consumer._client  # type: ignore[attr-defined]
+    conn = client._conns[(client.cluster.leader_for_partition(tp), ConnectionGroup.DEFAULT)]
+    waiting = asyncio.ensure_future(quirks.getmany_promptly(consumer, wait=60, max_records=10))
+    await asyncio.sleep(0.3)  # the consumer's fetch waits at the broker
+    sending = asyncio.ensure_future(producer.send_and_wait(tp.topic, b"x", partition=tp.partition))
+    before = conn._correlation_id
+    while not waiting.done():  # a turn at a time: what was written in the hand-over's turn
+        before = conn._correlation_id
+        await asyncio.sleep(0)
+    await sending
+    got = waiting.result()
+    assert [m.value for m in got[tp]] == [b"x"]
+    return int(conn._correlation_id - before)
+
+
+async def test_fetch_promptly_writes_the_next_fetch_as_the_records_are_taken(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    from aiokafka import TopicPartition
+
+    await _topic(kafka_bootstrap, kafka_topic, 2)
+    tps = {"plain": TopicPartition(kafka_topic, 0), "prompt": TopicPartition(kafka_topic, 1)}
+    tp = tps["prompt"]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    plain = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    prompt = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await producer.start()
+    for consumer in (plain, prompt):
+        await consumer.start()
+    try:
+        await quirks.fetch_promptly(prompt)
+        await quirks.fetch_promptly(prompt)  # once is enough; again changes nothing
+        for consumer, name in ((plain, "plain"), (prompt, "prompt")):
+            consumer.assign([tps[name]])
+            await consumer.seek_to_end(tps[name])
+        # What the quirk works around: the next fetch is not written yet as the caller goes on
+        # (the fetcher's routine writes it turns later).
+        assert await _fetch_written_on_taking(plain, tps["plain"], producer) == 0
+        # With it, by then it is.
+        assert await _fetch_written_on_taking(prompt, tp, producer) == 1
+        # And the consumer reads on as before: records in order, none twice.
+        for i in range(50):
+            await producer.send(kafka_topic, b"%d" % i, partition=tp.partition)
+        await producer.flush()
+        values: list[bytes] = []
+        while len(values) < 50:
+            got = await quirks.getmany_promptly(prompt, wait=10, max_records=7)
+            values += [m.value for m in got.get(tp, [])]
+        assert values == [b"%d" % i for i in range(50)]
+        # A consumer assigned already is refused (its routine may be fetching).
+        with pytest.raises(ValueError, match="not assigned"):
+            await quirks.fetch_promptly(plain)
+    finally:
+        await producer.stop()
+        for consumer in (plain, prompt):
+            await quirks.stop_despite_stray_cancel(consumer)

@@ -435,3 +435,23 @@ def test_the_worker_apps_producer_sends_promptly() -> None:
     app = create_app(Settings(app_id="quirks-unit-producer"))
     # The factory Faust's on_start calls makes a producer with the prompt routine.
     assert "faust_sends_promptly" in app.producer._new_producer.__qualname__  # type: ignore[attr-defined]
+
+
+#: sha256 of aiokafka 0.14.0's ``Fetcher._fetch_requests_routine`` (whitespace collapsed), which
+#: ``quirks.fetch_promptly`` copies with its changes: when it changes, copy it again.
+FETCH_ROUTINE_SHA256 = "6c610471e286f6e72538302416d0fa8f853c3cbf0c02c697b790e63a290627d0"
+
+
+def test_aiokafkas_fetch_routine_is_still_the_one_fetch_promptly_copies() -> None:
+    source = inspect.getsource(Fetcher._fetch_requests_routine)
+    assert hashlib.sha256(" ".join(source.split()).encode()).hexdigest() == FETCH_ROUTINE_SHA256
+    # What fetch_promptly works around and relies on: the broker freed by a done callback,
+    # a task per request, the routine started by the constructor, what a fetch asks for
+    # decided by _get_actions_per_node (one fetch in flight per broker, none while records
+    # of one of its partitions wait to be taken).
+    assert "task.add_done_callback(on_done)" in source
+    assert "task = create_task(coro)" in source
+    assert "self._fetch_task = create_task(self._fetch_requests_routine())" in inspect.getsource(Fetcher.__init__)  # fmt: skip
+    actions = inspect.getsource(Fetcher._get_actions_per_node)
+    assert "elif node_id in self._in_flight:" in actions
+    assert "if tp in self._records:" in actions
