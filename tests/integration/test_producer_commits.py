@@ -1,12 +1,10 @@
-"""How ``EventProducer`` sends commits (agents/producer.py): a call's events to a partition as one
-record (split past the limits), an idle partition at once, appends made while a batch is in
-flight together in the next request, per-run order kept. On the real broker; records are counted
-on the topic itself, requests on the producer's connection."""
+"""When ``EventProducer`` sends a commit (agents/producer.py): an idle partition sends at once,
+appends made while a commit is in flight go together as the next one, and per-run order holds.
+On the real broker; records are counted on the topic itself."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -14,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.producer import EventProducer
 from events.catalogue import CancelRequested, Event, make_event
-from events.codec import decode_record, encode
+from events.codec import decode_record
 from events.ids import format_run_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -52,59 +50,31 @@ async def _topic(bootstrap: str, name: str) -> None:
         await admin.close()
 
 
-def _produce_requests(producer: EventProducer) -> int:
-    """Requests written so far on the producer's connections (their correlation ids)."""
-    client: Any = producer._producer.client
-    return sum(conn._correlation_id for conn in client._conns.values())
-
-
-async def test_appends_while_a_batch_is_in_flight_go_together_in_the_next(
+async def test_appends_while_a_commit_is_in_flight_form_the_next_commit(
     kafka_bootstrap: str, kafka_topic: str
 ) -> None:
     await _topic(kafka_bootstrap, kafka_topic)
     async with EventProducer(kafka_bootstrap, kafka_topic) as producer:
-        # Alone on an idle partition: a commit of its own, sent at once.
+        # Alone on an idle partition: a commit of its own.
         await producer.append([_event("r-1", 0)])
-        # Sent in the next turn of the loop; twenty appends made while it is in flight wait
-        # in the partition's next batch and go in one request when it is acknowledged.
+        # Appended in one turn of the loop: one commit, sent at once.
         first = asyncio.ensure_future(producer.append([_event("r-1", 1)]))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the first commit's request is written
-        before = _produce_requests(producer)
+        await asyncio.sleep(0)  # the first commit is now in flight
         rest = [producer.append([_event(f"r-{i % 3}", 10 + i)]) for i in range(20)]
         await asyncio.gather(first, *rest)
-        requests = _produce_requests(producer) - before
     records = await _records(kafka_bootstrap, kafka_topic)
-    # A commit per call, in call order.
-    assert [[e.id for e in r] for r in records] == [
-        ["r-1.0"],
-        ["r-1.1"],
-        *([f"r-{i % 3}.{10 + i}"] for i in range(20)),
-    ]
-    assert requests == 1
+    assert [[e.id for e in r] for r in records[:2]] == [["r-1.0"], ["r-1.1"]]
+    # The twenty appends made while r-1.1 was in flight went as one commit, in call order.
+    assert len(records) == 3
+    assert [e.id for e in records[2]] == [f"r-{i % 3}.{10 + i}" for i in range(20)]
 
 
-async def test_a_call_goes_as_one_commit_split_past_the_limits(
+async def test_a_full_commit_goes_without_waiting_for_the_one_in_flight(
     kafka_bootstrap: str, kafka_topic: str
 ) -> None:
     await _topic(kafka_bootstrap, kafka_topic)
     async with EventProducer(kafka_bootstrap, kafka_topic, max_commit_events=5) as producer:
-        await producer.append([_event("r-9", i) for i in range(4)])
-        await producer.append([_event("r-9", 10 + i) for i in range(23)])
-        await asyncio.gather(*(producer.append([_event("r-8", i)]) for i in range(3)))
+        await asyncio.gather(*(producer.append([_event("r-9", i)]) for i in range(23)))
     records = await _records(kafka_bootstrap, kafka_topic)
-    assert [len(r) for r in records] == [4, 5, 5, 5, 5, 3, 1, 1, 1]
-    assert [e.id for r in records for e in r] == [
-        *(f"r-9.{i}" for i in range(4)),
-        *(f"r-9.{10 + i}" for i in range(23)),
-        *(f"r-8.{i}" for i in range(3)),
-    ]
-    # By size: commits of at most max_commit_bytes, a lone larger event in one of its own.
-    big = make_event(CancelRequested(), id="r-7.big", run_id=format_run_id(8), at=0)
-    size = len(encode(big))
-    async with EventProducer(
-        kafka_bootstrap, kafka_topic, max_commit_bytes=2 * size + 3
-    ) as producer:
-        await producer.append([big] * 5)
-    records = (await _records(kafka_bootstrap, kafka_topic))[9:]
-    assert [len(r) for r in records] == [2, 2, 1]
+    assert all(len(r) <= 5 for r in records)
+    assert [e.id for r in records for e in r] == [f"r-9.{i}" for i in range(23)]
