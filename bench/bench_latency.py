@@ -622,6 +622,8 @@ async def amain(args: argparse.Namespace) -> None:
     )
     if args.session_timeout is not None:
         s = dataclasses.replace(s, session_timeout=args.session_timeout)
+    if args.produce_in_flight is not None:
+        s = dataclasses.replace(s, produce_in_flight=args.produce_in_flight)
     ready_topic = ready_topic_of(s, args.ready_topic)
     await prepare_topics(s)
     worker = Worker(s, tmp / "w1.log").start()
@@ -694,7 +696,8 @@ async def amain(args: argparse.Namespace) -> None:
     think = f"an executor runs each task {args.think / 2:g}-{args.think * 1.5:g} ms before its report" if args.think else "closed loops: each report right after the last task.ready"  # fmt: skip
     results.append(f"runs in flight: {think}")
     results.append(
-        f"the worker checkpoints every {s.checkpoint_interval:g} s (a partition with changes)"
+        f"the worker checkpoints every {s.checkpoint_interval:g} s (a partition with changes); "
+        f"its producers' requests in flight to a broker: {s.produce_in_flight}"
     )
     results.append(row("floor: bare Kafka record round trip (acks=all, linger 0)", floor))
     for label, e in (
@@ -764,6 +767,7 @@ def main() -> None:
     p.add_argument("--cases", default="a,b,c,d,http", help="the edge cases to run, comma-separated (a, b, c, d, http); failover follows unless --no-failover")  # fmt: skip
     p.add_argument("--session-timeout", type=float, default=None, help="the workers' consumer session timeout, seconds (default: the setting's); the broker must allow it (group.min.session.timeout.ms)")  # fmt: skip
     p.add_argument("--checkpoint-interval", type=float, default=None, help="the worker's checkpoint interval, seconds (default: the setting's); a long one (600) takes checkpoints out of the cases' figures, to see their share")  # fmt: skip
+    p.add_argument("--produce-in-flight", type=int, default=None, help="the worker's produce_in_flight (default: the setting's)")  # fmt: skip
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--ready-topic", default=None, help="a Settings field (topic_tasks, topic_phases) or a topic name; default topic_tasks when Settings has it, else topic_phases")  # fmt: skip
     p.add_argument("--kafka", default=os.environ.get("RUNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
