@@ -151,7 +151,7 @@ def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | N
 
 
 async def getmany_promptly(
-    consumer: AIOKafkaConsumer, *, wait: float, max_records: int
+    consumer: AIOKafkaConsumer, *, wait: float, max_records: int, fetch_now: bool = True
 ) -> dict[TopicPartition, list[Any]]:
     """Works around ``AIOKafkaConsumer.getmany`` waking its caller three turns of the event loop
     after a fetch brought records: the fetch task's end wakes the fetcher's routine through
@@ -166,7 +166,9 @@ async def getmany_promptly(
     is awaited itself, under ``asyncio.timeout``: the caller wakes one turn after the fetch.
     What ``getmany`` returns is unchanged: records already fetched are taken without waiting, an
     error the fetcher sets on the waiter is raised, ``{}`` once ``wait`` seconds passed or the
-    consumer stopped meanwhile, ``ConsumerStoppedError`` when it was stopped before.
+    consumer stopped meanwhile, ``ConsumerStoppedError`` when it was stopped before. On a
+    consumer with :func:`fetch_promptly`, and with ``fetch_now``, the next fetch request is
+    written as the records are taken.
 
     Code: https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L1209-L1268
     (``fetched_records``), https://github.com/aio-libs/aiokafka/blob/v0.14.0/aiokafka/consumer/fetcher.py#L463-L470
@@ -183,7 +185,8 @@ async def getmany_promptly(
             timeout_ms=0, max_records=max_records
         )
         if got:
-            _fetch_now(fetcher)  # the next fetch goes now, if these were the last fetched
+            if fetch_now:
+                _fetch_now(fetcher)  # the next fetch goes now, if these were the last fetched
             return got
         if loop.time() >= deadline:
             return got

@@ -334,24 +334,29 @@ async def test_send_promptly_keeps_each_partitions_order_with_requests_in_flight
     assert log == acked
 
 
-async def _fetch_written_on_taking(consumer: AIOKafkaConsumer, tp: Any, producer: AIOKafkaProducer) -> int:  # fmt: skip
-    """Fetch requests the consumer wrote between getmany_promptly handing over a record and
-    the caller's next step (counted by the connection's correlation ids)."""
+async def _fetch_written_on_taking(
+    consumer: AIOKafkaConsumer, tp: Any, producer: AIOKafkaProducer, *, fetch_now: bool = True
+) -> int:
+    """Fetch requests the consumer wrote from the moment its long-polling fetch waited at the
+    broker until getmany_promptly handed over the record that fetch brought, counted by the
+    connection's correlation ids at the end of the hand-over's own step (the consumers here
+    hold a fetch 30 s, so no other fetch ends meanwhile)."""
     from aiokafka.client import ConnectionGroup
 
     client: Any = consumer._client  # type: ignore[attr-defined]
     conn = client._conns[(client.cluster.leader_for_partition(tp), ConnectionGroup.DEFAULT)]
-    waiting = asyncio.ensure_future(quirks.getmany_promptly(consumer, wait=60, max_records=10))
+
+    async def take() -> tuple[Any, int]:
+        got = await quirks.getmany_promptly(consumer, wait=60, max_records=10, fetch_now=fetch_now)  # fmt: skip
+        return got, conn._correlation_id  # in the same step as the hand-over
+
+    waiting = asyncio.ensure_future(take())
     await asyncio.sleep(0.3)  # the consumer's fetch waits at the broker
-    sending = asyncio.ensure_future(producer.send_and_wait(tp.topic, b"x", partition=tp.partition))
     before = conn._correlation_id
-    while not waiting.done():  # a turn at a time: what was written in the hand-over's turn
-        before = conn._correlation_id
-        await asyncio.sleep(0)
-    await sending
-    got = waiting.result()
+    await producer.send_and_wait(tp.topic, b"x", partition=tp.partition)
+    got, after = await waiting
     assert [m.value for m in got[tp]] == [b"x"]
-    return int(conn._correlation_id - before)
+    return int(after - before)
 
 
 async def test_fetch_promptly_writes_the_next_fetch_as_the_records_are_taken(
@@ -363,8 +368,12 @@ async def test_fetch_promptly_writes_the_next_fetch_as_the_records_are_taken(
     tps = {"plain": TopicPartition(kafka_topic, 0), "prompt": TopicPartition(kafka_topic, 1)}
     tp = tps["prompt"]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    plain = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    prompt = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    plain, prompt = (
+        AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=30_000
+        )
+        for _ in range(2)
+    )
     await producer.start()
     for consumer in (plain, prompt):
         await consumer.start()
@@ -374,11 +383,13 @@ async def test_fetch_promptly_writes_the_next_fetch_as_the_records_are_taken(
         for consumer, name in ((plain, "plain"), (prompt, "prompt")):
             consumer.assign([tps[name]])
             await consumer.seek_to_end(tps[name])
-        # What the quirk works around: the next fetch is not written yet as the caller goes on
-        # (the fetcher's routine writes it turns later).
+        # What the quirk works around: the next fetch is not written yet as the records are
+        # handed over (the fetcher's routine writes it turns later).
         assert await _fetch_written_on_taking(plain, tps["plain"], producer) == 0
         # With it, by then it is.
         assert await _fetch_written_on_taking(prompt, tp, producer) == 1
+        # Unless the caller says not now (the worker's reader while its fetches batch).
+        assert await _fetch_written_on_taking(prompt, tp, producer, fetch_now=False) == 0
         # And the consumer reads on as before: records in order, none twice.
         for i in range(50):
             await producer.send(kafka_topic, b"%d" % i, partition=tp.partition)
