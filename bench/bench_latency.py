@@ -42,6 +42,11 @@ creation and start) is not an edge.
   kill until the first edge reported after the kill completes (its runs flow again), the longest
   pause between edges on its partitions and on the survivor's, beside the consumer session
   timeout in use (``--session-timeout`` sets it; the broker must allow it).
+* **CPU meanwhile**: each case prints what the worker, this bench, the background load's
+  process and the broker (``kafka.Kafka`` processes on this machine) used, in percent of one
+  core, and how busy the machine was on every core, with its steal time (a virtual machine's
+  cores held by the hypervisor). On 2 cores the apparatus (this bench, the background, the
+  broker) takes about a core at (d)'s load: an edge waits for a core as much as for its work.
 
 Needs the local stack (``deploy/local up``; ``eval "$(deploy/local env)"``). Usage::
 
@@ -144,46 +149,73 @@ def _ticks(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _machine() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+def _machine() -> tuple[float, float, float]:
+    """(busy, total, steal) CPU seconds of the whole machine so far, from /proc/stat. Steal is
+    time a virtual machine's cores were ready to run but the hypervisor ran something else
+    (counted busy: nothing here could use it)."""
     try:
         values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except OSError:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     hz = os.sysconf("SC_CLK_TCK")
     idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values) - idle) / hz, sum(values) / hz
+    steal = values[7] if len(values) > 7 else 0
+    # guest time (values[8:]) is already counted in user time
+    total = sum(values[:8])
+    return (total - idle) / hz, total / hz, steal / hz
+
+
+def broker_pids() -> list[int]:
+    """The Kafka brokers on this machine: processes whose command line runs ``kafka.Kafka``
+    (deploy/local's broker, or one started by Kafka's own scripts), from /proc (none elsewhere).
+    Their CPU is part of every edge's cost here: the broker shares the cores with the worker."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in argv:
+            pids.append(int(entry.name))
+    return pids
 
 
 class CpuWatch:
-    """The CPU the worker, this process and the whole machine used during a case: percent of
-    one core, and the machine's share busy (all cores)."""
+    """The CPU the worker, this process, the background load's process, the brokers on this
+    machine (:func:`broker_pids`) and the whole machine used during a case: percent of one core,
+    and the machine's share busy (all cores) with its steal time."""
 
     def __init__(self, worker_pid: int | None, background_pid: int | None = None) -> None:
         self.pid = worker_pid
         self.background_pid = background_pid
+        self.brokers = broker_pids()
         self.start = self._now()
-        self.used: tuple[float, float, float, float] | None = None
+        self.used: tuple[float, ...] | None = None
 
-    def _now(self) -> tuple[float, float, float, float, float, float]:
-        busy, total = _machine()
+    def _now(self) -> tuple[float, ...]:
+        busy, total, steal = _machine()
         worker = _ticks(self.pid) if self.pid is not None else 0.0
         bg = _ticks(self.background_pid) if self.background_pid is not None else 0.0
-        return time.perf_counter(), worker, _ticks("self"), bg, busy, total
+        broker = sum(_ticks(p) for p in self.brokers)
+        return time.perf_counter(), worker, _ticks("self"), bg, broker, busy, total, steal
 
     def stop(self) -> CpuWatch:
-        t0, w0, b0, g0, m0, tot0 = self.start
-        t1, w1, b1, g1, m1, tot1 = self._now()
+        t0, w0, b0, g0, k0, m0, tot0, st0 = self.start
+        t1, w1, b1, g1, k1, m1, tot1, st1 = self._now()
         wall = max(t1 - t0, 1e-9)
-        self.used = ((w1 - w0) / wall * 100, (b1 - b0) / wall * 100, (g1 - g0) / wall * 100, (m1 - m0) / max(tot1 - tot0, 1e-9) * 100)  # fmt: skip
+        total = max(tot1 - tot0, 1e-9)
+        self.used = (*(x / wall * 100 for x in (w1 - w0, b1 - b0, g1 - g0, k1 - k0)), (m1 - m0) / total * 100, (st1 - st0) / total * 100)  # fmt: skip
         return self
 
     def line(self) -> str:
         if self.used is None:
             return ""
-        w, b, g, m = self.used
+        w, b, g, k, m, st = self.used
         bg = f", the background load's process {g:.0f} %" if self.background_pid is not None else ""
-        return f"      CPU meanwhile: the worker {w:.0f} % of a core, this bench {b:.0f} %{bg}, the machine {m:.0f} % busy (every core)"  # fmt: skip
+        broker = f", the broker {k:.0f} %" if self.brokers else ""
+        return f"      CPU meanwhile: the worker {w:.0f} % of a core, this bench {b:.0f} %{bg}{broker}, the machine {m:.0f} % busy (every core; steal {st:.0f} %)"  # fmt: skip
 
 
 def row(label: str, ms: list[float]) -> str:
