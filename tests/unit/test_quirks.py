@@ -285,6 +285,12 @@ async def test_a_take_hands_over_what_waits_now_at_most_max_and_a_lone_event_at_
     assert await asyncio.wait_for(later, 1) == ["e5"]  # a lone event, with no timer
 
 
+def pin_of(source: str) -> str:
+    """sha256 of a copied upstream function's source, whitespace collapsed: the pins below
+    say which upstream code a quirk copies (when one changes, read the new code, copy it again)."""
+    return hashlib.sha256(" ".join(source.split()).encode()).hexdigest()
+
+
 # ------------------------------------------------ Faust's race of every record's delivery
 #: Faust's ``Consumer._drain_messages`` as ``quirks.deliver_without_racing`` copies it
 #: (whitespace collapsed): when this changes, read the new loop and copy it again.
@@ -294,8 +300,7 @@ DRAIN_LOOP_SHA256 = "30fba6e560f13bf79dd171ef4df3870592550143c652d6db5c2c305d38e
 def test_fausts_drain_loop_is_still_the_one_the_worker_copies() -> None:
     source = inspect.getsource(FaustConsumer._drain_messages)
     assert "callback(message), self.suspend_flow.wait()" in source  # the race per record
-    digest = hashlib.sha256(" ".join(source.split()).encode()).hexdigest()
-    assert digest == DRAIN_LOOP_SHA256
+    assert pin_of(source) == DRAIN_LOOP_SHA256
 
 
 def test_the_worker_app_delivers_without_racing() -> None:
@@ -398,7 +403,7 @@ def test_aiokafkas_sender_is_still_the_one_send_promptly_copies(name: str) -> No
     from aiokafka.producer.sender import Sender
 
     source = inspect.getsource(getattr(Sender, name))
-    assert hashlib.sha256(" ".join(source.split()).encode()).hexdigest() == SENDER_SHA256[name]
+    assert pin_of(source) == SENDER_SHA256[name]
 
 
 def test_aiokafkas_sender_still_waits_through_asyncio_wait_and_a_task_per_request() -> None:
@@ -444,7 +449,7 @@ FETCH_ROUTINE_SHA256 = "6c610471e286f6e72538302416d0fa8f853c3cbf0c02c697b790e63a
 
 def test_aiokafkas_fetch_routine_is_still_the_one_fetch_promptly_copies() -> None:
     source = inspect.getsource(Fetcher._fetch_requests_routine)
-    assert hashlib.sha256(" ".join(source.split()).encode()).hexdigest() == FETCH_ROUTINE_SHA256
+    assert pin_of(source) == FETCH_ROUTINE_SHA256
     # What fetch_promptly works around and relies on: the broker freed by a done callback,
     # a task per request, the routine started by the constructor, what a fetch asks for
     # decided by _get_actions_per_node (one fetch in flight per broker, none while records
