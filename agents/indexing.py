@@ -51,6 +51,11 @@ log = logging.getLogger("runstream.indexer")
 
 #: Seconds between two readings of the index's size (``runstream_index_bytes``).
 INDEX_BYTES_EVERY = 10.0
+#: Posting lists, group paths or run names walked in one step of that reading, each step a turn
+#: of the event loop of its own. In one step the walk held the worker's event loop 38-54 ms every
+#: 10 s for a million runs of 42,000-50,000 groups; in steps of 2,000 the longest took 1.2-1.7 ms
+#: (bench/bench_index.py prints both for the index it builds).
+INDEX_BYTES_CHUNK = 2_000
 #: A fetch of ``runs.phases`` comes back once it has this many bytes or ``FETCH_MAX_WAIT_MS``
 #: passed: the index takes phase changes at most 20 times a second, in batches, rather than
 #: a fetch for each (aiokafka's default: back with the first byte). Under bench_latency's (d)
@@ -80,6 +85,7 @@ class IndexFollower:
         self.caught_up = asyncio.Event()
         self.stats = CatchUp()
         self._sized = 0.0  # when runstream_index_bytes was last set (monotonic)
+        self._sizing: asyncio.Task[None] | None = None
 
     def _offset(self, p: int) -> int:
         return self.index.offsets.get(source_key(self.settings.topic_phases, p), 0)
@@ -133,7 +139,11 @@ class IndexFollower:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         ) as consumer:
             tps = assign_at(consumer, topic, {p: self._offset(p) for p in target})
-            await self._loop(consumer, list(tps.values()), target, follow=until is None)
+            try:
+                await self._loop(consumer, list(tps.values()), target, follow=until is None)
+            finally:
+                if self._sizing is not None:
+                    self._sizing.cancel()
 
     async def _loop(
         self,
@@ -158,9 +168,18 @@ class IndexFollower:
                     self.index.mark_offset(source_key(tp.topic, tp.partition), m.offset + 1)
             metrics.INDEX_RUNS.set(self.index.count)
             now = time.monotonic()
-            if now - self._sized >= INDEX_BYTES_EVERY:  # walks the posting lists: not per batch
-                self._sized = now
-                metrics.INDEX_BYTES.set(self.index.memory_bytes())
+            if now - self._sized >= INDEX_BYTES_EVERY and (self._sizing is None or self._sizing.done()):  # fmt: skip
+                self._sized = now  # (a walk of every posting list, path and name: not per batch)
+                self._sizing = asyncio.create_task(self._size())
+
+    async def _size(self) -> None:
+        """Sets ``runstream_index_bytes``: the index walked in steps of ``INDEX_BYTES_CHUNK``,
+        each its own turn of the event loop, while this follower applies on."""
+        total = 0
+        for part in self.index.memory_parts(INDEX_BYTES_CHUNK):
+            total += part
+            await asyncio.sleep(0)
+        metrics.INDEX_BYTES.set(total)
 
 
 def dump_store(settings: Settings, storage: ost.ObjectStorage) -> DumpStore:

@@ -31,6 +31,7 @@ import orjson
 import zstandard
 from tqdm import tqdm
 
+from agents.indexing import INDEX_BYTES_CHUNK
 from events import Phase, Result, format_run_id
 from indexer import RunIndex, decode, encode, snapshot
 
@@ -188,7 +189,19 @@ def main() -> None:
         f"build by apply(): {apply_s:.2f} s ({changes / apply_s:,.0f} updates/s),"
         f" {len(ix.groups):,} groups, {len(ix.names):,} run names"
     )
+    t0 = time.perf_counter()
     mem_apply = ix.memory_bytes()
+    walk_s = time.perf_counter() - t0
+    steps = []  # the worker reads it in steps (agents.indexing.INDEX_BYTES_CHUNK), each a turn
+    t0 = time.perf_counter()
+    for _ in ix.memory_parts(INDEX_BYTES_CHUNK):
+        t1 = time.perf_counter()
+        steps.append(t1 - t0)
+        t0 = t1
+    print(
+        f"sizing the index (runstream_index_bytes): one walk {walk_s * 1e3:.2f} ms; in"
+        f" {len(steps)} steps of {INDEX_BYTES_CHUNK:,} (the worker's), the longest {max(steps) * 1e3:.2f} ms"
+    )
 
     t0 = time.perf_counter()
     blob = encode(snapshot(ix))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -135,11 +135,18 @@ class GroupDict:
 
     def memory_bytes(self) -> int:
         """Approximate bytes held: strings, keys, lists and the dict."""
+        return sum(self.memory_parts(len(self._names) + 1))
+
+    def memory_parts(self, chunk: int) -> Iterator[int]:
+        """:meth:`memory_bytes` in parts that each walk at most ``chunk`` paths or keys (their
+        sum): a caller may let other work run between two parts. A group added meanwhile may be
+        counted once, twice or not at all (keys are kept sorted: an insertion moves the rest)."""
         size = sys.getsizeof(self._names) + sys.getsizeof(self._gid_of)
         size += sys.getsizeof(self._sorted_keys) + sys.getsizeof(self._sorted_gids)
-        size += sum(sys.getsizeof(n) for n in self._names)
-        size += sum(sys.getsizeof(k) for k in self._sorted_keys)
         size += 28 * len(self._sorted_gids)  # small ints above the cached range
         if self._sorted_arr is not None:
             size += self._sorted_arr.nbytes
-        return size
+        yield size
+        for strings in (self._names, self._sorted_keys):
+            for start in range(0, len(strings), chunk):
+                yield sum(map(sys.getsizeof, strings[start : start + chunk]))

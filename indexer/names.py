@@ -7,7 +7,7 @@ index stores a 4-byte id a run and each distinct name once.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = ["NameDict"]
 
@@ -45,6 +45,14 @@ class NameDict:
 
     def memory_bytes(self) -> int:
         """Approximate bytes held: strings, the list and the dict."""
-        size = sys.getsizeof(self._names) + sys.getsizeof(self._nid_of)
-        size += sum(sys.getsizeof(n) for n in self._names)
-        return size + 28 * len(self._names)  # small ints above the cached range
+        return sum(self.memory_parts(len(self._names) + 1))
+
+    def memory_parts(self, chunk: int) -> Iterator[int]:
+        """:meth:`memory_bytes` in parts that each walk at most ``chunk`` names (their sum):
+        a caller may let other work run between two parts. Names added meanwhile are counted
+        if the walk has not passed their place yet."""
+        names = self._names
+        yield sys.getsizeof(names) + sys.getsizeof(self._nid_of)
+        for start in range(0, len(names), chunk):
+            part = names[start : start + chunk]
+            yield sum(map(sys.getsizeof, part)) + 28 * len(part)  # small ints above the cache
