@@ -186,17 +186,34 @@ class ActiveRuns(MutableMapping[str, RunState]):
         stuck gauges read every few seconds, when the runs of a CI waiting on long tasks may
         all be quiet."""
         runs = tasks = 0
-        for s in self._hot.values():
-            if last_progress(s) <= cut_ms:
-                runs += 1
-                tasks += busy_tasks(s)
-        head = _HEAD.unpack_from
-        for raw in self._cold.values():
-            since, busy = head(raw)
-            if since <= cut_ms:
-                runs += 1
-                tasks += busy
+        for n_runs, n_tasks in self.quiet_count_parts(cut_ms, len(self) + 1):
+            runs += n_runs
+            tasks += n_tasks
         return runs, tasks
+
+    def quiet_count_parts(self, cut_ms: int, chunk: int) -> Iterator[tuple[int, int]]:
+        """:meth:`quiet_count` in parts of at most ``chunk`` runs each (sum them), so that a
+        caller may let the records apply between two parts: a scan of 250,000 active runs is
+        70 ms and more. The runs are those active when the scan began (a list of them is taken
+        first); a run that changed meanwhile is counted as it was or as it is."""
+        hot = list(self._hot.values())
+        cold = list(self._cold.values())
+        for start in range(0, len(hot), chunk):
+            runs = tasks = 0
+            for s in hot[start : start + chunk]:
+                if last_progress(s) <= cut_ms:
+                    runs += 1
+                    tasks += busy_tasks(s)
+            yield runs, tasks
+        head = _HEAD.unpack_from
+        for start in range(0, len(cold), chunk):
+            runs = tasks = 0
+            for raw in cold[start : start + chunk]:
+                since, busy = head(raw)
+                if since <= cut_ms:
+                    runs += 1
+                    tasks += busy
+            yield runs, tasks
 
     async def cool(self) -> int:
         """Move the runs that did not change for ``cold_after`` (and the oldest beyond

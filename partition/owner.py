@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -511,14 +511,25 @@ class PartitionOwner:
         """How many runs :meth:`stuck` would give, and how many tasks they list, without
         decoding a run held as bytes (``ActiveRuns.quiet_count``): the stuck gauges. Raises
         :class:`NotServing` when not serving."""
+        runs = tasks = 0
+        for n_runs, n_tasks in self.stuck_count_parts(older_than_ms, 1 << 62):
+            runs += n_runs
+            tasks += n_tasks
+        return runs, tasks
+
+    def stuck_count_parts(self, older_than_ms: int, chunk: int) -> Iterator[tuple[int, int]]:
+        """:meth:`stuck_count` in parts of at most ``chunk`` runs (``ActiveRuns.
+        quiet_count_parts``): the caller may let records apply between two. Raises
+        :class:`NotServing` when not serving (at the first part)."""
         if not self.serving:
             raise NotServing(f"partition {self.partition} is not serving")
         assert self.pm is not None
         active, now_ms = self.pm.active, self._wall_ms()
         if isinstance(active, ActiveRuns):
-            return active.quiet_count(now_ms - older_than_ms)
+            yield from active.quiet_count_parts(now_ms - older_than_ms, chunk)
+            return
         found = stuck(active.values(), now_ms, older_than_ms)
-        return len(found), sum(len(s.tasks) for s in found)
+        yield len(found), sum(len(s.tasks) for s in found)
 
     async def cool(self) -> int:
         """Move the active runs that went still to compressed bytes (``partition.active``);

@@ -116,6 +116,37 @@ async def test_the_stuck_count_reads_no_cold_run(monkeypatch: pytest.MonkeyPatch
     assert active.hot == 1
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+async def test_the_stuck_count_in_parts_sums_to_the_whole(chunk: int) -> None:
+    """The gauges' scan in parts (``quiet_count_parts``): each part looks at ``chunk`` runs at
+    most, hot and cold ones apart, and the parts add up to ``quiet_count``."""
+    states = {s.run.id: s for s in (running(n) for n in range(1, 9))}
+    states[format_run_id(9)] = claimed(9)
+    active = ActiveRuns(states, cold_after=1.0)
+    await active.cool()
+    active[running(8).run.id] = running(8)
+    active[running(7).run.id] = running(7)
+    assert active.hot == 2
+    for cut in (0, 3000, 7000, 10**13):
+        parts = list(active.quiet_count_parts(cut, chunk))
+        assert len(parts) == -(-2 // chunk) + -(-7 // chunk)
+        assert (sum(r for r, _ in parts), sum(t for _, t in parts)) == active.quiet_count(cut)
+    assert active.quiet_count(10**13) == (9, 9)
+
+
+async def test_the_stuck_count_in_parts_counts_the_runs_of_when_it_began() -> None:
+    """A run that comes or goes between two parts changes nothing in a scan begun before: the
+    records apply between the parts, and the dictionaries change under it."""
+    states = {s.run.id: s for s in (running(n) for n in range(1, 5))}
+    active = ActiveRuns(states, cold_after=1.0)
+    await active.cool()
+    parts = active.quiet_count_parts(10**13, 1)
+    first = next(parts)
+    del active[running(1).run.id]
+    active[running(5).run.id] = running(5)
+    assert (first[0] + sum(r for r, _ in parts)) == 4
+
+
 def _no_decoding(self: ActiveRuns, raw: bytes) -> RunState:
     raise AssertionError("a cold run was decoded")
 
