@@ -4,8 +4,6 @@ between two parts (``agents.indexing.IndexFollower._size``)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from agents import indexing, metrics
@@ -14,6 +12,7 @@ from agents.indexing import IndexFollower
 from events import Phase, Result
 from indexer import RunIndex
 from indexer.dump import decode, encode, snapshot
+from tests.loop_turns import turns_during
 
 
 def _index(runs: int = 300, groups: int = 40) -> RunIndex:
@@ -60,18 +59,6 @@ async def test_the_follower_sizes_the_index_in_turns_of_the_event_loop(monkeypat
     follower = IndexFollower(Settings(topic_phases="x.phases"), ix)
     monkeypatch.setattr(indexing, "INDEX_BYTES_CHUNK", 5)
     parts = len(list(ix.memory_parts(5)))
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    counter = asyncio.create_task(count_turns())
-    try:
-        await follower._size()
-    finally:
-        counter.cancel()
+    _, turns = await turns_during(follower._size())
     assert metrics.INDEX_BYTES._value.get() == ix.memory_bytes()
     assert turns >= parts - 1  # other work ran between the parts, not after the whole walk

@@ -4,7 +4,6 @@ partition revoked meanwhile skipped."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ from agents.config import Settings
 from agents.materializer_service import MaterializerService
 from partition.owner import NotServing
 from partition.slices import Slices
+from tests.loop_turns import turns_during
 
 
 class _Owner:
@@ -42,19 +42,7 @@ async def test_the_scan_sums_the_serving_partitions_and_hands_the_loop_back(monk
         3: _Owner([(2, 4)]),
     }
     service = SimpleNamespace(owned=owners, settings=Settings(stuck_after=90))
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    counter = asyncio.create_task(count_turns())
-    try:
-        await MaterializerService._count_stuck(service)  # type: ignore[arg-type]
-    finally:
-        counter.cancel()
+    _, turns = await turns_during(MaterializerService._count_stuck(service))  # type: ignore[arg-type]
     assert metrics.STUCK_RUNS._value.get() == 6
     assert metrics.STUCK_TASKS._value.get() == 7
     assert owners[0].asked == [(90_000, materializer_service.STUCK_PART)]
