@@ -83,7 +83,8 @@ class DumpHeader:
 
 
 def snapshot(index: RunIndex) -> Snapshot:
-    """Copy the state of ``index`` (a few milliseconds at a million runs; call on the loop)."""
+    """Copy the state of ``index`` (20 ms at a million runs of 10,000 groups on a 2-core machine;
+    call on the loop: the copy is what makes the dump consistent)."""
     n = index.span
     return Snapshot(
         base=index.base,
