@@ -718,8 +718,12 @@ async def amain(args: argparse.Namespace) -> None:
             if not args.no_failover:
                 fo = await failover(bench, s, worker, tmp, args.inflight, args.failover_before)
     finally:
-        await ready.stop()
-        worker.stop()
+        try:
+            await ready.stop()
+        finally:
+            # Even when the stop above fails (the broker gone mid-run: its consumer's stop raised
+            # CancelledError): two workers outlived their benches so, idle, a tenth of a core each.
+            worker.stop()
     load = os.getloadavg()
     yardstick.append(cpu_yardstick())
     results.append(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores); one worker, {s.partitions} partitions; ready topic {ready_topic}")  # fmt: skip
