@@ -44,6 +44,7 @@ from indexer import (
 )
 from indexer.keys import dumps_prefix
 from partition.materializer import phase_seq
+from partition.slices import Slices
 
 __all__ = ["IndexFollower", "build_index", "dump_store", "source_key"]
 
@@ -51,11 +52,11 @@ log = logging.getLogger("runstream.indexer")
 
 #: Seconds between two readings of the index's size (``runstream_index_bytes``).
 INDEX_BYTES_EVERY = 10.0
-#: Posting lists, group paths or run names walked in one step of that reading, each step a turn
-#: of the event loop of its own. In one step the walk held the worker's event loop 38-54 ms every
-#: 10 s for a million runs of 42,000-50,000 groups; in steps of 2,000 the longest took 1.2-1.7 ms
-#: (bench/bench_index.py prints both for the index it builds).
-INDEX_BYTES_CHUNK = 2_000
+#: Posting lists, group paths or run names a part of that reading walks; the event loop is handed
+#: back whenever a slice's time is used up (``partition.slices``). In one step the walk held the
+#: worker's event loop 38-54 ms every 10 s for a million runs of 42,000-50,000 groups; a part of
+#: 500 takes well under a slice (bench/bench_index.py prints the walk and its longest part).
+INDEX_BYTES_CHUNK = 500
 #: A fetch of ``runs.phases`` comes back once it has this many bytes or ``FETCH_MAX_WAIT_MS``
 #: passed: the index takes phase changes at most 20 times a second, in batches, rather than
 #: a fetch for each (aiokafka's default: back with the first byte). Under bench_latency's (d)
@@ -173,12 +174,13 @@ class IndexFollower:
                 self._sizing = asyncio.create_task(self._size())
 
     async def _size(self) -> None:
-        """Sets ``runstream_index_bytes``: the index walked in steps of ``INDEX_BYTES_CHUNK``,
-        each its own turn of the event loop, while this follower applies on."""
+        """Sets ``runstream_index_bytes``: the index walked in parts of ``INDEX_BYTES_CHUNK``,
+        the event loop handed back between slices, while this follower applies on."""
         total = 0
+        slices = Slices()
         for part in self.index.memory_parts(INDEX_BYTES_CHUNK):
             total += part
-            await asyncio.sleep(0)
+            await slices.step()
         metrics.INDEX_BYTES.set(total)
 
 

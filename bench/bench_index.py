@@ -192,7 +192,7 @@ def main() -> None:
     t0 = time.perf_counter()
     mem_apply = ix.memory_bytes()
     walk_s = time.perf_counter() - t0
-    steps = []  # the worker reads it in steps (agents.indexing.INDEX_BYTES_CHUNK), each a turn
+    steps = []  # the worker reads it in parts (agents.indexing), its loop handed back between slices
     t0 = time.perf_counter()
     for _ in ix.memory_parts(INDEX_BYTES_CHUNK):
         t1 = time.perf_counter()
@@ -200,7 +200,7 @@ def main() -> None:
         t0 = t1
     print(
         f"sizing the index (runstream_index_bytes): one walk {walk_s * 1e3:.2f} ms; in"
-        f" {len(steps)} steps of {INDEX_BYTES_CHUNK:,} (the worker's), the longest {max(steps) * 1e3:.2f} ms"
+        f" {len(steps)} parts of {INDEX_BYTES_CHUNK:,} (the worker's), the longest {max(steps) * 1e3:.2f} ms"
     )
 
     t0 = time.perf_counter()

@@ -45,7 +45,7 @@ class NameDict:
 
     def memory_bytes(self) -> int:
         """Approximate bytes held: strings, the list and the dict."""
-        return sum(self.memory_parts(len(self._names) + 1))
+        return sum(self.memory_parts(sys.maxsize))
 
     def memory_parts(self, chunk: int) -> Iterator[int]:
         """:meth:`memory_bytes` in parts that each walk at most ``chunk`` names (their sum):

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterator, MutableMapping
+import sys
+from collections.abc import Iterable, Iterator, MutableMapping
 
 import zstandard
 
@@ -46,7 +47,7 @@ from events.state import RunState
 from partition.decisions import busy_tasks, last_progress
 from partition.slices import Slices
 
-__all__ = ["COLD_AFTER", "DICT_SIZE", "HOT_MAX", "TRAIN_AFTER", "ActiveRuns"]
+__all__ = ["COLD_AFTER", "DICT_SIZE", "HOT_MAX", "TRAIN_AFTER", "ActiveRuns", "add_counts"]
 
 #: Seconds without a change after which a run goes cold.
 COLD_AFTER = 10.0
@@ -59,6 +60,15 @@ DICT_SIZE = 16 * 1024
 #: A cold run's bytes begin with its last progress (ms since the epoch) and how many of its tasks
 #: are running or held (``partition.decisions.busy_tasks``, at most 65,535).
 _HEAD = struct.Struct(">qH")
+
+
+def add_counts(parts: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The sum of a scan's parts of (runs, tasks) counts (``ActiveRuns.quiet_count_parts``)."""
+    runs = tasks = 0
+    for n_runs, n_tasks in parts:
+        runs += n_runs
+        tasks += n_tasks
+    return runs, tasks
 
 
 def _frame(raw: bytes) -> memoryview:
@@ -185,11 +195,7 @@ class ActiveRuns(MutableMapping[str, RunState]):
         or held (``partition.decisions.busy_tasks``), without decoding a cold run: what the
         stuck gauges read every few seconds, when the runs of a CI waiting on long tasks may
         all be quiet."""
-        runs = tasks = 0
-        for n_runs, n_tasks in self.quiet_count_parts(cut_ms, len(self) + 1):
-            runs += n_runs
-            tasks += n_tasks
-        return runs, tasks
+        return add_counts(self.quiet_count_parts(cut_ms, sys.maxsize))
 
     def quiet_count_parts(self, cut_ms: int, chunk: int) -> Iterator[tuple[int, int]]:
         """:meth:`quiet_count` in parts of at most ``chunk`` runs each (sum them), so that a

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +41,7 @@ from datamanager.errors import Fenced, MissingManifest
 from events.codec import encode
 from events.state import RunState
 from partition import metrics
-from partition.active import ActiveRuns
+from partition.active import ActiveRuns, add_counts
 from partition.decisions import LivenessView, Stuck, Timekeeper, stuck
 from partition.history import HistoryEntry
 from partition.materializer import PartitionMaterializer, RecordEffects, Snapshot
@@ -511,11 +512,7 @@ class PartitionOwner:
         """How many runs :meth:`stuck` would give, and how many tasks they list, without
         decoding a run held as bytes (``ActiveRuns.quiet_count``): the stuck gauges. Raises
         :class:`NotServing` when not serving."""
-        runs = tasks = 0
-        for n_runs, n_tasks in self.stuck_count_parts(older_than_ms, 1 << 62):
-            runs += n_runs
-            tasks += n_tasks
-        return runs, tasks
+        return add_counts(self.stuck_count_parts(older_than_ms, sys.maxsize))
 
     def stuck_count_parts(self, older_than_ms: int, chunk: int) -> Iterator[tuple[int, int]]:
         """:meth:`stuck_count` in parts of at most ``chunk`` runs (``ActiveRuns.

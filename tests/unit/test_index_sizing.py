@@ -12,6 +12,7 @@ from agents.indexing import IndexFollower
 from events import Phase, Result
 from indexer import RunIndex
 from indexer.dump import decode, encode, snapshot
+from partition.slices import Slices
 from tests.loop_turns import turns_during
 
 
@@ -58,6 +59,7 @@ async def test_the_follower_sizes_the_index_in_turns_of_the_event_loop(monkeypat
     ix = _index()
     follower = IndexFollower(Settings(topic_phases="x.phases"), ix)
     monkeypatch.setattr(indexing, "INDEX_BYTES_CHUNK", 5)
+    monkeypatch.setattr(indexing, "Slices", lambda: Slices(0.0))  # hand back at every part
     parts = len(list(ix.memory_parts(5)))
     _, turns = await turns_during(follower._size())
     assert metrics.INDEX_BYTES._value.get() == ix.memory_bytes()
